@@ -1,0 +1,1 @@
+"""The SIP engine adapter: the only package that imports pjsua2."""

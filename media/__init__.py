@@ -1,0 +1,1 @@
+"""sipedge media: everything that is audio, free of SIP (frames, codecs, VAD, playout, agents)."""
