@@ -1,0 +1,410 @@
+"""The node's configuration: pydantic models of the YAML file, ${ENV} expansion, check-config.
+
+Secrets are `SecretStr` and must come from `${VAR}` references; their values are never printed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+E164 = r"^\+[1-9][0-9]{1,14}$"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+Codec = Literal["PCMU", "PCMA", "G722"]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RtpPorts(Model):
+    start: int = Field(20000, ge=1024, le=65535)
+    end: int = Field(20999, ge=1024, le=65535)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RtpPorts:
+        if self.end <= self.start:
+            raise ValueError("rtp_ports.end must be greater than rtp_ports.start")
+        return self
+
+
+class SipSettings(Model):
+    listen: str = Field("0.0.0.0", description="IP address to bind SIP and RTP on")
+    port: int = Field(5060, ge=1, le=65535)
+    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])
+    public_address: str | None = Field(None, description="address advertised in Contact/SDP")
+    rtp_ports: RtpPorts = Field(default_factory=RtpPorts)
+    codecs: list[Codec] = Field(default_factory=lambda: ["PCMU", "PCMA", "G722"])
+    user_agent: str = "sipedge"
+    log_level: int = Field(1, ge=0, le=6, description="pjsip log level (0-6)")
+
+    @field_validator("listen", "public_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @field_validator("transports", "codecs")
+    @classmethod
+    def _non_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one entry")
+        if len(set(value)) != len(value):
+            raise ValueError("entries must not repeat")
+        return value
+
+
+class Trunk(Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    registers: bool = Field(False, alias="register", description="REGISTER with the registrar")
+    registrar: str | None = Field(None, description="sip:host[:port] the trunk registers with")
+    proxy: str | None = Field(None, description="sip:host[:port] outbound calls are sent to")
+    username: str | None = None
+    password: SecretStr | None = None
+    auth_username: str | None = None
+    realm: str = "*"
+    domain: str | None = None
+    transport: Literal["udp", "tcp"] = "udp"
+    expires: int = Field(300, ge=60, le=86400)
+    retry_min: float = Field(5.0, gt=0)
+    retry_max: float = Field(300.0, gt=0)
+    caller_id: str | None = Field(None, pattern=E164)
+    allowed_ips: list[str] = Field(default_factory=list)
+    allowed_destinations: list[str] = Field(
+        default_factory=lambda: ["+"], description="E.164 prefixes outbound calls may dial"
+    )
+    max_concurrent_calls: int = Field(100, ge=1)
+    codecs: list[Codec] | None = None
+
+    @field_validator("registrar", "proxy")
+    @classmethod
+    def _sip_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^sips?:[^\s@]+$", value):
+            raise ValueError("expected a SIP URI like sip:sip.example.com:5060")
+        return value
+
+    @field_validator("allowed_ips")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)
+        return value
+
+    @field_validator("allowed_destinations")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.match(r"^\+[0-9]*$", entry):
+                raise ValueError(f"{entry!r} is not an E.164 prefix like +1 or +44")
+        return value
+
+    @model_validator(mode="after")
+    def _registration(self) -> Trunk:
+        if self.registers:
+            missing = [k for k in ("registrar", "username", "password") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"register: true needs {', '.join(missing)}")
+        if self.retry_max < self.retry_min:
+            raise ValueError("retry_max must be >= retry_min")
+        return self
+
+    @property
+    def outbound_uri(self) -> str | None:
+        return self.proxy or self.registrar
+
+    def allows_ip(self, ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return any(address in ipaddress.ip_network(n, strict=False) for n in self.allowed_ips)
+
+
+class NumberRoute(Model):
+    number: str = Field(pattern=E164)
+    agent: str
+    trunk: str | None = None
+    variables: dict[str, str] = Field(default_factory=dict)
+
+
+class Agent(Model):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    type: Literal["echo", "twilio-ws", "pcm-ws", "webrtc"]
+    url: str | None = None
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    connect_timeout: float = Field(5.0, gt=0)
+    on_agent_failure: Literal["hangup", "keep"] = "hangup"
+    sample_rate: Literal[8000, 16000, 24000] = 8000
+    delay_ms: int = Field(200, ge=0, le=5000, description="echo agent: delay before playback")
+
+    @model_validator(mode="after")
+    def _url(self) -> Agent:
+        if self.type != "echo" and not self.url:
+            raise ValueError(f"agent type {self.type} needs a url")
+        return self
+
+
+class MqttTls(Model):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttSettings(Model):
+    embedded: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    prefix: str = "sipedge"
+    client_id: str | None = None
+    keepalive: int = Field(30, ge=5)
+    tls: MqttTls | None = None
+    max_backlog: int = Field(100_000, ge=100)
+
+
+class ApiSettings(Model):
+    enabled: bool = True
+    listen: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    rate_limit_per_minute: int = Field(100, ge=1)
+
+
+class StorageSettings(Model):
+    path: str = "sipedge.db"
+    recordings_dir: str = "recordings"
+
+
+class RecordingSettings(Model):
+    enabled: bool = False
+
+
+class VadSettings(Model):
+    aggressiveness: int = Field(2, ge=0, le=3)
+    frame_ms: Literal[10, 20, 30] = 20
+    min_speech_ms: int = Field(100, ge=0)
+    hangover_ms: int = Field(300, ge=0)
+    barge_in: bool = True
+
+
+class Limits(Model):
+    max_concurrent_calls: int = Field(100, ge=1)
+    max_call_duration: int = Field(3600, ge=1, description="seconds; longer calls are ended")
+    ring_timeout: int = Field(30, ge=1, le=600)
+    retry_after: int = Field(5, ge=1, description="Retry-After seconds sent with 503")
+
+
+class NodeSettings(Model):
+    id: str = Field("node-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    workers: int = Field(1, ge=1, le=1, description="SIP worker processes (1 for now)")
+    drain_timeout: float = Field(30.0, ge=0)
+
+
+class Config(Model):
+    node: NodeSettings = Field(default_factory=NodeSettings)
+    sip: SipSettings = Field(default_factory=SipSettings)
+    trunks: list[Trunk] = Field(default_factory=list)
+    numbers: list[NumberRoute] = Field(default_factory=list)
+    agents: list[Agent] = Field(default_factory=list)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    recording: RecordingSettings = Field(default_factory=RecordingSettings)
+    vad: VadSettings = Field(default_factory=VadSettings)
+    limits: Limits = Field(default_factory=Limits)
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        _unique("trunks", [t.id for t in self.trunks])
+        _unique("agents", [a.id for a in self.agents])
+        _unique("numbers", [n.number for n in self.numbers])
+        trunk_ids = {t.id for t in self.trunks}
+        agent_ids = {a.id for a in self.agents}
+        for i, route in enumerate(self.numbers):
+            if route.agent not in agent_ids:
+                raise ValueError(
+                    f"numbers[{i}].agent: {route.agent!r} is not one of the agents "
+                    f"({', '.join(sorted(agent_ids)) or 'none defined'})"
+                )
+            if route.trunk is not None and route.trunk not in trunk_ids:
+                raise ValueError(f"numbers[{i}].trunk: {route.trunk!r} is not a defined trunk")
+        return self
+
+    def trunk(self, trunk_id: str) -> Trunk | None:
+        return next((t for t in self.trunks if t.id == trunk_id), None)
+
+    def agent(self, agent_id: str) -> Agent | None:
+        return next((a for a in self.agents if a.id == agent_id), None)
+
+
+def _unique(section: str, keys: list[str]) -> None:
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        if key in seen:
+            raise ValueError(f"{section}[{i}]: {key!r} is defined twice")
+        seen.add(key)
+
+
+# Keys whose values are secrets: they must be ${ENV} references, never literal text.
+SECRET_KEYS = {"password", "api_keys", "headers"}
+
+
+def expand_env(
+    node: Any, env: dict[str, str], path: str, problems: list[str], secret: bool = False
+) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in every string; collect missing variables."""
+    if isinstance(node, dict):
+        return {
+            k: expand_env(v, env, _join(path, str(k)), problems, secret or k in SECRET_KEYS)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [expand_env(v, env, f"{path}[{i}]", problems, secret) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+    if secret and node and not _ENV_REF.search(node):
+        problems.append(f"{path}: secrets must be an ${{ENV}} reference, not literal text")
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path}: environment variable {name} is not set")
+        return ""
+
+    return _ENV_REF.sub(substitute, node)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.startswith(("function-", "literal[")) and "[" not in part:
+            out = _join(out, part)
+    return out or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        return "unknown key (not part of the sipedge config)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "string_pattern_mismatch":
+        pattern = error.get("ctx", {}).get("pattern")
+        if pattern == E164:
+            msg = "expected an E.164 number like +15551234567"
+        elif pattern is not None and "a-z0-9" in pattern:
+            msg = "expected an id of lower-case letters, digits, '-' and '_'"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if "input" in error and not isinstance(error["input"], (dict, list, SecretStr)):
+        if not any(s in _loc(error["loc"]) for s in SECRET_KEYS):
+            return f"{msg} (got {error['input']!r})"
+    return str(msg)
+
+
+def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> Config:
+    """Parse YAML text into a Config or raise ConfigError with one line per problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{source}:{where}: invalid YAML: {problem}"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: (top level): expected a mapping of sections"])
+    problems: list[str] = []
+    expanded = expand_env(raw, dict(os.environ if env is None else env), "", problems)
+    lines = [f"{source}: {p}" for p in problems]
+    env_paths = {p.split(":", 1)[0] for p in problems}
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        for error in exc.errors():
+            loc = _loc(tuple(error["loc"]))
+            if loc in env_paths:
+                continue  # already reported as a missing variable or a literal secret
+            msg = _describe(error)
+            # Cross-reference errors carry their own key path in the message.
+            if loc == "(top level)" and re.match(r"^[a-z]+\[\d+\]", msg):
+                lines.append(f"{source}: {msg}")
+            else:
+                lines.append(f"{source}: {loc}: {msg}")
+    if lines:
+        raise ConfigError(lines)
+    return config
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read file: {exc.strerror}"]) from None
+    return parse_config(text, str(path), env)
+
+
+def summary(config: Config) -> str:
+    """One screen describing a valid config, with no secret values."""
+    sip = config.sip
+    lines = [
+        f"node {config.node.id}: SIP {'/'.join(sip.transports)} on {sip.listen}:{sip.port}, "
+        f"RTP {sip.rtp_ports.start}-{sip.rtp_ports.end}, codecs {', '.join(sip.codecs)}",
+        f"trunks ({len(config.trunks)}):",
+    ]
+    for t in config.trunks:
+        mode = f"registers with {t.registrar} as {t.username}" if t.registers else "static"
+        ips = ", ".join(t.allowed_ips) or "no inbound"
+        lines.append(
+            f"  {t.id}: {mode}; inbound from {ips}; max {t.max_concurrent_calls} calls; "
+            f"dials {', '.join(t.allowed_destinations)}"
+        )
+    lines.append(f"numbers ({len(config.numbers)}):")
+    lines += [f"  {n.number} -> agent {n.agent}" for n in config.numbers]
+    lines.append(f"agents ({len(config.agents)}):")
+    lines += [f"  {a.id}: {a.type}{' ' + a.url if a.url else ''}" for a in config.agents]
+    mqtt = config.mqtt
+    broker = "embedded mosquitto" if mqtt.embedded else f"{mqtt.host}:{mqtt.port}"
+    lines.append(f"mqtt: {broker}, topics {mqtt.prefix}/{config.node.id}/...")
+    api = config.api
+    lines.append(
+        f"api: {'http://%s:%d' % (api.listen, api.port) if api.enabled else 'disabled'}"
+        f" ({len(api.api_keys)} keys)"
+    )
+    lines.append(f"storage: {config.storage.path}; recording {'on' if config.recording.enabled else 'off'}")
+    lim = config.limits
+    lines.append(
+        f"limits: {lim.max_concurrent_calls} calls, {lim.max_call_duration}s max duration, "
+        f"drain {config.node.drain_timeout:g}s"
+    )
+    return "\n".join(lines)
+
+
