@@ -1,0 +1,397 @@
+"""SQLite store: call records, the event outbox and idempotency keys (nothing lost).
+
+Every change to a call is written together with its events in one transaction; the publisher
+sends the outbox in rowid order. WAL with synchronous=NORMAL: a commit survives a crash or
+kill -9 of the process (not a power cut of the machine, which would need synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.errors import SipedgeError
+from gateway.events import Event, iso_z, utc_now
+
+IDEMPOTENCY_TTL = timedelta(hours=24)
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    id TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    trunk TEXT, from_number TEXT, to_number TEXT, route TEXT, agent TEXT,
+    variables TEXT NOT NULL DEFAULT '{}',
+    sip_call_id TEXT,
+    created_at TEXT NOT NULL, ringing_at TEXT, answered_at TEXT, ended_at TEXT,
+    duration REAL, billable_seconds INTEGER, end_reason TEXT, sip_code INTEGER,
+    hangup_by TEXT, codec TEXT, recording_path TEXT,
+    status TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_created ON calls(created_at);
+CREATE INDEX IF NOT EXISTS calls_status ON calls(status, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    call_id TEXT,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    delivered_at TEXT
+);
+CREATE INDEX IF NOT EXISTS events_call_seq ON events(call_id, seq);
+CREATE INDEX IF NOT EXISTS events_undelivered ON events(rowid) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key TEXT PRIMARY KEY,
+    request_hash TEXT NOT NULL,
+    call_id TEXT,
+    created_at TEXT NOT NULL
+);
+"""
+
+
+class StoreError(SipedgeError):
+    """The store refused a change (unknown call, unknown column, duplicate event id)."""
+
+
+class CallNotFound(StoreError):
+    def __init__(self, call_id: str) -> None:
+        super().__init__(f"no call {call_id}")
+        self.call_id = call_id
+
+
+@dataclass
+class CallRecord:
+    id: str
+    direction: str  # "inbound" | "outbound"
+    status: str
+    trunk: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    route: str | None = None
+    agent: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    sip_call_id: str | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    ringing_at: datetime | None = None
+    answered_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration: float | None = None
+    billable_seconds: int | None = None
+    end_reason: str | None = None
+    sip_code: int | None = None
+    hangup_by: str | None = None
+    codec: str | None = None
+    recording_path: str | None = None
+
+
+CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CallRecord))
+_TIME_COLUMNS = frozenset({"created_at", "ringing_at", "answered_at", "ended_at"})
+_SORTABLE = frozenset({"created_at", "answered_at", "ended_at", "duration", "status"})
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    rowid: int
+    id: str
+    call_id: str | None
+    seq: int
+    type: str
+    topic: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    key: str
+    request_hash: str
+    call_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class CallFilter:
+    status: str | None = None
+    direction: str | None = None
+    trunk: str | None = None
+    agent: str | None = None
+    from_number: str | None = None
+    to_number: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def _to_db(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _TIME_COLUMNS:
+        return iso_z(value)
+    if name == "variables":
+        return json.dumps(value, separators=(",", ":"))
+    return value
+
+
+def _from_db(name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if name in _TIME_COLUMNS:
+        return datetime.fromisoformat(value)
+    if name == "variables":
+        return json.loads(value)
+    return value
+
+
+def _record(row: sqlite3.Row) -> CallRecord:
+    return CallRecord(**{name: _from_db(name, row[name]) for name in CALL_COLUMNS})
+
+
+def _as_list(events: Event | Sequence[Event] | None) -> list[Event]:
+    if events is None:
+        return []
+    return [events] if isinstance(events, Event) else list(events)
+
+
+class Store:
+    """One SQLite connection guarded by a lock; every method is short and thread-safe."""
+
+    def __init__(
+        self, path: str, *, prefix: str = "sipedge", clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.path = path
+        self.prefix = prefix
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    # --- calls ---------------------------------------------------------------------------
+
+    def create_call(
+        self, record: CallRecord, events: Event | Sequence[Event] | None = None
+    ) -> list[Event]:
+        """Insert the call and its first event(s) atomically; returns the events with seq."""
+        values = [_to_db(name, getattr(record, name)) for name in CALL_COLUMNS]
+        marks = ",".join("?" * len(CALL_COLUMNS))
+        with self._tx() as db:
+            try:
+                db.execute(f"INSERT INTO calls ({','.join(CALL_COLUMNS)}) VALUES ({marks})", values)
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"call {record.id} already exists") from exc
+            return self._append(db, _as_list(events), record.id)
+
+    def update_call(
+        self,
+        call_id: str,
+        changes: Mapping[str, Any],
+        events: Event | Sequence[Event] | None = None,
+    ) -> list[Event]:
+        """Apply `changes` to the call and append its event(s) in one transaction."""
+        unknown = (set(changes) - set(CALL_COLUMNS)) | ({"id"} & set(changes))
+        if unknown:
+            raise StoreError(f"cannot update call columns {sorted(unknown)}")
+        with self._tx() as db:
+            if changes:
+                sets = ",".join(f"{name}=?" for name in changes)
+                args = [_to_db(name, value) for name, value in changes.items()]
+                cur = db.execute(f"UPDATE calls SET {sets} WHERE id=?", [*args, call_id])
+                found = cur.rowcount > 0
+            else:
+                found = db.execute("SELECT 1 FROM calls WHERE id=?", (call_id,)).fetchone()
+            if not found:
+                raise CallNotFound(call_id)
+            return self._append(db, _as_list(events), call_id)
+
+    def get_call(self, call_id: str) -> CallRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM calls WHERE id=?", (call_id,)).fetchone()
+        return _record(row) if row else None
+
+    def list_calls(
+        self,
+        filters: CallFilter | Mapping[str, Any] | None = None,
+        page: int = 1,
+        per_page: int = 50,
+        sort: str = "-created_at",
+    ) -> tuple[list[CallRecord], int]:
+        """One page of calls and the total matching `filters`; sort `col` or `-col`."""
+        if isinstance(filters, Mapping):
+            filters = CallFilter(**filters)
+        filters = filters or CallFilter()
+        column = sort.lstrip("-")
+        if column not in _SORTABLE:
+            raise StoreError(f"cannot sort calls by {sort!r}; use one of {sorted(_SORTABLE)}")
+        order = "DESC" if sort.startswith("-") else "ASC"
+        where: list[str] = []
+        args: list[Any] = []
+        for name in ("status", "direction", "trunk", "agent", "from_number", "to_number"):
+            value = getattr(filters, name)
+            if value is not None:
+                where.append(f"{name}=?")
+                args.append(value)
+        if filters.created_after is not None:
+            where.append("created_at>=?")
+            args.append(iso_z(filters.created_after))
+        if filters.created_before is not None:
+            where.append("created_at<?")
+            args.append(iso_z(filters.created_before))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        page, per_page = max(page, 1), max(per_page, 1)
+        with self._lock:
+            total = self._db.execute(f"SELECT count(*) FROM calls {clause}", args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM calls {clause} ORDER BY {column} {order}, id {order} "
+                "LIMIT ? OFFSET ?",
+                [*args, per_page, (page - 1) * per_page],
+            ).fetchall()
+        return [_record(r) for r in rows], int(total)
+
+    # --- events and the outbox -------------------------------------------------------------
+
+    def add_event(self, events: Event | Sequence[Event]) -> list[Event]:
+        """Append events that change no call record (trunk.*, dtmf, speech, quality)."""
+        with self._tx() as db:
+            return self._append(db, _as_list(events), None)
+
+    def _append(
+        self, db: sqlite3.Connection, events: list[Event], call_id: str | None
+    ) -> list[Event]:
+        stored: list[Event] = []
+        last: dict[str | None, int] = {}
+        now = iso_z(self._clock())
+        for event in events:
+            if call_id is not None and event.call_id != call_id:
+                raise StoreError(f"event {event.id} is for {event.call_id}, not {call_id}")
+            key = event.call_id
+            if key not in last:
+                row = db.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM events WHERE call_id IS ?", (key,)
+                ).fetchone()
+                last[key] = int(row[0])
+            last[key] += 1
+            event = event.model_copy(update={"seq": last[key]})
+            try:
+                db.execute(
+                    "INSERT INTO events (id, call_id, seq, type, topic, payload, created_at) "
+                    "VALUES (?,?,?,?,?,?,?)",
+                    (event.id, key, event.seq, event.type, event.topic(self.prefix),
+                     event.to_json(), now),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(f"event {event.id} is already stored") from exc
+            stored.append(event)
+        return stored
+
+    def undelivered(self, limit: int = 100, after_rowid: int = 0) -> list[OutboxRow]:
+        """Undelivered events in global (rowid) order, which is also per-call order."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rowid, id, call_id, seq, type, topic, payload FROM events "
+                "WHERE delivered_at IS NULL AND rowid > ? ORDER BY rowid LIMIT ?",
+                (after_rowid, limit),
+            ).fetchall()
+        return [OutboxRow(*tuple(r)) for r in rows]
+
+    def mark_delivered(self, rowids: Iterable[int]) -> None:
+        ids = list(rowids)
+        now = iso_z(self._clock())
+        with self._tx() as db:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                db.execute(
+                    f"UPDATE events SET delivered_at=? WHERE delivered_at IS NULL "
+                    f"AND rowid IN ({','.join('?' * len(chunk))})",
+                    [now, *chunk],
+                )
+
+    def backlog(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM events WHERE delivered_at IS NULL")
+            return int(row.fetchone()[0])
+
+    def call_events(self, call_id: str) -> list[Event]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload FROM events WHERE call_id=? ORDER BY seq", (call_id,)
+            ).fetchall()
+        return [Event.from_json(r[0]) for r in rows]
+
+    def prune_delivered(self, before: datetime) -> int:
+        """Delete delivered events created before `before`; returns how many went."""
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM events WHERE delivered_at IS NOT NULL AND created_at < ?",
+                (iso_z(before),),
+            )
+            return cur.rowcount
+
+    # --- idempotency keys ----------------------------------------------------------------
+
+    def get_idempotency(self, key: str) -> IdempotencyRecord | None:
+        """The live record for `key`, or None if there is none or it is older than 24 h."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM idempotency WHERE key=? AND created_at>?", (key, self._horizon())
+            ).fetchone()
+        return self._idem(row) if row else None
+
+    def put_idempotency(
+        self, key: str, request_hash: str, call_id: str | None
+    ) -> tuple[IdempotencyRecord, bool]:
+        """Claim `key` for this request; returns (record, True) if claimed now, or the
+        existing live record and False (the caller compares request_hash)."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM idempotency WHERE key=? AND created_at<=?", (key, self._horizon())
+            )
+            cur = db.execute(
+                "INSERT OR IGNORE INTO idempotency (key, request_hash, call_id, created_at) "
+                "VALUES (?,?,?,?)",
+                (key, request_hash, call_id, iso_z(self._clock())),
+            )
+            row = db.execute("SELECT * FROM idempotency WHERE key=?", (key,)).fetchone()
+            return self._idem(row), cur.rowcount == 1
+
+    def purge_idempotency(self) -> int:
+        with self._tx() as db:
+            cur = db.execute("DELETE FROM idempotency WHERE created_at<=?", (self._horizon(),))
+            return cur.rowcount
+
+    def _horizon(self) -> str:
+        return iso_z(self._clock() - IDEMPOTENCY_TTL)
+
+    @staticmethod
+    def _idem(row: sqlite3.Row) -> IdempotencyRecord:
+        return IdempotencyRecord(
+            key=row["key"],
+            request_hash=row["request_hash"],
+            call_id=row["call_id"],
+            created_at=datetime.fromisoformat(row["created_at"]),
+        )
