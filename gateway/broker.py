@@ -34,6 +34,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def find_mosquitto() -> str:
     found = shutil.which("mosquitto")
     if found:
@@ -107,6 +117,10 @@ class EmbeddedBroker:
         )
 
     def _spawn_and_wait(self) -> bool:
+        if not _port_free(self.host, self.port):
+            # Connecting would reach whoever holds the port and look like success.
+            log.warning("event=broker_port_busy host=%s port=%d", self.host, self.port)
+            return False
         self._write_config()
         proc = self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)],
