@@ -129,7 +129,7 @@ class Trunk(Model):
     def outbound_uri(self) -> str | None:
         return self.proxy or self.registrar
 
-    def allows_ip(self, ip: str) -> bool:
+    def allow_ips_match(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
         return any(address in ipaddress.ip_network(n, strict=False) for n in self.allowed_ips)
 

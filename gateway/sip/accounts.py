@@ -1,0 +1,212 @@
+"""pjsua2 accounts: the node's local identity and one per trunk, with our own registration
+retry policy (pjsua's retry gives up on 401/403; ours backs off and keeps trying)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pjsua2 as pj
+
+from gateway.backoff import Backoff
+from gateway.config import SipSettings, Trunk
+
+if TYPE_CHECKING:
+    from gateway.sip.engine import SipEngine
+
+log = logging.getLogger("sipedge.sip.trunk")
+
+
+@dataclass
+class TrunkState:
+    """What is known of a trunk's registration; plain data, safe to hand to any thread."""
+
+    trunk: str
+    registers: bool
+    state: str = "static"  # static | registering | registered | failed | unregistered
+    sip_code: int | None = None
+    reason: str | None = None
+    expires: int | None = None
+    next_retry_at: float | None = None
+    registered_at: float | None = None
+    active_calls: int = 0
+    max_concurrent_calls: int = 0
+    attempts: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trunk": self.trunk,
+            "registers": self.registers,
+            "state": self.state,
+            "sip_code": self.sip_code,
+            "reason": self.reason,
+            "expires": self.expires,
+            "next_retry_at": self.next_retry_at,
+            "registered_at": self.registered_at,
+            "active_calls": self.active_calls,
+            "max_concurrent_calls": self.max_concurrent_calls,
+        }
+
+
+def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:
+    tp = cfg.mediaConfig.transportConfig
+    tp.port = sip.rtp_ports.start
+    tp.portRange = sip.rtp_ports.end - sip.rtp_ports.start
+    tp.boundAddress = sip.listen
+    if sip.public_address:
+        tp.publicAddress = sip.public_address
+    cfg.natConfig.iceEnabled = False
+    cfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+    cfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
+
+
+def host_of(uri: str) -> str:
+    return uri.split(":", 1)[1].split(";", 1)[0]
+
+
+class LocalAccount(pj.Account):  # type: ignore[misc]
+    """The node itself: receives INVITEs that no trunk account claims."""
+
+    def __init__(self, engine: SipEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        cfg = pj.AccountConfig()
+        sip = engine.config.sip
+        host = sip.public_address or sip.listen
+        cfg.idUri = f"sip:sipedge@{host}:{sip.port}"
+        _media_config(cfg, sip)
+        self.create(cfg, True)
+
+    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
+        self.engine.on_incoming(self, prm)
+
+
+class TrunkAccount(pj.Account):  # type: ignore[misc]
+    def __init__(self, engine: SipEngine, trunk: Trunk) -> None:
+        super().__init__()
+        self.engine = engine
+        self.trunk = trunk
+        self.state = TrunkState(
+            trunk.id, trunk.registers, max_concurrent_calls=trunk.max_concurrent_calls
+        )
+        self.backoff = Backoff(trunk.retry_min, trunk.retry_max)
+        self.unregistering = False
+        self.retry_timer: object | None = None
+        self.caller_user = self._default_user()
+        self.create(self._config(self.caller_user), False)
+        if trunk.registers:
+            self._set("registering")
+            self.setRegistration(True)
+
+    def _default_user(self) -> str:
+        if self.trunk.registers and self.trunk.username:
+            return self.trunk.username
+        return self.trunk.caller_id or "sipedge"
+
+    def _config(self, user: str) -> pj.AccountConfig:
+        trunk, sip = self.trunk, self.engine.config.sip
+        cfg = pj.AccountConfig()
+        target = trunk.registrar or trunk.proxy
+        domain = trunk.domain or (host_of(target) if target else sip.listen)
+        cfg.idUri = f"sip:{user}@{domain}"
+        transport = f";transport={trunk.transport}"
+        if trunk.registers and trunk.registrar:
+            cfg.regConfig.registrarUri = trunk.registrar + transport
+            cfg.regConfig.timeoutSec = trunk.expires
+            cfg.regConfig.retryIntervalSec = 0  # our Backoff decides
+            cfg.regConfig.registerOnAdd = False
+        if trunk.proxy and trunk.registrar:
+            # Requests go to the registrar's domain by way of the proxy.
+            cfg.sipConfig.proxies.append(trunk.proxy + transport + ";lr")
+        if trunk.username and trunk.password is not None:
+            cfg.sipConfig.authCreds.append(
+                pj.AuthCredInfo(
+                    "digest",
+                    trunk.realm,
+                    trunk.auth_username or trunk.username,
+                    0,
+                    trunk.password.get_secret_value(),
+                )
+            )
+        _media_config(cfg, sip)
+        return cfg
+
+    def target_uri(self, number: str) -> str:
+        trunk = self.trunk
+        host = trunk.domain or host_of(trunk.registrar or trunk.proxy or "")
+        return f"sip:{number}@{host};transport={trunk.transport}"
+
+    def use_caller_id(self, caller_id: str | None) -> None:
+        """Static trunks put the caller id in From; registered trunks keep their AOR."""
+        user = caller_id or self._default_user()
+        if self.trunk.registers or user == self.caller_user:
+            return
+        self.modify(self._config(user))
+        self.caller_user = user
+
+    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
+        self.engine.on_incoming(self, prm)
+
+    def onRegState(self, prm: Any) -> None:  # noqa: N802
+        code, reason, expires = int(prm.code), str(prm.reason), int(prm.expiration)
+        self.state.sip_code, self.state.reason = code, reason
+        if self.unregistering:
+            self._set("unregistered")
+            return
+        if 200 <= code < 300 and expires > 0:
+            self.backoff.reset()
+            self.state.expires = expires
+            self.state.next_retry_at = None
+            self.state.registered_at = time.time()
+            self._set("registered", force_event=True)
+            return
+        delay = self.backoff.next_delay()
+        self.state.attempts = self.backoff.attempts
+        self.state.next_retry_at = time.time() + delay
+        self.state.expires = None
+        self._set("failed", force_event=True)
+        self.engine.schedule(delay, self._retry)
+
+    def _retry(self) -> None:
+        if self.unregistering or self.engine.stopping:
+            return
+        self._set("registering")
+        try:
+            self.setRegistration(True)
+        except pj.Error as exc:
+            self.onRegState(_Failure(503, exc.reason))
+
+    def unregister(self) -> bool:
+        """Send REGISTER Expires: 0 if registered; True when a response is awaited."""
+        was_registered = self.state.state == "registered"
+        self.unregistering = True
+        if was_registered:
+            try:
+                self.setRegistration(False)
+                return True
+            except pj.Error as exc:
+                log.warning("event=unregister_failed trunk=%s error=%s", self.trunk.id, exc.reason)
+        return False
+
+    def _set(self, new: str, force_event: bool = False) -> None:
+        old = self.state.state
+        if old == new and not force_event:
+            return
+        self.state.state = new
+        log.info(
+            "event=trunk_state trunk=%s state=%s previous=%s sip_code=%s reason=%r next_retry_in=%s",
+            self.trunk.id, new, old, self.state.sip_code, self.state.reason,
+            None if self.state.next_retry_at is None
+            else round(self.state.next_retry_at - time.time(), 1),
+        )
+        self.engine.on_trunk_state(self.state)
+
+
+@dataclass
+class _Failure:
+    code: int
+    reason: str
+    expiration: int = 0

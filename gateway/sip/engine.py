@@ -1,0 +1,490 @@
+"""The SIP engine: one pjsua2 endpoint driven from one thread.
+
+Every pjsua2 call happens on the SIP thread, which polls `libHandleEvents` and runs commands
+submitted from other threads (`submit`). Engine events leave through `emit`, a callable the
+owner provides (the worker hands them to its asyncio loop with call_soon_threadsafe).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import queue
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pjsua2 as pj
+
+from gateway.calls import (
+    CallRecord,
+    CallState,
+    EndReason,
+    destination_allowed,
+    number_from_uri,
+    route_inbound,
+)
+from gateway.config import Config
+from gateway.errors import CallRefused, SipEngineError
+from gateway.media_session import MediaSession
+from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
+from gateway.sip.call import SipCall
+from gateway.sip.message import header, request_uri, source_ip
+from gateway.sip.probe import probe_call_limit
+
+log = logging.getLogger("sipedge.sip")
+
+T = TypeVar("T")
+Emit = Callable[[str, str | None, dict[str, Any]], None]
+SessionFactory = Callable[[CallRecord], MediaSession]
+
+CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
+POLL_MS = 10
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+@dataclass
+class OriginateRequest:
+    to: str
+    trunk: str
+    agent: str
+    caller_id: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    ring_timeout: int | None = None
+    call_id: str | None = None
+
+
+class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    def write(self, entry: Any) -> None:
+        logging.getLogger("pjsip").debug(entry.msg.rstrip())
+
+
+class SipEngine:
+    def __init__(self, config: Config, emit: Emit, make_session: SessionFactory) -> None:
+        self.config = config
+        self._emit = emit
+        self.make_session = make_session
+        self.capacity = 0  # effective concurrent calls, known after start()
+        self.engine_limit = 0
+        self.draining = False
+        self.stopping = False
+        self.calls: dict[str, SipCall] = {}
+        self.trunks: dict[str, TrunkAccount] = {}
+        self._released: list[SipCall] = []
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._done = threading.Event()
+        self.calls_total = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="sip", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SipEngineError("SIP engine did not start in time")
+        if self._start_error is not None:
+            raise SipEngineError(f"SIP engine failed to start: {self._start_error}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Hang up every call, unregister trunks, destroy the endpoint."""
+        if self._thread is None:
+            return
+        self.submit(self._begin_stop)
+        self._thread.join(timeout)
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run `fn` on the SIP thread; the future carries its result or exception."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller through the future
+                future.set_exception(exc)
+
+        self._commands.put(run)
+        return future
+
+    def schedule(self, delay: float, fn: Callable[[], None]) -> tuple[float, int]:
+        """SIP thread only: run `fn` on the SIP thread after `delay` seconds."""
+        entry = (time.monotonic() + delay, next(self._timer_seq), fn)
+        heapq.heappush(self._timers, entry)
+        return entry[0], entry[1]
+
+    def _run(self) -> None:
+        self.ep = pj.Endpoint()
+        try:
+            self._init_lib()
+        except BaseException as exc:  # reported to start()
+            self._start_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        finally:
+            self._shutdown_lib()
+            self._done.set()
+
+    def _init_lib(self) -> None:
+        sip = self.config.sip
+        ep = self.ep
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0  # we poll from this thread
+        cfg.uaConfig.mainThreadOnly = False
+        cfg.uaConfig.maxCalls = 32  # the build clamps this to its compiled limit
+        cfg.uaConfig.userAgent = sip.user_agent
+        cfg.logConfig.level = sip.log_level
+        cfg.logConfig.consoleLevel = 0
+        self._log_writer = _LogWriter()
+        cfg.logConfig.writer = self._log_writer
+        cfg.logConfig.decor = 0
+        cfg.medConfig.clockRate = 16000
+        cfg.medConfig.sndClockRate = 16000
+        cfg.medConfig.ecTailLen = 0  # no echo canceller: there is no loudspeaker here
+        cfg.medConfig.noVad = True  # agents get every frame; our VAD runs on them
+        cfg.medConfig.threadCnt = 1
+        ep.libInit(cfg)
+        for name in sip.transports:
+            tc = pj.TransportConfig()
+            tc.port = sip.port
+            tc.boundAddress = sip.listen
+            if sip.public_address:
+                tc.publicAddress = sip.public_address
+            kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
+            ep.transportCreate(kind, tc)
+        ep.libStart()
+        ep.audDevManager().setNullDev()
+        self._set_codecs()
+        self.engine_limit = probe_call_limit(ep, sip.listen)
+        # One slot stays free so that an INVITE over the limit reaches us and gets 503 with
+        # Retry-After; at the compiled limit pjsua itself answers 486 Busy Here (wrong signal).
+        self.capacity = max(1, min(self.config.limits.max_concurrent_calls, self.engine_limit - 1))
+        log.info(
+            "event=sip_started listen=%s:%d transports=%s engine_call_limit=%d capacity=%d",
+            sip.listen, sip.port, ",".join(sip.transports), self.engine_limit, self.capacity,
+        )
+        self.local_account = LocalAccount(self)
+        for trunk in self.config.trunks:
+            self.trunks[trunk.id] = TrunkAccount(self, trunk)
+            if not trunk.registers:
+                self.on_trunk_state(self.trunks[trunk.id].state)
+
+    def _set_codecs(self) -> None:
+        order = self.config.sip.codecs
+        for info in self.ep.codecEnum2():
+            self.ep.codecSetPriority(info.codecId, 0)
+        for rank, name in enumerate(order):
+            self.ep.codecSetPriority(CODEC_IDS[name], 255 - rank)
+
+    def _loop(self) -> None:
+        while not (self.stopping and not self.calls and self._stop_deadline_passed()):
+            self.ep.libHandleEvents(self._poll_ms())
+            self._run_commands()
+            self._run_timers()
+            self._released.clear()  # pjsua2 Call objects die here, outside their callbacks
+
+    def _poll_ms(self) -> int:
+        if not self._commands.empty():
+            return 0
+        if self._timers:
+            wait = (self._timers[0][0] - time.monotonic()) * 1000
+            return int(max(0, min(POLL_MS, wait)))
+        return POLL_MS
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except pj.Error as exc:
+                log.warning("event=timer_failed error=%s", exc.info())
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop taking calls: new INVITEs get 503 while active calls continue."""
+        self.draining = True
+        log.info("event=draining active_calls=%d", len(self.calls))
+
+    def _begin_stop(self) -> None:
+        self.draining = True
+        self.stopping = True
+        self._stop_at = time.monotonic() + 3.0
+        for call in list(self.calls.values()):
+            self._hangup(call, "gateway", EndReason.NORMAL)
+        waiting = [acc for acc in self.trunks.values() if acc.unregister()]
+        if waiting:
+            log.info("event=unregistering trunks=%s", ",".join(a.trunk.id for a in waiting))
+
+    def _stop_deadline_passed(self) -> bool:
+        if time.monotonic() >= self._stop_at:
+            return True
+        unregistering = any(
+            a.unregistering and a.state.state == "registered" for a in self.trunks.values()
+        )
+        return not unregistering
+
+    def _shutdown_lib(self) -> None:
+        try:
+            self.ep.hangupAllCalls()
+            for _ in range(20):
+                self.ep.libHandleEvents(10)
+        except pj.Error as exc:
+            log.warning("event=shutdown_hangup_failed error=%s", exc.info())
+        self.calls.clear()
+        self._released.clear()
+        self.trunks.clear()
+        self.local_account = None
+        self.ep.libDestroy()
+        log.info("event=sip_stopped")
+
+    # -- events -------------------------------------------------------------------------------
+
+    def emit(self, kind: str, record: CallRecord | None, data: dict[str, Any]) -> None:
+        try:
+            self._emit(kind, record.id if record else None, data)
+        except Exception:  # the engine must keep running whatever a listener does
+            log.exception("event=emit_failed type=%s", kind)
+
+    def on_trunk_state(self, state: TrunkState) -> None:
+        self.emit("trunk.state", None, state.as_dict())
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "engine_call_limit": self.engine_limit,
+            "capacity": self.capacity,
+            "active_calls": len(self.calls),
+            "calls_total": self.calls_total,
+            "draining": self.draining,
+            "trunks": {tid: acc.state.as_dict() for tid, acc in self.trunks.items()},
+        }
+
+    def _active_by_trunk(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for call in self.calls.values():
+            counts[call.record.trunk] = counts.get(call.record.trunk, 0) + 1
+        return counts
+
+    def _count_trunk_calls(self) -> None:
+        counts = self._active_by_trunk()
+        for tid, acc in self.trunks.items():
+            acc.state.active_calls = counts.get(tid, 0)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def on_incoming(self, account: pj.Account, prm: Any) -> None:
+        message = prm.rdata.wholeMsg
+        src = source_ip(prm.rdata.srcAddress)
+        dialled = [number_from_uri(request_uri(message)), number_from_uri(header(message, "to"))]
+        caller = number_from_uri(header(message, "from"))
+        decision = route_inbound(
+            self.config, src, [d for d in dialled if d], len(self.calls), self.capacity,
+            self._active_by_trunk(), self.draining,
+        )
+        record = CallRecord(
+            id=new_call_id(), direction="inbound",
+            trunk=decision.trunk.id if decision.trunk else "",
+            from_number=caller, to_number=dialled[0] or dialled[1],
+            agent=decision.route.agent if decision.route else "",
+            variables=dict(decision.route.variables) if decision.route else {},
+            sip_call_id=header(message, "call-id"),
+        )
+        call = SipCall(self, account, record, prm.callId)
+        if not decision.accept:
+            log.info(
+                "event=call_refused call_id=%s sip_call_id=%s source=%s to=%s code=%d reason=%r",
+                record.id, record.sip_call_id, src, record.to_number, decision.sip_code,
+                decision.reason,
+            )
+            record.end_reason = EndReason.REJECTED
+            self._refuse(call, decision.sip_code)
+            self._released.append(call)
+            return
+        self.calls[record.id] = call
+        self.calls_total += 1
+        self._count_trunk_calls()
+        log.info(
+            "event=call_incoming call_id=%s trunk=%s from=%s to=%s agent=%s source=%s",
+            record.id, record.trunk, record.from_number, record.to_number, record.agent, src,
+        )
+        self.emit("call.incoming", record, self._call_data(record))
+        ringing = pj.CallOpParam()
+        ringing.statusCode = 180
+        call.answer(ringing)
+        record.advance(CallState.RINGING)
+        ok = pj.CallOpParam()
+        ok.statusCode = 200
+        call.answer(ok)
+
+    def _refuse(self, call: SipCall, code: int) -> None:
+        op = pj.CallOpParam()
+        op.statusCode = code
+        if code == 503:
+            retry = pj.SipHeader()
+            retry.hName = "Retry-After"
+            retry.hValue = str(self.config.limits.retry_after)
+            op.txOption.headers.append(retry)
+        call.answer(op)  # a final answer carries txOption headers; hangup() drops them
+
+    @staticmethod
+    def _call_data(record: CallRecord) -> dict[str, Any]:
+        return {
+            "direction": record.direction, "from": record.from_number, "to": record.to_number,
+            "trunk": record.trunk, "agent": record.agent, "variables": record.variables,
+            "sip_call_id": record.sip_call_id,
+        }
+
+    # -- outbound -----------------------------------------------------------------------------
+
+    def originate(self, req: OriginateRequest) -> str:
+        """SIP thread: send the INVITE or raise CallRefused before anything goes out."""
+        account = self.trunks.get(req.trunk)
+        if account is None:
+            raise CallRefused("unknown_trunk", f"trunk {req.trunk!r} is not configured")
+        if self.config.agent(req.agent) is None:
+            raise CallRefused("unknown_agent", f"agent {req.agent!r} is not configured")
+        if not destination_allowed(account.trunk, req.to):
+            raise CallRefused(
+                "destination_not_allowed",
+                f"{req.to} is outside trunk {req.trunk}'s allowed_destinations "
+                f"({', '.join(account.trunk.allowed_destinations)})",
+            )
+        if self.draining:
+            raise CallRefused("draining", "the node is draining and takes no new calls")
+        if len(self.calls) >= self.capacity:
+            raise CallRefused("capacity_exceeded", f"node at capacity ({self.capacity} calls)")
+        if self._active_by_trunk().get(req.trunk, 0) >= account.trunk.max_concurrent_calls:
+            raise CallRefused("capacity_exceeded", f"trunk {req.trunk} at max_concurrent_calls")
+        caller_id = req.caller_id or account.trunk.caller_id or ""
+        record = CallRecord(
+            id=req.call_id or new_call_id(), direction="outbound", trunk=req.trunk,
+            from_number=caller_id, to_number=req.to, agent=req.agent,
+            variables=dict(req.variables), state=CallState.DIALING,
+        )
+        account.use_caller_id(req.caller_id)
+        call = SipCall(self, account, record)
+        op = pj.CallOpParam(True)
+        if caller_id and account.trunk.registers:
+            pai = pj.SipHeader()
+            pai.hName, pai.hValue = "P-Asserted-Identity", f"<sip:{caller_id}@{account.trunk.domain or 'invalid'}>"
+            op.txOption.headers.append(pai)
+        try:
+            call.makeCall(account.target_uri(req.to), op)
+        except pj.Error as exc:
+            call.__disown__()  # a Call that never got a pjsua id must not run its destructor
+            raise CallRefused("failed", f"INVITE could not be sent: {exc.reason}") from None
+        record.sip_call_id = call.getInfo().callIdString
+        self.calls[record.id] = call
+        self.calls_total += 1
+        self._count_trunk_calls()
+        ring_timeout = req.ring_timeout or self.config.limits.ring_timeout
+        self.schedule(ring_timeout, lambda: self._ring_timeout(record.id))
+        log.info(
+            "event=call_placed call_id=%s trunk=%s to=%s agent=%s",
+            record.id, record.trunk, record.to_number, record.agent,
+        )
+        self.emit("call.placed", record, self._call_data(record))
+        return record.id
+
+    def _ring_timeout(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.record.state not in (CallState.DIALING, CallState.RINGING):
+            return
+        call.timed_out = True
+        self._hangup(call, "gateway", EndReason.NO_ANSWER)
+
+    # -- call control -------------------------------------------------------------------------
+
+    def hangup(self, call_id: str, by: str = "control_plane") -> None:
+        call = self._get(call_id)
+        self._hangup(call, by, EndReason.NORMAL)
+
+    def _hangup(self, call: SipCall, by: str, reason: EndReason) -> None:
+        rec = call.record
+        rec.hangup_by = rec.hangup_by or by
+        if rec.state != CallState.ANSWERED:
+            rec.end_reason = rec.end_reason or (
+                EndReason.NO_ANSWER if reason == EndReason.NO_ANSWER else EndReason.CANCELLED
+            )
+        else:
+            rec.end_reason = rec.end_reason or reason
+        try:
+            call.hangup(pj.CallOpParam(True))
+        except pj.Error as exc:
+            log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
+
+    def send_dtmf(self, call_id: str, digits: str) -> None:
+        self._get(call_id).dialDtmf(digits)
+
+    def transfer(self, call_id: str, target: str) -> None:
+        self._get(call_id).xfer(target, pj.CallOpParam(True))
+
+    def _get(self, call_id: str) -> SipCall:
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CallRefused("call_not_found", f"no active call {call_id}")
+        return call
+
+    # -- call lifecycle (from SipCall) --------------------------------------------------------
+
+    def on_answered(self, call: SipCall) -> None:
+        rec = call.record
+        log.info("event=call_answered call_id=%s codec=%s", rec.id, call.codec)
+        self.emit("call.answered", rec, {"codec": call.codec, "answered_at": call.answered_at})
+        limit = self.config.limits.max_call_duration
+        self.schedule(limit, lambda: self._duration_exceeded(rec.id))
+
+    def _duration_exceeded(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:
+            log.info("event=max_call_duration call_id=%s", call_id)
+            self._hangup(call, "gateway", EndReason.TIMEOUT)
+
+    def on_ended(self, call: SipCall, answered: bool, code: int, reason: str) -> None:
+        rec = call.record
+        if self.calls.pop(rec.id, None) is None:
+            return  # a refused INVITE, already logged
+        self._count_trunk_calls()
+        self._released.append(call)
+        end = rec.end_reason.value if rec.end_reason else "normal"
+        if answered:
+            duration = call.duration()
+            log.info(
+                "event=call_completed call_id=%s duration=%.1f reason=%s hangup_by=%s",
+                rec.id, duration, end, rec.hangup_by,
+            )
+            self.emit("call.completed", rec, {
+                "duration": round(duration, 3), "reason": end, "sip_code": code,
+                "hangup_by": rec.hangup_by, "codec": call.codec,
+            })
+        else:
+            log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
+            self.emit("call.failed", rec, {
+                "reason": end, "sip_code": code, "sip_reason": reason, "hangup_by": rec.hangup_by,
+            })
