@@ -36,7 +36,9 @@ SpeechEvent = SpeechStarted | SpeechStopped
 class SpeechSmoother:
     """Debounce per-frame voiced/unvoiced decisions into speech start/stop events."""
 
-    def __init__(self, frame_ms: int = 20, min_speech_ms: int = 100, hangover_ms: int = 300):
+    def __init__(
+        self, frame_ms: int = 20, min_speech_ms: int = 100, hangover_ms: int = 300
+    ) -> None:
         if frame_ms <= 0 or min_speech_ms < 0 or hangover_ms < 0:
             raise ValueError("frame_ms must be > 0; min_speech_ms and hangover_ms >= 0")
         self.frame_ms = frame_ms
