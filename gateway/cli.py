@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     from gateway.supervisor import run_node
 
-    return run_node(config)
+    return run_node(config, args.config)
 
 
 def main(argv: list[str] | None = None) -> int:

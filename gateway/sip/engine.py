@@ -12,7 +12,6 @@ import heapq
 import itertools
 import logging
 import queue
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from gateway.calls import (
 )
 from gateway.config import Config
 from gateway.errors import CallRefused, SipEngineError
+from gateway.events import new_call_id
 from gateway.media_session import MediaSession
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
@@ -45,10 +45,6 @@ SessionFactory = Callable[[CallRecord], MediaSession]
 
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
 POLL_MS = 10
-
-
-def new_call_id() -> str:
-    return "call_" + secrets.token_hex(12)
 
 
 @dataclass

@@ -1,0 +1,154 @@
+"""Turns what the SIP worker reports into call records and outbox events, one transaction each.
+
+The store write comes first; publishing happens later from the outbox, so a broker that is
+down never loses or delays a call's record.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from gateway.events import (
+    CallAnswered,
+    CallCompleted,
+    CallDtmf,
+    CallFailed,
+    CallIncoming,
+    CallPlaced,
+    CallRinging,
+    CallTransfer,
+    Event,
+    EventData,
+    TrunkRegistered,
+    TrunkRegistrationFailed,
+    TrunkUnregistered,
+)
+from gateway.store import CallRecord, Store
+
+log = logging.getLogger("sipedge.ledger")
+
+_TRUNK_EVENTS: dict[str, type[EventData]] = {
+    "registered": TrunkRegistered,
+    "failed": TrunkRegistrationFailed,
+    "unregistered": TrunkUnregistered,
+}
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        node: str,
+        on_written: Callable[[], None] = lambda: None,
+        on_trunk_state: Callable[[str, dict[str, Any]], None] = lambda t, s: None,
+    ) -> None:
+        self.store = store
+        self.node = node
+        self.on_written = on_written
+        self.on_trunk_state = on_trunk_state
+        self.active: set[str] = set()
+        self.trunks: dict[str, dict[str, Any]] = {}
+        self._ringing: set[str] = set()
+
+    def record(self, kind: str, call_id: str | None, data: dict[str, Any], ts: float) -> None:
+        """Persist one worker event; never raises (a bad event is logged and skipped)."""
+        try:
+            self._record(kind, call_id, data, ts)
+        except Exception:  # one bad event must not stop the node from recording the rest
+            log.exception("event=ledger_failed type=%s call_id=%s", kind, call_id)
+            return
+        self.on_written()
+
+    def _event(self, data: EventData, call_id: str | None, ts: float) -> Event:
+        return Event.of(data, node=self.node, call_id=call_id, ts=_utc(ts))
+
+    def _record(self, kind: str, call_id: str | None, data: dict[str, Any], ts: float) -> None:
+        if kind == "trunk.state":
+            self._trunk(data, ts)
+            return
+        if call_id is None:
+            return
+        if kind in ("call.incoming", "call.placed"):
+            inbound = kind == "call.incoming"
+            parties = {
+                "from": data["from"], "to": data["to"], "trunk": data["trunk"],
+                "agent": data["agent"], "variables": data["variables"],
+            }
+            record = CallRecord(
+                id=call_id, direction=data["direction"], status="ringing" if inbound else "dialing",
+                trunk=data["trunk"], from_number=data["from"], to_number=data["to"],
+                route=data["to"] if inbound else None, agent=data["agent"],
+                variables=data["variables"], sip_call_id=data.get("sip_call_id") or None,
+                created_at=_utc(ts) or datetime.now(timezone.utc),
+            )
+            model = CallIncoming if inbound else CallPlaced
+            self.store.create_call(record, self._event(model.model_validate(parties), call_id, ts))
+            self.active.add(call_id)
+        elif kind in ("call.ringing", "call.early_media"):
+            if call_id in self._ringing:
+                return
+            self._ringing.add(call_id)
+            event = self._event(CallRinging(early_media=kind == "call.early_media"), call_id, ts)
+            self.store.update_call(call_id, {"status": "ringing", "ringing_at": _utc(ts)}, event)
+        elif kind == "call.answered":
+            answered = _utc(data.get("answered_at") or ts)
+            event = self._event(CallAnswered(codec=data["codec"], answered_at=answered), call_id, ts)
+            self.store.update_call(
+                call_id, {"status": "answered", "answered_at": answered, "codec": data["codec"]}, event
+            )
+        elif kind == "call.completed":
+            duration = float(data["duration"])
+            billable = math.ceil(duration)
+            event = self._event(CallCompleted(
+                duration=duration, billable_seconds=billable, reason=data["reason"],
+                sip_code=data.get("sip_code"), hangup_by=data.get("hangup_by"),
+                latency=data.get("latency"),
+            ), call_id, ts)
+            self.store.update_call(call_id, {
+                "status": "completed", "ended_at": _utc(ts), "duration": duration,
+                "billable_seconds": billable, "end_reason": data["reason"],
+                "sip_code": data.get("sip_code"), "hangup_by": data.get("hangup_by"),
+            }, event)
+            self._ended(call_id)
+        elif kind == "call.failed":
+            event = self._event(CallFailed(
+                reason=data["reason"], sip_code=data.get("sip_code"),
+                sip_reason=data.get("sip_reason"),
+            ), call_id, ts)
+            self.store.update_call(call_id, {
+                "status": "failed", "ended_at": _utc(ts), "duration": 0.0, "billable_seconds": 0,
+                "end_reason": data["reason"], "sip_code": data.get("sip_code"),
+                "hangup_by": data.get("hangup_by"),
+            }, event)
+            self._ended(call_id)
+        elif kind == "call.dtmf":
+            self.store.add_event(self._event(CallDtmf.model_validate(data), call_id, ts))
+        elif kind == "call.transfer":
+            self.store.add_event(self._event(CallTransfer.model_validate(data), call_id, ts))
+        else:
+            log.debug("event=ledger_ignored type=%s", kind)
+
+    def _ended(self, call_id: str) -> None:
+        self.active.discard(call_id)
+        self._ringing.discard(call_id)
+
+    def _trunk(self, data: dict[str, Any], ts: float) -> None:
+        trunk = data["trunk"]
+        self.trunks[trunk] = data
+        self.on_trunk_state(trunk, data)
+        model = _TRUNK_EVENTS.get(data["state"])
+        if model is None:
+            return
+        self.store.add_event(self._event(model(
+            trunk=trunk, state=data["state"], sip_code=data.get("sip_code"),
+            reason=data.get("reason"), expires=data.get("expires"),
+            next_retry_at=_utc(data.get("next_retry_at")),
+        ), None, ts))

@@ -1,0 +1,251 @@
+"""The node process: config, store, MQTT, and the SIP worker process it supervises.
+
+SIGTERM/SIGINT drain the node: new calls get 503, active calls may finish for up to
+`node.drain_timeout` seconds, the rest are hung up, trunks unregister, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.broker import EmbeddedBroker
+from gateway.config import Config
+from gateway.events import CommandError
+from gateway.ipc import encode, read_message
+from gateway.ledger import Ledger
+from gateway.publisher import MqttSettings, Publisher
+from gateway.store import Store
+
+log = logging.getLogger("sipedge.node")
+
+WORKER_START_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 15.0
+
+
+class WorkerLink:
+    """The supervisor's end of one SIP worker process."""
+
+    def __init__(self, node: Node, index: int) -> None:
+        self.node = node
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.status: dict[str, Any] = {}
+        self.ready = asyncio.Event()
+        self.exited = asyncio.Event()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmd = [
+            sys.executable, "-m", "gateway.worker", "--config", str(self.node.config_path),
+            "--fd", str(child.fileno()), "--log-level", logging.getLevelName(log.getEffectiveLevel()),
+        ]
+        self.proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(child.fileno(),))
+        child.close()
+        reader, self.writer = await asyncio.open_unix_connection(sock=parent)
+        self._reader_task = asyncio.create_task(self._read(reader))
+        try:
+            await asyncio.wait_for(self.ready.wait(), WORKER_START_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError("SIP worker did not become ready") from None
+        if self.exited.is_set():
+            raise RuntimeError("SIP worker exited during start (see its log above)")
+        log.info("event=worker_ready worker=%d pid=%d status=%s", self.index, self.proc.pid,
+                 {k: v for k, v in self.status.items() if k != "trunks"})
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                message = await read_message(reader)
+                if message is None:
+                    break
+                kind = message.get("kind")
+                if kind == "event":
+                    self.node.on_worker_event(message)
+                elif kind == "reply":
+                    future = self._pending.pop(int(message["id"]), None)
+                    if future is not None and not future.done():
+                        future.set_result(message)
+                elif kind == "ready":
+                    self.status = message["status"]
+                    self.ready.set()
+        except (ConnectionError, ValueError) as exc:
+            log.error("event=worker_link_broken worker=%d error=%s", self.index, exc)
+        finally:
+            if self.proc is not None:
+                code = await self.proc.wait()
+                level = logging.INFO if code == 0 else logging.ERROR
+                log.log(level, "event=worker_exited worker=%d code=%s", self.index, code)
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(CommandError("internal_error", "SIP worker exited"))
+            self.exited.set()
+            self.ready.set()
+
+    async def request(self, op: str, args: dict[str, Any] | None = None,
+                      timeout: float = REQUEST_TIMEOUT) -> Any:
+        if self.writer is None or self.exited.is_set():
+            raise CommandError("internal_error", "SIP worker is not running")
+        rid = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        self.writer.write(encode({"kind": "request", "id": rid, "op": op, "args": args or {}}))
+        try:
+            reply = await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(rid, None)
+        if reply.get("ok"):
+            return reply.get("result")
+        error = reply.get("error") or {}
+        raise CommandError(_error_code(error.get("code", "")), error.get("message", "failed"),
+                           {"reason": error.get("code")})
+
+    async def stop(self, timeout: float) -> None:
+        if self.proc is None or self.exited.is_set():
+            return
+        try:
+            await self.request("stop", timeout=5)
+        except (CommandError, TimeoutError):
+            self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.exited.wait(), timeout)
+        except TimeoutError:
+            log.error("event=worker_kill worker=%d reason=stop_timeout", self.index)
+            self.proc.kill()
+            await self.exited.wait()
+
+
+def _error_code(reason: str) -> str:
+    return {
+        "call_not_found": "resource_not_found",
+        "unknown_trunk": "invalid_parameter",
+        "unknown_agent": "invalid_parameter",
+        "destination_not_allowed": "invalid_parameter",
+        "capacity_exceeded": "capacity_exceeded",
+        "draining": "capacity_exceeded",
+    }.get(reason, "internal_error" if reason in ("", "internal_error") else "conflict")
+
+
+class Node:
+    def __init__(self, config: Config, config_path: str | Path) -> None:
+        self.config = config
+        self.config_path = Path(config_path).resolve()
+        self.started_at = time.time()
+        self.broker: EmbeddedBroker | None = None
+        self.store = Store(config.storage.path, prefix=config.mqtt.prefix)
+        self.publisher: Publisher | None = None
+        self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
+        self.worker = WorkerLink(self, 1)
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    def _wake_publisher(self) -> None:
+        if self.publisher is not None:
+            self.publisher.wake()
+
+    def _trunk_state(self, trunk: str, state: dict[str, Any]) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_trunk_state(trunk, state)
+
+    def on_worker_event(self, message: dict[str, Any]) -> None:
+        before = len(self.ledger.active)
+        self.ledger.record(message["type"], message.get("call_id"), message["data"], message["ts"])
+        if len(self.ledger.active) != before and self.publisher is not None:
+            self.publisher.refresh_status()
+        if not self.ledger.active:
+            self._idle.set()
+        else:
+            self._idle.clear()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "active_calls": len(self.ledger.active),
+            "capacity": self.worker.status.get("capacity"),
+            "engine_call_limit": self.worker.status.get("engine_call_limit"),
+            "draining": self.draining,
+            "uptime": round(time.time() - self.started_at, 1),
+        }
+
+    async def command(self, name: str, args: dict[str, Any]) -> Any:
+        """One implementation of each operation, shared by MQTT commands and the HTTP API."""
+        from gateway.operations import run_operation
+
+        return await run_operation(self, name, args)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        mqtt = self.config.mqtt
+        settings = MqttSettings.from_config(mqtt)
+        if mqtt.embedded:
+            self.broker = EmbeddedBroker(mqtt.port, host=mqtt.host)
+            await asyncio.to_thread(self.broker.start)
+            log.info("event=embedded_broker_started host=%s port=%d", mqtt.host, self.broker.port)
+        self.publisher = Publisher(
+            self.store, settings, self.config.node.id, mqtt.prefix,
+            command_handler=self.command, status_provider=self.status,
+            max_backlog=mqtt.max_backlog,
+        )
+        await self.publisher.start()
+        await self.worker.start()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.start()
+        except Exception as exc:
+            log.error("event=start_failed error=%s", exc)
+            await self.shutdown()
+            return 1
+        log.info("event=node_running node=%s pid=%d", self.config.node.id, os.getpid())
+        stop = asyncio.create_task(self._stop.wait())
+        died = asyncio.create_task(self.worker.exited.wait())
+        await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
+        crashed = died.done() and not stop.done()
+        stop.cancel()
+        died.cancel()
+        await self.shutdown()
+        return 1 if crashed else 0
+
+    async def shutdown(self) -> None:
+        self.draining = True
+        if not self.worker.exited.is_set() and self.worker.writer is not None:
+            try:
+                await self.worker.request("drain", timeout=5)
+                log.info("event=draining active_calls=%d timeout=%s", len(self.ledger.active),
+                         self.config.node.drain_timeout)
+                if self.ledger.active:
+                    self._idle.clear()
+                    await asyncio.wait_for(self._idle.wait(), self.config.node.drain_timeout)
+            except (TimeoutError, CommandError):
+                log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
+            await self.worker.stop(timeout=15)
+        if self.publisher is not None:
+            await self.publisher.stop(timeout=3)
+        if self.broker is not None:
+            await asyncio.to_thread(self.broker.stop)
+        self.store.close()
+        log.info("event=node_stopped")
+
+
+def run_node(config: Config, config_path: str | Path) -> int:
+    return asyncio.run(Node(config, config_path).run())

@@ -1,0 +1,150 @@
+"""A SIP worker process: one pjsua2 endpoint, the media of its calls, and the IPC link to
+the supervisor. Started by the supervisor as `python -m gateway.worker --config F --fd N`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from gateway.calls import CallRecord
+from gateway.config import Config, load_config
+from gateway.errors import CallRefused, ConfigError
+from gateway.ipc import encode, read_message
+from gateway.media_session import EchoSession, MediaSession
+from gateway.sip.engine import OriginateRequest, SipEngine
+
+log = logging.getLogger("sipedge.worker")
+
+
+def make_session_factory(config: Config) -> Any:
+    def make(record: CallRecord) -> MediaSession:
+        agent = config.agent(record.agent)
+        delay = agent.delay_ms if agent is not None else 200
+        return EchoSession(delay)
+
+    return make
+
+
+class Worker:
+    def __init__(self, config: Config, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.writer: asyncio.StreamWriter | None = None
+        self.engine = SipEngine(config, self._emit_threadsafe, make_session_factory(config))
+        self.stopped = asyncio.Event()
+
+    def _emit_threadsafe(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:
+        message = {"kind": "event", "type": kind, "call_id": call_id, "data": data, "ts": time.time()}
+        self.loop.call_soon_threadsafe(self._send, message)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(encode(message))
+
+    async def run(self) -> None:
+        reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
+        await asyncio.to_thread(self.engine.start)
+        status = await self._on_sip(self.engine.status)
+        self._send({"kind": "ready", "status": status})
+        try:
+            while not self.stopped.is_set():
+                message = await read_message(reader)
+                if message is None:
+                    log.warning("event=supervisor_gone action=stop")
+                    await self._stop()
+                    break
+                if message.get("kind") == "request":
+                    asyncio.ensure_future(self._handle(message))
+        finally:
+            await self._stop()
+
+    async def _on_sip(self, fn: Any) -> Any:
+        return await asyncio.wrap_future(self.engine.submit(fn))
+
+    async def _handle(self, message: dict[str, Any]) -> None:
+        op, args, rid = message.get("op"), message.get("args") or {}, message.get("id")
+        try:
+            result = await self._dispatch(str(op), args)
+            self._send({"kind": "reply", "id": rid, "ok": True, "result": result})
+        except CallRefused as exc:
+            self._send({"kind": "reply", "id": rid, "ok": False,
+                        "error": {"code": exc.reason, "message": str(exc)}})
+        except Exception as exc:  # reported to the supervisor, never fatal to the worker
+            log.exception("event=request_failed op=%s", op)
+            self._send({"kind": "reply", "id": rid, "ok": False,
+                        "error": {"code": "internal_error", "message": str(exc)}})
+
+    async def _dispatch(self, op: str, args: dict[str, Any]) -> Any:
+        engine = self.engine
+        if op == "status":
+            return await self._on_sip(engine.status)
+        if op == "originate":
+            request = OriginateRequest(**args)
+            return {"call_id": await self._on_sip(lambda: engine.originate(request))}
+        if op == "hangup":
+            await self._on_sip(lambda: engine.hangup(args["call_id"], args.get("by", "control_plane")))
+            return {"call_id": args["call_id"]}
+        if op == "send_dtmf":
+            await self._on_sip(lambda: engine.send_dtmf(args["call_id"], args["digits"]))
+            return {"call_id": args["call_id"], "digits": args["digits"]}
+        if op == "transfer":
+            await self._on_sip(lambda: engine.transfer(args["call_id"], args["target"]))
+            return {"call_id": args["call_id"], "target": args["target"]}
+        if op == "drain":
+            await self._on_sip(engine.drain)
+            return await self._on_sip(engine.status)
+        if op == "stop":
+            asyncio.ensure_future(self._stop())
+            return {"stopping": True}
+        raise CallRefused("unknown_operation", f"unknown operation {op!r}")
+
+    async def _stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        await asyncio.to_thread(self.engine.stop)
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _main(config: Config, fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    worker = Worker(config, sock)
+    await worker.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sipedge-worker")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s worker=1 %(message)s",
+        stream=sys.stderr,
+    )
+    # The supervisor decides when we stop (it drains first); a signal sent to the whole process
+    # group must not hang up calls behind its back. If the supervisor dies, our IPC link closes
+    # and we stop on our own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    asyncio.run(_main(config, args.fd))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
