@@ -226,7 +226,7 @@ class Publisher:
                 keyfile=s.tls_key,
                 cert_reqs=ssl.CERT_NONE if s.tls_insecure else ssl.CERT_REQUIRED,
             )
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             s.host,
             s.port,
             username=s.username,
@@ -239,6 +239,8 @@ class Publisher:
             tls_params=tls_params,
             tls_insecure=s.tls_insecure if s.tls_enabled else None,
         )
+        client.pending_calls_threshold = self._batch_size + 10  # a full batch is in flight
+        return client
 
     async def _run(self) -> None:
         delay = self._backoff[0]
