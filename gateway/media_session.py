@@ -6,17 +6,30 @@ every 20 ms: implementations only move bytes between buffers, never block and ne
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from media.agents.echo import EchoAgent
 
 
+@dataclass(frozen=True)
+class CallControls:
+    """What a media session may do to its call, from any thread."""
+
+    call_id: str
+    emit: Callable[[str, dict[str, Any]], None]  # a call event, e.g. "call.speech.started"
+    hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
+
+
 class MediaSession(Protocol):
-    rate: int
+    rate: int  # PCM16 mono sample rate of the frames exchanged with the port
 
     def on_caller_frame(self, pcm: bytes) -> None: ...
 
     def next_frame(self) -> bytes: ...
+
+    def on_dtmf(self, digit: str) -> None: ...
 
     def close(self) -> None: ...
 
@@ -39,6 +52,9 @@ class EchoSession:
         self.frames_out += 1
         frame, self._pending = self._pending, None
         return frame if frame is not None else self._echo.silence
+
+    def on_dtmf(self, digit: str) -> None:
+        pass
 
     def close(self) -> None:
         self._pending = None

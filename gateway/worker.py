@@ -16,14 +16,14 @@ from gateway.calls import CallRecord
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
 from gateway.ipc import encode, read_message
-from gateway.media_session import EchoSession, MediaSession
+from gateway.media_session import CallControls, EchoSession, MediaSession
 from gateway.sip.engine import OriginateRequest, SipEngine
 
 log = logging.getLogger("sipedge.worker")
 
 
 def make_session_factory(config: Config) -> Any:
-    def make(record: CallRecord) -> MediaSession:
+    def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
         delay = agent.delay_ms if agent is not None else 200
         return EchoSession(delay)

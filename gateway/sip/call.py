@@ -107,6 +107,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
 
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         method = _DTMF_METHODS.get(prm.method, "unknown")
+        if self.session is not None:
+            self.session.on_dtmf(prm.digit)
         self.engine.emit(
             "call.dtmf", self.record, {"digit": prm.digit, "method": method, "duration_ms": prm.duration}
         )
@@ -130,7 +132,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if slot == self.bridged_slot:
             return
         if self.port is None:
-            self.session = self.engine.make_session(self.record)
+            self.session = self.engine.make_session(self.record, self.engine.controls(self.record))
             fmt = pj.MediaFormatAudio()
             fmt.init(pj.PJMEDIA_FORMAT_PCM, self.session.rate, 1, 20000, 16)
             self.port = AudioPort(self.session)

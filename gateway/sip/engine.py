@@ -31,7 +31,7 @@ from gateway.calls import (
 from gateway.config import Config
 from gateway.errors import CallRefused, SipEngineError
 from gateway.events import new_call_id
-from gateway.media_session import MediaSession
+from gateway.media_session import CallControls, MediaSession
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.message import header, request_uri, source_ip
@@ -41,7 +41,7 @@ log = logging.getLogger("sipedge.sip")
 
 T = TypeVar("T")
 Emit = Callable[[str, str | None, dict[str, Any]], None]
-SessionFactory = Callable[[CallRecord], MediaSession]
+SessionFactory = Callable[[CallRecord, CallControls], MediaSession]
 
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
 POLL_MS = 10
@@ -440,6 +440,20 @@ class SipEngine:
 
     def transfer(self, call_id: str, target: str) -> None:
         self._get(call_id).xfer(target, pj.CallOpParam(True))
+
+    def controls(self, record: CallRecord) -> CallControls:
+        def emit(kind: str, data: dict[str, Any]) -> None:
+            self.emit(kind, record, data)
+
+        def hangup(by: str) -> None:
+            def run() -> None:
+                call = self.calls.get(record.id)
+                if call is not None:
+                    self._hangup(call, by, EndReason.NORMAL)
+
+            self.submit(run)
+
+        return CallControls(record.id, emit, hangup)
 
     def _get(self, call_id: str) -> SipCall:
         call = self.calls.get(call_id)
