@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from gateway.errors import SipedgeError
 
@@ -163,7 +164,7 @@ class EmbeddedBroker:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -28,7 +28,8 @@ EVENT_ID_RE = re.compile(r"^evt_[0-9a-f]{32}$")
 
 
 def utc_now() -> datetime:
-    return datetime.now(UTC)
+    """Now, in UTC, to the millisecond (the precision events carry)."""
+    return _to_utc(datetime.now(UTC))
 
 
 def iso_z(value: datetime) -> str:
@@ -43,7 +44,9 @@ def _to_utc(value: datetime) -> datetime:
 
 
 UtcTimestamp = Annotated[
-    AwareDatetime, AfterValidator(_to_utc), PlainSerializer(iso_z, return_type=str, when_used="json")
+    AwareDatetime,
+    AfterValidator(_to_utc),
+    PlainSerializer(iso_z, return_type=str, when_used="json"),
 ]
 
 

@@ -252,7 +252,7 @@ class Publisher:
                     delay = self._backoff[0]
                     log.info("event=mqtt_connected %s backlog=%d", where, self.backlog)
                     await self._session(client)
-            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            except Exception as exc:
                 causes = _causes(exc)
                 if all(isinstance(c, aiomqtt.MqttError) for c in causes):
                     log.warning("event=mqtt_disconnected %s error=%r retry_in=%.1f",
@@ -291,9 +291,7 @@ class Publisher:
     async def _publish_rows(self, client: aiomqtt.Client, rows: list[OutboxRow]) -> None:
         # Tasks start in creation order, so paho sends the rows in rowid order and the broker
         # sees them in that order; several are in flight at once for throughput.
-        sends = [
-            asyncio.create_task(client.publish(row.topic, row.payload, qos=1)) for row in rows
-        ]
+        sends = [asyncio.create_task(client.publish(row.topic, row.payload, qos=1)) for row in rows]
         results = await asyncio.gather(*sends, return_exceptions=True)
         # Mark only the acknowledged prefix: a replay then resends a suffix, still in order.
         acked: list[int] = []
@@ -390,12 +388,13 @@ class Publisher:
             return _error("resource_not_found", f"unknown command {name!r}")
         try:
             result = await self._handler(name, args)
-            return json.loads(json.dumps({"data": result}))
+            reply: dict[str, Any] = json.loads(json.dumps({"data": result}))  # JSON-safe or raise
+            return reply
         except CommandError as exc:
             return exc.to_dict()
         except ValidationError as exc:
             details = exc.errors(include_url=False, include_context=False, include_input=False)
             return _error("invalid_parameter", f"invalid {name} parameters", details)
-        except Exception:  # noqa: BLE001 - a command must never take the listener down
+        except Exception:
             log.exception("event=mqtt_command_failed node=%s name=%s", self.node, name)
             return _error("internal_error", f"command {name} failed")

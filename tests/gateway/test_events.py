@@ -76,7 +76,7 @@ def test_timestamps_in_data_are_converted_to_utc() -> None:
 
 def test_naive_timestamps_are_rejected() -> None:
     with pytest.raises(ValidationError):
-        CallAnswered(codec="PCMU", answered_at=datetime(2025, 6, 1, 12, 0))  # noqa: DTZ001
+        CallAnswered(codec="PCMU", answered_at=datetime(2025, 6, 1, 12, 0))
 
 
 def test_envelope_validates_data_against_the_type() -> None:

@@ -27,7 +27,10 @@ from gateway.events import (
 )
 from gateway.publisher import MqttSettings, Publisher
 from gateway.store import CallRecord, OutboxRow, Store
-from tests.integration.mosquitto import mosquitto, persistent_mosquitto  # noqa: F401
+from tests.integration.mosquitto import (  # noqa: F401 - fixtures
+    mosquitto_fixture,
+    persistent_mosquitto_fixture,
+)
 
 NODE = "node-a"
 PREFIX = "it"
@@ -149,7 +152,7 @@ def store(tmp_path: Path) -> Store:
 
 @pytest.mark.integration
 async def test_events_are_delivered_in_order_per_call_and_marked(
-    mosquitto: EmbeddedBroker, store: Store  # noqa: F811
+    mosquitto: EmbeddedBroker, store: Store
 ) -> None:
     publisher = new_publisher(store, mosquitto)
     async with Collector(mosquitto, EVENTS).running() as collector:
@@ -167,7 +170,7 @@ async def test_events_are_delivered_in_order_per_call_and_marked(
 
 @pytest.mark.integration
 async def test_broker_outage_loses_nothing_and_keeps_per_call_order(
-    persistent_mosquitto: EmbeddedBroker, store: Store  # noqa: F811
+    persistent_mosquitto: EmbeddedBroker, store: Store
 ) -> None:
     broker = persistent_mosquitto
     publisher = new_publisher(store, broker, batch_size=10)
@@ -212,7 +215,7 @@ class ForgetfulStore(Store):
 
 @pytest.mark.integration
 async def test_new_publisher_replays_undelivered_rows_with_the_same_ids(
-    mosquitto: EmbeddedBroker, tmp_path: Path  # noqa: F811
+    mosquitto: EmbeddedBroker, tmp_path: Path
 ) -> None:
     path = str(tmp_path / "replay.db")
     crashed = ForgetfulStore(path, prefix=PREFIX)
@@ -278,7 +281,7 @@ async def requester(broker: EmbeddedBroker) -> AsyncIterator[Callable[..., Await
 
 @pytest.mark.integration
 async def test_commands_reply_on_the_response_topic_with_correlation_data(
-    mosquitto: EmbeddedBroker, store: Store  # noqa: F811
+    mosquitto: EmbeddedBroker, store: Store
 ) -> None:
     publisher = new_publisher(store, mosquitto, command_handler=handler)
     async with aiomqtt.Client(mosquitto.host, mosquitto.port) as watcher:
@@ -304,7 +307,7 @@ async def test_commands_reply_on_the_response_topic_with_correlation_data(
 
 @pytest.mark.integration
 async def test_status_and_trunk_state_are_retained_and_stop_says_offline(
-    mosquitto: EmbeddedBroker, store: Store  # noqa: F811
+    mosquitto: EmbeddedBroker, store: Store
 ) -> None:
     publisher = new_publisher(
         store, mosquitto, status_provider=lambda: {"active_calls": 2, "capacity": 4}
