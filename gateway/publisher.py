@@ -175,16 +175,17 @@ class Publisher:
 
     def wake(self) -> None:
         """Tell the publisher that new events are in the store (callable from any thread)."""
-        if self._loop is None:
-            return
+        self._set(self._wake)
+
+    def _set(self, event: asyncio.Event) -> None:
         try:
-            running = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is self._loop:
-            self._wake.set()
+        if self._loop is None or running is self._loop:
+            event.set()
         elif not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(event.set)
 
     @property
     def backlog(self) -> int:
@@ -203,12 +204,12 @@ class Publisher:
         """Retain `state` at trunks/{id}/state; re-sent after every reconnect."""
         self._trunk_states[trunk_id] = {**state, "ts": iso_z(utc_now())}
         self._dirty_trunks.add(trunk_id)
-        self._retained_wake.set()
+        self._set(self._retained_wake)
 
     def refresh_status(self) -> None:
         """Re-publish node status now (e.g. active_calls changed)."""
         self._status_dirty = True
-        self._retained_wake.set()
+        self._set(self._retained_wake)
 
     # --- connection loop -----------------------------------------------------------------
 
@@ -319,7 +320,12 @@ class Publisher:
     # --- retained node status and trunk state ----------------------------------------------
 
     def _status_payload(self) -> dict[str, Any]:
-        extra = dict(self._status_provider()) if self._status_provider else {}
+        extra: dict[str, Any] = {}
+        if self._status_provider is not None:
+            try:
+                extra = dict(self._status_provider())
+            except Exception:
+                log.exception("event=status_provider_failed node=%s", self.node)
         return {
             "state": "online",
             "version": self._version,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager, suppress
@@ -33,6 +35,7 @@ from tests.integration.mosquitto import (  # noqa: F401 - fixtures
 )
 
 NODE = "node-a"
+REPO = Path(__file__).resolve().parents[2]
 PREFIX = "it"
 EVENTS = f"{PREFIX}/{NODE}/calls/+/events"
 
@@ -343,3 +346,41 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
     assert (await publisher.execute("echo", b"\xff"))["error"]["code"] == "invalid_parameter"
     assert (await publisher.execute("hangup", b"{}"))["error"]["code"] == "resource_not_found"
     assert (await publisher.execute("explode", b"{}"))["error"]["code"] == "internal_error"
+
+
+_PUBLISHER_PROCESS = """
+import asyncio, sys
+from gateway.publisher import MqttSettings, Publisher
+from gateway.store import Store
+
+async def main() -> None:
+    settings = MqttSettings(port=int(sys.argv[2]), prefix=sys.argv[3])
+    publisher = Publisher(Store(sys.argv[1], prefix=sys.argv[3]), settings, sys.argv[4])
+    await publisher.start()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.integration
+async def test_last_will_marks_a_killed_node_offline(
+    mosquitto: EmbeddedBroker, tmp_path: Path
+) -> None:
+    status = status_topic(PREFIX, NODE)
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port) as client:
+        await client.subscribe(status, qos=1)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _PUBLISHER_PROCESS,
+            str(tmp_path / "node.db"), str(mosquitto.port), PREFIX, NODE,
+            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        try:
+            states = (json.loads(m.payload)["state"] async for m in client.messages)  # type: ignore[arg-type]
+            assert await asyncio.wait_for(anext(states), 10) == "online"
+            proc.kill()
+            assert await asyncio.wait_for(anext(states), 10) == "offline"
+        finally:
+            with suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
