@@ -125,6 +125,9 @@ class EmbeddedBroker:
         self._write_config()
         proc = self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.config_path)],
+            # Its own process group: Ctrl-C at the terminal must not take the broker down
+            # before the node has drained and published its last events.
+            process_group=0,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -134,7 +134,7 @@ class CallCompleted(EventData):
     billable_seconds: int = Field(ge=0)
     reason: str
     sip_code: int | None = None
-    hangup_by: Literal["caller", "callee", "agent", "api", "system"] | None = None
+    hangup_by: Literal["caller", "callee", "agent", "gateway", "control_plane"] | None = None
     latency: dict[str, float] | None = None
 
 
@@ -148,7 +148,7 @@ class CallFailed(EventData):
 class CallDtmf(EventData):
     event_type: ClassVar[str] = "call.dtmf"
     digit: str = Field(pattern=r"^[0-9*#A-Da-d]$")
-    method: Literal["rfc2833", "info", "inband"] = "rfc2833"
+    method: Literal["rfc4733", "sip_info", "inband"] = "rfc4733"
     duration_ms: int | None = Field(default=None, ge=0)
 
 

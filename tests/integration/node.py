@@ -1,0 +1,156 @@
+"""Run a real sipedge node (`sipedge run`) for integration tests, on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port")
+
+
+def sip_options(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> str | None:
+    """Send one OPTIONS over UDP; the status line of the reply, or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        local = s.getsockname()[1]
+        branch = "z9hG4bK" + uuid.uuid4().hex[:12]
+        msg = (
+            f"OPTIONS sip:ping@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch={branch};rport\r\n"
+            f"From: <sip:probe@127.0.0.1>;tag={uuid.uuid4().hex[:8]}\r\n"
+            f"To: <sip:ping@{host}>\r\n"
+            f"Call-ID: {uuid.uuid4().hex}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.settimeout(timeout)
+        s.sendto(msg.encode(), (host, port))
+        try:
+            data, _ = s.recvfrom(65535)
+        except (TimeoutError, socket.timeout):
+            return None
+        return data.decode(errors="replace").split("\r\n", 1)[0]
+
+
+def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
+    """A loopback node config: echo agent on +15550100, a trunk to `uas_port` for dial-out."""
+    config: dict[str, Any] = {
+        "node": {"id": "test-node", "drain_timeout": 5},
+        "sip": {"listen": "127.0.0.1", "port": free_port(), "transports": ["udp", "tcp"],
+                "rtp_ports": {"start": 30000 + (os.getpid() % 200) * 100,
+                              "end": 30000 + (os.getpid() % 200) * 100 + 99}},
+        "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"],
+                    "proxy": f"sip:127.0.0.1:{free_port()}", "allowed_destinations": ["+1555"],
+                    "max_concurrent_calls": 10}],
+        "numbers": [{"number": "+15550100", "agent": "echo",
+                     "variables": {"campaign": "test"}}],
+        "agents": [{"id": "echo", "type": "echo", "delay_ms": 100}],
+        "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM), "prefix": "sipedge"},
+        "api": {"enabled": False},
+        "storage": {"path": str(tmp / "sipedge.db"), "recordings_dir": str(tmp / "recordings")},
+        "limits": {"max_concurrent_calls": 10, "ring_timeout": 30},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    return config
+
+
+class NodeProcess:
+    """`python -m gateway.cli run --config FILE` as a child process with its log in a file."""
+
+    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.path = tmp / f"node-{uuid.uuid4().hex[:6]}.yaml"
+        self.log_path = tmp / f"{self.path.stem}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def sip_port(self) -> int:
+        return int(self.config["sip"]["port"])
+
+    @property
+    def mqtt_port(self) -> int:
+        return int(self.config["mqtt"]["port"])
+
+    def start(self, timeout: float = 30.0) -> NodeProcess:
+        self.path.write_text(yaml.safe_dump(self.config))
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "--log-level", "DEBUG", "run",
+             "--config", str(self.path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
+            if "event=node_running" in self.log() and sip_options(self.sip_port):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"node did not become ready:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.log()
+            if text in log:
+                return log
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} not in node log:\n{self.log()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def kill(self) -> None:
+        """SIGKILL the whole node (supervisor, worker, embedded broker)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            self._log.close()
+
+    def __enter__(self) -> NodeProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
