@@ -17,7 +17,12 @@ class Backoff:
     def next_delay(self) -> float:
         """Delay before the next attempt: grows by `factor` up to `maximum`, jittered so a
         registrar restart is not met by every node at the same instant."""
-        ceiling = min(self.maximum, self.minimum * self.factor**self.attempts)
+        # attempts + 1: even the first retry is spread over [minimum, minimum * factor].
+        try:
+            grown = self.minimum * self.factor ** (self.attempts + 1)
+        except OverflowError:  # after ~1000 failures factor**attempts leaves float range
+            grown = self.maximum
+        ceiling = min(self.maximum, grown)
         self.attempts += 1
         return self.rng.uniform(max(self.minimum, ceiling / 2), ceiling)
 

@@ -78,10 +78,16 @@ class InboundDecision:
 
 def number_from_uri(uri: str) -> str:
     """The user part of a SIP URI or name-addr, normalised to E.164 where it looks like one."""
-    match = re.search(r"<?sips?:([^@;>]+)@", uri) or re.search(r"<?tel:([^;>]+)", uri)
+    # A quoted display name may hold anything, "sip:" and "<" included: drop it first.
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", uri)
+    bracketed = re.search(r"<([^>]*)>", text)
+    if bracketed:
+        text = bracketed.group(1)
+    match = re.search(r"sips?:([^@>\s]+)@", text, re.I) or re.search(r"tel:([^;>]+)", text, re.I)
     if not match:
         return ""
-    user = match.group(1)
+    # A telephone-subscriber user part may carry parameters: sip:+15551234567;npdi@host
+    user = match.group(1).split(";", 1)[0]
     digits = re.sub(r"[\s().-]", "", user)
     if re.fullmatch(r"\+?[0-9]+", digits):
         return digits if digits.startswith("+") else "+" + digits
@@ -103,15 +109,20 @@ def route_inbound(
         return InboundDecision(False, 503, "draining")
     if active_total >= capacity:
         return InboundDecision(False, 503, "node at capacity")
-    trunk = next((t for t in config.trunks if t.allow_ips_match(source_ip)), None)
-    if trunk is None:
+    candidates = [t for t in config.trunks if t.allow_ips_match(source_ip)]
+    if not candidates:
         return InboundDecision(False, 403, f"source {source_ip} is not allowed by any trunk")
+    trunk = candidates[0]
     numbers = {n.number: n for n in config.numbers}
     route = next((numbers[d] for d in dialled if d in numbers), None)
     if route is None:
         return InboundDecision(False, 404, "number not routed", trunk)
-    if route.trunk is not None and route.trunk != trunk.id:
-        return InboundDecision(False, 403, f"number belongs to trunk {route.trunk}", trunk)
+    if route.trunk is not None:
+        # Trunks of one carrier often share its addresses: take the one the number is bound to.
+        bound = next((t for t in candidates if t.id == route.trunk), None)
+        if bound is None:
+            return InboundDecision(False, 403, f"number belongs to trunk {route.trunk}", trunk)
+        trunk = bound
     if active_by_trunk.get(trunk.id, 0) >= trunk.max_concurrent_calls:
         return InboundDecision(False, 503, "trunk at max_concurrent_calls", trunk)
     return InboundDecision(True, 200, "accepted", trunk, route)
@@ -133,6 +144,6 @@ def failure_reason(sip_code: int, got_provisional: bool, timed_out: bool) -> End
         return EndReason.NO_ANSWER if got_provisional else EndReason.UNREACHABLE
     if sip_code == 487:
         return EndReason.CANCELLED
-    if sip_code in (502, 503, 504) or sip_code < 300:
+    if 500 <= sip_code < 600 or sip_code < 300:
         return EndReason.UNREACHABLE
     return EndReason.REJECTED

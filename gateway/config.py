@@ -118,7 +118,10 @@ class Trunk(Model):
     @model_validator(mode="after")
     def _registration(self) -> Trunk:
         if self.registers:
-            missing = [k for k in ("registrar", "username", "password") if getattr(self, k) is None]
+            password = self.password.get_secret_value() if self.password is not None else ""
+            given = {"registrar": self.registrar, "username": self.username, "password": password}
+            # An empty value (e.g. from ${VAR:-}) can no more register than a missing one.
+            missing = [k for k, v in given.items() if not v]
             if missing:
                 raise ValueError(f"register: true needs {', '.join(missing)}")
         if self.retry_max < self.retry_min:
@@ -130,7 +133,10 @@ class Trunk(Model):
         return self.proxy or self.registrar
 
     def allow_ips_match(self, ip: str) -> bool:
-        address = ipaddress.ip_address(ip)
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False  # a source we cannot parse is allowed by no trunk
         return any(address in ipaddress.ip_network(n, strict=False) for n in self.allowed_ips)
 
 
@@ -266,16 +272,32 @@ SECRET_KEYS = {"password", "api_keys", "headers"}
 
 
 def expand_env(
-    node: Any, env: dict[str, str], path: str, problems: list[str], secret: bool = False
+    node: Any,
+    env: dict[str, str],
+    path: str,
+    problems: list[str],
+    secret: bool = False,
+    expanded: dict[str, str] | None = None,
+    secret_values: set[str] | None = None,
 ) -> Any:
-    """Replace ${VAR} and ${VAR:-default} in every string; collect missing variables."""
+    """Replace ${VAR} and ${VAR:-default} in every string; collect missing variables.
+
+    `expanded` collects path -> original text for every value taken from the environment, and
+    `secret_values` the values put into secret keys, so errors can avoid printing them.
+    """
     if isinstance(node, dict):
         return {
-            k: expand_env(v, env, _join(path, str(k)), problems, secret or k in SECRET_KEYS)
+            k: expand_env(
+                v, env, _join(path, str(k)), problems, secret or k in SECRET_KEYS,
+                expanded, secret_values,
+            )
             for k, v in node.items()
         }
     if isinstance(node, list):
-        return [expand_env(v, env, f"{path}[{i}]", problems, secret) for i, v in enumerate(node)]
+        return [
+            expand_env(v, env, f"{path}[{i}]", problems, secret, expanded, secret_values)
+            for i, v in enumerate(node)
+        ]
     if not isinstance(node, str):
         return node
     if secret and node and not _ENV_REF.search(node):
@@ -285,13 +307,18 @@ def expand_env(
     def substitute(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env:
+            if secret and secret_values is not None and env[name]:
+                secret_values.add(env[name])
             return env[name]
         if default is not None:
             return default
         problems.append(f"{path}: environment variable {name} is not set")
         return ""
 
-    return _ENV_REF.sub(substitute, node)
+    result = _ENV_REF.sub(substitute, node)
+    if expanded is not None and result != node:
+        expanded[path] = node
+    return result
 
 
 def _join(path: str, key: str) -> str:
@@ -308,7 +335,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _describe(error: Any) -> str:
+def _describe(error: Any, expanded: dict[str, str] | None = None) -> str:
     kind, msg = error["type"], error["msg"]
     if kind == "extra_forbidden":
         return "unknown key (not part of the sipedge config)"
@@ -323,7 +350,11 @@ def _describe(error: Any) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     if "input" in error and not isinstance(error["input"], (dict, list, SecretStr)):
-        if not any(s in _loc(error["loc"]) for s in SECRET_KEYS):
+        loc = _loc(error["loc"])
+        if expanded and loc in expanded:
+            # The value came from the environment and may be a secret: name the reference.
+            return f"{msg} (got the value of {expanded[loc]!r}, not shown)"
+        if not any(s in loc for s in SECRET_KEYS):
             return f"{msg} (got {error['input']!r})"
     return str(msg)
 
@@ -334,15 +365,19 @@ def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> C
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}:{where}: invalid YAML: {problem}"]) from None
+        where = f": line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
+        raise ConfigError([f"{source}{where}: invalid YAML: {problem}"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: (top level): expected a mapping of sections"])
     problems: list[str] = []
-    expanded = expand_env(raw, dict(os.environ if env is None else env), "", problems)
+    from_env: dict[str, str] = {}
+    secret_values: set[str] = set()
+    expanded = expand_env(
+        raw, dict(os.environ if env is None else env), "", problems, False, from_env, secret_values
+    )
     lines = [f"{source}: {p}" for p in problems]
     env_paths = {p.split(":", 1)[0] for p in problems}
     try:
@@ -350,17 +385,25 @@ def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> C
     except ValidationError as exc:
         for error in exc.errors():
             loc = _loc(tuple(error["loc"]))
-            if loc in env_paths:
+            if loc in env_paths and error["type"] != "extra_forbidden":
                 continue  # already reported as a missing variable or a literal secret
-            msg = _describe(error)
+            msg = _describe(error, from_env)
             # Cross-reference errors carry their own key path in the message.
             if loc == "(top level)" and re.match(r"^[a-z]+\[\d+\]", msg):
                 lines.append(f"{source}: {msg}")
             else:
                 lines.append(f"{source}: {loc}: {msg}")
     if lines:
-        raise ConfigError(lines)
+        raise ConfigError([_redact(line, secret_values) for line in lines])
     return config
+
+
+def _redact(line: str, secret_values: set[str]) -> str:
+    # Validators may quote a value in their message (ipaddress does); never let a secret through.
+    for value in sorted(secret_values, key=len, reverse=True):
+        if len(value) >= 4:
+            line = line.replace(value, "**********")
+    return line
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
