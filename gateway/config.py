@@ -118,10 +118,7 @@ class Trunk(Model):
     @model_validator(mode="after")
     def _registration(self) -> Trunk:
         if self.registers:
-            password = self.password.get_secret_value() if self.password is not None else ""
-            given = {"registrar": self.registrar, "username": self.username, "password": password}
-            # An empty value (e.g. from ${VAR:-}) can no more register than a missing one.
-            missing = [k for k, v in given.items() if not v]
+            missing = [k for k in ("registrar", "username", "password") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"register: true needs {', '.join(missing)}")
         if self.retry_max < self.retry_min:
