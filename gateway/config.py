@@ -82,7 +82,7 @@ class Trunk(Model):
     realm: str = "*"
     domain: str | None = None
     transport: Literal["udp", "tcp"] = "udp"
-    expires: int = Field(300, ge=60, le=86400)
+    expires: int = Field(300, ge=10, le=86400)
     retry_min: float = Field(5.0, gt=0)
     retry_max: float = Field(300.0, gt=0)
     caller_id: str | None = Field(None, pattern=E164)

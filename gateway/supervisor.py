@@ -240,11 +240,23 @@ class Node:
                 log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
             await self.worker.stop(timeout=15)
         if self.publisher is not None:
+            await self._flush_outbox(timeout=3.0)
             await self.publisher.stop(timeout=3)
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         self.store.close()
         log.info("event=node_stopped")
+
+    async def _flush_outbox(self, timeout: float) -> None:
+        """Give the publisher a moment to deliver the last events; what it cannot deliver
+        stays in the outbox and goes out at the next start."""
+        assert self.publisher is not None
+        deadline = time.monotonic() + timeout
+        while self.publisher.connected and self.publisher.backlog and time.monotonic() < deadline:
+            self.publisher.wake()
+            await asyncio.sleep(0.05)
+        if self.publisher.backlog:
+            log.warning("event=outbox_not_flushed backlog=%d", self.publisher.backlog)
 
 
 def run_node(config: Config, config_path: str | Path) -> int:
