@@ -1,0 +1,639 @@
+"""The config file: what parses, what is refused and how each problem is named.
+
+Every problem line reads `<file>: <key path>: <what is wrong>`, all problems are reported at
+once, and a secret value never appears in a message, a repr or the summary.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Config, load_config, parse_config, summary
+from gateway.errors import ConfigError, SipedgeError
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCE = "node.yaml"
+SECRET = "supersecret"
+
+CARRIER_ENV = {
+    "CARRIER_PASSWORD": SECRET,
+    "AGENT_TOKEN": "agent-token-value",
+    "MQTT_USERNAME": "mqtt-user",
+    "MQTT_PASSWORD": "mqtt-password-value",
+    "SIPEDGE_API_KEY": "api-key-value",
+    "SIPEDGE_ADMIN_KEY": "admin-key-value",
+}
+
+VALID = """
+node: {id: test-node}
+sip:
+  listen: 127.0.0.1
+  port: 5070
+trunks:
+  - id: carrier
+    register: true
+    registrar: sip:registrar.example.com:5060
+    username: "4420700000"
+    password: ${PW}
+    allowed_ips: [198.51.100.0/24]
+  - id: pbx
+    proxy: sip:192.0.2.20
+    allowed_ips: [192.0.2.20/32]
+numbers:
+  - {number: "+442070000000", agent: bot, trunk: carrier}
+agents:
+  - id: bot
+    type: twilio-ws
+    url: wss://agents.example.com/stream
+    headers: {Authorization: "Bearer ${TOKEN}"}
+mqtt:
+  password: ${PW}
+api:
+  api_keys: ["${KEY}"]
+"""
+VALID_ENV = {"PW": SECRET, "TOKEN": "tok3n-value", "KEY": "k3y-value"}
+
+
+def problems_of(text: str, env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(textwrap.dedent(text), SOURCE, {} if env is None else env)
+    problems = info.value.problems
+    assert problems, "a ConfigError always carries at least one problem"
+    return problems
+
+
+def only_problem(text: str, env: dict[str, str] | None = None) -> str:
+    problems = problems_of(text, env)
+    assert len(problems) == 1, problems
+    return problems[0]
+
+
+def assert_problem(text: str, path: str, *fragments: str, env: dict[str, str] | None = None) -> str:
+    line = only_problem(text, env)
+    assert line.startswith(f"{SOURCE}: {path}: "), line
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+# -- valid files -------------------------------------------------------------------------------
+
+
+def test_empty_file_is_all_defaults() -> None:
+    config = parse_config("", SOURCE, {})
+    assert config == Config()
+    assert config.sip.port == 5060
+    assert config.trunks == [] and config.numbers == [] and config.agents == []
+
+
+def test_valid_config_parses_with_env_expanded() -> None:
+    config = parse_config(VALID, SOURCE, VALID_ENV)
+    carrier = config.trunk("carrier")
+    assert carrier is not None and carrier.registers
+    assert carrier.password is not None and carrier.password.get_secret_value() == SECRET
+    assert config.agent("bot") is not None
+    assert config.agent("bot").headers["Authorization"].get_secret_value() == "Bearer tok3n-value"  # type: ignore[union-attr]
+    assert [k.get_secret_value() for k in config.api.api_keys] == ["k3y-value"]
+    assert config.trunk("nope") is None and config.agent("nope") is None
+
+
+def test_local_yaml_loads_cleanly() -> None:
+    config = load_config(ROOT / "configs" / "local.yaml", env={})
+    assert config.node.id == "local"
+    assert [a.type for a in config.agents] == ["echo"]
+    # ${SIPEDGE_API_KEY:-dev-key} falls back to its default when the variable is unset.
+    assert [k.get_secret_value() for k in config.api.api_keys] == ["dev-key"]
+
+
+def test_example_carrier_yaml_loads_cleanly_with_its_variables_set() -> None:
+    config = load_config(ROOT / "configs" / "example-carrier.yaml", env=CARRIER_ENV)
+    carrier, static = config.trunks
+    assert carrier.registers and carrier.registrar and carrier.proxy and carrier.username
+    assert carrier.password is not None and carrier.password.get_secret_value() == SECRET
+    assert carrier.auth_username and carrier.domain and carrier.caller_id and carrier.codecs
+    assert not static.registers and static.allowed_ips
+    assert {a.type for a in config.agents} >= {"echo", "twilio-ws", "pcm-ws"}
+    assert any(route.variables for route in config.numbers)
+    assert config.mqtt.tls is not None
+    assert config.mqtt.password is not None
+    assert config.mqtt.password.get_secret_value() == "mqtt-password-value"
+    assert len(config.api.api_keys) == 2
+    assert config.recording.enabled
+
+
+def test_example_carrier_yaml_names_every_variable_it_needs() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(ROOT / "configs" / "example-carrier.yaml", env={})
+    text = "\n".join(info.value.problems)
+    for name in CARRIER_ENV:
+        assert f"environment variable {name} is not set" in text
+
+
+def test_load_config_reports_an_unreadable_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing, env={})
+    assert info.value.problems == [f"{missing}: cannot read file: No such file or directory"]
+
+
+def test_load_config_names_problems_by_the_file_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("sip:\n  port: 99999\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.problems[0].startswith(f"{path}: sip.port: ")
+
+
+def test_config_error_is_a_sipedge_error_with_one_line_per_problem() -> None:
+    error = ConfigError(["a.yaml: x: one", "a.yaml: y: two"])
+    assert isinstance(error, SipedgeError)
+    assert str(error) == "a.yaml: x: one\na.yaml: y: two"
+
+
+# -- YAML and shape ----------------------------------------------------------------------------
+
+
+def test_invalid_yaml_names_line_and_column() -> None:
+    line = only_problem("sip:\n  port: 5060\n  listen: [127.0.0.1\n")
+    assert line.startswith(f"{SOURCE}: line ")
+    assert "column" in line and "invalid YAML" in line
+
+
+def test_invalid_yaml_line_number_is_one_based() -> None:
+    line = only_problem("sip:\n  port: 5060: 5061\n")
+    assert line.startswith(f"{SOURCE}: line 2 column 13: invalid YAML: mapping values")
+
+
+def test_yaml_reader_error_is_one_line() -> None:
+    line = only_problem("sip:\n  user_agent: \x07\n")
+    assert line.startswith(f"{SOURCE}: invalid YAML: ")
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("text", ["- sip\n- trunks\n", "just a string\n", "42\n"])
+def test_top_level_must_be_a_mapping(text: str) -> None:
+    assert only_problem(text) == f"{SOURCE}: (top level): expected a mapping of sections"
+
+
+def test_unknown_top_level_key() -> None:
+    assert_problem("colour: red\n", "colour", "unknown key")
+
+
+def test_unknown_key_in_a_section() -> None:
+    assert_problem("sip:\n  colour: red\n", "sip.colour", "unknown key")
+
+
+def test_unknown_key_in_a_list_item_names_its_index() -> None:
+    assert_problem(
+        "trunks:\n  - id: a\n  - id: b\n    colour: red\n", "trunks[1].colour", "unknown key"
+    )
+
+
+def test_unknown_key_is_reported_even_when_its_variable_is_missing() -> None:
+    problems = problems_of("sip:\n  colour: ${NOPE}\n")
+    assert f"{SOURCE}: sip.colour: environment variable NOPE is not set" in problems
+    assert any("sip.colour: unknown key" in p for p in problems)
+
+
+def test_section_of_the_wrong_type() -> None:
+    assert_problem("sip: 5\n", "sip", "valid dictionary")
+    assert_problem("trunks: {id: a}\n", "trunks", "valid list")
+
+
+# -- sip ---------------------------------------------------------------------------------------
+
+
+def test_port_out_of_range_shows_the_value() -> None:
+    assert_problem("sip:\n  port: 99999\n", "sip.port", "65535", "99999")
+
+
+def test_port_of_the_wrong_type() -> None:
+    assert_problem("sip:\n  port: five\n", "sip.port", "integer", "'five'")
+
+
+def test_listen_must_be_an_ip_address() -> None:
+    assert_problem("sip:\n  listen: sip.example.com\n", "sip.listen", "IPv4 or IPv6")
+
+
+def test_public_address_must_be_an_ip_address() -> None:
+    assert_problem("sip:\n  public_address: 1.2.3\n", "sip.public_address", "IPv4 or IPv6")
+
+
+def test_ipv6_listen_address_is_accepted() -> None:
+    assert parse_config("sip:\n  listen: '::1'\n", SOURCE, {}).sip.listen == "::1"
+
+
+def test_rtp_port_range_must_be_ordered() -> None:
+    text = "sip:\n  rtp_ports: {start: 30000, end: 30000}\n"
+    assert_problem(text, "sip.rtp_ports", "rtp_ports.end must be greater than rtp_ports.start")
+    text = "sip:\n  rtp_ports: {start: 30000, end: 20000}\n"
+    assert_problem(text, "sip.rtp_ports", "greater than")
+
+
+def test_rtp_ports_below_1024_are_refused() -> None:
+    assert_problem("sip:\n  rtp_ports: {start: 80, end: 2000}\n", "sip.rtp_ports.start", "1024")
+
+
+@pytest.mark.parametrize("key", ["transports", "codecs"])
+def test_transports_and_codecs_must_not_be_empty(key: str) -> None:
+    assert_problem(f"sip:\n  {key}: []\n", f"sip.{key}", "at least one")
+
+
+def test_transports_must_not_repeat() -> None:
+    assert_problem("sip:\n  transports: [udp, udp]\n", "sip.transports", "must not repeat")
+
+
+def test_unknown_codec_names_its_index() -> None:
+    assert_problem("sip:\n  codecs: [PCMU, OPUS]\n", "sip.codecs[1]", "'OPUS'")
+
+
+def test_unknown_transport_is_refused() -> None:
+    assert_problem("sip:\n  transports: [udp, tls]\n", "sip.transports[1]", "'tls'")
+
+
+# -- trunks ------------------------------------------------------------------------------------
+
+
+def test_registrar_must_be_a_sip_uri_and_names_the_trunk_index() -> None:
+    text = "trunks:\n  - id: a\n  - id: b\n    registrar: http://registrar.example.com\n"
+    assert_problem(text, "trunks[1].registrar", "SIP URI", "http://registrar.example.com")
+
+
+@pytest.mark.parametrize("uri", ["sip:sip.example.com", "sips:sip.example.com:5061", "sip:192.0.2.1:5060"])
+def test_registrar_and_proxy_accept_sip_and_sips_uris(uri: str) -> None:
+    config = parse_config(f"trunks:\n  - id: a\n    registrar: {uri}\n    proxy: {uri}\n", SOURCE, {})
+    assert config.trunks[0].outbound_uri == uri
+
+
+def test_outbound_uri_prefers_the_proxy_over_the_registrar() -> None:
+    text = "trunks:\n  - id: a\n    registrar: sip:reg.example.com\n    proxy: sip:px.example.com\n"
+    assert parse_config(text, SOURCE, {}).trunks[0].outbound_uri == "sip:px.example.com"
+    text = "trunks:\n  - id: a\n    registrar: sip:reg.example.com\n"
+    assert parse_config(text, SOURCE, {}).trunks[0].outbound_uri == "sip:reg.example.com"
+
+
+def test_proxy_with_spaces_is_refused() -> None:
+    assert_problem("trunks:\n  - id: a\n    proxy: sip:a b\n", "trunks[0].proxy", "SIP URI")
+
+
+def test_register_true_needs_registrar_username_and_password() -> None:
+    line = assert_problem("trunks:\n  - id: a\n    register: true\n", "trunks[0]")
+    assert "register: true needs registrar, username, password" in line
+
+
+def test_register_true_names_only_what_is_missing() -> None:
+    text = "trunks:\n  - id: a\n    register: true\n    registrar: sip:r.example.com\n    username: u\n"
+    assert_problem(text, "trunks[0]", "register: true needs password")
+
+
+def test_retry_max_below_retry_min_is_refused() -> None:
+    text = "trunks:\n  - id: a\n    retry_min: 60\n    retry_max: 10\n"
+    assert_problem(text, "trunks[0]", "retry_max must be >= retry_min")
+
+
+def test_retry_delays_must_be_positive() -> None:
+    assert_problem("trunks:\n  - id: a\n    retry_min: 0\n", "trunks[0].retry_min", "greater than 0")
+
+
+def test_expires_out_of_range() -> None:
+    assert_problem("trunks:\n  - id: a\n    expires: 1\n", "trunks[0].expires", "greater than")
+    assert_problem("trunks:\n  - id: a\n    expires: 100000\n", "trunks[0].expires", "86400")
+
+
+def test_bad_cidr_in_allowed_ips() -> None:
+    text = "trunks:\n  - id: a\n    allowed_ips: [10.0.0.0/8, 10.0.0.0/33]\n"
+    assert_problem(text, "trunks[0].allowed_ips", "10.0.0.0/33", "network")
+
+
+def test_allowed_ips_accepts_hosts_and_networks_of_both_families() -> None:
+    text = "trunks:\n  - id: a\n    allowed_ips: [192.0.2.1, 10.1.2.3/8, '2001:db8::/32']\n"
+    trunk = parse_config(text, SOURCE, {}).trunks[0]
+    assert trunk.allow_ips_match("192.0.2.1")
+    assert trunk.allow_ips_match("10.200.0.1")  # host bits in 10.1.2.3/8 are not an error
+    assert trunk.allow_ips_match("2001:db8::1")
+    assert not trunk.allow_ips_match("192.0.2.2")
+    assert not trunk.allow_ips_match("not-an-ip")
+
+
+def test_bad_prefix_in_allowed_destinations() -> None:
+    text = "trunks:\n  - id: a\n    allowed_destinations: ['+44', '0044']\n"
+    assert_problem(text, "trunks[0].allowed_destinations", "'0044'", "E.164 prefix")
+
+
+def test_allowed_destinations_default_to_anything() -> None:
+    assert parse_config("trunks:\n  - id: a\n", SOURCE, {}).trunks[0].allowed_destinations == ["+"]
+
+
+def test_caller_id_must_be_e164() -> None:
+    text = "trunks:\n  - id: a\n    caller_id: '02070000000'\n"
+    assert_problem(text, "trunks[0].caller_id", "E.164")
+
+
+def test_trunk_id_must_be_a_lowercase_id() -> None:
+    assert_problem("trunks:\n  - id: My Trunk\n", "trunks[0].id", "lower-case")
+
+
+def test_trunk_max_concurrent_calls_at_least_one() -> None:
+    assert_problem(
+        "trunks:\n  - id: a\n    max_concurrent_calls: 0\n", "trunks[0].max_concurrent_calls"
+    )
+
+
+def test_trunk_without_id_is_named() -> None:
+    assert_problem("trunks:\n  - proxy: sip:p.example.com\n", "trunks[0].id", "required key is missing")
+
+
+def test_duplicate_trunk_ids() -> None:
+    line = only_problem("trunks:\n  - id: a\n  - id: b\n  - id: a\n")
+    assert line == f"{SOURCE}: trunks[2]: 'a' is defined twice"
+
+
+def test_duplicate_agent_ids_and_numbers() -> None:
+    assert only_problem("agents:\n  - {id: e, type: echo}\n  - {id: e, type: echo}\n") == (
+        f"{SOURCE}: agents[1]: 'e' is defined twice"
+    )
+    text = """
+        agents: [{id: e, type: echo}]
+        numbers:
+          - {number: "+15550100", agent: e}
+          - {number: "+15550100", agent: e}
+    """
+    assert only_problem(text) == f"{SOURCE}: numbers[1]: '+15550100' is defined twice"
+
+
+# -- numbers and agents ------------------------------------------------------------------------
+
+
+def test_number_must_be_e164() -> None:
+    text = """
+        agents: [{id: e, type: echo}]
+        numbers:
+          - {number: "+15550100", agent: e}
+          - {number: "15550101", agent: e}
+    """
+    assert_problem(text, "numbers[1].number", "E.164", "'15550101'")
+
+
+def test_number_routed_to_an_unknown_agent() -> None:
+    text = """
+        agents: [{id: e, type: echo}, {id: bot, type: echo}]
+        numbers:
+          - {number: "+15550100", agent: e}
+          - {number: "+15550101", agent: nobody}
+    """
+    assert only_problem(text) == (
+        f"{SOURCE}: numbers[1].agent: 'nobody' is not one of the agents (bot, e)"
+    )
+
+
+def test_number_routed_when_no_agents_are_defined() -> None:
+    line = only_problem('numbers:\n  - {number: "+15550100", agent: e}\n')
+    assert line.startswith(f"{SOURCE}: numbers[0].agent: ")
+    assert "none defined" in line
+
+
+def test_number_bound_to_an_unknown_trunk() -> None:
+    text = """
+        trunks: [{id: carrier}]
+        agents: [{id: e, type: echo}]
+        numbers:
+          - {number: "+15550100", agent: e, trunk: elsewhere}
+    """
+    assert only_problem(text) == (
+        f"{SOURCE}: numbers[0].trunk: 'elsewhere' is not a defined trunk"
+    )
+
+
+@pytest.mark.parametrize("kind", ["twilio-ws", "pcm-ws", "webrtc"])
+def test_non_echo_agent_needs_a_url(kind: str) -> None:
+    text = f"agents:\n  - id: e\n    type: echo\n  - id: bot\n    type: {kind}\n"
+    assert_problem(text, "agents[1]", f"agent type {kind} needs a url")
+
+
+def test_echo_agent_needs_no_url() -> None:
+    assert parse_config("agents:\n  - {id: e, type: echo}\n", SOURCE, {}).agents[0].url is None
+
+
+def test_unknown_agent_type() -> None:
+    assert_problem("agents:\n  - {id: e, type: smoke-signals}\n", "agents[0].type", "'smoke-signals'")
+
+
+def test_agent_sample_rate_is_one_of_the_supported_rates() -> None:
+    text = "agents:\n  - {id: e, type: echo, sample_rate: 44100}\n"
+    assert_problem(text, "agents[0].sample_rate", "8000")
+
+
+# -- other sections ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("vad:\n  aggressiveness: 4\n", "vad.aggressiveness"),
+        ("vad:\n  frame_ms: 25\n", "vad.frame_ms"),
+        ("limits:\n  ring_timeout: 0\n", "limits.ring_timeout"),
+        ("limits:\n  max_concurrent_calls: 0\n", "limits.max_concurrent_calls"),
+        ("mqtt:\n  port: 0\n", "mqtt.port"),
+        ("mqtt:\n  tls: {colour: red}\n", "mqtt.tls.colour"),
+        ("api:\n  port: 70000\n", "api.port"),
+        ("node:\n  workers: 2\n", "node.workers"),
+        ("node:\n  id: -bad\n", "node.id"),
+        ("recording:\n  enabled: perhaps\n", "recording.enabled"),
+    ],
+)
+def test_other_sections_name_the_key_path(text: str, path: str) -> None:
+    assert_problem(text, path)
+
+
+# -- several problems at once ------------------------------------------------------------------
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    text = """
+        sip:
+          port: 99999
+          colour: red
+          listen: not-an-ip
+        trunks:
+          - id: a
+            register: true
+          - id: b
+            registrar: http://x
+            allowed_ips: [300.0.0.0/8]
+        agents:
+          - {id: bot, type: pcm-ws}
+        api:
+          api_keys: ["${MISSING_KEY}"]
+    """
+    problems = problems_of(text)
+    paths = [line.split(": ", 2)[1] for line in problems]
+    assert set(paths) >= {
+        "sip.port",
+        "sip.colour",
+        "sip.listen",
+        "trunks[0]",
+        "trunks[1].registrar",
+        "trunks[1].allowed_ips",
+        "agents[0]",
+        "api.api_keys[0]",
+    }
+    assert all(line.startswith(f"{SOURCE}: ") for line in problems)
+    assert all("\n" not in line for line in problems)
+
+
+# -- environment variables ---------------------------------------------------------------------
+
+
+def test_env_reference_is_expanded() -> None:
+    config = parse_config("sip:\n  user_agent: edge-${SITE}\n", SOURCE, {"SITE": "lon1"})
+    assert config.sip.user_agent == "edge-lon1"
+
+
+def test_env_reference_expands_into_numbers_after_validation() -> None:
+    config = parse_config("sip:\n  port: ${SIP_PORT}\n", SOURCE, {"SIP_PORT": "5080"})
+    assert config.sip.port == 5080
+
+
+def test_env_default_is_used_only_when_the_variable_is_unset() -> None:
+    text = "sip:\n  port: ${SIP_PORT:-5090}\n"
+    assert parse_config(text, SOURCE, {}).sip.port == 5090
+    assert parse_config(text, SOURCE, {"SIP_PORT": "5091"}).sip.port == 5091
+
+
+def test_empty_env_default_is_allowed() -> None:
+    config = parse_config("sip:\n  user_agent: a${SUFFIX:-}b\n", SOURCE, {})
+    assert config.sip.user_agent == "ab"
+
+
+def test_env_expands_inside_lists_and_number_variables() -> None:
+    text = """
+        trunks:
+          - id: a
+            allowed_ips: ["${CARRIER_NET}"]
+        agents: [{id: e, type: echo}]
+        numbers:
+          - number: "+15550100"
+            agent: e
+            variables: {queue: "${QUEUE:-general}", site: "${SITE}"}
+    """
+    config = parse_config(textwrap.dedent(text), SOURCE, {"CARRIER_NET": "198.51.100.0/24", "SITE": "x"})
+    assert config.trunks[0].allowed_ips == ["198.51.100.0/24"]
+    assert config.numbers[0].variables == {"queue": "general", "site": "x"}
+
+
+def test_env_defaults_to_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIPEDGE_TEST_UA", "from-process-env")
+    assert parse_config("sip:\n  user_agent: ${SIPEDGE_TEST_UA}\n", SOURCE).sip.user_agent == (
+        "from-process-env"
+    )
+
+
+def test_missing_env_var_is_named_at_its_key_path() -> None:
+    line = only_problem("trunks:\n  - id: a\n    password: ${CARRIER_PASSWORD}\n")
+    assert line == f"{SOURCE}: trunks[0].password: environment variable CARRIER_PASSWORD is not set"
+
+
+def test_missing_env_var_is_reported_once_not_again_as_a_type_error() -> None:
+    line = only_problem("sip:\n  port: ${SIP_PORT}\n")
+    assert line == f"{SOURCE}: sip.port: environment variable SIP_PORT is not set"
+
+
+def test_every_missing_env_var_is_named() -> None:
+    text = "mqtt:\n  username: ${MQ_USER}\n  password: ${MQ_PASS}\n"
+    assert problems_of(text) == [
+        f"{SOURCE}: mqtt.username: environment variable MQ_USER is not set",
+        f"{SOURCE}: mqtt.password: environment variable MQ_PASS is not set",
+    ]
+
+
+# -- secrets -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("trunks:\n  - id: a\n    password: hunter2\n", "trunks[0].password"),
+        ("mqtt:\n  password: hunter2\n", "mqtt.password"),
+        ("api:\n  api_keys: [hunter2]\n", "api.api_keys[0]"),
+        (
+            "agents:\n  - {id: b, type: pcm-ws, url: 'ws://a', headers: {Authorization: hunter2}}\n",
+            "agents[0].headers.Authorization",
+        ),
+    ],
+)
+def test_literal_secret_is_refused_without_being_printed(text: str, path: str) -> None:
+    line = only_problem(text)
+    assert line == f"{SOURCE}: {path}: secrets must be an ${{ENV}} reference, not literal text"
+    assert "hunter2" not in line
+
+
+def test_secret_may_mix_text_and_a_reference() -> None:
+    text = "agents:\n  - {id: b, type: pcm-ws, url: 'ws://a', headers: {Authorization: 'Bearer ${T}'}}\n"
+    config = parse_config(text, SOURCE, {"T": "abc"})
+    assert config.agents[0].headers["Authorization"].get_secret_value() == "Bearer abc"
+
+
+def test_secret_of_the_wrong_type_does_not_print_its_value() -> None:
+    problems = problems_of(f"trunks:\n  - id: a\n    password: [{SECRET}]\n")
+    assert all(line.startswith(f"{SOURCE}: trunks[0].password") for line in problems)
+    assert not any(SECRET in line for line in problems)
+
+
+def test_secrets_never_appear_in_str_repr_or_summary() -> None:
+    config = parse_config(VALID, SOURCE, VALID_ENV)
+    for text in (str(config), repr(config), summary(config), str(config.trunks[0]), repr(config.api)):
+        for value in VALID_ENV.values():
+            assert value not in text
+
+
+def test_secret_never_appears_in_error_messages() -> None:
+    broken = VALID.replace("port: 5070", "port: 99999")
+    broken += "limits:\n  ring_timeout: 0\n"
+    problems = problems_of(broken, VALID_ENV)
+    assert len(problems) == 2
+    assert SECRET not in "\n".join(problems)
+
+
+def test_secret_env_value_used_in_a_plain_key_is_not_printed() -> None:
+    # A typo puts the password variable where a number belongs: the error must not show it.
+    text = VALID.replace("port: 5070", "port: ${PW}") + "limits:\n  retry_after: ${PW}\n"
+    problems = problems_of(text, VALID_ENV)
+    assert [p.split(": ", 2)[1] for p in problems] == ["sip.port", "limits.retry_after"]
+    assert "${PW}" in problems[0]
+    assert SECRET not in "\n".join(problems)
+
+
+def test_secret_env_value_is_not_printed_when_a_validator_quotes_it() -> None:
+    text = VALID.replace("listen: 127.0.0.1", "listen: ${PW}")
+    line = only_problem(text, VALID_ENV)
+    assert line.startswith(f"{SOURCE}: sip.listen: ")
+    assert SECRET not in line
+
+
+def test_config_error_text_never_holds_a_secret() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(VALID.replace("listen: 127.0.0.1", "listen: ${PW}"), SOURCE, VALID_ENV)
+    assert SECRET not in str(info.value) and SECRET not in repr(info.value)
+
+
+# -- summary -----------------------------------------------------------------------------------
+
+
+def test_summary_describes_the_node() -> None:
+    text = summary(parse_config(VALID, SOURCE, VALID_ENV))
+    assert "node test-node: SIP udp/tcp on 127.0.0.1:5070" in text
+    assert "trunks (2):" in text
+    assert "carrier: registers with sip:registrar.example.com:5060 as 4420700000" in text
+    assert "pbx: static; inbound from 192.0.2.20/32" in text
+    assert "+442070000000 -> agent bot" in text
+    assert "bot: twilio-ws wss://agents.example.com/stream" in text
+    assert "(1 keys)" in text
+
+
+def test_summary_of_the_defaults() -> None:
+    text = summary(Config())
+    assert "trunks (0):" in text and "numbers (0):" in text and "agents (0):" in text
+    assert "mqtt: 127.0.0.1:1883, topics sipedge/node-1/..." in text
