@@ -50,8 +50,7 @@ def linear_to_ulaw(sample: int) -> int:
     sign = 0x80 if sample < 0 else 0x00
     if sample < 0:
         sample = -sample
-    if sample > _CLIP:
-        sample = _CLIP
+    sample = min(sample, _CLIP)
     sample += _BIAS
     exponent = 7
     mask = 0x4000
@@ -77,7 +76,7 @@ def ulaw_to_linear(byte: int) -> int:
 
 def pcm_samples(seconds: float = 3.0) -> list[int]:
     """The deterministic speech-like signal as signed 16-bit samples at 8 kHz."""
-    n_total = int(round(seconds * SAMPLE_RATE))
+    n_total = round(seconds * SAMPLE_RATE)
     cycle = (BURST_MS + GAP_MS) * SAMPLE_RATE // 1000
     burst = BURST_MS * SAMPLE_RATE // 1000
     ramp = 80  # 10 ms fade in/out to avoid clicks
@@ -95,7 +94,7 @@ def pcm_samples(seconds: float = 3.0) -> list[int]:
         for h in range(1, 9):
             value += math.sin(h * phase) / h
         env = min(1.0, pos / ramp, (burst - pos) / ramp)
-        out.append(int(round(9000.0 * env * value)))
+        out.append(round(9000.0 * env * value))
     return [max(-32768, min(32767, s)) for s in out]
 
 
@@ -131,7 +130,7 @@ def build_pcap(seconds: float = 3.0) -> bytes:
     """PCMU RTP packets of `pcm_samples(seconds)`, one per 20 ms."""
     payload = pcmu_payload(seconds)
     records: list[tuple[int, bytes]] = []
-    for i in range(0, len(payload) // SAMPLES_PER_PACKET):
+    for i in range(len(payload) // SAMPLES_PER_PACKET):
         marker = 0x80 if i == 0 else 0x00
         rtp = struct.pack("!BBHII", 0x80, marker | PAYLOAD_TYPE, i + 1, i * SAMPLES_PER_PACKET,
                           SSRC)

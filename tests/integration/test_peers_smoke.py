@@ -10,10 +10,10 @@ import pytest
 from tests.integration.peers import (
     HOST,
     Baresip,
-    peer_stack,
     Kamailio,
     RtpSink,
     Sipp,
+    peer_stack,
     sip_options,
     speech_samples,
 )
@@ -39,12 +39,25 @@ def _pcmu(samples: list[int]) -> bytes:
 def test_sipp_uac_pcap_calls_sipp_uas_and_rtp_flows(tmp_path: Path, peer_stack: Stack) -> None:
     with RtpSink() as sink:
         uas = peer_stack.enter_context(Sipp("uas.xml", workdir=tmp_path / "uas"))
-        sink_uas = peer_stack.enter_context(Sipp("uas_rtp_sink.xml", keys={"rtp_port": sink.port},
-                        workdir=tmp_path / "sink-uas"))
-        uac1 = peer_stack.enter_context(Sipp("uac_pcap.xml", remote=(HOST, uas.port), service="+15550100",
-                    workdir=tmp_path / "uac1"))
-        uac2 = peer_stack.enter_context(Sipp("uac_pcap.xml", remote=(HOST, sink_uas.port), service="+15550100",
-                    workdir=tmp_path / "uac2"))
+        sink_uas = peer_stack.enter_context(
+            Sipp("uas_rtp_sink.xml", keys={"rtp_port": sink.port}, workdir=tmp_path / "sink-uas")
+        )
+        uac1 = peer_stack.enter_context(
+            Sipp(
+                "uac_pcap.xml",
+                remote=(HOST, uas.port),
+                service="+15550100",
+                workdir=tmp_path / "uac1",
+            )
+        )
+        uac2 = peer_stack.enter_context(
+            Sipp(
+                "uac_pcap.xml",
+                remote=(HOST, sink_uas.port),
+                service="+15550100",
+                workdir=tmp_path / "uac2",
+            )
+        )
         for s in (uac1, uac2, uas, sink_uas):
             res = s.wait(20)
             assert res.ok, (s.scenario.name, res.returncode, res.errors)
@@ -59,7 +72,9 @@ def test_sipp_uac_pcap_calls_sipp_uas_and_rtp_flows(tmp_path: Path, peer_stack: 
 
 def test_sipp_dtmf_pcap_sends_rfc4733_events(tmp_path: Path, peer_stack: Stack) -> None:
     with RtpSink() as sink:
-        uas = peer_stack.enter_context(Sipp("uas_rtp_sink.xml", keys={"rtp_port": sink.port}, workdir=tmp_path / "u"))
+        uas = peer_stack.enter_context(
+            Sipp("uas_rtp_sink.xml", keys={"rtp_port": sink.port}, workdir=tmp_path / "u")
+        )
         uac = Sipp("uac_dtmf.xml", remote=(HOST, uas.port), workdir=tmp_path / "c").run(15)
         assert uac.ok, uac.errors
         assert uas.wait(5).ok
@@ -86,7 +101,9 @@ def test_sipp_cancel_busy_and_info(tmp_path: Path, peer_stack: Stack) -> None:
     assert res.returncode == 1 and res.failed == 1 and res.successful == 0
     assert busy.wait(5).ok
 
-    uas = peer_stack.enter_context(Sipp("uas.xml", workdir=tmp_path / "uas"))  # -aa answers the INFOs
+    uas = peer_stack.enter_context(
+        Sipp("uas.xml", workdir=tmp_path / "uas")
+    )  # -aa answers the INFOs
     res = Sipp("uac_dtmf_info.xml", remote=(HOST, uas.port), workdir=tmp_path / "info").run(10)
     assert res.ok, res.errors
     assert uas.wait(5).ok
@@ -103,15 +120,33 @@ def test_uas_hangup_sends_bye(tmp_path: Path, peer_stack: Stack) -> None:
     assert uas.wait(5).ok
 
 
-def test_kamailio_register_then_call_right_and_wrong_password(tmp_path: Path, peer_stack: Stack) -> None:
+def test_kamailio_register_then_call_right_and_wrong_password(
+    tmp_path: Path, peer_stack: Stack
+) -> None:
     uas = peer_stack.enter_context(Sipp("uas.xml", calls=None, workdir=tmp_path / "uas"))
     try:
-        with Kamailio(users={"alice": "secret"}, auth_invite=True,
-                      forward_to=f"{HOST}:{uas.port}", workdir=tmp_path / "k") as k:
-            good = Sipp("register_then_call.xml", remote=k.addr, keys={"user": "alice"},
-                        auth=("alice", "secret"), service="1000", workdir=tmp_path / "good")
-            bad = Sipp("register_then_call.xml", remote=k.addr, keys={"user": "alice"},
-                       auth=("alice", "WRONG"), service="1000", workdir=tmp_path / "bad")
+        with Kamailio(
+            users={"alice": "secret"},
+            auth_invite=True,
+            forward_to=f"{HOST}:{uas.port}",
+            workdir=tmp_path / "k",
+        ) as k:
+            good = Sipp(
+                "register_then_call.xml",
+                remote=k.addr,
+                keys={"user": "alice"},
+                auth=("alice", "secret"),
+                service="1000",
+                workdir=tmp_path / "good",
+            )
+            bad = Sipp(
+                "register_then_call.xml",
+                remote=k.addr,
+                keys={"user": "alice"},
+                auth=("alice", "WRONG"),
+                service="1000",
+                workdir=tmp_path / "bad",
+            )
             peer_stack.enter_context(good)
             res_bad = bad.run(10)
             assert res_bad.returncode == 1 and res_bad.failed == 1, res_bad.errors
@@ -131,13 +166,17 @@ def test_baresip_registers_and_calls_sipp_uas_via_kamailio(
     tmp_path: Path, peer_stack: Stack
 ) -> None:
     uas = peer_stack.enter_context(Sipp("uas.xml", workdir=tmp_path / "uas"))
-    k = peer_stack.enter_context(Kamailio(users={"bob": "pw-bob"}, auth_invite=True,
-                                          forward_to=f"{HOST}:{uas.port}",
-                                          workdir=tmp_path / "k"))
+    k = peer_stack.enter_context(
+        Kamailio(
+            users={"bob": "pw-bob"},
+            auth_invite=True,
+            forward_to=f"{HOST}:{uas.port}",
+            workdir=tmp_path / "k",
+        )
+    )
     # baresip sends everything through the registrar (outbound proxy): REGISTER with digest,
     # then INVITE (407 challenge) -> Kamailio -> SIPp uas.xml
-    with Baresip(user="bob", registrar=k.addr, password="pw-bob",
-                 workdir=tmp_path / "b") as phone:
+    with Baresip(user="bob", registrar=k.addr, password="pw-bob", workdir=tmp_path / "b") as phone:
         phone.wait_registered()
         phone.dial(f"sip:1000@{HOST}:{k.port}")
         phone.wait_established()
@@ -149,6 +188,8 @@ def test_baresip_registers_and_calls_sipp_uas_via_kamailio(
 
 def test_baresip_wrong_password_is_refused(tmp_path: Path, peer_stack: Stack) -> None:
     k = peer_stack.enter_context(Kamailio(users={"bob": "pw-bob"}, workdir=tmp_path / "k"))
-    with Baresip(user="bob", registrar=k.addr, password="nope", workdir=tmp_path / "b") as phone:
-        with pytest.raises(RuntimeError):
-            phone.wait_registered()
+    phone = peer_stack.enter_context(
+        Baresip(user="bob", registrar=k.addr, password="nope", workdir=tmp_path / "b")
+    )
+    with pytest.raises(RuntimeError):  # "403 Wrong password" seen before any 200
+        phone.wait_registered()
