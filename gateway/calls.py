@@ -39,6 +39,7 @@ class EndReason(str, enum.Enum):
     AUTH_FAILED = "auth_failed"
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
+    TRANSFERRED = "transferred"
     FAILED = "failed"
 
 
@@ -83,7 +84,9 @@ def number_from_uri(uri: str) -> str:
     bracketed = re.search(r"<([^>]*)>", text)
     if bracketed:
         text = bracketed.group(1)
-    match = re.search(r"sips?:([^@>\s]+)@", text, re.I) or re.search(r"tel:([^;>]+)", text, re.I)
+    match = re.search(r"sips?:([^@>\s]+)@", text, re.IGNORECASE) or re.search(
+        r"tel:([^;>]+)", text, re.IGNORECASE
+    )
     if not match:
         return ""
     # A telephone-subscriber user part may carry parameters: sip:+15551234567;npdi@host

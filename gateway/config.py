@@ -285,8 +285,13 @@ def expand_env(
     if isinstance(node, dict):
         return {
             k: expand_env(
-                v, env, _join(path, str(k)), problems, secret or k in SECRET_KEYS,
-                expanded, secret_values,
+                v,
+                env,
+                _join(path, str(k)),
+                problems,
+                secret or k in SECRET_KEYS,
+                expanded,
+                secret_values,
             )
             for k, v in node.items()
         }

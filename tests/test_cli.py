@@ -90,14 +90,18 @@ def test_check_config_names_a_missing_variable_without_a_value(
     ]
 
 
-def test_check_config_reports_invalid_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_reports_invalid_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = write(tmp_path, "sip:\n  port: [5060\n")
     assert main(["check-config", path]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"{path}: line ") and "invalid YAML" in line
 
 
-def test_check_config_reports_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_reports_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = str(tmp_path / "absent.yaml")
     assert main(["check-config", path]) == 2
     assert capsys.readouterr().err.startswith(f"{path}: cannot read file")

@@ -111,7 +111,11 @@ def test_ipv6_source_inside_a_trunk_network_is_accepted() -> None:
 
 def test_unknown_number_is_not_found_and_names_the_trunk() -> None:
     decision = route(dialled=["+15550100"])
-    assert (decision.accept, decision.sip_code, decision.reason) == (False, 404, "number not routed")
+    assert (decision.accept, decision.sip_code, decision.reason) == (
+        False,
+        404,
+        "number not routed",
+    )
     assert decision.trunk is not None and decision.trunk.id == "carrier"
 
 
@@ -271,8 +275,13 @@ def test_end_reasons_serialise_as_their_values() -> None:
 
 def record(state: CallState = CallState.INCOMING) -> CallRecord:
     return CallRecord(
-        id="call_test", direction="inbound", trunk="carrier", from_number="+15550199",
-        to_number="+442070000000", agent="bot", state=state,
+        id="call_test",
+        direction="inbound",
+        trunk="carrier",
+        from_number="+15550199",
+        to_number="+442070000000",
+        agent="bot",
+        state=state,
     )
 
 

@@ -262,9 +262,13 @@ def test_registrar_must_be_a_sip_uri_and_names_the_trunk_index() -> None:
     assert_problem(text, "trunks[1].registrar", "SIP URI", "http://registrar.example.com")
 
 
-@pytest.mark.parametrize("uri", ["sip:sip.example.com", "sips:sip.example.com:5061", "sip:192.0.2.1:5060"])
+@pytest.mark.parametrize(
+    "uri", ["sip:sip.example.com", "sips:sip.example.com:5061", "sip:192.0.2.1:5060"]
+)
 def test_registrar_and_proxy_accept_sip_and_sips_uris(uri: str) -> None:
-    config = parse_config(f"trunks:\n  - id: a\n    registrar: {uri}\n    proxy: {uri}\n", SOURCE, {})
+    config = parse_config(
+        f"trunks:\n  - id: a\n    registrar: {uri}\n    proxy: {uri}\n", SOURCE, {}
+    )
     assert config.trunks[0].outbound_uri == uri
 
 
@@ -295,7 +299,9 @@ def test_retry_max_below_retry_min_is_refused() -> None:
 
 
 def test_retry_delays_must_be_positive() -> None:
-    assert_problem("trunks:\n  - id: a\n    retry_min: 0\n", "trunks[0].retry_min", "greater than 0")
+    assert_problem(
+        "trunks:\n  - id: a\n    retry_min: 0\n", "trunks[0].retry_min", "greater than 0"
+    )
 
 
 def test_expires_out_of_range() -> None:
@@ -343,7 +349,9 @@ def test_trunk_max_concurrent_calls_at_least_one() -> None:
 
 
 def test_trunk_without_id_is_named() -> None:
-    assert_problem("trunks:\n  - proxy: sip:p.example.com\n", "trunks[0].id", "required key is missing")
+    assert_problem(
+        "trunks:\n  - proxy: sip:p.example.com\n", "trunks[0].id", "required key is missing"
+    )
 
 
 def test_duplicate_trunk_ids() -> None:
@@ -402,9 +410,7 @@ def test_number_bound_to_an_unknown_trunk() -> None:
         numbers:
           - {number: "+15550100", agent: e, trunk: elsewhere}
     """
-    assert only_problem(text) == (
-        f"{SOURCE}: numbers[0].trunk: 'elsewhere' is not a defined trunk"
-    )
+    assert only_problem(text) == (f"{SOURCE}: numbers[0].trunk: 'elsewhere' is not a defined trunk")
 
 
 @pytest.mark.parametrize("kind", ["twilio-ws", "pcm-ws", "webrtc"])
@@ -418,7 +424,9 @@ def test_echo_agent_needs_no_url() -> None:
 
 
 def test_unknown_agent_type() -> None:
-    assert_problem("agents:\n  - {id: e, type: smoke-signals}\n", "agents[0].type", "'smoke-signals'")
+    assert_problem(
+        "agents:\n  - {id: e, type: smoke-signals}\n", "agents[0].type", "'smoke-signals'"
+    )
 
 
 def test_agent_sample_rate_is_one_of_the_supported_rates() -> None:
@@ -519,7 +527,9 @@ def test_env_expands_inside_lists_and_number_variables() -> None:
             agent: e
             variables: {queue: "${QUEUE:-general}", site: "${SITE}"}
     """
-    config = parse_config(textwrap.dedent(text), SOURCE, {"CARRIER_NET": "198.51.100.0/24", "SITE": "x"})
+    config = parse_config(
+        textwrap.dedent(text), SOURCE, {"CARRIER_NET": "198.51.100.0/24", "SITE": "x"}
+    )
     assert config.trunks[0].allowed_ips == ["198.51.100.0/24"]
     assert config.numbers[0].variables == {"queue": "general", "site": "x"}
 
@@ -584,7 +594,13 @@ def test_secret_of_the_wrong_type_does_not_print_its_value() -> None:
 
 def test_secrets_never_appear_in_str_repr_or_summary() -> None:
     config = parse_config(VALID, SOURCE, VALID_ENV)
-    for text in (str(config), repr(config), summary(config), str(config.trunks[0]), repr(config.api)):
+    for text in (
+        str(config),
+        repr(config),
+        summary(config),
+        str(config.trunks[0]),
+        repr(config.api),
+    ):
         for value in VALID_ENV.values():
             assert value not in text
 
