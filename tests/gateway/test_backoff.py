@@ -29,7 +29,7 @@ def test_delays_grow_until_the_maximum() -> None:
     got = delays(backoff, 12)
     # Retry n is drawn from [2^n, 2^(n+1)], so each lies at or above the previous window's top
     # until the window reaches the cap [32, 64].
-    assert all(later >= earlier for earlier, later in itertools.pairwise(got))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(got[:6]))
     assert all(32.0 <= d <= 64.0 for d in got[5:])
 
 
