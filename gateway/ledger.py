@@ -13,6 +13,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gateway.events import (
+    AgentConnected,
+    AgentDisconnected,
     CallAnswered,
     CallCompleted,
     CallDtmf,
@@ -23,6 +25,9 @@ from gateway.events import (
     CallTransfer,
     Event,
     EventData,
+    RecordingReady,
+    SpeechStarted,
+    SpeechStopped,
     TrunkRegistered,
     TrunkRegistrationFailed,
     TrunkUnregistered,
@@ -35,6 +40,13 @@ _TRUNK_EVENTS: dict[str, type[EventData]] = {
     "registered": TrunkRegistered,
     "failed": TrunkRegistrationFailed,
     "unregistered": TrunkUnregistered,
+}
+
+
+# Media events are appended to the call's history as they are, validated by their model.
+_MEDIA_EVENTS: dict[str, type[EventData]] = {
+    m.event_type: m
+    for m in (SpeechStarted, SpeechStopped, AgentConnected, AgentDisconnected, RecordingReady)
 }
 
 
@@ -133,6 +145,9 @@ class Ledger:
             self.store.add_event(self._event(CallDtmf.model_validate(data), call_id, ts))
         elif kind == "call.transfer":
             self.store.add_event(self._event(CallTransfer.model_validate(data), call_id, ts))
+        elif kind in _MEDIA_EVENTS:
+            model = _MEDIA_EVENTS[kind]
+            self.store.add_event(self._event(model.model_validate(data), call_id, ts))
         else:
             log.debug("event=ledger_ignored type=%s", kind)
 

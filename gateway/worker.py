@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from gateway.agent_session import AgentSession
 from gateway.calls import CallRecord
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
@@ -22,9 +23,18 @@ from gateway.sip.engine import OriginateRequest, SipEngine
 log = logging.getLogger("sipedge.worker")
 
 
-def make_session_factory(config: Config) -> Any:
+def make_session_factory(config: Config, loop: asyncio.AbstractEventLoop) -> Any:
+    """Sessions are made on the SIP thread; WebSocket agents run their I/O on `loop`."""
+    recordings = config.storage.recordings_dir if config.recording.enabled else None
+
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
+        if agent is not None and agent.type in ("twilio-ws", "pcm-ws"):
+            return AgentSession(agent, record, controls, loop, config.vad, recordings,
+                                node_id=config.node.id)
+        if agent is not None and agent.type != "echo":
+            log.warning("event=agent_type_unsupported call_id=%s agent=%s type=%s using=echo",
+                        record.id, agent.id, agent.type)
         delay = agent.delay_ms if agent is not None else 200
         return EchoSession(delay)
 
@@ -37,7 +47,9 @@ class Worker:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.writer: asyncio.StreamWriter | None = None
-        self.engine = SipEngine(config, self._emit_threadsafe, make_session_factory(config))
+        self.engine = SipEngine(
+            config, self._emit_threadsafe, make_session_factory(config, self.loop)
+        )
         self.stopped = asyncio.Event()
 
     def _emit_threadsafe(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:

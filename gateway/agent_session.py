@@ -1,0 +1,480 @@
+"""The media session of a call answered by a WebSocket agent (twilio-ws or pcm-ws).
+
+Three threads touch a session. pjmedia's clock thread calls on_caller_frame/next_frame every
+20 ms: they only append to deques and take one frame from Playout under a lock. The worker's
+asyncio loop owns everything else: the WebSocket, the wire protocol, VAD and barge-in, timing
+and the recorder's frame pairing. A writer thread does the recording's file I/O.
+
+Caller frames cross to asyncio as a deque append plus one `call_soon_threadsafe` per frame
+(skipped while a wake is already pending). Measured on this machine (bench/README.md): ~3 µs
+per frame on the clock thread, and the frame leaves for the agent within ~0.1 ms, where a 20 ms
+asyncio-side drain would add up to 20 ms for no measurable saving. VAD runs on the asyncio side:
+webrtcvad costs only a few µs per frame, but its events, barge-in and the agent messages they
+cause all live on the loop, and the clock thread must never wait on any of that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from gateway.agent_link import (
+    AgentLink,
+    Conversation,
+    FrameAligner,
+    Message,
+    PcmLink,
+    PlayoutLatency,
+    Speech,
+    TwilioLink,
+)
+from gateway.calls import CallRecord
+from gateway.config import Agent, VadSettings
+from gateway.media_session import CallControls
+from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
+from media.errors import MediaError, PlayoutOverflow, ProtocolError
+from media.frames import bytes_per_frame
+from media.playout import Playout
+from media.recorder import Recording, StereoWavRecorder
+from media.timing import LatencyStats
+
+log = logging.getLogger("sipedge.agent")
+
+TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP gap)
+CLOSE_TIMEOUT_S = 2.0
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+PROTOCOL_ERRORS_LOGGED = 3
+
+
+def make_link(agent: Agent, record: CallRecord, node_id: str) -> AgentLink:
+    if agent.type == "twilio-ws":
+        return TwilioLink(record.id, record.from_number, record.to_number, record.variables,
+                          node_id)
+    if agent.type == "pcm-ws":
+        return PcmLink(record.id, record.from_number, record.to_number, record.variables,
+                       agent.sample_rate)
+    raise ValueError(f"agent type {agent.type} is not a WebSocket agent")
+
+
+class RecordingWriter:
+    """Stereo WAV file I/O on its own thread; `on_ready` gets the result after close()."""
+
+    def __init__(self, path: Path, rate: int, on_ready: Callable[[Recording], None]) -> None:
+        self.path = path
+        self._rate = rate
+        self._on_ready = on_ready
+        self._queue: queue.SimpleQueue[list[tuple[bytes | None, bytes | None]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name=f"rec-{path.stem}", daemon=True)
+        self._thread.start()
+
+    def write(self, pairs: list[tuple[bytes | None, bytes | None]]) -> None:
+        if pairs:
+            self._queue.put(pairs)
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            recorder = StereoWavRecorder(self.path, self._rate)
+        except OSError as exc:
+            log.error("event=recording_failed path=%s error=%s", self.path, exc)
+            return
+        try:
+            while (pairs := self._queue.get()) is not None:
+                for caller, agent in pairs:
+                    recorder.write_frame(caller, agent)
+        except (OSError, MediaError) as exc:
+            log.error("event=recording_failed path=%s error=%s", self.path, exc)
+        self._on_ready(recorder.close())
+
+
+class AgentSession:
+    """MediaSession that streams the caller to a WebSocket agent and plays the agent back."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        record: CallRecord,
+        controls: CallControls,
+        loop: asyncio.AbstractEventLoop,
+        vad: VadSettings,
+        recordings_dir: str | Path | None = None,
+        node_id: str = "sipedge",
+    ) -> None:
+        self.agent = agent
+        self.call_id = record.id
+        self.controls = controls
+        self.link = make_link(agent, record, node_id)
+        self.rate = self.link.rate
+        self._loop = loop
+        self._frame_bytes = bytes_per_frame(self.rate)
+        # shared with the clock thread
+        self._lock = threading.Lock()  # guards _playout, _written, _queued
+        self._playout = Playout(self.rate)
+        self._written = 0  # bytes ever queued to playout
+        self._queued = 0  # bytes queued and not yet played
+        self._inbox: deque[tuple[bytes, int]] = deque()  # caller frames, arrival ns
+        self._played: deque[tuple[bytes, bool, int, int]] = deque()  # audio, had_audio, pos, ns
+        self._marks: deque[str] = deque()  # agent marks reached by playout
+        self._wake_pending = False
+        self._closed = False
+        # asyncio side
+        self.conversation = Conversation(self.rate, vad)
+        self.caller_to_agent = LatencyStats()
+        self.agent_to_caller = LatencyStats()
+        self._playout_latency = PlayoutLatency()
+        self._aligner = FrameAligner()
+        self._outgoing: deque[tuple[Message, int]] = deque()  # message, caller frame ns or 0
+        self._send_ready = asyncio.Event()
+        self._ws: ClientConnection | None = None
+        self._streaming = False
+        self._stream_ms = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._tick: asyncio.TimerHandle | None = None
+        self._protocol_errors = 0
+        self._agent_hung_up = False
+        self._link_lock = threading.Lock()
+        self._link_state = "connecting"  # connecting | connected | disconnected
+        self._recorder: RecordingWriter | None = None
+        if recordings_dir is not None:
+            path = Path(recordings_dir) / f"{record.id}.wav"
+            self._recorder = RecordingWriter(path, self.rate, self._recording_ready)
+        loop.call_soon_threadsafe(self._start)
+
+    # -- clock thread -------------------------------------------------------------------------
+
+    def on_caller_frame(self, pcm: bytes) -> None:
+        if self._closed:
+            return
+        self._inbox.append((pcm, time.perf_counter_ns()))
+        self._schedule_wake()
+
+    def next_frame(self) -> bytes:
+        with self._lock:
+            played = self._playout.next_frame()
+            consumed = min(self._queued, self._frame_bytes)
+            self._queued -= consumed
+            position = self._written - self._queued
+        if not self._closed:
+            self._played.append((played.audio, consumed > 0, position, time.perf_counter_ns()))
+            if played.marks:
+                self._marks.extend(played.marks)
+                self._schedule_wake()
+        return played.audio
+
+    def _schedule_wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: the worker is exiting
+                self._closed = True
+
+    # -- SIP thread ---------------------------------------------------------------------------
+
+    def on_dtmf(self, digit: str) -> None:
+        self._call_soon(self._send_dtmf, digit.upper())
+
+    def close(self) -> None:
+        """Call ended: never blocks; the stop message, socket close and recording follow."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mark_disconnected("call_ended")
+        self._call_soon(self._begin_shutdown)
+
+    def latency_summary(self) -> dict[str, float]:
+        """p50/p95 (ms) per direction and per turn, for call.completed; empty ones omitted."""
+        summary: dict[str, float] = {}
+        for name, stats in (
+            ("caller_to_agent", self.caller_to_agent),
+            ("agent_to_caller", self.agent_to_caller),
+            ("response", self.conversation.turns.stats),
+        ):
+            s = stats.summary()
+            if s.p50 is not None and s.p95 is not None:
+                summary[f"{name}_p50_ms"] = round(s.p50, 2)
+                summary[f"{name}_p95_ms"] = round(s.p95, 2)
+        return summary
+
+    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            log.warning("event=agent_loop_closed call_id=%s", self.call_id)
+
+    # -- asyncio: lifecycle -------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._closed:
+            return
+        self._tasks.append(asyncio.ensure_future(self._connect()))
+        self._tick = self._loop.call_later(TICK_S, self._on_tick)
+
+    async def _connect(self) -> None:
+        agent = self.agent
+        headers = {name: value.get_secret_value() for name, value in agent.headers.items()}
+        try:
+            # proxy=None: agents are dialled directly, whatever HTTPS_PROXY the host sets.
+            ws = await connect(
+                str(agent.url), additional_headers=headers, open_timeout=agent.connect_timeout,
+                compression=None, max_size=MAX_MESSAGE_BYTES, proxy=None,
+            )
+        except TimeoutError:
+            self._agent_failed(f"connect_timeout after {agent.connect_timeout:g}s")
+            return
+        except InvalidStatus as exc:
+            self._agent_failed(f"rejected: HTTP {exc.response.status_code}")
+            return
+        except (OSError, WebSocketException) as exc:
+            self._agent_failed(f"connect_failed: {exc}")
+            return
+        if self._closed or not self._set_link_state("connected"):
+            await ws.close()
+            return
+        self._ws = ws
+        log.info("event=agent_connected call_id=%s agent=%s transport=%s",
+                 self.call_id, agent.id, self.link.transport)
+        self.controls.emit("call.agent.connected",
+                           {"agent": agent.id, "transport": self.link.transport})
+        for message in self.link.opening():
+            self._outgoing.append((message, 0))
+        self._streaming = True
+        self._tasks.append(asyncio.ensure_future(self._sender(ws)))
+        self._tasks.append(asyncio.ensure_future(self._reader(ws)))
+        self._send_ready.set()
+
+    def _set_link_state(self, state: str) -> bool:
+        with self._link_lock:
+            if self._link_state == "disconnected":
+                return False
+            self._link_state = state
+            return True
+
+    def _mark_disconnected(self, reason: str) -> bool:
+        """Emit call.agent.disconnected once per session; False if it was already sent."""
+        with self._link_lock:
+            if self._link_state == "disconnected":
+                return False
+            self._link_state = "disconnected"
+        self.controls.emit("call.agent.disconnected",
+                           {"agent": self.agent.id, "transport": self.link.transport,
+                            "reason": reason})
+        return True
+
+    def _agent_failed(self, reason: str) -> None:
+        self._streaming = False
+        if self._closed or not self._mark_disconnected(reason):
+            return
+        action = self.agent.on_agent_failure
+        log.warning("event=agent_disconnected call_id=%s agent=%s reason=%r action=%s",
+                    self.call_id, self.agent.id, reason, action)
+        if action == "hangup":
+            self.controls.hangup("gateway")
+        # keep: the call stays up; playout runs dry and the caller hears silence
+
+    def _begin_shutdown(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._shutdown()))
+
+    async def _shutdown(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        self._process()
+        for speech in self.conversation.flush():
+            self._emit_speech(speech)
+        if self._recorder is not None:
+            self._recorder.write(self._aligner.flush())
+            self._recorder.close()
+        ws = self._ws
+        if ws is not None and self._streaming:
+            self._outgoing.extend((m, 0) for m in self.link.closing())
+            self._send_ready.set()
+            await self._drain_outgoing(ws)
+        self._streaming = False
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        if ws is not None:
+            try:
+                await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT_S)
+            except (TimeoutError, ConnectionClosed, OSError) as exc:
+                log.info("event=agent_close_unclean call_id=%s error=%r", self.call_id, exc)
+        log.info("event=media_latency call_id=%s %s barge_ins=%d", self.call_id,
+                 " ".join(f"{k}={v}" for k, v in self.latency_summary().items()),
+                 self.conversation.barge_ins)
+
+    async def _drain_outgoing(self, ws: ClientConnection) -> None:
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        while self._outgoing and time.monotonic() < deadline and ws.state.name == "OPEN":
+            await asyncio.sleep(0.01)
+
+    def _recording_ready(self, recording: Recording) -> None:  # writer thread
+        log.info("event=recording_ready call_id=%s path=%s duration=%.2f bytes=%d",
+                 self.call_id, recording.path, recording.duration_s, recording.size_bytes)
+        self.controls.emit("call.recording.ready", {
+            "path": str(recording.path), "duration": round(recording.duration_s, 3),
+            "bytes": recording.size_bytes,
+        })
+
+    # -- asyncio: the WebSocket ---------------------------------------------------------------
+
+    async def _sender(self, ws: ClientConnection) -> None:
+        # The only task that writes to the socket: messages leave in the order they were
+        # built, which Twilio's sequenceNumber requires.
+        outgoing, caller_to_agent = self._outgoing, self.caller_to_agent
+        try:
+            while True:
+                await self._send_ready.wait()
+                self._send_ready.clear()
+                while outgoing:
+                    message, frame_ns = outgoing[0]
+                    await ws.send(message)
+                    outgoing.popleft()
+                    if frame_ns:
+                        caller_to_agent.record((time.perf_counter_ns() - frame_ns) / 1e6)
+        except ConnectionClosed:
+            pass  # the reader sees the close too and reports it
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        try:
+            async for frame in ws:
+                self._on_agent_message(frame, time.perf_counter_ns())
+        except ConnectionClosed:
+            pass
+        if self._closed:
+            return
+        if self._agent_hung_up:
+            self._agent_failed("agent_hangup")
+            return
+        code = ws.close_code
+        self._agent_failed(f"closed: code {code}" if code is not None else "closed")
+
+    def _on_agent_message(self, frame: Message, recv_ns: int) -> None:
+        try:
+            event = self.link.receive(frame)
+        except ProtocolError as exc:
+            self._protocol_errors += 1
+            if self._protocol_errors <= PROTOCOL_ERRORS_LOGGED:
+                log.warning("event=agent_protocol_error call_id=%s error=%s", self.call_id, exc)
+            return
+        if isinstance(event, AgentAudio):
+            self._queue_audio(event.pcm, recv_ns)
+        elif isinstance(event, AgentMark):
+            with self._lock:
+                self._playout.mark(event.name)
+        elif isinstance(event, AgentClear):
+            self._send(self.link.marks_played(self._clear_playout()))
+        elif isinstance(event, AgentHangup):
+            log.info("event=agent_hangup call_id=%s reason=%r", self.call_id, event.reason)
+            self._agent_hung_up = True
+            self.controls.hangup("agent")
+
+    def _queue_audio(self, pcm: bytes, recv_ns: int) -> None:
+        if not pcm:
+            return
+        with self._lock:
+            start = self._written
+            try:
+                self._playout.write(pcm)
+            except PlayoutOverflow as exc:
+                overflow: PlayoutOverflow | None = exc
+            else:
+                overflow = None
+                self._written += len(pcm)
+                self._queued += len(pcm)
+        if overflow is not None:
+            log.warning("event=playout_overflow call_id=%s error=%s", self.call_id, overflow)
+            return
+        self._playout_latency.received(start, recv_ns)
+
+    def _clear_playout(self) -> list[str]:
+        # Played frames not yet processed lose their latency sample (a frame or two at most).
+        with self._lock:
+            dropped = self._playout.clear()
+            self._queued = 0
+        self._playout_latency.cleared()
+        return dropped
+
+    def _send(self, messages: list[Message]) -> None:
+        if self._streaming and messages:
+            self._outgoing.extend((m, 0) for m in messages)
+            self._send_ready.set()
+
+    def _send_dtmf(self, digit: str) -> None:
+        try:
+            self._send([self.link.dtmf(digit)])
+        except ValueError:
+            log.warning("event=dtmf_ignored call_id=%s digit=%r", self.call_id, digit)
+
+    # -- asyncio: frames ----------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        self._process()
+
+    def _on_tick(self) -> None:
+        self._process()
+        if not self._closed:
+            self._tick = self._loop.call_later(TICK_S, self._on_tick)
+
+    def _process(self) -> None:
+        """Everything the clock thread handed over: caller frames, played frames, marks."""
+        inbox, played = self._inbox, self._played
+        recorder, aligner = self._recorder, self._aligner
+        pairs: list[tuple[bytes | None, bytes | None]] = []
+        while inbox:
+            pcm, frame_ns = inbox.popleft()
+            update = self.conversation.caller_audio(pcm, agent_playing=self._queued > 0)
+            for speech in update.speech:
+                self._emit_speech(speech)
+                self._send(self.link.caller_speech(speech.event))
+            if update.barge_in:
+                self._barge_in()
+            if self._streaming:
+                self._outgoing.append((self.link.caller_frame(pcm, int(self._stream_ms)),
+                                       frame_ns))
+                self._stream_ms += len(pcm) * 500 / self.rate
+            if recorder is not None:
+                pairs += aligner.caller(pcm)
+        while played:
+            audio, had_audio, position, tick_ns = played.popleft()
+            for speech in self.conversation.agent_audio(audio, had_audio):
+                self._emit_speech(speech)
+            for ms in self._playout_latency.played(position, tick_ns):
+                self.agent_to_caller.record(ms)
+            if recorder is not None:
+                pairs += aligner.agent(audio)
+        if self._marks:
+            names = list(self._marks)
+            self._marks.clear()
+            self._send(self.link.marks_played(names))
+        if recorder is not None:
+            recorder.write(pairs)
+        if self._outgoing and self._streaming:
+            self._send_ready.set()
+
+    def _barge_in(self) -> None:
+        with self._lock:
+            playing = self._queued > 0
+        if not playing:
+            return
+        dropped = self._clear_playout()
+        log.info("event=barge_in call_id=%s dropped_marks=%d", self.call_id, len(dropped))
+        self._send(self.link.barge_in(dropped))
+
+    def _emit_speech(self, speech: Speech) -> None:
+        self.controls.emit(speech.event_type, speech.as_data())

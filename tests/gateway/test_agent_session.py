@@ -1,0 +1,390 @@
+"""AgentSession and its sans-IO parts: wire adapters, speech/barge-in, recorder alignment,
+playout latency; then whole sessions against a real WebSocket agent on 127.0.0.1 with a
+thread standing in for pjmedia's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import threading
+import time
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+from gateway.agent_link import (
+    Conversation,
+    FrameAligner,
+    PcmLink,
+    PlayoutLatency,
+    TwilioLink,
+    account_sid,
+    port_rate,
+    stream_sid,
+)
+from gateway.agent_session import AgentSession
+from gateway.calls import CallRecord
+from gateway.config import Agent, VadSettings
+from gateway.media_session import CallControls
+from media.agents.events import AgentAudio, AgentClear, AgentMark
+from media.codecs import ulaw_decode, ulaw_encode
+from media.vad import SpeechStarted, SpeechStopped
+
+CALL_ID = "call_0123456789abcdef01234567"
+
+
+def tone(freq: float, ms: int, rate: int = 8000, amp: float = 8000.0) -> bytes:
+    t = np.arange(rate * ms // 1000) / rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype("<i2").tobytes()
+
+
+def voiced(ms: int, rate: int = 8000) -> bytes:
+    """Harmonic 'vowel' that webrtcvad calls speech."""
+    t = np.arange(rate * ms // 1000) / rate
+    x = sum(np.sin(2 * np.pi * 140 * h * t) / h for h in range(1, 9))
+    return (6000 * x).astype("<i2").tobytes()
+
+
+def frames(pcm: bytes, rate: int = 8000) -> list[bytes]:
+    size = rate // 50 * 2
+    return [pcm[i : i + size] for i in range(0, len(pcm) - size + 1, size)]
+
+
+def record(**kw: Any) -> CallRecord:
+    base: dict[str, Any] = dict(id=CALL_ID, direction="inbound", trunk="t", from_number="+15550111",
+                                to_number="+15550100", agent="bot", variables={"campaign": "x"})
+    return CallRecord(**{**base, **kw})
+
+
+# --- wire adapters -------------------------------------------------------------------------
+
+
+def test_twilio_link_opens_with_connected_then_start_carrying_variables_and_parties() -> None:
+    link = TwilioLink(CALL_ID, "+15550111", "+15550100", {"campaign": "x", "to": "spoof"}, "n1")
+    connected, start = (json.loads(m) for m in link.opening())
+    assert connected == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+    assert start["event"] == "start" and start["sequenceNumber"] == "1"
+    body = start["start"]
+    assert body["customParameters"] == {"campaign": "x", "from": "+15550111", "to": "+15550100"}
+    assert body["callSid"] == CALL_ID
+    assert body["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
+    assert start["streamSid"] == stream_sid(CALL_ID) and len(start["streamSid"]) == 34
+    assert body["accountSid"] == account_sid("n1") and body["accountSid"].startswith("AC")
+
+
+def test_twilio_link_sends_20ms_mulaw_media_and_decodes_agent_media_to_pcm() -> None:
+    link = TwilioLink(CALL_ID, "a", "b", {})
+    link.opening()
+    pcm = tone(440, 20)
+    message = json.loads(link.caller_frame(pcm, 40))
+    assert message["media"]["timestamp"] == "40" and message["media"]["chunk"] == "1"
+    payload = base64.b64decode(message["media"]["payload"])
+    assert payload == ulaw_encode(pcm) and len(payload) == 160
+    agent_payload = ulaw_encode(tone(1000, 60))
+    event = link.receive(json.dumps({"event": "media", "streamSid": link.stream.stream_sid,
+                                     "media": {"payload": base64.b64encode(agent_payload).decode()}}))
+    assert event == AgentAudio(ulaw_decode(agent_payload))
+    assert link.receive('{"event":"mark","mark":{"name":"m1"}}') == AgentMark("m1")
+    assert link.receive('{"event":"clear"}') == AgentClear()
+
+
+def test_twilio_barge_in_returns_dropped_marks_and_nothing_else() -> None:
+    link = TwilioLink(CALL_ID, "a", "b", {})
+    sent = [json.loads(m) for m in link.barge_in(["a", "b"])]
+    assert [(m["event"], m["mark"]["name"]) for m in sent] == [("mark", "a"), ("mark", "b")]
+    assert link.caller_speech(SpeechStarted(100)) == []
+
+
+def test_pcm_link_24k_agent_runs_the_port_at_16k_and_resamples_both_ways() -> None:
+    link = PcmLink(CALL_ID, "a", "b", {"k": "v"}, sample_rate=24000)
+    assert link.rate == 16000 == port_rate(24000) and port_rate(8000) == 8000
+    start = json.loads(link.opening()[0])
+    assert start["sample_rate"] == 24000 and start["variables"] == {"k": "v"}
+    out = link.caller_frame(tone(440, 20, 16000), 0)
+    assert isinstance(out, bytes) and abs(len(out) - 960) <= 64  # 20 ms at 24 kHz, filter delay
+    back = link.receive(tone(440, 100, 24000))
+    assert isinstance(back, AgentAudio) and abs(len(back.pcm) - 3200) <= 64
+
+
+def test_pcm_link_tells_the_agent_about_barge_in_and_caller_speech() -> None:
+    link = PcmLink(CALL_ID, "a", "b", {}, sample_rate=16000)
+    assert [json.loads(m) for m in link.barge_in(["m"])] == [
+        {"event": "clear"}, {"event": "mark", "name": "m"}]
+    assert json.loads(link.caller_speech(SpeechStopped(900, 500))[0]) == {
+        "event": "speech_stopped", "offset_ms": 900, "duration_ms": 500}
+
+
+# --- speech, barge-in, turns ---------------------------------------------------------------
+
+
+def test_caller_speech_while_agent_plays_is_a_barge_in_and_starts_a_turn() -> None:
+    conv = Conversation(8000, VadSettings(min_speech_ms=60, hangover_ms=100))
+    events = []
+    barge = []
+    for f in frames(bytes(8000) + voiced(400) + bytes(6400)):
+        update = conv.caller_audio(f, agent_playing=True)
+        events += update.speech
+        barge.append(update.barge_in)
+    assert [(s.party, s.event_type) for s in events] == [
+        ("caller", "call.speech.started"), ("caller", "call.speech.stopped")]
+    start = events[0].as_data()
+    assert start["party"] == "caller" and 480 <= start["offset_ms"] <= 520
+    assert barge.count(True) == 1 and conv.barge_ins == 1
+    # the agent answers 10 frames after the last one fed: response latency is measured
+    for _ in range(10 + len(frames(bytes(8000) + voiced(400) + bytes(6400)))):
+        conv.agent_audio(bytes(320), had_audio=False)
+    conv.agent_audio(tone(500, 20), had_audio=True)
+    (turn,) = conv.turns.turns
+    assert turn.caller_stopped_ms == events[1].event.offset_ms
+    assert turn.latency_ms > 0
+
+
+def test_no_barge_in_when_disabled_or_nothing_is_playing() -> None:
+    for settings, playing in ((VadSettings(barge_in=False), True), (VadSettings(), False)):
+        conv = Conversation(8000, settings)
+        assert not any(conv.caller_audio(f, playing).barge_in for f in frames(voiced(500)))
+
+
+def test_vad_frames_of_30ms_are_rechunked_from_20ms_frames_with_exact_offsets() -> None:
+    conv = Conversation(16000, VadSettings(frame_ms=30, min_speech_ms=90, hangover_ms=90))
+    speech = []
+    for f in frames(bytes(19200) + voiced(600, 16000) + bytes(19200), 16000):
+        speech += conv.caller_audio(f, False).speech
+    assert speech and speech[0].event.offset_ms % 30 == 0
+    assert 570 <= speech[0].event.offset_ms <= 660
+
+
+# --- recorder alignment and latency --------------------------------------------------------
+
+
+def test_frame_aligner_pairs_ticks_and_gives_up_on_a_stalled_side() -> None:
+    aligner = FrameAligner(max_skew=2)
+    assert aligner.caller(b"c1") == []
+    assert aligner.agent(b"a1") == [(b"c1", b"a1")]
+    out = [p for f in (b"c2", b"c3", b"c4") for p in aligner.caller(f)]
+    assert out == [(b"c2", None)]
+    assert aligner.flush() == [(b"c3", None), (b"c4", None)]
+
+
+def test_playout_latency_counts_each_chunk_once_and_forgets_cleared_chunks() -> None:
+    lat = PlayoutLatency()
+    lat.received(0, 1_000_000)
+    lat.received(320, 2_000_000)
+    assert lat.played(320, 6_000_000) == [5.0]
+    assert lat.played(640, 9_000_000) == [7.0]
+    lat.received(640, 10_000_000)
+    lat.cleared()
+    assert lat.played(10_000, 20_000_000) == []
+
+
+# --- whole sessions against a real WebSocket agent -----------------------------------------
+
+
+class FakeControls:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.hangups: list[str] = []
+
+    def controls(self) -> CallControls:
+        return CallControls(CALL_ID, lambda k, d: self.events.append((k, d)), self.hangups.append)
+
+    def types(self) -> list[str]:
+        return [k for k, _ in self.events]
+
+
+class Clock:
+    """Stands in for pjmedia's clock thread: one caller frame in, one frame out, every 20 ms."""
+
+    def __init__(self, session: AgentSession, caller: list[bytes]) -> None:
+        self.session = session
+        self.caller = caller
+        self.out: list[bytes] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        next_at = time.monotonic()
+        for frame in self.caller:
+            self.session.on_caller_frame(frame)
+            self.out.append(self.session.next_frame())
+            next_at += 0.02
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def run(self) -> None:
+        self.thread.start()
+        await asyncio.to_thread(self.thread.join)
+
+
+async def _agent_server(handler: Any) -> Any:
+    server = await serve(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"ws://127.0.0.1:{port}/bot"
+
+
+async def test_twilio_session_streams_caller_plays_agent_returns_marks_and_records(
+    tmp_path: Path,
+) -> None:
+    got: list[dict[str, Any]] = []
+    headers: dict[str, str] = {}
+
+    async def bot(ws: ServerConnection) -> None:
+        headers["Authorization"] = ws.request.headers.get("Authorization", "")
+        sid = None
+        async for raw in ws:
+            msg = json.loads(raw)
+            got.append(msg)
+            if msg["event"] == "start":
+                sid = msg["streamSid"]
+                payload = base64.b64encode(ulaw_encode(tone(1000, 300))).decode()
+                await ws.send(json.dumps({"event": "media", "streamSid": sid,
+                                          "media": {"payload": payload}}))
+                await ws.send(json.dumps({"event": "mark", "streamSid": sid,
+                                          "mark": {"name": "greeting"}}))
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url,
+                                  "headers": {"Authorization": "Bearer s3cret"}})
+    fake = FakeControls()
+    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
+                           VadSettings(barge_in=False), recordings_dir=tmp_path, node_id="n")
+    await asyncio.sleep(0.3)  # connected before the audio starts
+    caller = frames(bytes(3200) + voiced(600) + bytes(8000))
+    await Clock(session, caller).run()
+    session.close()
+    await asyncio.sleep(0.5)
+    server.close()
+
+    assert headers.get("Authorization") == "Bearer s3cret"
+    kinds = [m["event"] for m in got]
+    assert kinds[:2] == ["connected", "start"] and kinds[-1] == "stop"
+    media = [m for m in got if m["event"] == "media"]
+    assert len(media) == len(caller)
+    heard = b"".join(base64.b64decode(m["media"]["payload"]) for m in media)
+    assert heard == ulaw_encode(b"".join(caller))
+    marks = [m["mark"]["name"] for m in got if m["event"] == "mark"]
+    assert marks == ["greeting"]
+    seqs = [int(m["sequenceNumber"]) for m in got if "sequenceNumber" in m]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+    types = fake.types()
+    assert types[0] == "call.agent.connected"
+    assert "call.speech.started" in types and "call.speech.stopped" in types
+    assert ("call.agent.disconnected", {"agent": "bot", "transport": "twilio-ws",
+                                        "reason": "call_ended"}) in fake.events
+    ready = [d for k, d in fake.events if k == "call.recording.ready"]
+    assert ready and ready[0]["path"] == str(tmp_path / f"{CALL_ID}.wav")
+    with wave.open(ready[0]["path"]) as w:
+        assert w.getnchannels() == 2 and w.getframerate() == 8000
+        assert abs(w.getnframes() - len(caller) * 160) <= 160
+        stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert np.abs(stereo[:, 1]).max() > 4000  # the agent's tone on the right channel
+    summary = session.latency_summary()
+    assert {"caller_to_agent_p50_ms", "agent_to_caller_p95_ms"} <= set(summary)
+    assert summary["caller_to_agent_p95_ms"] < 20 and fake.hangups == []
+
+
+async def test_caller_speech_barges_in_clears_playout_and_returns_the_mark() -> None:
+    got: list[dict[str, Any]] = []
+
+    async def bot(ws: ServerConnection) -> None:
+        async for raw in ws:
+            msg = json.loads(raw)
+            got.append(msg)
+            if msg["event"] == "start":
+                payload = base64.b64encode(ulaw_encode(tone(1000, 5000))).decode()
+                await ws.send(json.dumps({"event": "media", "media": {"payload": payload}}))
+                await ws.send(json.dumps({"event": "mark", "mark": {"name": "long"}}))
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url})
+    fake = FakeControls()
+    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
+                           VadSettings(min_speech_ms=60))
+    await asyncio.sleep(0.3)
+    clock = Clock(session, frames(bytes(4800) + voiced(500) + bytes(1600)))
+    await clock.run()
+    await asyncio.sleep(0.1)
+    assert [m["mark"]["name"] for m in got if m["event"] == "mark"] == ["long"]  # 4.x s early
+    assert session.conversation.barge_ins == 1
+    loud = [np.abs(np.frombuffer(f, "<i2")).max() > 1000 for f in clock.out]
+    assert loud[0] and not any(loud[-10:])  # tone at first, silence after the barge-in
+    session.close()
+    await asyncio.sleep(0.2)
+    server.close()
+
+
+async def test_pcm_agent_clear_and_hangup(tmp_path: Path) -> None:
+    got: list[Any] = []
+
+    async def bot(ws: ServerConnection) -> None:
+        async for raw in ws:
+            got.append(raw)
+            if isinstance(raw, str) and json.loads(raw)["event"] == "start":
+                await ws.send(tone(500, 3000, 16000))
+                await ws.send('{"event":"mark","name":"m"}')
+                await asyncio.sleep(0.2)
+                await ws.send('{"event":"clear"}')
+                await asyncio.sleep(0.2)
+                await ws.send('{"event":"hangup","reason":"done"}')
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "pcm-ws", "url": url,
+                                  "sample_rate": 16000})
+    fake = FakeControls()
+    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
+                           VadSettings())
+    assert session.rate == 16000
+    await asyncio.sleep(0.2)
+    await Clock(session, frames(bytes(32000), 16000)).run()
+    texts = [json.loads(m) for m in got if isinstance(m, str)]
+    assert texts[0]["event"] == "start" and texts[0]["sample_rate"] == 16000
+    assert {"event": "mark", "name": "m"} in texts
+    assert any(isinstance(m, bytes) and len(m) == 640 for m in got)
+    assert fake.hangups == ["agent"]
+    session.close()
+    await asyncio.sleep(0.2)
+    server.close()
+
+
+@pytest.mark.parametrize("policy,hangups", [("hangup", ["gateway"]), ("keep", [])])
+async def test_unreachable_agent_is_reported_and_the_policy_applied(
+    policy: str, hangups: list[str]
+) -> None:
+    server = await serve(lambda ws: ws.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "on_agent_failure": policy,
+                                  "url": f"ws://127.0.0.1:{port}/gone"})
+    fake = FakeControls()
+    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
+                           VadSettings())
+    await asyncio.sleep(0.3)
+    (event,) = [d for k, d in fake.events if k == "call.agent.disconnected"]
+    assert event["reason"].startswith("connect_failed")
+    assert fake.hangups == hangups
+    assert session.next_frame() == bytes(320)  # keep: silence
+    session.close()
+    assert len([k for k in fake.types() if k == "call.agent.disconnected"]) == 1
+
+
+async def test_agent_rejecting_the_handshake_gives_its_http_status() -> None:
+    from websockets.http11 import Response
+    from websockets.datastructures import Headers
+
+    async def reject(conn: ServerConnection, request: Any) -> Response:
+        return Response(403, "Forbidden", Headers(), b"no")
+
+    server = await serve(lambda ws: ws.close(), "127.0.0.1", 0, process_request=reject)
+    port = server.sockets[0].getsockname()[1]
+    agent = Agent.model_validate({"id": "bot", "type": "pcm-ws", "url": f"ws://127.0.0.1:{port}"})
+    fake = FakeControls()
+    AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings())
+    await asyncio.sleep(0.3)
+    server.close()
+    assert ("call.agent.disconnected", {"agent": "bot", "transport": "pcm-ws",
+                                        "reason": "rejected: HTTP 403"}) in fake.events
