@@ -324,17 +324,21 @@ def _pop(side: deque[bytes]) -> bytes | None:
 
 
 class PlayoutLatency:
-    """Agent-recv -> RTP-out: when each received chunk's first byte reaches the caller's port.
+    """Agent-recv -> RTP-out: how late each received chunk's first byte reaches the caller's
+    port, beyond the audio already queued ahead of it.
 
-    Positions are byte offsets in the playout stream (all audio ever queued), so a chunk is out
+    Agents send ahead of real time on purpose, so a chunk behind 2 s of queued speech plays
+    2 s later by design; what the gateway adds is the wait for the media clock's tick and the
+    hand-off between threads, i.e. first-byte play time - (receive time + audio queued ahead).
+    Positions are byte offsets in the playout stream (all audio ever queued): a chunk is out
     once the played position passes its start; a clear voids the chunks still queued.
     """
 
     def __init__(self) -> None:
-        self._chunks: deque[tuple[int, int]] = deque()  # (start position, receive time ns)
+        self._chunks: deque[tuple[int, int]] = deque()  # (start position, due time ns)
 
-    def received(self, start: int, at_ns: int) -> None:
-        self._chunks.append((start, at_ns))
+    def received(self, start: int, at_ns: int, queued_ahead_ns: int = 0) -> None:
+        self._chunks.append((start, at_ns + queued_ahead_ns))
 
     def played(self, position: int, at_ns: int) -> list[float]:
         """Playout has played everything before `position` at `at_ns`: latencies in ms."""

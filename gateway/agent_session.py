@@ -387,7 +387,7 @@ class AgentSession:
         if not pcm:
             return
         with self._lock:
-            start = self._written
+            start, ahead = self._written, self._queued
             try:
                 self._playout.write(pcm)
             except PlayoutOverflow as exc:
@@ -399,7 +399,7 @@ class AgentSession:
         if overflow is not None:
             log.warning("event=playout_overflow call_id=%s error=%s", self.call_id, overflow)
             return
-        self._playout_latency.received(start, recv_ns)
+        self._playout_latency.received(start, recv_ns, ahead * 500_000_000 // self.rate)
 
     def _clear_playout(self) -> list[str]:
         # Played frames not yet processed lose their latency sample (a frame or two at most).

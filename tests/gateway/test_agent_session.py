@@ -177,7 +177,9 @@ def test_playout_latency_counts_each_chunk_once_and_forgets_cleared_chunks() -> 
     lat.received(320, 2_000_000)
     assert lat.played(320, 6_000_000) == [5.0]
     assert lat.played(640, 9_000_000) == [7.0]
-    lat.received(640, 10_000_000)
+    lat.received(640, 10_000_000, queued_ahead_ns=40_000_000)  # 40 ms of audio ahead of it
+    assert lat.played(700, 52_000_000) == [2.0]
+    lat.received(960, 60_000_000)
     lat.cleared()
     assert lat.played(10_000, 20_000_000) == []
 
