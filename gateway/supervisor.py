@@ -201,7 +201,7 @@ class Node:
         self.publisher = Publisher(
             self.store, settings, self.config.node.id, mqtt.prefix,
             command_handler=self.command, status_provider=self.status,
-            max_backlog=mqtt.max_backlog,
+            max_backlog=mqtt.max_backlog, backoff_max=5.0,
         )
         await self.publisher.start()
         await self.worker.start()

@@ -62,6 +62,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.bridged_slot: int | None = None
         self.codec = ""
         self.timed_out = False
+        self.transfer_target: str | None = None
         self.answered_at: float | None = None
         self.started_at = time.time()
 
@@ -114,15 +115,18 @@ class SipCall(pj.Call):  # type: ignore[misc]
         )
 
     def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
-        final = bool(prm.finalNotify)
-        self.engine.emit(
-            "call.transfer",
-            self.record,
-            {"status": "completed" if final and prm.statusCode // 100 == 2 else
-             ("failed" if final else "progress"),
-             "sip_code": prm.statusCode, "sip_reason": prm.reason},
-        )
+        final, code = bool(prm.finalNotify), int(prm.statusCode)
+        if not final:
+            status = "accepted"
+        else:
+            status = "completed" if 200 <= code < 300 else "failed"
+        self.engine.emit("call.transfer", self.record,
+                         {"target": self.transfer_target or "", "status": status, "sip_code": code})
         prm.cont = not final
+        if status == "completed":
+            # The far end now talks to the transfer target; our leg of the call is done.
+            self.record.end_reason = EndReason.TRANSFERRED
+            self.engine.schedule(0, lambda: self.engine.hangup(self.record.id, "control_plane"))
 
     # -- media --------------------------------------------------------------------------------
 

@@ -147,7 +147,7 @@ class SipEngine:
         cfg.uaConfig.maxCalls = 32  # the build clamps this to its compiled limit
         cfg.uaConfig.userAgent = sip.user_agent
         cfg.logConfig.level = sip.log_level
-        cfg.logConfig.consoleLevel = 0
+        cfg.logConfig.consoleLevel = sip.log_level  # our writer gets what the console would
         self._log_writer = _LogWriter()
         cfg.logConfig.writer = self._log_writer
         cfg.logConfig.decor = 0
@@ -156,6 +156,7 @@ class SipEngine:
         cfg.medConfig.ecTailLen = 0  # no echo canceller: there is no loudspeaker here
         cfg.medConfig.noVad = True  # agents get every frame; our VAD runs on them
         cfg.medConfig.threadCnt = 1
+        cfg.medConfig.sndAutoCloseTime = -1  # keep the media clock running while idle
         ep.libInit(cfg)
         for name in sip.transports:
             tc = pj.TransportConfig()
@@ -166,7 +167,7 @@ class SipEngine:
             kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
             ep.transportCreate(kind, tc)
         ep.libStart()
-        ep.audDevManager().setNullDev()
+        self._start_media_clock()
         self._set_codecs()
         self.engine_limit = probe_call_limit(ep, sip.listen)
         # One slot stays free so that an INVITE over the limit reaches us and gets 503 with
@@ -181,6 +182,14 @@ class SipEngine:
             self.trunks[trunk.id] = TrunkAccount(self, trunk)
             if not trunk.registers:
                 self.on_trunk_state(self.trunks[trunk.id].state)
+
+    def _start_media_clock(self) -> None:
+        """The conference bridge, and with it every call's AudioPort, is clocked by the sound
+        device, which pjsua opens only while something is connected to slot 0. A null device
+        looped onto itself keeps that clock running for the life of the endpoint."""
+        devices = self.ep.audDevManager()
+        devices.setNullDev()
+        devices.getCaptureDevMedia().startTransmit(devices.getPlaybackDevMedia())
 
     def _set_codecs(self) -> None:
         order = self.config.sip.codecs
@@ -436,10 +445,18 @@ class SipEngine:
             log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
 
     def send_dtmf(self, call_id: str, digits: str) -> None:
-        self._get(call_id).dialDtmf(digits)
+        call = self._get(call_id)
+        if call.record.state != CallState.ANSWERED:
+            raise CallRefused("conflict", f"call {call_id} is not answered; cannot send DTMF")
+        call.dialDtmf(digits)
 
     def transfer(self, call_id: str, target: str) -> None:
-        self._get(call_id).xfer(target, pj.CallOpParam(True))
+        call = self._get(call_id)
+        if call.record.state != CallState.ANSWERED:
+            raise CallRefused("conflict", f"call {call_id} is not answered; cannot transfer")
+        call.transfer_target = target
+        call.xfer(target, pj.CallOpParam(True))
+        self.emit("call.transfer", call.record, {"target": target, "status": "requested"})
 
     def controls(self, record: CallRecord) -> CallControls:
         def emit(kind: str, data: dict[str, Any]) -> None:

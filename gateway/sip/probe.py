@@ -53,6 +53,7 @@ def probe_call_limit(ep: pj.Endpoint, host: str) -> int:
     account = pj.Account()
     cfg = pj.AccountConfig()
     cfg.idUri = f"sip:probe@{bind}"
+    cfg.mediaConfig.transportConfig.boundAddress = bind
     account.create(cfg)
     calls: list[pj.Call] = []
     limit = MAX_PROBE

@@ -17,13 +17,19 @@ from paho.mqtt.properties import Properties
 class MqttWatch:
     """Subscribes to `{prefix}/#` from a background paho thread; tests wait on predicates."""
 
-    def __init__(self, port: int, prefix: str = "sipedge", node: str = "test-node") -> None:
+    def __init__(self, port: int, prefix: str = "sipedge", node: str = "test-node",
+                 persistent: bool = False) -> None:
+        """`persistent`: an MQTT 5 session the broker keeps across our disconnects, so QoS 1
+        messages published while we reconnect are queued for us, not lost."""
         self.port, self.prefix, self.node = port, prefix, node
+        self.persistent = persistent
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self._replies: dict[bytes, dict[str, Any]] = {}
         self._cond = threading.Condition()
         self._reply_topic = f"test/replies/{uuid.uuid4().hex[:8]}"
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
+                                  client_id=f"watch-{uuid.uuid4().hex[:8]}")
+        self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
         self.client.on_connect = self._on_connect
@@ -49,7 +55,10 @@ class MqttWatch:
         deadline = time.monotonic() + 10
         while True:
             try:
-                self.client.connect("127.0.0.1", self.port)
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = 600 if self.persistent else 0
+                self.client.connect("127.0.0.1", self.port, clean_start=not self.persistent,
+                                    properties=props)
                 break
             except OSError:
                 if time.monotonic() > deadline:
