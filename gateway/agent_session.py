@@ -6,11 +6,12 @@ asyncio loop owns everything else: the WebSocket, the wire protocol, VAD and bar
 and the recorder's frame pairing. A writer thread does the recording's file I/O.
 
 Caller frames cross to asyncio as a deque append plus one `call_soon_threadsafe` per frame
-(skipped while a wake is already pending). Measured on this machine (bench/README.md): ~3 µs
-per frame on the clock thread, and the frame leaves for the agent within ~0.1 ms, where a 20 ms
-asyncio-side drain would add up to 20 ms for no measurable saving. VAD runs on the asyncio side:
-webrtcvad costs only a few µs per frame, but its events, barge-in and the agent messages they
-cause all live on the loop, and the clock thread must never wait on any of that.
+(skipped while a wake is already pending). Measured (bench/media_latency.py): ~9 µs per frame
+on the clock thread when every frame wakes the loop, 0.05% of a core per call, and the frame is
+written to the agent ~0.6 ms after it reached us; a 20 ms asyncio-side drain would save those
+µs but add up to 20 ms. VAD runs on the asyncio side: webrtcvad costs only ~3 µs per frame, but
+its events, barge-in and the agent messages they cause all live on the loop, and the clock
+thread must never wait on any of that.
 """
 
 from __future__ import annotations
@@ -58,11 +59,13 @@ PROTOCOL_ERRORS_LOGGED = 3
 
 def make_link(agent: Agent, record: CallRecord, node_id: str) -> AgentLink:
     if agent.type == "twilio-ws":
-        return TwilioLink(record.id, record.from_number, record.to_number, record.variables,
-                          node_id)
+        return TwilioLink(
+            record.id, record.from_number, record.to_number, record.variables, node_id
+        )
     if agent.type == "pcm-ws":
-        return PcmLink(record.id, record.from_number, record.to_number, record.variables,
-                       agent.sample_rate)
+        return PcmLink(
+            record.id, record.from_number, record.to_number, record.variables, agent.sample_rate
+        )
     raise ValueError(f"agent type {agent.type} is not a WebSocket agent")
 
 
@@ -211,6 +214,20 @@ class AgentSession:
                 summary[f"{name}_p95_ms"] = round(s.p95, 2)
         return summary
 
+    def _latency_fields(self) -> str:
+        fields = []
+        for name, stats in (
+            ("caller_to_agent", self.caller_to_agent),
+            ("agent_to_caller", self.agent_to_caller),
+            ("response", self.conversation.turns.stats),
+        ):
+            s = stats.summary()
+            if s.p50 is not None and s.p99 is not None:
+                fields.append(
+                    f"{name}_n={s.count} {name}_p50_ms={s.p50:.2f} {name}_p99_ms={s.p99:.2f}"
+                )
+        return " ".join(fields) or "no_samples=1"
+
     def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
@@ -231,8 +248,12 @@ class AgentSession:
         try:
             # proxy=None: agents are dialled directly, whatever HTTPS_PROXY the host sets.
             ws = await connect(
-                str(agent.url), additional_headers=headers, open_timeout=agent.connect_timeout,
-                compression=None, max_size=MAX_MESSAGE_BYTES, proxy=None,
+                str(agent.url),
+                additional_headers=headers,
+                open_timeout=agent.connect_timeout,
+                compression=None,
+                max_size=MAX_MESSAGE_BYTES,
+                proxy=None,
             )
         except TimeoutError:
             self._agent_failed(f"connect_timeout after {agent.connect_timeout:g}s")
@@ -247,10 +268,15 @@ class AgentSession:
             await ws.close()
             return
         self._ws = ws
-        log.info("event=agent_connected call_id=%s agent=%s transport=%s",
-                 self.call_id, agent.id, self.link.transport)
-        self.controls.emit("call.agent.connected",
-                           {"agent": agent.id, "transport": self.link.transport})
+        log.info(
+            "event=agent_connected call_id=%s agent=%s transport=%s",
+            self.call_id,
+            agent.id,
+            self.link.transport,
+        )
+        self.controls.emit(
+            "call.agent.connected", {"agent": agent.id, "transport": self.link.transport}
+        )
         for message in self.link.opening():
             self._outgoing.append((message, 0))
         self._streaming = True
@@ -271,9 +297,10 @@ class AgentSession:
             if self._link_state == "disconnected":
                 return False
             self._link_state = "disconnected"
-        self.controls.emit("call.agent.disconnected",
-                           {"agent": self.agent.id, "transport": self.link.transport,
-                            "reason": reason})
+        self.controls.emit(
+            "call.agent.disconnected",
+            {"agent": self.agent.id, "transport": self.link.transport, "reason": reason},
+        )
         return True
 
     def _agent_failed(self, reason: str) -> None:
@@ -281,8 +308,13 @@ class AgentSession:
         if self._closed or not self._mark_disconnected(reason):
             return
         action = self.agent.on_agent_failure
-        log.warning("event=agent_disconnected call_id=%s agent=%s reason=%r action=%s",
-                    self.call_id, self.agent.id, reason, action)
+        log.warning(
+            "event=agent_disconnected call_id=%s agent=%s reason=%r action=%s",
+            self.call_id,
+            self.agent.id,
+            reason,
+            action,
+        )
         if action == "hangup":
             self.controls.hangup("gateway")
         # keep: the call stays up; playout runs dry and the caller hears silence
@@ -313,9 +345,12 @@ class AgentSession:
                 await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT_S)
             except (TimeoutError, ConnectionClosed, OSError) as exc:
                 log.info("event=agent_close_unclean call_id=%s error=%r", self.call_id, exc)
-        log.info("event=media_latency call_id=%s %s barge_ins=%d", self.call_id,
-                 " ".join(f"{k}={v}" for k, v in self.latency_summary().items()),
-                 self.conversation.barge_ins)
+        log.info(
+            "event=media_latency call_id=%s %s barge_ins=%d",
+            self.call_id,
+            self._latency_fields(),
+            self.conversation.barge_ins,
+        )
 
     async def _drain_outgoing(self, ws: ClientConnection) -> None:
         deadline = time.monotonic() + CLOSE_TIMEOUT_S
@@ -323,12 +358,21 @@ class AgentSession:
             await asyncio.sleep(0.01)
 
     def _recording_ready(self, recording: Recording) -> None:  # writer thread
-        log.info("event=recording_ready call_id=%s path=%s duration=%.2f bytes=%d",
-                 self.call_id, recording.path, recording.duration_s, recording.size_bytes)
-        self.controls.emit("call.recording.ready", {
-            "path": str(recording.path), "duration": round(recording.duration_s, 3),
-            "bytes": recording.size_bytes,
-        })
+        log.info(
+            "event=recording_ready call_id=%s path=%s duration=%.2f bytes=%d",
+            self.call_id,
+            recording.path,
+            recording.duration_s,
+            recording.size_bytes,
+        )
+        self.controls.emit(
+            "call.recording.ready",
+            {
+                "path": str(recording.path),
+                "duration": round(recording.duration_s, 3),
+                "bytes": recording.size_bytes,
+            },
+        )
 
     # -- asyncio: the WebSocket ---------------------------------------------------------------
 
@@ -445,8 +489,7 @@ class AgentSession:
             if update.barge_in:
                 self._barge_in()
             if self._streaming:
-                self._outgoing.append((self.link.caller_frame(pcm, int(self._stream_ms)),
-                                       frame_ns))
+                self._outgoing.append((self.link.caller_frame(pcm, int(self._stream_ms)), frame_ns))
                 self._stream_ms += len(pcm) * 500 / self.rate
             if recorder is not None:
                 pairs += aligner.caller(pcm)

@@ -146,8 +146,8 @@ class Ledger:
         elif kind == "call.transfer":
             self.store.add_event(self._event(CallTransfer.model_validate(data), call_id, ts))
         elif kind in _MEDIA_EVENTS:
-            model = _MEDIA_EVENTS[kind]
-            self.store.add_event(self._event(model.model_validate(data), call_id, ts))
+            media = _MEDIA_EVENTS[kind].model_validate(data)
+            self.store.add_event(self._event(media, call_id, ts))
         else:
             log.debug("event=ledger_ignored type=%s", kind)
 

@@ -56,8 +56,15 @@ def frames(pcm: bytes, rate: int = 8000) -> list[bytes]:
 
 
 def record(**kw: Any) -> CallRecord:
-    base: dict[str, Any] = dict(id=CALL_ID, direction="inbound", trunk="t", from_number="+15550111",
-                                to_number="+15550100", agent="bot", variables={"campaign": "x"})
+    base: dict[str, Any] = {
+        "id": CALL_ID,
+        "direction": "inbound",
+        "trunk": "t",
+        "from_number": "+15550111",
+        "to_number": "+15550100",
+        "agent": "bot",
+        "variables": {"campaign": "x"},
+    }
     return CallRecord(**{**base, **kw})
 
 
@@ -86,8 +93,15 @@ def test_twilio_link_sends_20ms_mulaw_media_and_decodes_agent_media_to_pcm() -> 
     payload = base64.b64decode(message["media"]["payload"])
     assert payload == ulaw_encode(pcm) and len(payload) == 160
     agent_payload = ulaw_encode(tone(1000, 60))
-    event = link.receive(json.dumps({"event": "media", "streamSid": link.stream.stream_sid,
-                                     "media": {"payload": base64.b64encode(agent_payload).decode()}}))
+    event = link.receive(
+        json.dumps(
+            {
+                "event": "media",
+                "streamSid": link.stream.stream_sid,
+                "media": {"payload": base64.b64encode(agent_payload).decode()},
+            }
+        )
+    )
     assert event == AgentAudio(ulaw_decode(agent_payload))
     assert link.receive('{"event":"mark","mark":{"name":"m1"}}') == AgentMark("m1")
     assert link.receive('{"event":"clear"}') == AgentClear()
@@ -114,9 +128,14 @@ def test_pcm_link_24k_agent_runs_the_port_at_16k_and_resamples_both_ways() -> No
 def test_pcm_link_tells_the_agent_about_barge_in_and_caller_speech() -> None:
     link = PcmLink(CALL_ID, "a", "b", {}, sample_rate=16000)
     assert [json.loads(m) for m in link.barge_in(["m"])] == [
-        {"event": "clear"}, {"event": "mark", "name": "m"}]
+        {"event": "clear"},
+        {"event": "mark", "name": "m"},
+    ]
     assert json.loads(link.caller_speech(SpeechStopped(900, 500))[0]) == {
-        "event": "speech_stopped", "offset_ms": 900, "duration_ms": 500}
+        "event": "speech_stopped",
+        "offset_ms": 900,
+        "duration_ms": 500,
+    }
 
 
 # --- speech, barge-in, turns ---------------------------------------------------------------
@@ -131,7 +150,9 @@ def test_caller_speech_while_agent_plays_is_a_barge_in_and_starts_a_turn() -> No
         events += update.speech
         barge.append(update.barge_in)
     assert [(s.party, s.event_type) for s in events] == [
-        ("caller", "call.speech.started"), ("caller", "call.speech.stopped")]
+        ("caller", "call.speech.started"),
+        ("caller", "call.speech.stopped"),
+    ]
     start = events[0].as_data()
     assert start["party"] == "caller" and 480 <= start["offset_ms"] <= 520
     assert barge.count(True) == 1 and conv.barge_ins == 1
@@ -242,17 +263,32 @@ async def test_twilio_session_streams_caller_plays_agent_returns_marks_and_recor
             if msg["event"] == "start":
                 sid = msg["streamSid"]
                 payload = base64.b64encode(ulaw_encode(tone(1000, 300))).decode()
-                await ws.send(json.dumps({"event": "media", "streamSid": sid,
-                                          "media": {"payload": payload}}))
-                await ws.send(json.dumps({"event": "mark", "streamSid": sid,
-                                          "mark": {"name": "greeting"}}))
+                await ws.send(
+                    json.dumps({"event": "media", "streamSid": sid, "media": {"payload": payload}})
+                )
+                await ws.send(
+                    json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": "greeting"}})
+                )
 
     server, url = await _agent_server(bot)
-    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url,
-                                  "headers": {"Authorization": "Bearer s3cret"}})
+    agent = Agent.model_validate(
+        {
+            "id": "bot",
+            "type": "twilio-ws",
+            "url": url,
+            "headers": {"Authorization": "Bearer s3cret"},
+        }
+    )
     fake = FakeControls()
-    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
-                           VadSettings(barge_in=False), recordings_dir=tmp_path, node_id="n")
+    session = AgentSession(
+        agent,
+        record(),
+        fake.controls(),
+        asyncio.get_running_loop(),
+        VadSettings(barge_in=False),
+        recordings_dir=tmp_path,
+        node_id="n",
+    )
     await asyncio.sleep(0.3)  # connected before the audio starts
     caller = frames(bytes(3200) + voiced(600) + bytes(8000))
     await Clock(session, caller).run()
@@ -275,8 +311,10 @@ async def test_twilio_session_streams_caller_plays_agent_returns_marks_and_recor
     types = fake.types()
     assert types[0] == "call.agent.connected"
     assert "call.speech.started" in types and "call.speech.stopped" in types
-    assert ("call.agent.disconnected", {"agent": "bot", "transport": "twilio-ws",
-                                        "reason": "call_ended"}) in fake.events
+    assert (
+        "call.agent.disconnected",
+        {"agent": "bot", "transport": "twilio-ws", "reason": "call_ended"},
+    ) in fake.events
     ready = [d for k, d in fake.events if k == "call.recording.ready"]
     assert ready and ready[0]["path"] == str(tmp_path / f"{CALL_ID}.wav")
     with wave.open(ready[0]["path"]) as w:
@@ -304,8 +342,9 @@ async def test_caller_speech_barges_in_clears_playout_and_returns_the_mark() -> 
     server, url = await _agent_server(bot)
     agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url})
     fake = FakeControls()
-    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
-                           VadSettings(min_speech_ms=60))
+    session = AgentSession(
+        agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings(min_speech_ms=60)
+    )
     await asyncio.sleep(0.3)
     clock = Clock(session, frames(bytes(4800) + voiced(500) + bytes(1600)))
     await clock.run()
@@ -334,11 +373,11 @@ async def test_pcm_agent_clear_and_hangup(tmp_path: Path) -> None:
                 await ws.send('{"event":"hangup","reason":"done"}')
 
     server, url = await _agent_server(bot)
-    agent = Agent.model_validate({"id": "bot", "type": "pcm-ws", "url": url,
-                                  "sample_rate": 16000})
+    agent = Agent.model_validate({"id": "bot", "type": "pcm-ws", "url": url, "sample_rate": 16000})
     fake = FakeControls()
-    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
-                           VadSettings())
+    session = AgentSession(
+        agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings()
+    )
     assert session.rate == 16000
     await asyncio.sleep(0.2)
     await Clock(session, frames(bytes(32000), 16000)).run()
@@ -360,11 +399,18 @@ async def test_unreachable_agent_is_reported_and_the_policy_applied(
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "on_agent_failure": policy,
-                                  "url": f"ws://127.0.0.1:{port}/gone"})
+    agent = Agent.model_validate(
+        {
+            "id": "bot",
+            "type": "twilio-ws",
+            "on_agent_failure": policy,
+            "url": f"ws://127.0.0.1:{port}/gone",
+        }
+    )
     fake = FakeControls()
-    session = AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(),
-                           VadSettings())
+    session = AgentSession(
+        agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings()
+    )
     await asyncio.sleep(0.3)
     (event,) = [d for k, d in fake.events if k == "call.agent.disconnected"]
     assert event["reason"].startswith("connect_failed")
@@ -375,8 +421,8 @@ async def test_unreachable_agent_is_reported_and_the_policy_applied(
 
 
 async def test_agent_rejecting_the_handshake_gives_its_http_status() -> None:
-    from websockets.http11 import Response
     from websockets.datastructures import Headers
+    from websockets.http11 import Response
 
     async def reject(conn: ServerConnection, request: Any) -> Response:
         return Response(403, "Forbidden", Headers(), b"no")
@@ -388,5 +434,7 @@ async def test_agent_rejecting_the_handshake_gives_its_http_status() -> None:
     AgentSession(agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings())
     await asyncio.sleep(0.3)
     server.close()
-    assert ("call.agent.disconnected", {"agent": "bot", "transport": "pcm-ws",
-                                        "reason": "rejected: HTTP 403"}) in fake.events
+    assert (
+        "call.agent.disconnected",
+        {"agent": "bot", "transport": "pcm-ws", "reason": "rejected: HTTP 403"},
+    ) in fake.events
