@@ -19,7 +19,7 @@ from media.agents.twilio import TwilioStream
 from media.codecs import ulaw_decode, ulaw_encode
 from media.frames import FRAME_MS, SAMPLE_WIDTH, bytes_per_frame
 from media.resample import Resampler
-from media.timing import TurnLatency
+from media.timing import LatencyStats, TurnLatency
 from media.vad import SpeechDetector, SpeechEvent, SpeechStarted
 
 Party = Literal["caller", "agent"]
@@ -50,6 +50,22 @@ class AgentLink(Protocol):
     def dtmf(self, digit: str) -> Message: ...
 
     def closing(self) -> list[Message]: ...
+
+
+def make_link(
+    transport: str,
+    call_id: str,
+    from_: str,
+    to: str,
+    variables: Mapping[str, str],
+    sample_rate: int = 8000,
+    node_id: str = "sipedge",
+) -> AgentLink:
+    if transport == "twilio-ws":
+        return TwilioLink(call_id, from_, to, variables, node_id)
+    if transport == "pcm-ws":
+        return PcmLink(call_id, from_, to, variables, sample_rate)
+    raise ValueError(f"agent type {transport} is not a WebSocket agent")
 
 
 def stream_sid(call_id: str) -> str:
@@ -349,3 +365,39 @@ class PlayoutLatency:
 
     def cleared(self) -> None:
         self._chunks.clear()
+
+
+class MediaTiming:
+    """A call's latency figures: per frame both ways, and per turn."""
+
+    def __init__(self, turns: LatencyStats | None = None) -> None:
+        self.caller_to_agent = LatencyStats()  # RTP-in -> written to the agent's socket
+        self.agent_to_caller = LatencyStats()  # read from the socket -> RTP-out (PlayoutLatency)
+        self.response = turns if turns is not None else LatencyStats()
+
+    def _named(self) -> tuple[tuple[str, LatencyStats], ...]:
+        return (
+            ("caller_to_agent", self.caller_to_agent),
+            ("agent_to_caller", self.agent_to_caller),
+            ("response", self.response),
+        )
+
+    def summary(self) -> dict[str, float]:
+        """p50/p95 in ms for call.completed; a figure with no samples is left out."""
+        out: dict[str, float] = {}
+        for name, stats in self._named():
+            s = stats.summary()
+            if s.p50 is not None and s.p95 is not None:
+                out[f"{name}_p50_ms"] = round(s.p50, 2)
+                out[f"{name}_p95_ms"] = round(s.p95, 2)
+        return out
+
+    def log_fields(self) -> str:
+        fields = []
+        for name, stats in self._named():
+            s = stats.summary()
+            if s.p50 is not None and s.p99 is not None:
+                fields.append(
+                    f"{name}_n={s.count} {name}_p50_ms={s.p50:.2f} {name}_p99_ms={s.p99:.2f}"
+                )
+        return " ".join(fields) or "no_samples=1"

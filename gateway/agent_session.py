@@ -3,7 +3,8 @@
 Three threads touch a session. pjmedia's clock thread calls on_caller_frame/next_frame every
 20 ms: they only append to deques and take one frame from Playout under a lock. The worker's
 asyncio loop owns everything else: the WebSocket, the wire protocol, VAD and barge-in, timing
-and the recorder's frame pairing. A writer thread does the recording's file I/O.
+and the recorder's frame pairing. A writer thread does the recording's file I/O
+(gateway/call_recording.py); the protocol logic is sans-IO in gateway/agent_link.py.
 
 Caller frames cross to asyncio as a deque append plus one `call_soon_threadsafe` per frame
 (skipped while a wake is already pending). Measured (bench/media_latency.py): ~9 µs per frame
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections import deque
@@ -30,24 +30,23 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from gateway.agent_link import (
-    AgentLink,
     Conversation,
     FrameAligner,
+    MediaTiming,
     Message,
-    PcmLink,
     PlayoutLatency,
     Speech,
-    TwilioLink,
+    make_link,
 )
+from gateway.call_recording import RecordingWriter
 from gateway.calls import CallRecord
 from gateway.config import Agent, VadSettings
 from gateway.media_session import CallControls
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
-from media.errors import MediaError, PlayoutOverflow, ProtocolError
+from media.errors import PlayoutOverflow, ProtocolError
 from media.frames import bytes_per_frame
 from media.playout import Playout
-from media.recorder import Recording, StereoWavRecorder
-from media.timing import LatencyStats
+from media.recorder import Recording
 
 log = logging.getLogger("sipedge.agent")
 
@@ -55,54 +54,6 @@ TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP
 CLOSE_TIMEOUT_S = 2.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PROTOCOL_ERRORS_LOGGED = 3
-
-
-def make_link(agent: Agent, record: CallRecord, node_id: str) -> AgentLink:
-    if agent.type == "twilio-ws":
-        return TwilioLink(
-            record.id, record.from_number, record.to_number, record.variables, node_id
-        )
-    if agent.type == "pcm-ws":
-        return PcmLink(
-            record.id, record.from_number, record.to_number, record.variables, agent.sample_rate
-        )
-    raise ValueError(f"agent type {agent.type} is not a WebSocket agent")
-
-
-class RecordingWriter:
-    """Stereo WAV file I/O on its own thread; `on_ready` gets the result after close()."""
-
-    def __init__(self, path: Path, rate: int, on_ready: Callable[[Recording], None]) -> None:
-        self.path = path
-        self._rate = rate
-        self._on_ready = on_ready
-        self._queue: queue.SimpleQueue[list[tuple[bytes | None, bytes | None]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._run, name=f"rec-{path.stem}", daemon=True)
-        self._thread.start()
-
-    def write(self, pairs: list[tuple[bytes | None, bytes | None]]) -> None:
-        if pairs:
-            self._queue.put(pairs)
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _run(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            recorder = StereoWavRecorder(self.path, self._rate)
-        except OSError as exc:
-            log.error("event=recording_failed path=%s error=%s", self.path, exc)
-            return
-        try:
-            while (pairs := self._queue.get()) is not None:
-                for caller, agent in pairs:
-                    recorder.write_frame(caller, agent)
-        except (OSError, MediaError) as exc:
-            log.error("event=recording_failed path=%s error=%s", self.path, exc)
-        self._on_ready(recorder.close())
 
 
 class AgentSession:
@@ -121,7 +72,15 @@ class AgentSession:
         self.agent = agent
         self.call_id = record.id
         self.controls = controls
-        self.link = make_link(agent, record, node_id)
+        self.link = make_link(
+            agent.type,
+            record.id,
+            record.from_number,
+            record.to_number,
+            record.variables,
+            agent.sample_rate,
+            node_id,
+        )
         self.rate = self.link.rate
         self._loop = loop
         self._frame_bytes = bytes_per_frame(self.rate)
@@ -137,8 +96,7 @@ class AgentSession:
         self._closed = False
         # asyncio side
         self.conversation = Conversation(self.rate, vad)
-        self.caller_to_agent = LatencyStats()
-        self.agent_to_caller = LatencyStats()
+        self.timing = MediaTiming(self.conversation.turns.stats)
         self._playout_latency = PlayoutLatency()
         self._aligner = FrameAligner()
         self._outgoing: deque[tuple[Message, int]] = deque()  # message, caller frame ns or 0
@@ -202,31 +160,7 @@ class AgentSession:
 
     def latency_summary(self) -> dict[str, float]:
         """p50/p95 (ms) per direction and per turn, for call.completed; empty ones omitted."""
-        summary: dict[str, float] = {}
-        for name, stats in (
-            ("caller_to_agent", self.caller_to_agent),
-            ("agent_to_caller", self.agent_to_caller),
-            ("response", self.conversation.turns.stats),
-        ):
-            s = stats.summary()
-            if s.p50 is not None and s.p95 is not None:
-                summary[f"{name}_p50_ms"] = round(s.p50, 2)
-                summary[f"{name}_p95_ms"] = round(s.p95, 2)
-        return summary
-
-    def _latency_fields(self) -> str:
-        fields = []
-        for name, stats in (
-            ("caller_to_agent", self.caller_to_agent),
-            ("agent_to_caller", self.agent_to_caller),
-            ("response", self.conversation.turns.stats),
-        ):
-            s = stats.summary()
-            if s.p50 is not None and s.p99 is not None:
-                fields.append(
-                    f"{name}_n={s.count} {name}_p50_ms={s.p50:.2f} {name}_p99_ms={s.p99:.2f}"
-                )
-        return " ".join(fields) or "no_samples=1"
+        return self.timing.summary()
 
     def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
         try:
@@ -348,7 +282,7 @@ class AgentSession:
         log.info(
             "event=media_latency call_id=%s %s barge_ins=%d",
             self.call_id,
-            self._latency_fields(),
+            self.timing.log_fields(),
             self.conversation.barge_ins,
         )
 
@@ -379,7 +313,7 @@ class AgentSession:
     async def _sender(self, ws: ClientConnection) -> None:
         # The only task that writes to the socket: messages leave in the order they were
         # built, which Twilio's sequenceNumber requires.
-        outgoing, caller_to_agent = self._outgoing, self.caller_to_agent
+        outgoing, caller_to_agent = self._outgoing, self.timing.caller_to_agent
         try:
             while True:
                 await self._send_ready.wait()
@@ -498,7 +432,7 @@ class AgentSession:
             for speech in self.conversation.agent_audio(audio, had_audio):
                 self._emit_speech(speech)
             for ms in self._playout_latency.played(position, tick_ns):
-                self.agent_to_caller.record(ms)
+                self.timing.agent_to_caller.record(ms)
             if recorder is not None:
                 pairs += aligner.agent(audio)
         if self._marks:

@@ -323,6 +323,7 @@ async def test_twilio_session_streams_caller_plays_agent_returns_marks_and_recor
         stereo = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
     assert np.abs(stereo[:, 1]).max() > 4000  # the agent's tone on the right channel
     summary = session.latency_summary()
+    assert "caller_to_agent_n=" in session.timing.log_fields()
     assert {"caller_to_agent_p50_ms", "agent_to_caller_p95_ms"} <= set(summary)
     assert summary["caller_to_agent_p95_ms"] < 20 and fake.hangups == []
 

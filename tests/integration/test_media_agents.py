@@ -458,16 +458,6 @@ def test_calls_stream_to_a_twilio_agent_with_barge_in_marks_clear_and_failures(
     rtp = capture.packets.get(media_ports["+15550100"], [])
     tones = [dominant_hz(ulaw_decode(payload)) for _, payload in rtp]
     counts = {hz: tones.count(hz) for hz in (INTRO_HZ, REPLY_HZ, LONG_HZ)}
-    print(
-        "tones",
-        counts,
-        "marks",
-        {k: round(v - conn.sent.get(k, 0), 3) for k, v in conn.marks.items()},
-        "clear->long",
-        round(conn.marks["long"] - conn.sent["clear"], 3),
-        "corr",
-        best_correlation(conn.caller_audio(), speech_samples()),
-    )
     assert 1 <= counts[INTRO_HZ] < 40, counts  # 1.5 s sent, barged in after ~0.1-0.3 s
     assert 25 <= counts[REPLY_HZ] <= 35, counts  # 600 ms played in full
     assert 5 <= counts[LONG_HZ] <= 25, counts  # 3 s sent, cleared after ~300 ms
