@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,51 +13,14 @@ from typing import Any
 
 import yaml
 
-
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        try:
-            with socket.socket(socket.AF_INET, other) as s:
-                s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port")
-
-
-def sip_options(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> str | None:
-    """Send one OPTIONS over UDP; the status line of the reply, or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        local = s.getsockname()[1]
-        branch = "z9hG4bK" + uuid.uuid4().hex[:12]
-        msg = (
-            f"OPTIONS sip:ping@{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch={branch};rport\r\n"
-            f"From: <sip:probe@127.0.0.1>;tag={uuid.uuid4().hex[:8]}\r\n"
-            f"To: <sip:ping@{host}>\r\n"
-            f"Call-ID: {uuid.uuid4().hex}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
-            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-        s.settimeout(timeout)
-        s.sendto(msg.encode(), (host, port))
-        try:
-            data, _ = s.recvfrom(65535)
-        except (TimeoutError, socket.timeout):
-            return None
-        return data.decode(errors="replace").split("\r\n", 1)[0]
+from tests.integration.peers import free_port, free_sip_port, sip_options
 
 
 def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     """A loopback node config: echo agent on +15550100, a trunk to `uas_port` for dial-out."""
     config: dict[str, Any] = {
         "node": {"id": "test-node", "drain_timeout": 5},
-        "sip": {"listen": "127.0.0.1", "port": free_port(), "transports": ["udp", "tcp"],
+        "sip": {"listen": "127.0.0.1", "port": free_sip_port(), "transports": ["udp", "tcp"],
                 "rtp_ports": {"start": 30000 + (os.getpid() % 200) * 100,
                               "end": 30000 + (os.getpid() % 200) * 100 + 99}},
         "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"],
@@ -67,7 +29,7 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
         "numbers": [{"number": "+15550100", "agent": "echo",
                      "variables": {"campaign": "test"}}],
         "agents": [{"id": "echo", "type": "echo", "delay_ms": 100}],
-        "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM), "prefix": "sipedge"},
+        "mqtt": {"embedded": True, "port": free_port("tcp"), "prefix": "sipedge"},
         "api": {"enabled": False},
         "storage": {"path": str(tmp / "sipedge.db"), "recordings_dir": str(tmp / "recordings")},
         "limits": {"max_concurrent_calls": 10, "ring_timeout": 30},
@@ -111,7 +73,7 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            if "event=node_running" in self.log() and sip_options(self.sip_port):
+            if "event=node_running" in self.log() and sip_options(port=self.sip_port, timeout=0.5):
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"node did not become ready:\n{self.log()[-4000:]}")

@@ -63,6 +63,23 @@ def free_tcp_port() -> int:
     return free_port("tcp")
 
 
+def free_sip_port(tcp_span: int = 1, host: str = HOST) -> int:
+    """A port P free for UDP, and P..P+tcp_span-1 free for TCP: SIP listens on UDP and TCP
+    on the same port (baresip also opens TLS on P+1: use tcp_span=2)."""
+    for _ in range(200):
+        port = free_port("udp", host)
+        if port + tcp_span > 65535:
+            continue
+        try:
+            for p in range(port, port + tcp_span):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                    s.bind((host, p))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free SIP port found")
+
+
 def free_udp_port_run(count: int, step: int = 1, host: str = HOST) -> int:
     """First port P such that P, P+step, ... P+(count-1)*step are all free UDP ports on `host`
     (and on 0.0.0.0, so SIPp's media/control sockets can bind them)."""
@@ -624,7 +641,7 @@ class Baresip:
         workdir: Path | None = None,
     ) -> None:
         self.user = user
-        self.port = port or free_udp_port_run(1)
+        self.port = port or free_sip_port(tcp_span=2)  # SIP on UDP+TCP P, TLS on TCP P+1
         self.registrar = registrar
         self.password = password
         self.answer = answer
