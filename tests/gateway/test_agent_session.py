@@ -381,10 +381,12 @@ async def test_pcm_agent_clear_and_hangup(tmp_path: Path) -> None:
     )
     assert session.rate == 16000
     await asyncio.sleep(0.2)
+    session.on_dtmf("5")  # from the SIP thread in real life
     await Clock(session, frames(bytes(32000), 16000)).run()
     texts = [json.loads(m) for m in got if isinstance(m, str)]
     assert texts[0]["event"] == "start" and texts[0]["sample_rate"] == 16000
     assert {"event": "mark", "name": "m"} in texts
+    assert {"event": "dtmf", "digit": "5"} in texts
     assert any(isinstance(m, bytes) and len(m) == 640 for m in got)
     assert fake.hangups == ["agent"]
     session.close()
@@ -439,3 +441,23 @@ async def test_agent_rejecting_the_handshake_gives_its_http_status() -> None:
         "call.agent.disconnected",
         {"agent": "bot", "transport": "pcm-ws", "reason": "rejected: HTTP 403"},
     ) in fake.events
+
+
+async def test_agent_dropping_mid_call_is_reported_once_and_hangs_up() -> None:
+    async def bot(ws: ServerConnection) -> None:
+        async for raw in ws:
+            if json.loads(raw)["event"] == "start":
+                await ws.close(1011, "bot crashed")
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url})
+    fake = FakeControls()
+    session = AgentSession(
+        agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings()
+    )
+    await asyncio.sleep(0.3)
+    session.close()
+    server.close()
+    gone = [d["reason"] for k, d in fake.events if k == "call.agent.disconnected"]
+    assert fake.types()[0] == "call.agent.connected"
+    assert gone == ["closed: code 1011"] and fake.hangups == ["gateway"]
