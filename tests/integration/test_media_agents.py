@@ -129,6 +129,16 @@ def best_correlation(received: np.ndarray, reference: np.ndarray) -> float:
     return float((corr[valid] / np.sqrt(local[valid] * ref_energy)).max())
 
 
+def burst_correlations(received: np.ndarray, reference: np.ndarray) -> list[float]:
+    """best_correlation of each 400 ms speech burst of the pcap on its own: pjmedia's jitter
+    buffer may drop or repeat a frame between bursts, which shifts everything after it."""
+    cycle, burst = 4800, 3200  # 600 ms cycles of 400 ms voiced at 8 kHz (make_pcap.py)
+    return [
+        best_correlation(received, reference[k : k + burst])
+        for k in range(0, len(reference) - burst + 1, cycle)
+    ]
+
+
 def dominant_hz(pcm: bytes, rate: int = 8000) -> int | None:
     x = np.frombuffer(pcm, "<i2").astype(np.float64)
     if len(x) < 80 or np.sqrt(np.mean(x**2)) < 300:
@@ -445,7 +455,8 @@ def test_calls_stream_to_a_twilio_agent_with_barge_in_marks_clear_and_failures(
     assert start["customParameters"] == {"campaign": "spring", "from": "sipp", "to": "+15550100"}
     assert start["mediaFormat"]["encoding"] == "audio/x-mulaw"
     assert kinds.count("media") >= 140
-    assert best_correlation(conn.caller_audio(), speech_samples()) > 0.8
+    heard = burst_correlations(conn.caller_audio(), speech_samples())
+    assert len(heard) == 5 and sorted(heard)[1] > 0.9, heard  # at most one burst damaged
 
     # Barge-in cut the 1.5 s greeting short; its mark came back early.
     assert conn.marks["intro"] - conn.sent["intro"] < 1.0
@@ -476,7 +487,8 @@ def test_calls_stream_to_a_twilio_agent_with_barge_in_marks_clear_and_failures(
         assert wav.getnchannels() == 2 and ready["bytes"] == os.path.getsize(ready["path"])
         stereo = np.frombuffer(wav.readframes(wav.getnframes()), "<i2").reshape(-1, 2)
     assert abs(len(stereo) / 8000 - ready["duration"]) < 0.05 and ready["duration"] > 5
-    assert best_correlation(stereo[:, 0].astype(np.float64), speech_samples()) > 0.8
+    recorded = burst_correlations(stereo[:, 0].astype(np.float64), speech_samples())
+    assert sorted(recorded)[1] > 0.9, recorded
     assert np.abs(stereo[:, 1]).max() > 4000
     call_id = talk[0]["call_id"]
     assert f"event=media_latency call_id={call_id} caller_to_agent_n=" in log
