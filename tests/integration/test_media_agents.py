@@ -503,6 +503,8 @@ def test_calls_stream_to_a_twilio_agent_with_barge_in_marks_clear_and_failures(
     ended = of_type(events["+15550101"], "call.completed") + of_type(
         events["+15550101"], "call.failed"
     )
-    assert [e.get("hangup_by") for e in ended] == ["gateway"]
+    # Refused connects fail in ~1 ms, sometimes before SIPp's ACK: the engine then reports the
+    # hang-up as call.failed (never confirmed) instead of call.completed by the gateway.
+    assert len(ended) == 1 and ended[0].get("hangup_by", "gateway") == "gateway", ended
     kept = of_type(events["+15550102"], "call.completed")
     assert kept and kept[0]["hangup_by"] == "caller" and kept[0]["duration"] > 5
