@@ -39,7 +39,10 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from media.codecs import ulaw_decode, ulaw_encode
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="captures RTP on lo with AF_PACKET (root)"),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "sipp_scenarios"
