@@ -142,6 +142,9 @@ class NumberRoute(Model):
     agent: str
     trunk: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    answer_delay_ms: int = Field(
+        0, ge=0, le=60000, description="ring this long (180) before answering with 200"
+    )
 
 
 class Agent(Model):

@@ -343,9 +343,23 @@ class SipEngine:
         ringing.statusCode = 180
         call.answer(ringing)
         record.advance(CallState.RINGING)
+        assert decision.route is not None
+        delay = decision.route.answer_delay_ms / 1000
+        if delay:
+            self.schedule(delay, lambda: self._answer(record.id))
+        else:
+            self._answer(record.id)
+
+    def _answer(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.record.state != CallState.RINGING:
+            return  # cancelled while ringing
         ok = pj.CallOpParam()
         ok.statusCode = 200
-        call.answer(ok)
+        try:
+            call.answer(ok)
+        except pj.Error as exc:
+            log.warning("event=answer_failed call_id=%s error=%s", call_id, exc.reason)
 
     def _refuse(self, call: SipCall, code: int) -> None:
         op = pj.CallOpParam()
@@ -506,9 +520,11 @@ class SipEngine:
                 "event=call_completed call_id=%s duration=%.1f reason=%s hangup_by=%s",
                 rec.id, duration, end, rec.hangup_by,
             )
+            summary = getattr(call.session, "latency_summary", None)
             self.emit("call.completed", rec, {
                 "duration": round(duration, 3), "reason": end, "sip_code": code,
                 "hangup_by": rec.hangup_by, "codec": call.codec,
+                "latency": (summary() or None) if summary else None,
             })
         else:
             log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)

@@ -192,3 +192,41 @@ def test_sigterm_drains_active_calls_then_exits_zero(tmp_path: Path) -> None:
         assert done["data"]["hangup_by"] == "gateway"
         assert node.stop() == 0
         caller.stop()
+
+
+def test_hold_codec_change_cancel_max_duration_and_tcp(tmp_path: Path) -> None:
+    config = base_config(
+        tmp_path,
+        numbers=[{"number": "+15550100", "agent": "echo"},
+                 {"number": "+15550101", "agent": "echo", "answer_delay_ms": 5000}],
+        limits={"max_concurrent_calls": 10, "max_call_duration": 4},
+    )
+    with NodeProcess(tmp_path, config) as node, MqttWatch(node.mqtt_port) as mq:
+        # re-INVITEs: hold (sendonly), then resume with a codec change to PCMA.
+        res = Sipp("uac_reinvite.xml", remote=(HOST, node.sip_port), service="+15550100",
+                   workdir=tmp_path / "reinvite").run(30)
+        assert res.successful == 1, res.errors
+        first = mq.wait_event("call.completed")
+        assert first["data"]["hangup_by"] == "caller"
+
+        # CANCEL while the number is still ringing (it answers only after 5 s).
+        res = Sipp("uac_cancel.xml", remote=(HOST, node.sip_port), service="+15550101",
+                   workdir=tmp_path / "cancel").run(30)
+        assert res.successful == 1, res.errors
+        cancelled = mq.wait_event("call.failed", reason="cancelled")
+        assert [e["type"] for e in mq.events(cancelled["call_id"])] == [
+            "call.incoming", "call.failed"]
+        assert cancelled["data"]["sip_code"] == 487
+
+        # A call longer than max_call_duration is ended by the gateway.
+        res = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                   duration_ms=8000, workdir=tmp_path / "long").run(30)
+        assert res.failed == 1  # SIPp did not expect our BYE
+        ended = mq.wait_event("call.completed", reason="timeout")
+        assert ended["data"]["hangup_by"] == "gateway"
+        assert 3.5 < ended["data"]["duration"] < 6
+
+        # SIP over TCP.
+        res = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                   extra=["-t", "t1"], workdir=tmp_path / "tcp").run(30)
+        assert res.successful == 1, res.errors
