@@ -151,6 +151,29 @@ class Ledger:
         else:
             log.debug("event=ledger_ignored type=%s", kind)
 
+    def close_orphans(self, reason: str, keep: set[str] | frozenset[str] = frozenset()) -> int:
+        """End every open call except `keep`: after a worker crash or a node killed mid-call,
+        those calls are gone on the SIP side, and the control plane must hear that they ended.
+        An answered call is billed up to its last recorded event, never beyond."""
+        closed = 0
+        for record in self.store.open_calls():
+            if record.id in keep:
+                continue
+            events = self.store.call_events(record.id)
+            last = events[-1].ts.timestamp() if events else record.created_at.timestamp()
+            if record.answered_at is not None:
+                duration = max(0.0, last - record.answered_at.timestamp())
+                data = {"duration": duration, "reason": reason, "sip_code": None,
+                        "hangup_by": "gateway"}
+                self.record("call.completed", record.id, data, last)
+            else:
+                data = {"reason": reason, "sip_code": None, "sip_reason": "SIP worker lost the call",
+                        "hangup_by": "gateway"}
+                self.record("call.failed", record.id, data, last)
+            log.warning("event=orphan_call_closed call_id=%s reason=%s", record.id, reason)
+            closed += 1
+        return closed
+
     def _ended(self, call_id: str) -> None:
         self.active.discard(call_id)
         self._ringing.discard(call_id)

@@ -234,6 +234,14 @@ class Store:
             row = self._db.execute("SELECT * FROM calls WHERE id=?", (call_id,)).fetchone()
         return _record(row) if row else None
 
+    def open_calls(self) -> list[CallRecord]:
+        """Calls with no end recorded: live ones, or ones a crashed worker or node left open."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM calls WHERE ended_at IS NULL ORDER BY created_at"
+            ).fetchall()
+        return [_record(row) for row in rows]
+
     def list_calls(
         self,
         filters: CallFilter | Mapping[str, Any] | None = None,

@@ -30,6 +30,7 @@ log = logging.getLogger("sipedge.node")
 
 WORKER_START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
+WORKER_RESTART_MAX = 30.0
 
 
 class WorkerLink:
@@ -204,6 +205,8 @@ class Node:
             max_backlog=mqtt.max_backlog, backoff_max=5.0,
         )
         await self.publisher.start()
+        # Calls a previous run left open (killed mid-call) ended with it: say so first.
+        self.ledger.close_orphans("failed")
         await self.worker.start()
 
     async def run(self) -> int:
@@ -217,14 +220,42 @@ class Node:
             await self.shutdown()
             return 1
         log.info("event=node_running node=%s pid=%d", self.config.node.id, os.getpid())
-        stop = asyncio.create_task(self._stop.wait())
-        died = asyncio.create_task(self.worker.exited.wait())
-        await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
-        crashed = died.done() and not stop.done()
-        stop.cancel()
-        died.cancel()
+        await self._supervise()
         await self.shutdown()
-        return 1 if crashed else 0
+        return 0
+
+    async def _supervise(self) -> None:
+        """Until asked to stop: when the SIP worker dies, end its calls in the ledger (the
+        control plane must hear they ended) and start a new worker, with backoff."""
+        restarts = 0
+        started = time.monotonic()
+        while not self._stop.is_set():
+            stop = asyncio.create_task(self._stop.wait())
+            died = asyncio.create_task(self.worker.exited.wait())
+            await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            died.cancel()
+            if self._stop.is_set():
+                return
+            closed = self.ledger.close_orphans("failed")
+            self.ledger.active.clear()
+            if time.monotonic() - started > 60:
+                restarts = 0  # it had been running fine: not a crash loop
+            delay = min(WORKER_RESTART_MAX, 0.5 * 2**restarts)
+            restarts += 1
+            log.error("event=worker_died calls_closed=%d restart_in=%.1f restarts=%d",
+                      closed, delay, restarts)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            self.worker = WorkerLink(self, 1)
+            started = time.monotonic()
+            try:
+                await self.worker.start()
+            except RuntimeError as exc:
+                log.error("event=worker_restart_failed error=%s", exc)
 
     async def shutdown(self) -> None:
         self.draining = True

@@ -81,11 +81,12 @@ class NodeProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def wait_log(self, text: str, timeout: float = 20.0) -> str:
+    def wait_log(self, text: str, timeout: float = 20.0, count: int = 1) -> str:
+        """The log once `text` appears in it `count` times (polls the file)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             log = self.log()
-            if text in log:
+            if log.count(text) >= count:
                 return log
             time.sleep(0.05)
         raise AssertionError(f"{text!r} not in node log:\n{self.log()[-3000:]}")

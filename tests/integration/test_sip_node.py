@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,22 @@ def test_hold_codec_change_cancel_max_duration_and_tcp(tmp_path: Path) -> None:
         res = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
                    extra=["-t", "t1"], workdir=tmp_path / "tcp").run(30)
         assert res.successful == 1, res.errors
+
+
+def test_a_killed_sip_worker_ends_its_calls_and_is_replaced(tmp_path: Path) -> None:
+    with NodeProcess(tmp_path, base_config(tmp_path)) as node, MqttWatch(node.mqtt_port) as mq:
+        caller = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                      duration_ms=20000, workdir=tmp_path / "long").start()
+        answered = mq.wait_event("call.answered")
+        worker_pid = int(node.wait_log("event=worker_ready").split(
+            "event=worker_ready worker=1 pid=")[1].split()[0])
+        os.kill(worker_pid, signal.SIGKILL)
+        ended = mq.wait_event("call.completed", answered["call_id"])
+        assert ended["data"]["reason"] == "failed" and ended["data"]["hangup_by"] == "gateway"
+        caller.stop()
+        node.wait_log("event=worker_died")
+        node.wait_log("event=worker_ready", count=2)
+        res = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                   workdir=tmp_path / "after").run(30)
+        assert res.successful == 1, res.errors
+        assert node.stop() == 0
