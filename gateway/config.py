@@ -27,6 +27,9 @@ from gateway.errors import ConfigError
 E164 = r"^\+[1-9][0-9]{1,14}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Codec = Literal["PCMU", "PCMA", "G722"]
+Transport = Literal["udp", "tcp"]
+ALL_CODECS: tuple[Codec, ...] = ("PCMU", "PCMA", "G722")
+ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 
 
 class Model(BaseModel):
@@ -47,10 +50,10 @@ class RtpPorts(Model):
 class SipSettings(Model):
     listen: str = Field("0.0.0.0", description="IP address to bind SIP and RTP on")
     port: int = Field(5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = Field(default_factory=lambda: ["udp", "tcp"])
+    transports: list[Transport] = Field(default_factory=lambda: list(ALL_TRANSPORTS))
     public_address: str | None = Field(None, description="address advertised in Contact/SDP")
     rtp_ports: RtpPorts = Field(default_factory=RtpPorts)
-    codecs: list[Codec] = Field(default_factory=lambda: ["PCMU", "PCMA", "G722"])
+    codecs: list[Codec] = Field(default_factory=lambda: list(ALL_CODECS))
     user_agent: str = "sipedge"
     log_level: int = Field(1, ge=0, le=6, description="pjsip log level (0-6)")
 
@@ -81,7 +84,7 @@ class Trunk(Model):
     auth_username: str | None = None
     realm: str = "*"
     domain: str | None = None
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Transport = "udp"
     expires: int = Field(300, ge=10, le=86400)
     retry_min: float = Field(5.0, gt=0)
     retry_max: float = Field(300.0, gt=0)

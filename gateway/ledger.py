@@ -36,7 +36,7 @@ from gateway.store import CallRecord, Store
 
 log = logging.getLogger("sipedge.ledger")
 
-_TRUNK_EVENTS: dict[str, type[EventData]] = {
+_TRUNK_EVENTS: dict[str, type[TrunkRegistered | TrunkRegistrationFailed | TrunkUnregistered]] = {
     "registered": TrunkRegistered,
     "failed": TrunkRegistrationFailed,
     "unregistered": TrunkUnregistered,
@@ -111,7 +111,7 @@ class Ledger:
             event = self._event(CallRinging(early_media=kind == "call.early_media"), call_id, ts)
             self.store.update_call(call_id, {"status": "ringing", "ringing_at": _utc(ts)}, event)
         elif kind == "call.answered":
-            answered = _utc(data.get("answered_at") or ts)
+            answered = _utc(data.get("answered_at") or ts) or datetime.now(timezone.utc)
             event = self._event(CallAnswered(codec=data["codec"], answered_at=answered), call_id, ts)
             self.store.update_call(
                 call_id, {"status": "answered", "answered_at": answered, "codec": data["codec"]}, event

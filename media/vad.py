@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import webrtcvad  # type: ignore[import-untyped]
+import webrtcvad
 
 from media.frames import bytes_per_frame
 

@@ -265,7 +265,7 @@ class SipEngine:
         self.calls.clear()
         self._released.clear()
         self.trunks.clear()
-        self.local_account = None
+        del self.local_account
         self.ep.libDestroy()
         log.info("event=sip_stopped")
 

@@ -21,7 +21,7 @@ _Pointers = ctypes.c_void_p * 2
 
 def _read_fast(vector: pj.ByteVector) -> bytes:
     begin, end = _Pointers.from_address(int(vector.this))
-    if not begin:
+    if not begin or not end:
         return b""
     return ctypes.string_at(begin, end - begin)
 
@@ -30,7 +30,8 @@ def _write_fast(vector: pj.ByteVector, data: bytes) -> None:
     if vector.size() != len(data):
         vector.resize(len(data))
     begin = _Pointers.from_address(int(vector.this))[0]
-    ctypes.memmove(begin, data, len(data))
+    if begin:  # an empty frame has no buffer
+        ctypes.memmove(begin, data, len(data))
 
 
 def _read_slow(vector: pj.ByteVector) -> bytes:
