@@ -30,7 +30,7 @@ TRANSITIONS: dict[CallState, set[CallState]] = {
 }
 
 
-class EndReason(str, enum.Enum):
+class EndReason(enum.StrEnum):
     NORMAL = "normal"
     BUSY = "busy"
     NO_ANSWER = "no_answer"

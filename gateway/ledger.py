@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.events import (
@@ -51,7 +51,7 @@ _MEDIA_EVENTS: dict[str, type[EventData]] = {
 
 
 def _utc(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
 
 
 class Ledger:
@@ -91,15 +91,24 @@ class Ledger:
         if kind in ("call.incoming", "call.placed"):
             inbound = kind == "call.incoming"
             parties = {
-                "from": data["from"], "to": data["to"], "trunk": data["trunk"],
-                "agent": data["agent"], "variables": data["variables"],
+                "from": data["from"],
+                "to": data["to"],
+                "trunk": data["trunk"],
+                "agent": data["agent"],
+                "variables": data["variables"],
             }
             record = CallRecord(
-                id=call_id, direction=data["direction"], status="ringing" if inbound else "dialing",
-                trunk=data["trunk"], from_number=data["from"], to_number=data["to"],
-                route=data["to"] if inbound else None, agent=data["agent"],
-                variables=data["variables"], sip_call_id=data.get("sip_call_id") or None,
-                created_at=_utc(ts) or datetime.now(timezone.utc),
+                id=call_id,
+                direction=data["direction"],
+                status="ringing" if inbound else "dialing",
+                trunk=data["trunk"],
+                from_number=data["from"],
+                to_number=data["to"],
+                route=data["to"] if inbound else None,
+                agent=data["agent"],
+                variables=data["variables"],
+                sip_call_id=data.get("sip_call_id") or None,
+                created_at=_utc(ts) or datetime.now(UTC),
             )
             model = CallIncoming if inbound else CallPlaced
             self.store.create_call(record, self._event(model.model_validate(parties), call_id, ts))
@@ -111,35 +120,67 @@ class Ledger:
             event = self._event(CallRinging(early_media=kind == "call.early_media"), call_id, ts)
             self.store.update_call(call_id, {"status": "ringing", "ringing_at": _utc(ts)}, event)
         elif kind == "call.answered":
-            answered = _utc(data.get("answered_at") or ts) or datetime.now(timezone.utc)
-            event = self._event(CallAnswered(codec=data["codec"], answered_at=answered), call_id, ts)
+            answered = _utc(data.get("answered_at") or ts) or datetime.now(UTC)
+            event = self._event(
+                CallAnswered(codec=data["codec"], answered_at=answered), call_id, ts
+            )
             self.store.update_call(
-                call_id, {"status": "answered", "answered_at": answered, "codec": data["codec"]}, event
+                call_id,
+                {"status": "answered", "answered_at": answered, "codec": data["codec"]},
+                event,
             )
         elif kind == "call.completed":
             duration = float(data["duration"])
             billable = math.ceil(duration)
-            event = self._event(CallCompleted(
-                duration=duration, billable_seconds=billable, reason=data["reason"],
-                sip_code=data.get("sip_code"), hangup_by=data.get("hangup_by"),
-                latency=data.get("latency"),
-            ), call_id, ts)
-            self.store.update_call(call_id, {
-                "status": "completed", "ended_at": _utc(ts), "duration": duration,
-                "billable_seconds": billable, "end_reason": data["reason"],
-                "sip_code": data.get("sip_code"), "hangup_by": data.get("hangup_by"),
-            }, event)
+            event = self._event(
+                CallCompleted(
+                    duration=duration,
+                    billable_seconds=billable,
+                    reason=data["reason"],
+                    sip_code=data.get("sip_code"),
+                    hangup_by=data.get("hangup_by"),
+                    latency=data.get("latency"),
+                ),
+                call_id,
+                ts,
+            )
+            self.store.update_call(
+                call_id,
+                {
+                    "status": "completed",
+                    "ended_at": _utc(ts),
+                    "duration": duration,
+                    "billable_seconds": billable,
+                    "end_reason": data["reason"],
+                    "sip_code": data.get("sip_code"),
+                    "hangup_by": data.get("hangup_by"),
+                },
+                event,
+            )
             self._ended(call_id)
         elif kind == "call.failed":
-            event = self._event(CallFailed(
-                reason=data["reason"], sip_code=data.get("sip_code"),
-                sip_reason=data.get("sip_reason"),
-            ), call_id, ts)
-            self.store.update_call(call_id, {
-                "status": "failed", "ended_at": _utc(ts), "duration": 0.0, "billable_seconds": 0,
-                "end_reason": data["reason"], "sip_code": data.get("sip_code"),
-                "hangup_by": data.get("hangup_by"),
-            }, event)
+            event = self._event(
+                CallFailed(
+                    reason=data["reason"],
+                    sip_code=data.get("sip_code"),
+                    sip_reason=data.get("sip_reason"),
+                ),
+                call_id,
+                ts,
+            )
+            self.store.update_call(
+                call_id,
+                {
+                    "status": "failed",
+                    "ended_at": _utc(ts),
+                    "duration": 0.0,
+                    "billable_seconds": 0,
+                    "end_reason": data["reason"],
+                    "sip_code": data.get("sip_code"),
+                    "hangup_by": data.get("hangup_by"),
+                },
+                event,
+            )
             self._ended(call_id)
         elif kind == "call.dtmf":
             self.store.add_event(self._event(CallDtmf.model_validate(data), call_id, ts))
@@ -163,12 +204,20 @@ class Ledger:
             last = events[-1].ts.timestamp() if events else record.created_at.timestamp()
             if record.answered_at is not None:
                 duration = max(0.0, last - record.answered_at.timestamp())
-                data = {"duration": duration, "reason": reason, "sip_code": None,
-                        "hangup_by": "gateway"}
+                data = {
+                    "duration": duration,
+                    "reason": reason,
+                    "sip_code": None,
+                    "hangup_by": "gateway",
+                }
                 self.record("call.completed", record.id, data, last)
             else:
-                data = {"reason": reason, "sip_code": None, "sip_reason": "SIP worker lost the call",
-                        "hangup_by": "gateway"}
+                data = {
+                    "reason": reason,
+                    "sip_code": None,
+                    "sip_reason": "SIP worker lost the call",
+                    "hangup_by": "gateway",
+                }
                 self.record("call.failed", record.id, data, last)
             log.warning("event=orphan_call_closed call_id=%s reason=%s", record.id, reason)
             closed += 1
@@ -185,8 +234,17 @@ class Ledger:
         model = _TRUNK_EVENTS.get(data["state"])
         if model is None:
             return
-        self.store.add_event(self._event(model(
-            trunk=trunk, state=data["state"], sip_code=data.get("sip_code"),
-            reason=data.get("reason"), expires=data.get("expires"),
-            next_retry_at=_utc(data.get("next_retry_at")),
-        ), None, ts))
+        self.store.add_event(
+            self._event(
+                model(
+                    trunk=trunk,
+                    state=data["state"],
+                    sip_code=data.get("sip_code"),
+                    reason=data.get("reason"),
+                    expires=data.get("expires"),
+                    next_retry_at=_utc(data.get("next_retry_at")),
+                ),
+                None,
+                ts,
+            )
+        )

@@ -134,10 +134,14 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
         _media_config(cfg, sip)
         return cfg
 
-    def target_uri(self, number: str) -> str:
+    @property
+    def domain(self) -> str:
+        """The trunk's SIP domain: configured, else the registrar's (or proxy's) host."""
         trunk = self.trunk
-        host = trunk.domain or host_of(trunk.registrar or trunk.proxy or "")
-        return f"sip:{number}@{host};transport={trunk.transport}"
+        return trunk.domain or host_of(trunk.registrar or trunk.proxy or "")
+
+    def target_uri(self, number: str) -> str:
+        return f"sip:{number}@{self.domain};transport={self.trunk.transport}"
 
     def use_caller_id(self, caller_id: str | None) -> None:
         """Static trunks put the caller id in From; registered trunks keep their AOR."""
@@ -197,9 +201,15 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
             return
         self.state.state = new
         log.info(
-            "event=trunk_state trunk=%s state=%s previous=%s sip_code=%s reason=%r next_retry_in=%s",
-            self.trunk.id, new, old, self.state.sip_code, self.state.reason,
-            None if self.state.next_retry_at is None
+            "event=trunk_state trunk=%s state=%s previous=%s sip_code=%s reason=%r "
+            "next_retry_in=%s",
+            self.trunk.id,
+            new,
+            old,
+            self.state.sip_code,
+            self.state.reason,
+            None
+            if self.state.next_retry_at is None
             else round(self.state.next_retry_at - time.time(), 1),
         )
         self.engine.on_trunk_state(self.state)

@@ -111,17 +111,19 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if self.session is not None:
             self.session.on_dtmf(prm.digit)
         self.engine.emit(
-            "call.dtmf", self.record, {"digit": prm.digit, "method": method, "duration_ms": prm.duration}
+            "call.dtmf",
+            self.record,
+            {"digit": prm.digit, "method": method, "duration_ms": prm.duration},
         )
 
     def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
         final, code = bool(prm.finalNotify), int(prm.statusCode)
-        if not final:
-            status = "accepted"
-        else:
-            status = "completed" if 200 <= code < 300 else "failed"
-        self.engine.emit("call.transfer", self.record,
-                         {"target": self.transfer_target or "", "status": status, "sip_code": code})
+        status = "accepted" if not final else "completed" if 200 <= code < 300 else "failed"
+        self.engine.emit(
+            "call.transfer",
+            self.record,
+            {"target": self.transfer_target or "", "status": status, "sip_code": code},
+        )
         prm.cont = not final
         if status == "completed":
             # The far end now talks to the transfer target; our leg of the call is done.

@@ -175,7 +175,11 @@ class SipEngine:
         self.capacity = max(1, min(self.config.limits.max_concurrent_calls, self.engine_limit - 1))
         log.info(
             "event=sip_started listen=%s:%d transports=%s engine_call_limit=%d capacity=%d",
-            sip.listen, sip.port, ",".join(sip.transports), self.engine_limit, self.capacity,
+            sip.listen,
+            sip.port,
+            ",".join(sip.transports),
+            self.engine_limit,
+            self.capacity,
         )
         self.local_account = LocalAccount(self)
         for trunk in self.config.trunks:
@@ -309,13 +313,20 @@ class SipEngine:
         dialled = [number_from_uri(request_uri(message)), number_from_uri(header(message, "to"))]
         caller = number_from_uri(header(message, "from"))
         decision = route_inbound(
-            self.config, src, [d for d in dialled if d], len(self.calls), self.capacity,
-            self._active_by_trunk(), self.draining,
+            self.config,
+            src,
+            [d for d in dialled if d],
+            len(self.calls),
+            self.capacity,
+            self._active_by_trunk(),
+            self.draining,
         )
         record = CallRecord(
-            id=new_call_id(), direction="inbound",
+            id=new_call_id(),
+            direction="inbound",
             trunk=decision.trunk.id if decision.trunk else "",
-            from_number=caller, to_number=dialled[0] or dialled[1],
+            from_number=caller,
+            to_number=dialled[0] or dialled[1],
             agent=decision.route.agent if decision.route else "",
             variables=dict(decision.route.variables) if decision.route else {},
             sip_call_id=header(message, "call-id"),
@@ -324,7 +335,11 @@ class SipEngine:
         if not decision.accept:
             log.info(
                 "event=call_refused call_id=%s sip_call_id=%s source=%s to=%s code=%d reason=%r",
-                record.id, record.sip_call_id, src, record.to_number, decision.sip_code,
+                record.id,
+                record.sip_call_id,
+                src,
+                record.to_number,
+                decision.sip_code,
                 decision.reason,
             )
             record.end_reason = EndReason.REJECTED
@@ -336,7 +351,12 @@ class SipEngine:
         self._count_trunk_calls()
         log.info(
             "event=call_incoming call_id=%s trunk=%s from=%s to=%s agent=%s source=%s",
-            record.id, record.trunk, record.from_number, record.to_number, record.agent, src,
+            record.id,
+            record.trunk,
+            record.from_number,
+            record.to_number,
+            record.agent,
+            src,
         )
         self.emit("call.incoming", record, self._call_data(record))
         ringing = pj.CallOpParam()
@@ -374,8 +394,12 @@ class SipEngine:
     @staticmethod
     def _call_data(record: CallRecord) -> dict[str, Any]:
         return {
-            "direction": record.direction, "from": record.from_number, "to": record.to_number,
-            "trunk": record.trunk, "agent": record.agent, "variables": record.variables,
+            "direction": record.direction,
+            "from": record.from_number,
+            "to": record.to_number,
+            "trunk": record.trunk,
+            "agent": record.agent,
+            "variables": record.variables,
             "sip_call_id": record.sip_call_id,
         }
 
@@ -402,16 +426,24 @@ class SipEngine:
             raise CallRefused("capacity_exceeded", f"trunk {req.trunk} at max_concurrent_calls")
         caller_id = req.caller_id or account.trunk.caller_id or ""
         record = CallRecord(
-            id=req.call_id or new_call_id(), direction="outbound", trunk=req.trunk,
-            from_number=caller_id, to_number=req.to, agent=req.agent,
-            variables=dict(req.variables), state=CallState.DIALING,
+            id=req.call_id or new_call_id(),
+            direction="outbound",
+            trunk=req.trunk,
+            from_number=caller_id,
+            to_number=req.to,
+            agent=req.agent,
+            variables=dict(req.variables),
+            state=CallState.DIALING,
         )
         account.use_caller_id(req.caller_id)
         call = SipCall(self, account, record)
         op = pj.CallOpParam(True)
         if caller_id and account.trunk.registers:
             pai = pj.SipHeader()
-            pai.hName, pai.hValue = "P-Asserted-Identity", f"<sip:{caller_id}@{account.trunk.domain or 'invalid'}>"
+            pai.hName, pai.hValue = (
+                "P-Asserted-Identity",
+                f"<sip:{caller_id}@{account.domain}>",
+            )
             op.txOption.headers.append(pai)
         try:
             call.makeCall(account.target_uri(req.to), op)
@@ -426,7 +458,10 @@ class SipEngine:
         self.schedule(ring_timeout, lambda: self._ring_timeout(record.id))
         log.info(
             "event=call_placed call_id=%s trunk=%s to=%s agent=%s",
-            record.id, record.trunk, record.to_number, record.agent,
+            record.id,
+            record.trunk,
+            record.to_number,
+            record.agent,
         )
         self.emit("call.placed", record, self._call_data(record))
         return record.id
@@ -518,16 +553,33 @@ class SipEngine:
             duration = call.duration()
             log.info(
                 "event=call_completed call_id=%s duration=%.1f reason=%s hangup_by=%s",
-                rec.id, duration, end, rec.hangup_by,
+                rec.id,
+                duration,
+                end,
+                rec.hangup_by,
             )
             summary = getattr(call.session, "latency_summary", None)
-            self.emit("call.completed", rec, {
-                "duration": round(duration, 3), "reason": end, "sip_code": code,
-                "hangup_by": rec.hangup_by, "codec": call.codec,
-                "latency": (summary() or None) if summary else None,
-            })
+            self.emit(
+                "call.completed",
+                rec,
+                {
+                    "duration": round(duration, 3),
+                    "reason": end,
+                    "sip_code": code,
+                    "hangup_by": rec.hangup_by,
+                    "codec": call.codec,
+                    "latency": (summary() or None) if summary else None,
+                },
+            )
         else:
             log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
-            self.emit("call.failed", rec, {
-                "reason": end, "sip_code": code, "sip_reason": reason, "hangup_by": rec.hangup_by,
-            })
+            self.emit(
+                "call.failed",
+                rec,
+                {
+                    "reason": end,
+                    "sip_code": code,
+                    "sip_reason": reason,
+                    "hangup_by": rec.hangup_by,
+                },
+            )

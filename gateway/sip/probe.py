@@ -25,7 +25,7 @@ def _respond_busy(sock: socket.socket, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             data, addr = sock.recvfrom(65535)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             continue
         except OSError:
             return
@@ -33,7 +33,8 @@ def _respond_busy(sock: socket.socket, stop: threading.Event) -> None:
         if not text.startswith("INVITE "):
             continue  # ACKs for our 486s
         keep = [
-            line for line in text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+            line
+            for line in text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
             if line.split(":", 1)[0].strip().lower() in ("via", "from", "call-id", "cseq", "to")
         ]
         keep = [line + (";tag=probe" if line.lower().startswith("to:") else "") for line in keep]
