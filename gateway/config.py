@@ -150,6 +150,34 @@ class NumberRoute(Model):
     )
 
 
+class IceServer(Model):
+    """A STUN or TURN server for webrtc agents (RTCIceServer); TURN needs the credentials."""
+
+    urls: list[str] = Field(min_length=1)
+    username: str | None = None
+    credential: SecretStr | None = None
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _ice_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.match(r"^(stuns?|turns?):[^\s]+$", url):
+                raise ValueError(f"expected a STUN/TURN URL like stun:stun.example.com:3478 (got {url!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _turn_credentials(self) -> IceServer:
+        turn = any(url.startswith("turn") for url in self.urls)
+        if turn and (self.username is None or self.credential is None):
+            raise ValueError("a TURN server needs username and credential")
+        return self
+
+
 class Agent(Model):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     type: Literal["echo", "twilio-ws", "pcm-ws", "webrtc"]
@@ -159,11 +187,30 @@ class Agent(Model):
     on_agent_failure: Literal["hangup", "keep"] = "hangup"
     sample_rate: Literal[8000, 16000, 24000] = 8000
     delay_ms: int = Field(200, ge=0, le=5000, description="echo agent: delay before playback")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="webrtc: STUN/TURN servers (none: host candidates only)"
+    )
+    ice_addresses: list[str] = Field(
+        default_factory=list,
+        description="webrtc: local IPs offered as host candidates (default: every interface "
+        "but loopback)",
+    )
+
+    @field_validator("ice_addresses")
+    @classmethod
+    def _ice_ips(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_address(entry)
+        return value
 
     @model_validator(mode="after")
     def _url(self) -> Agent:
         if self.type != "echo" and not self.url:
             raise ValueError(f"agent type {self.type} needs a url")
+        if self.type != "webrtc" and (self.ice_servers or self.ice_addresses):
+            raise ValueError("ice_servers and ice_addresses apply to webrtc agents only")
+        if self.type == "webrtc" and not re.match(r"^https?://", self.url or ""):
+            raise ValueError("a webrtc agent's url is its WHIP endpoint: http:// or https://")
         return self
 
 
@@ -271,7 +318,7 @@ def _unique(section: str, keys: list[str]) -> None:
 
 
 # Keys whose values are secrets: they must be ${ENV} references, never literal text.
-SECRET_KEYS = {"password", "api_keys", "headers"}
+SECRET_KEYS = {"password", "api_keys", "headers", "credential"}
 
 
 def expand_env(

@@ -18,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -174,6 +176,16 @@ class _AgentLink(EventData):
 
 class AgentConnected(_AgentLink):
     event_type: ClassVar[str] = "call.agent.connected"
+    # The audio codec the agent link negotiated (webrtc: "opus" or "PCMU"); WebSocket
+    # transports have none, and their events carry no `codec` key at all.
+    codec: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_missing_codec(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("codec") is None:
+            data.pop("codec", None)
+        return data
 
 
 class AgentDisconnected(_AgentLink):
