@@ -69,6 +69,7 @@ class Ledger:
         self.active: set[str] = set()
         self.trunks: dict[str, dict[str, Any]] = {}
         self._ringing: set[str] = set()
+        self._early: set[str] = set()
 
     def record(self, kind: str, call_id: str | None, data: dict[str, Any], ts: float) -> None:
         """Persist one worker event; never raises (a bad event is logged and skipped)."""
@@ -114,10 +115,15 @@ class Ledger:
             self.store.create_call(record, self._event(model.model_validate(parties), call_id, ts))
             self.active.add(call_id)
         elif kind in ("call.ringing", "call.early_media"):
-            if call_id in self._ringing:
+            # One call.ringing, and a second one with early_media=true if early media (183
+            # with SDP) starts after a plain 180.
+            early = kind == "call.early_media"
+            if call_id in self._ringing and (not early or call_id in self._early):
                 return
             self._ringing.add(call_id)
-            event = self._event(CallRinging(early_media=kind == "call.early_media"), call_id, ts)
+            if early:
+                self._early.add(call_id)
+            event = self._event(CallRinging(early_media=early), call_id, ts)
             self.store.update_call(call_id, {"status": "ringing", "ringing_at": _utc(ts)}, event)
         elif kind == "call.answered":
             answered = _utc(data.get("answered_at") or ts) or datetime.now(UTC)
@@ -226,6 +232,7 @@ class Ledger:
     def _ended(self, call_id: str) -> None:
         self.active.discard(call_id)
         self._ringing.discard(call_id)
+        self._early.discard(call_id)
 
     def _trunk(self, data: dict[str, Any], ts: float) -> None:
         trunk = data["trunk"]

@@ -97,7 +97,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 continue
             if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 self._bridge(index)
-                if self.record.state == CallState.RINGING and self.record.direction == "outbound":
+                if info.state == pj.PJSIP_INV_STATE_EARLY and self.record.direction == "outbound":
                     self.engine.emit("call.early_media", self.record, {})
             break
         try:

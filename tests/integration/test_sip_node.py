@@ -250,3 +250,47 @@ def test_a_killed_sip_worker_ends_its_calls_and_is_replaced(tmp_path: Path) -> N
                    workdir=tmp_path / "after").run(30)
         assert res.successful == 1, res.errors
         assert node.stop() == 0
+
+
+def test_outbound_early_media_and_digest_auth_through_a_proxy(tmp_path: Path) -> None:
+    early = Sipp("uas_early_media.xml", calls=1, workdir=tmp_path / "early").start()
+    callee = Sipp("uas.xml", calls=1, workdir=tmp_path / "callee").start()
+    kam = Kamailio(users={"alice": "secret"}, auth_invite=True,
+                   forward_to=f"{HOST}:{callee.port}", workdir=tmp_path / "kam").start()
+    try:
+        trunks = trunk_to(early.port) + [
+            {"id": "auth", "proxy": f"sip:{HOST}:{kam.port}", "username": "alice",
+             "password": "${PW}", "allowed_destinations": ["+1555"]},
+            {"id": "badauth", "proxy": f"sip:{HOST}:{kam.port}", "username": "alice",
+             "password": "${BAD_PW}", "allowed_destinations": ["+1555"]},
+        ]
+        env = {"PW": "secret", "BAD_PW": "wrong"}
+        node = NodeProcess(tmp_path, base_config(tmp_path, trunks=trunks), env=env)
+        with node, MqttWatch(node.mqtt_port) as mq:
+            call_id = mq.command("call.originate", {"to": "+15551230000",
+                                                    "agent": "echo"})["data"]["id"]
+            mq.wait_event("call.ringing", call_id, early_media=True)
+            mq.wait_event("call.answered", call_id)
+            mq.command("call.hangup", {"call_id": call_id})
+            mq.wait_event("call.completed", call_id)
+
+            # 407 from the proxy is answered with digest credentials.
+            call_id = mq.command("call.originate", {"to": "+15551230001", "agent": "echo",
+                                                    "trunk": "auth"})["data"]["id"]
+            mq.wait_event("call.answered", call_id)
+            mq.command("call.hangup", {"call_id": call_id})
+            mq.wait_event("call.completed", call_id)
+
+            call_id = mq.command("call.originate", {"to": "+15551230002", "agent": "echo",
+                                                    "trunk": "badauth"})["data"]["id"]
+            failed = mq.wait_event("call.failed", call_id)
+            # Kamailio answers a wrong digest with 403 Forbidden (not another 407), which is
+            # indistinguishable from any other refusal: reported as rejected with its code.
+            assert failed["data"]["reason"] == "rejected"
+            assert failed["data"]["sip_code"] == 403
+        assert early.wait(10).successful == 1
+        assert callee.wait(10).successful == 1
+    finally:
+        kam.stop()
+        early.stop()
+        callee.stop()
