@@ -1,5 +1,6 @@
 """Per-call agent media, sans-IO: the wire adapters for twilio-ws and pcm-ws at the call's port
-rate, voice activity and barge-in on both parties, recorder frame alignment, and playout latency.
+rate (webrtc's is media/agents/webrtc.py), voice activity and barge-in on both parties,
+recorder frame alignment, and playout latency.
 
 No sockets, threads or clocks here: gateway/agent_session.py is the I/O shell around these.
 """
@@ -16,6 +17,7 @@ from gateway.config import VadSettings
 from media.agents.events import AgentAudio, AgentEvent, AgentMedia
 from media.agents.pcmws import PcmStream
 from media.agents.twilio import TwilioStream
+from media.agents.webrtc import WebRtcLink
 from media.codecs import ulaw_decode, ulaw_encode
 from media.frames import FRAME_MS, SAMPLE_WIDTH, bytes_per_frame
 from media.resample import Resampler
@@ -65,7 +67,9 @@ def make_link(
         return TwilioLink(call_id, from_, to, variables, node_id)
     if transport == "pcm-ws":
         return PcmLink(call_id, from_, to, variables, sample_rate)
-    raise ValueError(f"agent type {transport} is not a WebSocket agent")
+    if transport == "webrtc":
+        return WebRtcLink(call_id, from_, to, variables, port_rate(sample_rate))
+    raise ValueError(f"agent type {transport} is not a streaming agent")
 
 
 def stream_sid(call_id: str) -> str:

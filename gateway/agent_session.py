@@ -1,4 +1,5 @@
-"""The media session of a call answered by a WebSocket agent (twilio-ws or pcm-ws).
+"""The media session of a call answered by an agent: the WebSocket transports (twilio-ws,
+pcm-ws) here, webrtc in gateway/webrtc_session.py through the same AgentChannel seam.
 
 Three threads touch a session. pjmedia's clock thread calls on_caller_frame/next_frame every
 20 ms: they only append to deques and take one frame from Playout under a lock. The worker's
@@ -22,9 +23,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -41,12 +42,14 @@ from gateway.agent_link import (
 from gateway.call_recording import RecordingWriter
 from gateway.calls import CallRecord
 from gateway.config import Agent, VadSettings
+from gateway.errors import SipedgeError
 from gateway.media_session import CallControls
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
 from media.errors import PlayoutOverflow, ProtocolError
 from media.frames import bytes_per_frame
 from media.playout import Playout
 from media.recorder import Recording
+from media.timing import LatencyStats
 
 log = logging.getLogger("sipedge.agent")
 
@@ -54,6 +57,103 @@ TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP
 CLOSE_TIMEOUT_S = 2.0
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PROTOCOL_ERRORS_LOGGED = 3
+
+
+class AgentUnavailable(SipedgeError):
+    """The agent could not be reached; `reason` goes into call.agent.disconnected."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ChannelClosed(SipedgeError):
+    """The agent's channel closed under a send; its reader reports why."""
+
+
+class AgentChannel(Protocol):
+    """An open connection to an agent, whatever carries it (WebSocket, WebRTC)."""
+
+    codec: str | None  # the audio codec negotiated with the agent, if the transport has one
+
+    @property
+    def is_open(self) -> bool: ...
+
+    async def send(self, message: Message, frame_ns: int = 0) -> None:
+        """Send one message; `frame_ns` (caller frames only) is when the frame reached us,
+        for the caller_to_agent latency. Raises ChannelClosed."""
+
+    def messages(self) -> AsyncIterator[Message]:
+        """What the agent sends, until the channel closes."""
+
+    def close_reason(self) -> str:
+        """Why messages() ended, for call.agent.disconnected."""
+
+    async def close(self) -> None:
+        """Close within CLOSE_TIMEOUT_S; never raises."""
+
+
+class WebSocketChannel:
+    """twilio-ws and pcm-ws: one WebSocket carries audio and control."""
+
+    codec: str | None = None
+
+    def __init__(self, ws: ClientConnection, caller_to_agent: LatencyStats, call_id: str) -> None:
+        self._ws = ws
+        self._caller_to_agent = caller_to_agent
+        self._call_id = call_id
+
+    @classmethod
+    async def open(
+        cls, agent: Agent, caller_to_agent: LatencyStats, call_id: str
+    ) -> WebSocketChannel:
+        headers = {name: value.get_secret_value() for name, value in agent.headers.items()}
+        try:
+            # proxy=None: agents are dialled directly, whatever HTTPS_PROXY the host sets.
+            ws = await connect(
+                str(agent.url),
+                additional_headers=headers,
+                open_timeout=agent.connect_timeout,
+                compression=None,
+                max_size=MAX_MESSAGE_BYTES,
+                proxy=None,
+            )
+        except TimeoutError as exc:
+            raise AgentUnavailable(f"connect_timeout after {agent.connect_timeout:g}s") from exc
+        except InvalidStatus as exc:
+            raise AgentUnavailable(f"rejected: HTTP {exc.response.status_code}") from exc
+        except (OSError, WebSocketException) as exc:
+            raise AgentUnavailable(f"connect_failed: {exc}") from exc
+        return cls(ws, caller_to_agent, call_id)
+
+    @property
+    def is_open(self) -> bool:
+        return self._ws.state.name == "OPEN"
+
+    async def send(self, message: Message, frame_ns: int = 0) -> None:
+        try:
+            await self._ws.send(message)
+        except ConnectionClosed as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if frame_ns:
+            self._caller_to_agent.record((time.perf_counter_ns() - frame_ns) / 1e6)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        try:
+            async for frame in self._ws:
+                yield frame
+        except ConnectionClosed:
+            pass
+
+    def close_reason(self) -> str:
+        code = self._ws.close_code
+        return f"closed: code {code}" if code is not None else "closed"
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._ws.close(), CLOSE_TIMEOUT_S)
+        except (TimeoutError, ConnectionClosed, OSError) as exc:
+            log.info("event=agent_close_unclean call_id=%s error=%r", self._call_id, exc)
 
 
 class AgentSession:
@@ -101,7 +201,7 @@ class AgentSession:
         self._aligner = FrameAligner()
         self._outgoing: deque[tuple[Message, int]] = deque()  # message, caller frame ns or 0
         self._send_ready = asyncio.Event()
-        self._ws: ClientConnection | None = None
+        self._channel: AgentChannel | None = None
         self._streaming = False
         self._stream_ms = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,46 +276,37 @@ class AgentSession:
         self._tasks.append(asyncio.ensure_future(self._connect()))
         self._tick = self._loop.call_later(TICK_S, self._on_tick)
 
+    async def _open(self) -> AgentChannel:
+        """Connect to the agent; raises AgentUnavailable. Transports override this."""
+        return await WebSocketChannel.open(self.agent, self.timing.caller_to_agent, self.call_id)
+
     async def _connect(self) -> None:
         agent = self.agent
-        headers = {name: value.get_secret_value() for name, value in agent.headers.items()}
         try:
-            # proxy=None: agents are dialled directly, whatever HTTPS_PROXY the host sets.
-            ws = await connect(
-                str(agent.url),
-                additional_headers=headers,
-                open_timeout=agent.connect_timeout,
-                compression=None,
-                max_size=MAX_MESSAGE_BYTES,
-                proxy=None,
-            )
-        except TimeoutError:
-            self._agent_failed(f"connect_timeout after {agent.connect_timeout:g}s")
-            return
-        except InvalidStatus as exc:
-            self._agent_failed(f"rejected: HTTP {exc.response.status_code}")
-            return
-        except (OSError, WebSocketException) as exc:
-            self._agent_failed(f"connect_failed: {exc}")
+            channel = await self._open()
+        except AgentUnavailable as exc:
+            self._agent_failed(exc.reason)
             return
         if self._closed or not self._set_link_state("connected"):
-            await ws.close()
+            await channel.close()
             return
-        self._ws = ws
+        self._channel = channel
         log.info(
-            "event=agent_connected call_id=%s agent=%s transport=%s",
+            "event=agent_connected call_id=%s agent=%s transport=%s%s",
             self.call_id,
             agent.id,
             self.link.transport,
+            f" codec={channel.codec}" if channel.codec else "",
         )
-        self.controls.emit(
-            "call.agent.connected", {"agent": agent.id, "transport": self.link.transport}
-        )
+        connected: dict[str, Any] = {"agent": agent.id, "transport": self.link.transport}
+        if channel.codec:
+            connected["codec"] = channel.codec
+        self.controls.emit("call.agent.connected", connected)
         for message in self.link.opening():
             self._outgoing.append((message, 0))
         self._streaming = True
-        self._tasks.append(asyncio.ensure_future(self._sender(ws)))
-        self._tasks.append(asyncio.ensure_future(self._reader(ws)))
+        self._tasks.append(asyncio.ensure_future(self._sender(channel)))
+        self._tasks.append(asyncio.ensure_future(self._reader(channel)))
         self._send_ready.set()
 
     def _set_link_state(self, state: str) -> bool:
@@ -265,20 +356,17 @@ class AgentSession:
         if self._recorder is not None:
             self._recorder.write(self._aligner.flush())
             self._recorder.close()
-        ws = self._ws
-        if ws is not None and self._streaming:
+        channel = self._channel
+        if channel is not None and self._streaming:
             self._outgoing.extend((m, 0) for m in self.link.closing())
             self._send_ready.set()
-            await self._drain_outgoing(ws)
+            await self._drain_outgoing(channel)
         self._streaming = False
         for task in self._tasks:
             if task is not asyncio.current_task():
                 task.cancel()
-        if ws is not None:
-            try:
-                await asyncio.wait_for(ws.close(), CLOSE_TIMEOUT_S)
-            except (TimeoutError, ConnectionClosed, OSError) as exc:
-                log.info("event=agent_close_unclean call_id=%s error=%r", self.call_id, exc)
+        if channel is not None:
+            await channel.close()
         log.info(
             "event=media_latency call_id=%s %s barge_ins=%d",
             self.call_id,
@@ -286,9 +374,9 @@ class AgentSession:
             self.conversation.barge_ins,
         )
 
-    async def _drain_outgoing(self, ws: ClientConnection) -> None:
+    async def _drain_outgoing(self, channel: AgentChannel) -> None:
         deadline = time.monotonic() + CLOSE_TIMEOUT_S
-        while self._outgoing and time.monotonic() < deadline and ws.state.name == "OPEN":
+        while self._outgoing and time.monotonic() < deadline and channel.is_open:
             await asyncio.sleep(0.01)
 
     def _recording_ready(self, recording: Recording) -> None:  # writer thread
@@ -308,38 +396,32 @@ class AgentSession:
             },
         )
 
-    # -- asyncio: the WebSocket ---------------------------------------------------------------
+    # -- asyncio: the agent's channel --------------------------------------------------------
 
-    async def _sender(self, ws: ClientConnection) -> None:
-        # The only task that writes to the socket: messages leave in the order they were
+    async def _sender(self, channel: AgentChannel) -> None:
+        # The only task that writes to the channel: messages leave in the order they were
         # built, which Twilio's sequenceNumber requires.
-        outgoing, caller_to_agent = self._outgoing, self.timing.caller_to_agent
+        outgoing = self._outgoing
         try:
             while True:
                 await self._send_ready.wait()
                 self._send_ready.clear()
                 while outgoing:
                     message, frame_ns = outgoing[0]
-                    await ws.send(message)
+                    await channel.send(message, frame_ns)
                     outgoing.popleft()
-                    if frame_ns:
-                        caller_to_agent.record((time.perf_counter_ns() - frame_ns) / 1e6)
-        except ConnectionClosed:
+        except ChannelClosed:
             pass  # the reader sees the close too and reports it
 
-    async def _reader(self, ws: ClientConnection) -> None:
-        try:
-            async for frame in ws:
-                self._on_agent_message(frame, time.perf_counter_ns())
-        except ConnectionClosed:
-            pass
+    async def _reader(self, channel: AgentChannel) -> None:
+        async for frame in channel.messages():
+            self._on_agent_message(frame, time.perf_counter_ns())
         if self._closed:
             return
         if self._agent_hung_up:
             self._agent_failed("agent_hangup")
             return
-        code = ws.close_code
-        self._agent_failed(f"closed: code {code}" if code is not None else "closed")
+        self._agent_failed(channel.close_reason())
 
     def _on_agent_message(self, frame: Message, recv_ns: int) -> None:
         try:
