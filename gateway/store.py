@@ -8,6 +8,7 @@ kill -9 of the process (not a power cut of the machine, which would need synchro
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -125,6 +126,7 @@ class CallFilter:
     agent: str | None = None
     from_number: str | None = None
     to_number: str | None = None
+    number: str | None = None  # matches from_number or to_number
     created_after: datetime | None = None
     created_before: datetime | None = None
 
@@ -264,6 +266,9 @@ class Store:
             if value is not None:
                 where.append(f"{name}=?")
                 args.append(value)
+        if filters.number is not None:
+            where.append("(from_number=? OR to_number=?)")
+            args += [filters.number, filters.number]
         if filters.created_after is not None:
             where.append("created_at>=?")
             args.append(iso_z(filters.created_after))
@@ -338,6 +343,18 @@ class Store:
                     f"AND rowid IN ({','.join('?' * len(chunk))})",
                     [now, *chunk],
                 )
+
+    def writable(self) -> bool:
+        """True if a write transaction can start now (for the health check); writes nothing."""
+        if self.path != ":memory:" and not os.access(self.path, os.W_OK):
+            return False
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+        return True
 
     def backlog(self) -> int:
         with self._lock:

@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.broker import EmbeddedBroker
@@ -23,8 +23,12 @@ from gateway.config import Config
 from gateway.events import CommandError
 from gateway.ipc import encode, read_message
 from gateway.ledger import Ledger
+from gateway.metrics import NodeMetrics
 from gateway.publisher import MqttSettings, Publisher
 from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.api import ApiServer
 
 log = logging.getLogger("sipedge.node")
 
@@ -150,6 +154,8 @@ class Node:
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
         self.worker = WorkerLink(self, 1)
+        self.metrics = NodeMetrics()
+        self.api: ApiServer | None = None
         self.draining = False
         self._idle = asyncio.Event()
         self._stop = asyncio.Event()
@@ -167,6 +173,7 @@ class Node:
     def on_worker_event(self, message: dict[str, Any]) -> None:
         before = len(self.ledger.active)
         self.ledger.record(message["type"], message.get("call_id"), message["data"], message["ts"])
+        self.metrics.observe(message["type"], message.get("call_id"), message["data"])
         if len(self.ledger.active) != before and self.publisher is not None:
             self.publisher.refresh_status()
         if not self.ledger.active:
@@ -205,6 +212,12 @@ class Node:
             max_backlog=mqtt.max_backlog, backoff_max=5.0,
         )
         await self.publisher.start()
+        if self.config.api.enabled:
+            # Before the worker: /readiness answers 503 until the trunks are loaded.
+            from gateway.api import ApiServer
+
+            self.api = ApiServer(self, self.config.api)
+            await self.api.start()
         # Calls a previous run left open (killed mid-call) ended with it: say so first.
         self.ledger.close_orphans("failed")
         await self.worker.start()
@@ -273,6 +286,8 @@ class Node:
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)
             await self.publisher.stop(timeout=3)
+        if self.api is not None:  # served /readiness as 503 while draining
+            await self.api.stop()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         self.store.close()

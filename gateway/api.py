@@ -1,0 +1,314 @@
+"""The node's HTTP API: FastAPI app (auth, rate limit, error envelope, operational endpoints)
+and the uvicorn server the supervisor runs on its own event loop.
+
+Resource routes live in `api_calls` (calls, events, recordings) and `api_resources` (trunks,
+numbers, agents); both reach the node through `request.app.state.node`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+
+from gateway import __version__
+from gateway.api_auth import ApiKeys, RateLimiter, bearer_token
+from gateway.api_common import (
+    ApiNode,
+    error_response,
+    status_for,
+    trunk_states,
+    validation_details,
+)  # fmt: skip
+from gateway.api_models import ErrorEnvelope, Health, Version
+from gateway.config import ApiSettings
+from gateway.events import CommandError
+from gateway.metrics import NodeSnapshot, render
+
+log = logging.getLogger("sipedge.api")
+
+PUBLIC_PATHS = frozenset({
+    "/health", "/readiness", "/liveness", "/version", "/metrics", "/openapi.json", "/docs",
+    "/docs/oauth2-redirect", "/redoc",
+})  # fmt: skip
+_HTTP_CODES = {401: "unauthorized", 404: "resource_not_found", 409: "conflict",
+               429: "rate_limit_exceeded", 503: "capacity_exceeded"}  # fmt: skip
+
+DESCRIPTION = """\
+The HTTP API of one sipedge node: place and control calls, read the call log with its events
+and recordings, see trunks, numbers and agents, and watch the node's health and metrics.
+
+* `/v1/...` needs `Authorization: Bearer <key>` (keys from the node's config).
+* Success bodies are `{"data": ...}`; lists add `"meta": {"total", "page", "per_page"}`.
+* Every error is `{"error": {"code", "message", "details"}}`.
+* Every response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
+  (Unix time the one-minute window ends); past the limit, 429 with `Retry-After`.
+"""
+
+
+def create_app(
+    node: ApiNode, settings: ApiSettings, clock: Callable[[], float] = time.time
+) -> FastAPI:
+    from gateway.api_calls import router as calls_router
+    from gateway.api_resources import router as resources_router
+
+    app = FastAPI(
+        title="sipedge", version=__version__, description=DESCRIPTION,
+        openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
+    )  # fmt: skip
+    app.state.node = node
+    app.state.keys = ApiKeys(settings.api_keys)
+    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, clock)
+    app.include_router(calls_router)
+    app.include_router(resources_router)
+    _install_errors(app)
+    _install_guard(app)
+    _install_operations(app)
+    return app
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = _HTTP_CODES.get(exc.status_code, "invalid_parameter")
+        if exc.status_code == 404:
+            message = f"no such resource: {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        details = (
+            {"allow": exc.headers.get("Allow")} if exc.status_code == 405 and exc.headers else None
+        )
+        return error_response(exc.status_code, code, message, details, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        details = validation_details(exc.errors())
+        return error_response(422, "invalid_parameter", details[0]["message"] if details
+                              else "invalid request", details)  # fmt: skip
+
+    @app.exception_handler(ValidationError)
+    async def invalid_args(request: Request, exc: ValidationError) -> Response:
+        details = validation_details(exc.errors(include_url=False, include_input=False))
+        return error_response(422, "invalid_parameter", details[0]["message"], details)
+
+    @app.exception_handler(CommandError)
+    async def command_error(request: Request, exc: CommandError) -> Response:
+        headers = None
+        if exc.code == "capacity_exceeded":
+            headers = {"Retry-After": str(request.app.state.node.config.limits.retry_after)}
+        return error_response(status_for(exc.code), exc.code, exc.message, exc.details, headers)
+
+
+# --- authentication and rate limit --------------------------------------------------------
+
+
+def _install_guard(app: FastAPI) -> None:
+    keys: ApiKeys = app.state.keys
+    limiter: RateLimiter = app.state.limiter
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.monotonic()
+        path = request.url.path
+        key_id = keys.identify(bearer_token(request.headers.get("authorization")))
+        bucket = key_id or f"ip:{request.client.host if request.client else '-'}"
+        now = limiter.clock()
+        limited = path not in PUBLIC_PATHS
+        quota = limiter.hit(bucket) if limited else limiter.peek(bucket)
+        response: Response
+        if not quota.allowed:
+            response = error_response(
+                429, "rate_limit_exceeded", f"more than {quota.limit} requests a minute", None
+            )
+        elif limited and key_id is None:
+            response = error_response(401, "unauthorized", "a valid API key is required "
+                                      "(Authorization: Bearer <key>)", None,
+                                      {"WWW-Authenticate": "Bearer"})  # fmt: skip
+        else:
+            try:
+                response = await call_next(request)
+            except Exception:  # any bug must still answer in the envelope, and be logged
+                log.exception("event=api_error method=%s path=%s", request.method, path)
+                response = error_response(500, "internal_error", "internal error", None)
+        response.headers.update(quota.headers(now))
+        level = logging.INFO if limited else logging.DEBUG
+        log.log(level, "event=api_request method=%s path=%s status=%d key=%s ms=%.1f",
+                request.method, path, response.status_code, key_id or "-",
+                (time.monotonic() - started) * 1000)  # fmt: skip
+        return response
+
+
+# --- health, readiness, liveness, version, metrics ---------------------------------------
+
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": Health, "description": "not healthy or not ready; `reasons` says why"},
+    429: {"model": ErrorEnvelope, "description": "rate limit exceeded"},
+}
+
+
+def _health(node: ApiNode) -> tuple[dict[str, str], list[str]]:
+    checks: dict[str, str] = {}
+    reasons: list[str] = []
+    worker_up = node.worker.ready.is_set() and not node.worker.exited.is_set()
+    checks["sip_worker"] = "ok" if worker_up else "down"
+    if not worker_up:
+        reasons.append("SIP worker is down")
+    writable = node.store.writable()
+    checks["store"] = "ok" if writable else "unwritable"
+    if not writable:
+        reasons.append("store is not writable")
+    publisher = node.publisher
+    # MQTT being away is not unhealthy: events wait in the outbox. Reported for operators.
+    checks["mqtt"] = (
+        "connected" if publisher is not None and publisher.connected else "disconnected"
+    )
+    return checks, reasons
+
+
+def _install_operations(app: FastAPI) -> None:
+    node: ApiNode = app.state.node
+
+    @app.get(
+        "/health",
+        tags=["operations"],
+        response_model=Health,
+        responses=_HEALTH_RESPONSES,
+        summary="200 when the SIP worker runs and the store is writable, else 503",
+    )
+    async def health() -> Response:
+        checks, reasons = _health(node)
+        body = Health(status="unhealthy" if reasons else "ok", checks=checks, reasons=reasons)
+        return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
+
+    @app.get(
+        "/readiness",
+        tags=["operations"],
+        response_model=Health,
+        responses=_HEALTH_RESPONSES,
+        summary="200 when the node takes calls; 503 while starting or draining",
+    )
+    async def readiness() -> Response:
+        checks, reasons = _health(node)
+        if node.draining:
+            reasons.insert(0, "node is draining")
+        if not node.worker.ready.is_set():
+            reasons.insert(0, "trunks are not loaded yet (SIP worker starting)")
+        checks["draining"] = "yes" if node.draining else "no"
+        body = Health(status="not_ready" if reasons else "ready", checks=checks, reasons=reasons)
+        return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
+
+    @app.get(
+        "/liveness",
+        tags=["operations"],
+        response_model=Health,
+        summary="200 while the node's event loop answers",
+    )
+    async def liveness() -> Health:
+        return Health(status="alive")
+
+    @app.get("/version", tags=["operations"], response_model=Version)
+    async def version() -> Version:
+        return Version(version=__version__, node=node.config.node.id)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=PlainTextResponse,
+        summary="Prometheus text exposition format 0.0.4",
+    )
+    async def metrics() -> Response:
+        text = render(snapshot(node), node.metrics)
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def snapshot(node: ApiNode) -> NodeSnapshot:
+    publisher = node.publisher
+    return NodeSnapshot(
+        node=node.config.node.id, version=__version__, active_calls=len(node.ledger.active),
+        capacity=node.worker.status.get("capacity"), draining=node.draining,
+        worker_up=node.worker.ready.is_set() and not node.worker.exited.is_set(),
+        uptime=time.time() - node.started_at, outbox_backlog=node.store.backlog(),
+        mqtt_connected=publisher is not None and publisher.connected,
+        trunks=trunk_states(node),
+    )  # fmt: skip
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The node owns SIGTERM/SIGINT (it drains); uvicorn must not take them over.
+        yield
+
+
+class ApiServer:
+    """uvicorn on the node's running loop, on a socket bound here so errors are ours."""
+
+    def __init__(self, node: ApiNode, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.app = create_app(node, settings)
+        self._server: _Server | None = None
+        self._task: Any = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        family = (
+            socket.AF_INET6
+            if ipaddress.ip_address(settings.listen).version == 6
+            else socket.AF_INET
+        )
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.listen, settings.port))
+        except OSError as exc:
+            sock.close()
+            raise RuntimeError(f"HTTP API cannot listen on {settings.listen}:{settings.port}: "
+                               f"{exc.strerror}") from None  # fmt: skip
+        sock.listen(128)
+        sock.setblocking(False)
+        config = uvicorn.Config(self.app, lifespan="off", log_config=None, access_log=False,
+                                timeout_graceful_shutdown=2, server_header=False)  # fmt: skip
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        while not self._server.started and not self._task.done():
+            await asyncio.sleep(0.01)
+        if self._task.done():
+            raise RuntimeError(f"HTTP API did not start: {self._task.exception()!r}")
+        if not len(self.app.state.keys):
+            log.warning("event=api_no_keys detail=every /v1 request will get 401")
+        log.info("event=api_listening address=http://%s:%d", settings.listen, settings.port)
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._server.force_exit = True
+            self._task.cancel()
+        except (Exception, SystemExit) as exc:  # uvicorn exits via SystemExit on some errors
+            log.error("event=api_stop_failed error=%r", exc)
+        log.info("event=api_stopped")

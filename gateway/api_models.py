@@ -1,0 +1,172 @@
+"""Request and response bodies of the HTTP API; the OpenAPI document is generated from them.
+
+Requests reject unknown fields (naming them); responses may grow new fields over time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.config import E164
+
+T = TypeVar("T")
+
+CallStatus = Literal["dialing", "ringing", "answered", "completed", "failed"]
+Direction = Literal["inbound", "outbound"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+
+# --- envelopes ----------------------------------------------------------------------------
+
+
+class ErrorBody(_Response):
+    code: Literal[
+        "invalid_parameter", "resource_not_found", "unauthorized", "rate_limit_exceeded",
+        "conflict", "capacity_exceeded", "internal_error",
+    ]  # fmt: skip
+    message: str
+    details: Any = None
+
+
+class ErrorEnvelope(_Response):
+    error: ErrorBody
+
+
+class Data(_Response, Generic[T]):
+    data: T
+
+
+class Meta(_Response):
+    total: int = Field(ge=0)
+    page: int = Field(ge=1)
+    per_page: int = Field(ge=1, le=100)
+
+
+class Page(_Response, Generic[T]):
+    data: list[T]
+    meta: Meta
+
+
+# --- calls --------------------------------------------------------------------------------
+
+
+class CallCreate(_Request):
+    to: str = Field(pattern=E164, examples=["+15551234567"], description="E.164 number to dial")
+    from_: str | None = Field(None, alias="from", pattern=E164, description="caller id (E.164)")
+    trunk: str | None = Field(None, description="trunk id; default: the first that may dial `to`")
+    agent: str = Field(description="agent id that talks on the call")
+    variables: dict[str, str] = Field(default_factory=dict, description="custom variables")
+    ring_timeout: int | None = Field(None, ge=1, le=600, description="seconds")
+    record: bool | None = Field(None, description="record this call (default: config)")
+
+
+class CallTransferRequest(_Request):
+    target: str = Field(min_length=1, description="E.164 number (via the call's trunk) or SIP URI")
+
+
+class CallDtmfRequest(_Request):
+    digits: str = Field(pattern=r"^[0-9*#A-Da-d]{1,64}$", description="sent as RFC 4733 events")
+
+
+class Call(_Response):
+    id: str = Field(examples=["call_5f0c2b9a1d3e4f5a6b7c8d9e"])
+    status: CallStatus
+    direction: Direction | None = None
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    trunk: str | None = None
+    agent: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    created_at: str | None = Field(None, description="ISO 8601 UTC")
+    ringing_at: str | None = None
+    answered_at: str | None = None
+    ended_at: str | None = None
+    duration: float | None = Field(None, description="seconds")
+    billable_seconds: int | None = None
+    end_reason: str | None = None
+    sip_code: int | None = None
+    hangup_by: str | None = None
+    codec: str | None = None
+    recording_url: str | None = Field(None, description="path of the WAV, when there is one")
+    replayed: bool | None = Field(None, description="true when an Idempotency-Key replayed")
+
+
+class CallAction(_Response):
+    id: str
+    status: Literal["hanging_up", "requested"] | None = None
+    target: str | None = None
+    digits: str | None = None
+
+
+class CallEvent(_Response):
+    id: str
+    type: str
+    ts: str = Field(description="ISO 8601 UTC")
+    node: str
+    call_id: str | None
+    seq: int
+    data: dict[str, Any]
+
+
+# --- configuration views (never secrets) --------------------------------------------------
+
+
+class TrunkView(_Response):
+    id: str
+    registers: bool = Field(alias="register", description="registers with the registrar")
+    registrar: str | None
+    proxy: str | None
+    domain: str | None
+    transport: str | None
+    state: str = Field(description="registered, registering, unregistered, failed, disabled")
+    sip_code: int | None = None
+    reason: str | None = None
+    expires: int | None = None
+    registered_at: str | None = None
+    next_retry_at: str | None = None
+    active_calls: int = 0
+    max_concurrent_calls: int
+    allowed_destinations: list[str]
+    allowed_ips: list[str]
+
+
+class NumberView(_Response):
+    number: str
+    agent: str
+    trunk: str | None
+    variables: dict[str, str]
+    answer_delay_ms: int
+
+
+class AgentView(_Response):
+    id: str
+    type: str
+    url: str | None = Field(description="without credentials or query string")
+    header_names: list[str] = Field(description="names of the headers sent; values are secret")
+    connect_timeout: float
+    on_agent_failure: str
+    sample_rate: int
+
+
+# --- operations ---------------------------------------------------------------------------
+
+
+class Health(_Response):
+    status: Literal["ok", "unhealthy", "ready", "not_ready", "alive"]
+    checks: dict[str, str] = Field(default_factory=dict)
+    reasons: list[str] = Field(default_factory=list)
+
+
+class Version(_Response):
+    version: str
+    node: str
+    api: str = "v1"

@@ -1,0 +1,132 @@
+"""`/v1/trunks`, `/v1/numbers`, `/v1/agents`: the node's configuration and live trunk state.
+
+Views are built field by field from the config, so no secret (passwords, usernames, agent
+header values, credentials in URLs) can reach a response.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import APIRouter, Depends
+from fastapi.security import HTTPBearer
+
+from gateway.api_calls import _ERRORS
+from gateway.api_common import (
+    ApiNode,
+    PageNumber,
+    PerPage,
+    iso,
+    meta,
+    node_of,
+    page_of,
+    trunk_states,
+)  # fmt: skip
+from gateway.api_models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
+from gateway.config import Agent, Trunk
+from gateway.events import CommandError
+
+router = APIRouter(prefix="/v1", responses=_ERRORS,
+                   dependencies=[Depends(HTTPBearer(auto_error=False))])  # fmt: skip
+NodeDep = Annotated[ApiNode, Depends(node_of)]
+
+
+def trunk_view(trunk: Trunk, state: dict[str, Any]) -> TrunkView:
+    return TrunkView(
+        id=trunk.id, registers=trunk.registers, registrar=trunk.registrar, proxy=trunk.proxy,
+        domain=trunk.domain, transport=trunk.transport,
+        state=str(state.get("state") or ("registering" if trunk.registers else "static")),
+        sip_code=state.get("sip_code"), reason=state.get("reason"),
+        expires=state.get("expires"), registered_at=iso(state.get("registered_at")),
+        next_retry_at=iso(state.get("next_retry_at")),
+        active_calls=int(state.get("active_calls") or 0),
+        max_concurrent_calls=trunk.max_concurrent_calls,
+        allowed_destinations=list(trunk.allowed_destinations),
+        allowed_ips=list(trunk.allowed_ips),
+    )  # fmt: skip
+
+
+def public_url(url: str | None) -> str | None:
+    """The URL without user:password or query string (tokens often travel there)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def agent_view(agent: Agent) -> AgentView:
+    return AgentView(
+        id=agent.id, type=agent.type, url=public_url(agent.url),
+        header_names=sorted(agent.headers), connect_timeout=agent.connect_timeout,
+        on_agent_failure=agent.on_agent_failure, sample_rate=agent.sample_rate,
+    )  # fmt: skip
+
+
+@router.get(
+    "/trunks",
+    tags=["trunks"],
+    response_model=Page[TrunkView],
+    summary="Trunks with registration state, last code, next retry, calls and limits",
+)
+async def list_trunks(
+    node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+) -> Page[TrunkView]:
+    states = trunk_states(node)
+    trunks = [trunk_view(t, states.get(t.id, {})) for t in node.config.trunks]
+    return Page[TrunkView](data=page_of(trunks, page, per_page),
+                           meta=meta(len(trunks), page, per_page))  # fmt: skip
+
+
+@router.get(
+    "/trunks/{trunk_id}",
+    tags=["trunks"],
+    response_model=Data[TrunkView],
+    responses={404: {"model": ErrorEnvelope, "description": "no such trunk"}},
+)
+async def get_trunk(trunk_id: str, node: NodeDep) -> Data[TrunkView]:
+    trunk = node.config.trunk(trunk_id)
+    if trunk is None:
+        raise CommandError("resource_not_found", f"no trunk {trunk_id}", {"id": trunk_id})
+    return Data[TrunkView](data=trunk_view(trunk, trunk_states(node).get(trunk_id, {})))
+
+
+@router.get(
+    "/numbers",
+    tags=["numbers"],
+    response_model=Page[NumberView],
+    summary="Phone numbers and the agents they route to",
+)
+async def list_numbers(
+    node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+) -> Page[NumberView]:
+    numbers = [
+        NumberView(
+            number=n.number,
+            agent=n.agent,
+            trunk=n.trunk,
+            variables=n.variables,
+            answer_delay_ms=n.answer_delay_ms,
+        )
+        for n in node.config.numbers
+    ]
+    return Page[NumberView](data=page_of(numbers, page, per_page),
+                            meta=meta(len(numbers), page, per_page))  # fmt: skip
+
+
+@router.get(
+    "/agents",
+    tags=["agents"],
+    response_model=Page[AgentView],
+    summary="Agents (header values and URL credentials are never shown)",
+)
+async def list_agents(
+    node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+) -> Page[AgentView]:
+    agents = [agent_view(a) for a in node.config.agents]
+    return Page[AgentView](data=page_of(agents, page, per_page),
+                           meta=meta(len(agents), page, per_page))  # fmt: skip
