@@ -53,10 +53,18 @@ def node_of(request: Request) -> ApiNode:
 
 
 def trunk_states(node: ApiNode) -> dict[str, dict[str, Any]]:
-    """Each configured trunk's last known state: the worker's start status, then its events."""
+    """Each configured trunk's last known state: the worker's start status, then its events;
+    active calls counted now (trunk state events only come with registration changes)."""
     initial = node.worker.status.get("trunks") or {}
-    return {t.id: {**initial.get(t.id, {}), **node.ledger.trunks.get(t.id, {})}
-            for t in node.config.trunks}  # fmt: skip
+    active: dict[str, int] = {}
+    for record in node.store.open_calls():
+        if record.id in node.ledger.active and record.trunk:
+            active[record.trunk] = active.get(record.trunk, 0) + 1
+    return {
+        t.id: {**initial.get(t.id, {}), **node.ledger.trunks.get(t.id, {}),
+               "active_calls": active.get(t.id, 0)}
+        for t in node.config.trunks
+    }  # fmt: skip
 
 
 # --- errors -------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`sipedge ...`: check a config, run a node."""
+"""`sipedge ...`: check a config, run a node, place and list calls through a node's API."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a node")
     run.add_argument("--config", required=True)
     run.set_defaults(func=_run)
+    from gateway.api_client import add_commands
+
+    add_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

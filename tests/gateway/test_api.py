@@ -539,10 +539,11 @@ def test_trunks_with_state_and_no_secrets(client: TestClient, node: FakeNode) ->
             "sip_code": 403,
             "reason": "Forbidden",
             "next_retry_at": 1_700_000_060.0,
-            "active_calls": 1,
+            "active_calls": 3,  # stale: active calls are counted from the live calls
             "max_concurrent_calls": 5,
         },
     )
+    originate(client, trunk="carrier")
     res = client.get("/v1/trunks", headers=AUTH)
     assert res.status_code == 200 and res.json()["meta"]["total"] == 2
     carrier, static = res.json()["data"]
@@ -550,6 +551,7 @@ def test_trunks_with_state_and_no_secrets(client: TestClient, node: FakeNode) ->
     assert carrier["next_retry_at"] == "2023-11-14T22:14:20.000Z" and carrier["register"] is True
     assert carrier["active_calls"] == 1 and carrier["max_concurrent_calls"] == 5
     assert static["state"] == "static" and static["allowed_ips"] == ["127.0.0.0/8"]
+    assert static["active_calls"] == 0
     one = client.get("/v1/trunks/static", headers=AUTH)
     assert one.json()["data"] == static
     error(client.get("/v1/trunks/nope", headers=AUTH), 404, "resource_not_found")
@@ -751,3 +753,35 @@ def test_openapi_document_validates_and_matches_responses(
         if d[2] not in ("401", "429") and not (d[2] == "422" and d[0] in path_only)
     }
     assert not missing, sorted(missing)
+
+
+# --- the CLI against the API ----------------------------------------------------------------
+
+
+def test_cli_call_and_calls_print_tables_or_json(
+    client: TestClient, monkeypatch: Any, capsys: Any
+) -> None:
+    from gateway import api_client
+    from gateway.cli import main
+
+    def via_app(method: str, url: str, **kw: Any) -> httpx.Response:
+        kw.pop("timeout", None)
+        return client.request(method, url.removeprefix("http://node:8080"), **kw)
+
+    monkeypatch.setattr(api_client.httpx, "request", via_app)
+    monkeypatch.setenv("SIPEDGE_API_URL", "http://node:8080")
+    monkeypatch.setenv("SIPEDGE_API_KEY", KEY)
+    argv = ["call", "--to", "+15551234567", "--agent", "echo", "--var", "lead=42"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "status    dialing" in out and "var lead  42" in out and KEY not in out
+    assert main(["calls", "--status", "dialing"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["ID", "STATUS", "DIR", "FROM", "TO", "TRUNK", "AGENT", "CREATED",
+                                "SECS", "REASON"]  # fmt: skip
+    assert "+15551234567" in table[1] and table[-1] == "page 1 of 1, 1 calls"
+    assert main(["calls", "--json"]) == 0
+    assert '"total": 1' in capsys.readouterr().out
+    assert main(["calls", "--api-key", "wrong"]) == 1
+    assert "HTTP 401: unauthorized" in capsys.readouterr().err
+    assert main(["call", "--to", "+15551234567", "--agent", "echo", "--var", "novalue"]) == 2
