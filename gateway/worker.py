@@ -19,12 +19,14 @@ from gateway.errors import CallRefused, ConfigError
 from gateway.ipc import encode, read_message
 from gateway.media_session import CallControls, EchoSession, MediaSession
 from gateway.sip.engine import OriginateRequest, SipEngine
+from gateway.webrtc_session import WebRtcSession
 
 log = logging.getLogger("sipedge.worker")
 
 
 def make_session_factory(config: Config, loop: asyncio.AbstractEventLoop) -> Any:
-    """Sessions are made on the SIP thread; WebSocket agents run their I/O on `loop`."""
+    """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
+    on `loop`."""
     recordings = config.storage.recordings_dir if config.recording.enabled else None
 
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
@@ -32,9 +34,9 @@ def make_session_factory(config: Config, loop: asyncio.AbstractEventLoop) -> Any
         if agent is not None and agent.type in ("twilio-ws", "pcm-ws"):
             return AgentSession(agent, record, controls, loop, config.vad, recordings,
                                 node_id=config.node.id)
-        if agent is not None and agent.type != "echo":
-            log.warning("event=agent_type_unsupported call_id=%s agent=%s type=%s using=echo",
-                        record.id, agent.id, agent.type)
+        if agent is not None and agent.type == "webrtc":
+            return WebRtcSession(agent, record, controls, loop, config.vad, recordings,
+                                 node_id=config.node.id)
         delay = agent.delay_ms if agent is not None else 200
         return EchoSession(delay)
 
