@@ -32,7 +32,7 @@ from gateway.api_common import (
     trunk_states,
     validation_details,
 )  # fmt: skip
-from gateway.api_models import ErrorEnvelope, Health, Version
+from gateway.api_models import Health, Version
 from gateway.config import ApiSettings
 from gateway.events import CommandError
 from gateway.metrics import NodeSnapshot, render
@@ -161,7 +161,6 @@ def _install_guard(app: FastAPI) -> None:
 
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": Health, "description": "not healthy or not ready; `reasons` says why"},
-    429: {"model": ErrorEnvelope, "description": "rate limit exceeded"},
 }
 
 

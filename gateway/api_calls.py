@@ -100,12 +100,13 @@ def _record(node: ApiNode, call_id: str) -> CallRecord:
     return record
 
 
-def _live(node: ApiNode, call_id: str) -> CallRecord:
-    record = _record(node, call_id)
-    if record.status in ENDED:
+def _not_ended(node: ApiNode, call_id: str) -> None:
+    """409 for a call that has ended. A call the store does not know yet (its first event may
+    still be on the way) goes to the worker, which answers 404 if it has no such call."""
+    record = node.store.get_call(call_id)
+    if record is not None and record.status in ENDED:
         raise CommandError("conflict", f"call {call_id} has already ended",
                            {"id": call_id, "status": record.status})  # fmt: skip
-    return record
 
 
 @router.post("", status_code=202, response_model=Data[Call],
@@ -169,7 +170,7 @@ async def get_call(call_id: str, node: NodeDep) -> Data[Call]:
 @router.post("/{call_id}/hangup", status_code=202, response_model=Data[CallAction],
              responses=_ACTION_ERRORS, summary="Hang up a call")  # fmt: skip
 async def hangup(call_id: str, node: NodeDep) -> Data[CallAction]:
-    _live(node, call_id)
+    _not_ended(node, call_id)
     result = await node.command("call.hangup", {"call_id": call_id})
     return Data[CallAction](data=CallAction.model_validate(result))
 
@@ -177,7 +178,7 @@ async def hangup(call_id: str, node: NodeDep) -> Data[CallAction]:
 @router.post("/{call_id}/transfer", status_code=202, response_model=Data[CallAction],
              responses=_ACTION_ERRORS, summary="Blind transfer (REFER)")  # fmt: skip
 async def transfer(call_id: str, body: CallTransferRequest, node: NodeDep) -> Data[CallAction]:
-    _live(node, call_id)
+    _not_ended(node, call_id)
     result = await node.command("call.transfer", {"call_id": call_id, "target": body.target})
     return Data[CallAction](data=CallAction.model_validate(result))
 
@@ -185,7 +186,7 @@ async def transfer(call_id: str, body: CallTransferRequest, node: NodeDep) -> Da
 @router.post("/{call_id}/dtmf", status_code=202, response_model=Data[CallAction],
              responses=_ACTION_ERRORS, summary="Send DTMF digits (RFC 4733)")  # fmt: skip
 async def send_dtmf(call_id: str, body: CallDtmfRequest, node: NodeDep) -> Data[CallAction]:
-    _live(node, call_id)
+    _not_ended(node, call_id)
     result = await node.command("call.send_dtmf", {"call_id": call_id, "digits": body.digits})
     return Data[CallAction](data=CallAction.model_validate(result))
 
