@@ -66,11 +66,8 @@ NodeDep = Annotated[ApiNode, Depends(node_of)]
 
 
 def recording_file(node: ApiNode, record: CallRecord) -> Path | None:
-    """The call's WAV if it exists: the store's path, else the last recording.ready event's."""
+    """The call's WAV, once call.recording.ready has recorded its path, if the file exists."""
     path = record.recording_path
-    if path is None:
-        ready = [e for e in node.store.call_events(record.id) if e.type == "call.recording.ready"]
-        path = str(ready[-1].data["path"]) if ready else None
     if path is None or not Path(path).is_file():
         return None
     return Path(path)

@@ -192,6 +192,10 @@ class Ledger:
             self.store.add_event(self._event(CallDtmf.model_validate(data), call_id, ts))
         elif kind == "call.transfer":
             self.store.add_event(self._event(CallTransfer.model_validate(data), call_id, ts))
+        elif kind == RecordingReady.event_type:
+            ready = RecordingReady.model_validate(data)
+            event = self._event(ready, call_id, ts)
+            self.store.update_call(call_id, {"recording_path": ready.path}, event)
         elif kind in _MEDIA_EVENTS:
             media = _MEDIA_EVENTS[kind].model_validate(data)
             self.store.add_event(self._event(media, call_id, ts))
