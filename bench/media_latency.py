@@ -17,6 +17,13 @@ pcap (sipp_scenarios/uac_pcap.xml). It reports:
   * CPU of the SIP worker process (all its threads) per call, idle baseline subtracted.
 
     sudo /tmp/venv/bin/python bench/media_latency.py --calls 3 --hold 7
+    sudo /tmp/venv/bin/python bench/media_latency.py --calls 3 --hold 7 --transport webrtc
+    sudo /tmp/venv/bin/python bench/media_latency.py --calls 3 --hold 7 --transport mixed
+
+`--transport webrtc` uses a WHIP agent (a real aiortc peer) that sends the caller's decoded
+frames straight back on its own track (Opus both ways); `mixed` runs call 1 over twilio-ws and
+the others over webrtc in the same worker, to show whether aiortc's work delays a WebSocket
+call's frames. Figures are reported per transport.
 N is at most 3: the pjsua2 wheel is built with 4 call slots and the engine keeps one to answer
 503. Run from the repository root.
 """
@@ -45,8 +52,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
 from websockets.asyncio.server import ServerConnection, serve
 
+from gateway.webrtc_session import frame_pcm, ice_addresses
+from media.agents.webrtc import downmix
 from media.codecs import ulaw_decode
 from tests.integration.test_media_agents import (
     HOST,
@@ -173,6 +185,106 @@ class EchoBot:
         self.thread.join(5)
 
 
+class WhipEchoBot:
+    """WHIP agent (aiortc) that plays the caller's decoded frames straight back; logs onsets."""
+
+    def __init__(self) -> None:
+        self.onsets: dict[str, list[float]] = {}
+        self.pcs: list[RTCPeerConnection] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def main() -> None:
+            self.server = await asyncio.start_server(self._serve, HOST, 0)
+            self.url = f"http://{HOST}:{self.server.sockets[0].getsockname()[1]}/whip"
+            ready.set()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(main())
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        lines = head.split("\r\n")
+        method = lines[0].split(" ")[0]
+        headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:] if x)}
+        body = await reader.readexactly(int(headers.get("content-length", "0")))
+        status, extra, out = 200, "", b""
+        if method == "POST":
+            answer = await self._answer(body.decode())
+            status, extra, out = 201, "Location: /whip/1\r\n", answer.encode()
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Length: {len(out)}\r\n{extra}"
+            "Connection: close\r\n\r\n".encode()
+            + out
+        )
+        await writer.drain()
+        writer.close()
+
+    async def _answer(self, offer: str) -> str:
+        pc = RTCPeerConnection()
+        self.pcs.append(pc)
+        onsets: list[float] = []
+        echo = _EchoTrack(onsets)
+
+        @pc.on("datachannel")
+        def on_channel(channel: object) -> None:
+            @channel.on("message")  # type: ignore[attr-defined]
+            def on_message(raw: str) -> None:
+                message = json.loads(raw)
+                if message["event"] == "start":
+                    self.onsets[message["to"]] = onsets
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            echo.source = track
+
+        with ice_addresses([HOST]):
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            pc.addTrack(echo)
+            await pc.setLocalDescription(await pc.createAnswer())
+        return pc.localDescription.sdp
+
+    def close(self) -> None:
+        async def stop() -> None:
+            for pc in self.pcs:
+                await pc.close()
+            self.server.close()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class _EchoTrack(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, onsets: list[float]) -> None:
+        super().__init__()
+        self.source: MediaStreamTrack | None = None
+        self.onsets = onsets
+        self._voiced = False
+
+    async def recv(self) -> AudioFrame:
+        while self.source is None:
+            await asyncio.sleep(0.01)
+        frame = await self.source.recv()
+        if not isinstance(frame, AudioFrame):
+            raise MediaStreamError
+        pcm, channels = frame_pcm(frame)
+        x = np.frombuffer(downmix(pcm, channels), "<i2").astype(np.float64)
+        voiced = bool(len(x)) and float(np.sqrt(np.mean(x**2))) > VOICED_RMS
+        if voiced and not self._voiced:
+            self.onsets.append(time.monotonic())
+        self._voiced = voiced
+        return frame
+
+
 def _rms(mulaw: bytes) -> float:
     x = np.frombuffer(ulaw_decode(mulaw), "<i2").astype(np.float64)
     return float(np.sqrt(np.mean(x**2))) if len(x) else 0.0
@@ -252,14 +364,23 @@ def pct(values: list[float], q: float) -> float:
 # --- the run -------------------------------------------------------------------------------
 
 
-def run(calls: int, hold_s: float) -> None:
-    print("clock thread path (µs per frame):")
+def call_transports(transport: str, calls: int) -> list[str]:
+    if transport == "mixed":
+        return ["twilio-ws"] + ["webrtc"] * (calls - 1)
+    return [transport] * calls
+
+
+def run(calls: int, hold_s: float, transport: str = "twilio-ws") -> None:
+    print("clock thread path (µs per frame; the same for every transport):")
     for name, value in clock_path().items():
         print(f"  {name:22s} {value:6.2f}")
 
     tmp = Path(tempfile.mkdtemp(prefix="sipedge-bench-"))
+    transports = call_transports(transport, calls)
     bot = EchoBot()
+    rtc_bot = WhipEchoBot() if "webrtc" in transports else None
     numbers = [f"+1555010{i}" for i in range(calls)]
+    agent_of = {"twilio-ws": "echo-bot", "webrtc": "rtc-echo"}
     rtp_base = 32000 + (os.getpid() % 50) * 40
     config = {
         "node": {"id": "bench", "drain_timeout": 3},
@@ -271,8 +392,15 @@ def run(calls: int, hold_s: float) -> None:
             "codecs": ["PCMU"],
         },
         "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
-        "numbers": [{"number": n, "agent": "echo-bot"} for n in numbers],
-        "agents": [{"id": "echo-bot", "type": "twilio-ws", "url": f"ws://{HOST}:{bot.port}/"}],
+        "numbers": [
+            {"number": n, "agent": agent_of[t]} for n, t in zip(numbers, transports, strict=True)
+        ],
+        "agents": [{"id": "echo-bot", "type": "twilio-ws", "url": f"ws://{HOST}:{bot.port}/"}]
+        + (
+            [{"id": "rtc-echo", "type": "webrtc", "url": rtc_bot.url, "ice_addresses": [HOST]}]
+            if rtc_bot is not None
+            else []
+        ),
         "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM)},
         "api": {"enabled": False, "port": free_port(socket.SOCK_STREAM)},
         "storage": {"path": str(tmp / "sipedge.db"), "recordings_dir": str(tmp / "rec")},
@@ -326,46 +454,52 @@ def run(calls: int, hold_s: float) -> None:
         capture.close()
         exit_code = node.stop()
         bot.close()
+        if rtc_bot is not None:
+            rtc_bot.close()
     log = node.log()
     print(
-        f"\n{calls} concurrent calls, {3 + hold_s:.0f} s each; sipp exit codes {codes}; "
-        f"node exit {exit_code}"
+        f"\n{calls} concurrent calls ({', '.join(transports)}), {3 + hold_s:.0f} s each; "
+        f"sipp exit codes {codes}; node exit {exit_code}"
     )
 
-    internal: dict[str, list[float]] = {"caller_to_agent": [], "agent_to_caller": []}
-    p99s: dict[str, list[float]] = {"caller_to_agent": [], "agent_to_caller": []}
-    for line in re.findall(r"event=media_latency .*", log):
-        for name, p50s in internal.items():
+    transport_of = dict(
+        re.findall(r"event=agent_connected call_id=(\S+) agent=\S+ transport=(\S+)", log)
+    )
+    names = ("caller_to_agent", "agent_to_caller")
+    internal: dict[tuple[str, str], list[float]] = {}
+    p99s: dict[tuple[str, str], list[float]] = {}
+    for call_id, line in re.findall(r"event=media_latency call_id=(\S+)(.*)", log):
+        for name in names:
             m = re.search(rf"{name}_n=(\d+) {name}_p50_ms=([\d.]+) {name}_p99_ms=([\d.]+)", line)
             if m:
-                p50s.append(float(m.group(2)))
-                p99s[name].append(float(m.group(3)))
+                key = (transport_of.get(call_id, "?"), name)
+                internal.setdefault(key, []).append(float(m.group(2)))
+                p99s.setdefault(key, []).append(float(m.group(3)))
     print("gateway-internal per frame (ms; median of per-call p50, worst per-call p99):")
-    for name, p50s in internal.items():
+    for (kind, name), p50s in sorted(internal.items()):
         print(
-            f"  {name:16s} p50 {pct(p50s, 50):6.2f}   p99 "
-            f"{max(p99s[name], default=float('nan')):6.2f}   calls {len(p50s)}"
+            f"  {kind:9s} {name:16s} p50 {pct(p50s, 50):6.2f}   p99 "
+            f"{max(p99s[(kind, name)]):6.2f}   calls {len(p50s)}"
         )
 
-    c2a: list[float] = []
-    a2c: list[float] = []
-    for n in numbers:
+    c2a: dict[str, list[float]] = {}
+    a2c: dict[str, list[float]] = {}
+    for n, kind in zip(numbers, transports, strict=True):
         port = media[n]
         rtp_in = next((v for (s, d), v in capture.onsets.items() if s == port), [])
         rtp_out = next((v for (s, d), v in capture.onsets.items() if d == port), [])
-        agent = bot.onsets.get(n, [])
+        onsets = bot.onsets if kind == "twilio-ws" or rtc_bot is None else rtc_bot.onsets
+        agent = onsets.get(n, [])
         k = min(len(rtp_in), len(agent), len(rtp_out))
-        c2a += [(agent[i] - rtp_in[i]) * 1000 for i in range(k)]
-        a2c += [(rtp_out[i] - agent[i]) * 1000 for i in range(k)]
+        c2a.setdefault(kind, []).extend((agent[i] - rtp_in[i]) * 1000 for i in range(k))
+        a2c.setdefault(kind, []).extend((rtp_out[i] - agent[i]) * 1000 for i in range(k))
     print("wire to wire, speech-burst onsets (ms; includes jitter buffer and bridge):")
-    print(
-        f"  {'rtp_in_to_agent':16s} p50 {pct(c2a, 50):6.1f}   p99 {pct(c2a, 99):6.1f}   "
-        f"samples {len(c2a)}"
-    )
-    print(
-        f"  {'agent_to_rtp_out':16s} p50 {pct(a2c, 50):6.1f}   p99 {pct(a2c, 99):6.1f}   "
-        f"samples {len(a2c)}"
-    )
+    for kind in c2a:
+        for label, values in (("rtp_in_to_agent", c2a[kind]), ("agent_to_rtp_out", a2c[kind])):
+            print(
+                f"  {kind:9s} {label:16s} p50 {pct(values, 50):6.1f}   "
+                f"p99 {pct(values, 99):6.1f}   samples {len(values)}"
+            )
     per_call = (busy_rate - idle_rate) / calls * 100
     print(
         f"SIP worker CPU: idle {idle_rate * 100:.1f}% of a core, {calls} calls "
@@ -377,8 +511,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=3, choices=(1, 2, 3))
     parser.add_argument("--hold", type=float, default=7.0, help="seconds held after the pcap")
+    parser.add_argument(
+        "--transport",
+        default="twilio-ws",
+        choices=("twilio-ws", "webrtc", "mixed"),
+        help="agent transport; mixed: call 1 over twilio-ws, the others over webrtc",
+    )
     args = parser.parse_args()
-    run(args.calls, args.hold)
+    run(args.calls, args.hold, args.transport)
 
 
 if __name__ == "__main__":
