@@ -261,9 +261,11 @@ class WebRtcChannel:
         state = self._pc.connectionState
         if state == "connected":
             self._up_if_ready()
-        elif state in ("failed", "closed"):
+        elif state == "failed":
             ice = self._pc.iceConnectionState
-            self._lost("ice_failed" if ice in ("failed", "checking") else f"dtls_failed: {state}")
+            self._lost("ice_failed" if ice in ("failed", "checking") else "dtls_failed")
+        elif state == "closed":
+            self._lost("closed")
 
     def _lost(self, reason: str) -> None:
         if self._up.is_set() and self._failed is None:

@@ -466,3 +466,21 @@ async def test_unreachable_endpoint_is_a_connect_failure_and_keep_keeps_the_call
     await wait_for(lambda: "call.agent.disconnected" in fake.types())
     (gone,) = [d for k, d in fake.events if k == "call.agent.disconnected"]
     assert gone["reason"].startswith("connect_failed") and fake.hangups == []
+
+
+async def test_an_agent_dropping_mid_call_is_reported_once_and_hangs_up() -> None:
+    whip = WhipAgent()
+    url = await whip.start()
+    fake = FakeControls()
+    session = WebRtcSession(
+        rtc_agent(url), record(), fake.controls(), asyncio.get_running_loop(), VadSettings()
+    )
+    await wait_for(lambda: "call.agent.connected" in fake.types())
+    (peer,) = whip.peers.values()
+    await peer.pc.close()
+    await wait_for(lambda: "call.agent.disconnected" in fake.types())
+    session.close()
+    await asyncio.sleep(0.1)
+    await whip.close()
+    gone = [d["reason"] for k, d in fake.events if k == "call.agent.disconnected"]
+    assert gone in (["closed"], ["closed: events channel"]) and fake.hangups == ["gateway"]
