@@ -59,6 +59,7 @@ class CallRecord:
     got_provisional: bool = False
     hangup_by: str | None = None
     end_reason: EndReason | None = None
+    record: bool | None = None  # record this call; None: as recording.enabled says
 
     def advance(self, new: CallState) -> bool:
         """Move to `new` if allowed; returns False (and stays) for a repeated or late state."""

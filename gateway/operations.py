@@ -90,6 +90,7 @@ async def originate(node: Node, args: Originate) -> dict[str, Any]:
     await node.worker.request("originate", {
         "to": args.to, "trunk": trunk.id, "agent": args.agent, "caller_id": args.from_,
         "variables": args.variables, "ring_timeout": args.ring_timeout, "call_id": call_id,
+        "record": args.record,
     })
     return {"id": call_id, "status": "dialing", "to": args.to, "from": args.from_,
             "trunk": trunk.id, "agent": args.agent, "variables": args.variables}

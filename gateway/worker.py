@@ -27,10 +27,10 @@ log = logging.getLogger("sipedge.worker")
 def make_session_factory(config: Config, loop: asyncio.AbstractEventLoop) -> Any:
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
     on `loop`."""
-    recordings = config.storage.recordings_dir if config.recording.enabled else None
-
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
+        wanted = config.recording.enabled if record.record is None else record.record
+        recordings = config.storage.recordings_dir if wanted else None
         if agent is not None and agent.type in ("twilio-ws", "pcm-ws"):
             return AgentSession(agent, record, controls, loop, config.vad, recordings,
                                 node_id=config.node.id)

@@ -56,6 +56,7 @@ class OriginateRequest:
     variables: dict[str, str] = field(default_factory=dict)
     ring_timeout: int | None = None
     call_id: str | None = None
+    record: bool | None = None
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
@@ -434,6 +435,7 @@ class SipEngine:
             agent=req.agent,
             variables=dict(req.variables),
             state=CallState.DIALING,
+            record=req.record,
         )
         account.use_caller_id(req.caller_id)
         call = SipCall(self, account, record)

@@ -64,7 +64,7 @@ def test_calls_through_the_http_api(tmp_path: Path, silent_agent: int) -> None:
                 {"id": "bot", "type": "twilio-ws", "url": f"ws://{HOST}:{silent_agent}/media"}],
         api={"enabled": True, "listen": HOST, "port": api_port,
              "api_keys": ["${SIPEDGE_E2E_KEY}"]},
-        recording={"enabled": True},
+        recording={"enabled": False},  # this call asks for its own recording
     )  # fmt: skip
     node = NodeProcess(tmp_path, config, env={"SIPEDGE_E2E_KEY": KEY})
     base = f"http://{HOST}:{api_port}"
@@ -79,7 +79,8 @@ def test_calls_through_the_http_api(tmp_path: Path, silent_agent: int) -> None:
             placed = api.post(
                 "/v1/calls",
                 headers={"Idempotency-Key": "e2e-1"},
-                json={"to": "+15551230000", "agent": "bot", "variables": {"lead": "42"}},
+                json={"to": "+15551230000", "agent": "bot", "variables": {"lead": "42"},
+                      "record": True},
             )
             assert placed.status_code == 202, placed.text
             call = placed.json()["data"]
