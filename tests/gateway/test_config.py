@@ -25,6 +25,7 @@ CARRIER_ENV = {
     "MQTT_PASSWORD": "mqtt-password-value",
     "SIPEDGE_API_KEY": "api-key-value",
     "SIPEDGE_ADMIN_KEY": "admin-key-value",
+    "TURN_PASSWORD": "turn-password-value",
 }
 
 VALID = """
