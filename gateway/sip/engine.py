@@ -7,16 +7,12 @@ owner provides (the worker hands them to its asyncio loop with call_soon_threads
 
 from __future__ import annotations
 
-import concurrent.futures
-import heapq
-import itertools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import pjsua2 as pj
 
@@ -34,17 +30,15 @@ from gateway.events import new_call_id
 from gateway.media_session import CallControls, MediaSession
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
+from gateway.sip.endpoint import create_endpoint
+from gateway.sip.executor import SipExecutor
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
 
 log = logging.getLogger("sipedge.sip")
 
-T = TypeVar("T")
 Emit = Callable[[str, str | None, dict[str, Any]], None]
 SessionFactory = Callable[[CallRecord, CallControls], MediaSession]
-
-CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
-POLL_MS = 10
 
 
 @dataclass
@@ -59,11 +53,6 @@ class OriginateRequest:
     record: bool | None = None
 
 
-class _LogWriter(pj.LogWriter):  # type: ignore[misc]
-    def write(self, entry: Any) -> None:
-        logging.getLogger("pjsip").debug(entry.msg.rstrip())
-
-
 class SipEngine:
     def __init__(self, config: Config, emit: Emit, make_session: SessionFactory) -> None:
         self.config = config
@@ -76,9 +65,9 @@ class SipEngine:
         self.calls: dict[str, SipCall] = {}
         self.trunks: dict[str, TrunkAccount] = {}
         self._released: list[SipCall] = []
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
-        self._timer_seq = itertools.count()
+        self._executor = SipExecutor(on_timer_error=pj.Error)
+        self.submit = self._executor.submit
+        self.schedule = self._executor.schedule
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -102,29 +91,7 @@ class SipEngine:
         self.submit(self._begin_stop)
         self._thread.join(timeout)
 
-    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Run `fn` on the SIP thread; the future carries its result or exception."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the caller through the future
-                future.set_exception(exc)
-
-        self._commands.put(run)
-        return future
-
-    def schedule(self, delay: float, fn: Callable[[], None]) -> tuple[float, int]:
-        """SIP thread only: run `fn` on the SIP thread after `delay` seconds."""
-        entry = (time.monotonic() + delay, next(self._timer_seq), fn)
-        heapq.heappush(self._timers, entry)
-        return entry[0], entry[1]
-
     def _run(self) -> None:
-        self.ep = pj.Endpoint()
         try:
             self._init_lib()
         except BaseException as exc:  # reported to start()
@@ -140,37 +107,8 @@ class SipEngine:
 
     def _init_lib(self) -> None:
         sip = self.config.sip
-        ep = self.ep
-        ep.libCreate()
-        cfg = pj.EpConfig()
-        cfg.uaConfig.threadCnt = 0  # we poll from this thread
-        cfg.uaConfig.mainThreadOnly = False
-        cfg.uaConfig.maxCalls = 32  # the build clamps this to its compiled limit
-        cfg.uaConfig.userAgent = sip.user_agent
-        cfg.logConfig.level = sip.log_level
-        cfg.logConfig.consoleLevel = sip.log_level  # our writer gets what the console would
-        self._log_writer = _LogWriter()
-        cfg.logConfig.writer = self._log_writer
-        cfg.logConfig.decor = 0
-        cfg.medConfig.clockRate = 16000
-        cfg.medConfig.sndClockRate = 16000
-        cfg.medConfig.ecTailLen = 0  # no echo canceller: there is no loudspeaker here
-        cfg.medConfig.noVad = True  # agents get every frame; our VAD runs on them
-        cfg.medConfig.threadCnt = 1
-        cfg.medConfig.sndAutoCloseTime = -1  # keep the media clock running while idle
-        ep.libInit(cfg)
-        for name in sip.transports:
-            tc = pj.TransportConfig()
-            tc.port = sip.port
-            tc.boundAddress = sip.listen
-            if sip.public_address:
-                tc.publicAddress = sip.public_address
-            kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
-            ep.transportCreate(kind, tc)
-        ep.libStart()
-        self._start_media_clock()
-        self._set_codecs()
-        self.engine_limit = probe_call_limit(ep, sip.listen)
+        self.ep, self._log_writer = create_endpoint(sip)
+        self.engine_limit = probe_call_limit(self.ep, sip.listen)
         # One slot stays free so that an INVITE over the limit reaches us and gets 503 with
         # Retry-After; at the compiled limit pjsua itself answers 486 Busy Here (wrong signal).
         self.capacity = max(1, min(self.config.limits.max_concurrent_calls, self.engine_limit - 1))
@@ -188,52 +126,11 @@ class SipEngine:
             if not trunk.registers:
                 self.on_trunk_state(self.trunks[trunk.id].state)
 
-    def _start_media_clock(self) -> None:
-        """The conference bridge, and with it every call's AudioPort, is clocked by the sound
-        device, which pjsua opens only while something is connected to slot 0. A null device
-        looped onto itself keeps that clock running for the life of the endpoint."""
-        devices = self.ep.audDevManager()
-        devices.setNullDev()
-        devices.getCaptureDevMedia().startTransmit(devices.getPlaybackDevMedia())
-
-    def _set_codecs(self) -> None:
-        order = self.config.sip.codecs
-        for info in self.ep.codecEnum2():
-            self.ep.codecSetPriority(info.codecId, 0)
-        for rank, name in enumerate(order):
-            self.ep.codecSetPriority(CODEC_IDS[name], 255 - rank)
-
     def _loop(self) -> None:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
-            self.ep.libHandleEvents(self._poll_ms())
-            self._run_commands()
-            self._run_timers()
+            self.ep.libHandleEvents(self._executor.poll_ms())
+            self._executor.run_due()
             self._released.clear()  # pjsua2 Call objects die here, outside their callbacks
-
-    def _poll_ms(self) -> int:
-        if not self._commands.empty():
-            return 0
-        if self._timers:
-            wait = (self._timers[0][0] - time.monotonic()) * 1000
-            return int(max(0, min(POLL_MS, wait)))
-        return POLL_MS
-
-    def _run_commands(self) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            command()
-
-    def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
-            try:
-                fn()
-            except pj.Error as exc:
-                log.warning("event=timer_failed error=%s", exc.info())
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -1,0 +1,70 @@
+"""Creating the process's one pjsua2 endpoint from the `sip` settings: transports, media
+clock, codec order. Runs on the SIP thread."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pjsua2 as pj
+
+from gateway.config import SipSettings
+
+CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
+
+
+class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    def write(self, entry: Any) -> None:
+        logging.getLogger("pjsip").debug(entry.msg.rstrip())
+
+
+def create_endpoint(sip: SipSettings) -> tuple[pj.Endpoint, pj.LogWriter]:
+    """A started endpoint; keep the returned log writer alive as long as the endpoint."""
+    ep = pj.Endpoint()
+    ep.libCreate()
+    cfg = pj.EpConfig()
+    cfg.uaConfig.threadCnt = 0  # the SIP thread polls
+    cfg.uaConfig.mainThreadOnly = False
+    cfg.uaConfig.maxCalls = 32  # the build clamps this to its compiled limit
+    cfg.uaConfig.userAgent = sip.user_agent
+    writer = _LogWriter()
+    cfg.logConfig.level = sip.log_level
+    cfg.logConfig.consoleLevel = sip.log_level  # our writer gets what the console would
+    cfg.logConfig.writer = writer
+    cfg.logConfig.decor = 0
+    cfg.medConfig.clockRate = 16000
+    cfg.medConfig.sndClockRate = 16000
+    cfg.medConfig.ecTailLen = 0  # no echo canceller: there is no loudspeaker here
+    cfg.medConfig.noVad = True  # agents get every frame; our VAD runs on them
+    cfg.medConfig.threadCnt = 1
+    cfg.medConfig.sndAutoCloseTime = -1  # keep the media clock running while idle
+    ep.libInit(cfg)
+    for name in sip.transports:
+        tc = pj.TransportConfig()
+        tc.port = sip.port
+        tc.boundAddress = sip.listen
+        if sip.public_address:
+            tc.publicAddress = sip.public_address
+        kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
+        ep.transportCreate(kind, tc)
+    ep.libStart()
+    _start_media_clock(ep)
+    _set_codecs(ep, sip.codecs)
+    return ep, writer
+
+
+def _start_media_clock(ep: pj.Endpoint) -> None:
+    """The conference bridge, and with it every call's AudioPort, is clocked by the sound
+    device, which pjsua opens only while something is connected to slot 0. A null device
+    looped onto itself keeps that clock running for the life of the endpoint."""
+    devices = ep.audDevManager()
+    devices.setNullDev()
+    devices.getCaptureDevMedia().startTransmit(devices.getPlaybackDevMedia())
+
+
+def _set_codecs(ep: pj.Endpoint, order: Sequence[str]) -> None:
+    for info in ep.codecEnum2():
+        ep.codecSetPriority(info.codecId, 0)
+    for rank, name in enumerate(order):
+        ep.codecSetPriority(CODEC_IDS[name], 255 - rank)
