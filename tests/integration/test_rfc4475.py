@@ -279,8 +279,9 @@ gap("ncl", "tcp", "keeps the connection open and silent after Content-Length: -9
 gap(
     "inv2543",
     "udp",
-    "answers 400 Bad Request to the RFC 2543 INVITE (no Max-Forwards, no "
-    "branch, no Content-Length)",
+    'answers 400 Bad Request (Warning: 399 "Bad/missing Contact header": a UAS dialog needs a '
+    "Contact, which RFC 2543 did not require) to the RFC 2543 INVITE, instead of processing it "
+    "(sipedge routing: 404)",
 )
 
 
