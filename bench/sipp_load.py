@@ -180,7 +180,8 @@ def mb(kb: int) -> str:
 
 def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sipedge-load-"))
-    config = base_config(tmp, limits={"max_concurrent_calls": 10, "max_call_duration": 600})
+    limits = {"max_concurrent_calls": 10, "max_call_duration": args.max_call_duration}
+    config = base_config(tmp, limits=limits)
     node = QuietNode(tmp, config).start()
     try:
         assert node.proc is not None
@@ -312,6 +313,13 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=3, help="max concurrent calls (SIPp -l)")
     p.add_argument("--calls", type=int, default=300, help="total calls (SIPp -m)")
     p.add_argument("--hold-ms", type=int, default=0, help="extra hold after the 3 s pcap (-d)")
+    p.add_argument(
+        "--max-call-duration",
+        type=int,
+        default=3600,
+        help="node limits.max_call_duration (s); the engine keeps a timer per "
+        "answered call this long (see bench/README.md, SIP load)",
+    )
     p.add_argument("--idle", type=float, default=3.0, help="seconds to measure the idle rate")
     p.add_argument("--samples", action="store_true", help="print every 1 s sample")
     run(p.parse_args())
