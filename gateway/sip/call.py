@@ -14,6 +14,7 @@ import pjsua2 as pj
 
 from gateway.calls import CallRecord, CallState, EndReason, failure_reason
 from gateway.media_session import MediaSession
+from gateway.sip.executor import Timer
 from gateway.sip.vectors import read_vector, write_vector
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.codec = ""
         self.timed_out = False
         self.transfer_target: str | None = None
+        self.timers: list[Timer] = []  # this call's limits; cancelled when it ends
         self.answered_at: float | None = None
         self.started_at = time.time()
 

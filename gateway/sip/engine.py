@@ -264,7 +264,8 @@ class SipEngine:
         assert decision.route is not None
         delay = decision.route.answer_delay_ms / 1000
         if delay:
-            self.schedule(delay, lambda: self._answer(record.id))
+            call_id = record.id
+            call.timers.append(self.schedule(delay, lambda: self._answer(call_id)))
         else:
             self._answer(record.id)
 
@@ -354,7 +355,8 @@ class SipEngine:
         self.calls_total += 1
         self._count_trunk_calls()
         ring_timeout = req.ring_timeout or self.config.limits.ring_timeout
-        self.schedule(ring_timeout, lambda: self._ring_timeout(record.id))
+        call_id = record.id
+        call.timers.append(self.schedule(ring_timeout, lambda: self._ring_timeout(call_id)))
         log.info(
             "event=call_placed call_id=%s trunk=%s to=%s agent=%s",
             record.id,
@@ -433,7 +435,8 @@ class SipEngine:
         log.info("event=call_answered call_id=%s codec=%s", rec.id, call.codec)
         self.emit("call.answered", rec, {"codec": call.codec, "answered_at": call.answered_at})
         limit = self.config.limits.max_call_duration
-        self.schedule(limit, lambda: self._duration_exceeded(rec.id))
+        call_id = rec.id
+        call.timers.append(self.schedule(limit, lambda: self._duration_exceeded(call_id)))
 
     def _duration_exceeded(self, call_id: str) -> None:
         call = self.calls.get(call_id)
@@ -443,6 +446,8 @@ class SipEngine:
 
     def on_ended(self, call: SipCall, answered: bool, code: int, reason: str) -> None:
         rec = call.record
+        for timer in call.timers:
+            timer.cancel()
         if self.calls.pop(rec.id, None) is None:
             return  # a refused INVITE, already logged
         self._count_trunk_calls()

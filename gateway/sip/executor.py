@@ -21,10 +21,25 @@ T = TypeVar("T")
 POLL_MS = 10
 
 
+class Timer:
+    """A scheduled call; `cancel()` it when what it guards has ended (a call's duration limit
+    or ring timeout), so the heap does not hold it for the rest of its delay."""
+
+    __slots__ = ("fn", "cancelled")
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn: Callable[[], None] | None = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.fn = None  # drop what the callback holds now, not when the entry is popped
+
+
 class SipExecutor:
     def __init__(self, on_timer_error: type[BaseException] = Exception) -> None:
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
         self._timer_error = on_timer_error
 
@@ -43,9 +58,18 @@ class SipExecutor:
         self._commands.put(run)
         return future
 
-    def schedule(self, delay: float, fn: Callable[[], None]) -> None:
+    def schedule(self, delay: float, fn: Callable[[], None]) -> Timer:
         """SIP thread only: run `fn` on the SIP thread after `delay` seconds."""
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), fn))
+        timer = Timer(fn)
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), timer))
+        if len(self._timers) > 64 and len(self._timers) > 2 * self.pending_timers():
+            # Mostly cancelled entries (calls that ended long before their limits): compact.
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+        return timer
+
+    def pending_timers(self) -> int:
+        return sum(1 for entry in self._timers if not entry[2].cancelled)
 
     def poll_ms(self) -> int:
         """How long the next libHandleEvents may wait without delaying queued work."""
@@ -66,7 +90,10 @@ class SipExecutor:
             command()
         now = time.monotonic()
         while self._timers and self._timers[0][0] <= now:
-            _, _, fn = heapq.heappop(self._timers)
+            _, _, timer = heapq.heappop(self._timers)
+            fn = timer.fn
+            if timer.cancelled or fn is None:
+                continue
             try:
                 fn()
             except self._timer_error as exc:  # a failed timer must not stop the SIP thread

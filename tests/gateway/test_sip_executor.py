@@ -54,3 +54,22 @@ def test_timers_run_in_due_order_only_when_due_and_a_failing_one_is_logged() -> 
     executor.schedule(60.0, lambda: fired.append("later"))
     executor.run_due()
     assert fired == ["a", "b"]
+
+
+def test_a_cancelled_timer_never_runs_and_releases_its_callback() -> None:
+    executor = SipExecutor()
+    fired: list[str] = []
+    timer = executor.schedule(-1.0, lambda: fired.append("no"))
+    timer.cancel()
+    assert timer.fn is None
+    executor.run_due()
+    assert fired == []
+
+
+def test_cancelled_timers_are_compacted_away_instead_of_held_until_due() -> None:
+    executor = SipExecutor()
+    for _ in range(1000):
+        executor.schedule(3600.0, lambda: None).cancel()
+    executor.schedule(3600.0, lambda: None)
+    assert executor.pending_timers() == 1
+    assert len(executor._timers) < 200  # noqa: SLF001 - the bound is the point of the test
