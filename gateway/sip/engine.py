@@ -34,6 +34,7 @@ from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import SipExecutor
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
+from gateway.sip.sanity import CseqSanityFilter
 
 log = logging.getLogger("sipedge.sip")
 
@@ -108,6 +109,9 @@ class SipEngine:
     def _init_lib(self) -> None:
         sip = self.config.sip
         self.ep, self._log_writer = create_endpoint(sip)
+        self._sanity = CseqSanityFilter()
+        if "udp" in sip.transports:  # over TCP pjsip ends the transaction at the ACK: no risk
+            self._sanity.install(sip.listen, sip.port, self.ep.libHandleEvents)
         self.engine_limit = probe_call_limit(self.ep, sip.listen)
         # One slot stays free so that an INVITE over the limit reaches us and gets 503 with
         # Retry-After; at the compiled limit pjsua itself answers 486 Busy Here (wrong signal).

@@ -1,0 +1,159 @@
+"""A pjsip module, registered through ctypes, that rejects requests whose CSeq method does not
+match their method before pjsip's transaction layer sees them.
+
+Why: pjsip keys server transactions by branch and CSeq method. An OPTIONS whose CSeq says
+INVITE (RFC 4475 mismatch01/02) that reuses the branch of an INVITE transaction in its
+Confirmed state (a non-2xx answer was ACKed less than T4 ago) is handed to that transaction,
+and the PyPI wheel, built with assertions on, aborts the whole SIP worker. pjsua2 exposes no
+hook before the transaction layer, but the wheel exports pjsip's C API, so a tiny module at a
+priority just below the transaction layer answers such requests 400 as RFC 3261 wants.
+
+The module reads the received bytes at an offset into `pjsip_rx_data` that it measures once
+at start with a request it sends to itself; if that calibration fails, the filter stays off
+and says so in the log.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pjsua2 as pj
+
+log = logging.getLogger("sipedge.sip.sanity")
+
+PRIORITY = 15  # PJSIP_MOD_PRIORITY_TSX_LAYER is 16: we run just before it
+SCAN_BYTES = 2048
+_INFO = re.compile(rb"^Request msg ([A-Za-z!%*_+`'~.-]+)/cseq=(-?\d+) ")
+_REQUEST_LINE = re.compile(rb"^([A-Za-z!%*_+`'~.-]+) ")
+_CSEQ = re.compile(rb"\r?\n(?:CSeq|cseq|CSEQ)[ \t]*:[ \t]*(-?\d+)[ \t]+([A-Za-z!%*_+`'~.-]+)")
+
+_RxCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+_Fn = ctypes.c_void_p  # callbacks we leave NULL
+
+
+class _PjStr(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t)]
+
+
+class _Module(ctypes.Structure):
+    """`struct pjsip_module` (pjsip/sip_module.h), stable since pjsip 1.x."""
+
+    _fields_ = [
+        ("prev", ctypes.c_void_p),
+        ("next", ctypes.c_void_p),
+        ("name", _PjStr),
+        ("id", ctypes.c_int),
+        ("priority", ctypes.c_int),
+        ("load", _Fn),
+        ("start", _Fn),
+        ("stop", _Fn),
+        ("unload", _Fn),
+        ("on_rx_request", _RxCallback),
+        ("on_rx_response", _Fn),
+        ("on_tx_request", _Fn),
+        ("on_tx_response", _Fn),
+        ("on_tsx_state", _Fn),
+    ]
+
+
+def mismatched_cseq(message: bytes) -> bool:
+    """True for a request whose CSeq method differs from its request-line method."""
+    line = _REQUEST_LINE.match(message)
+    cseq = _CSEQ.search(message.split(b"\r\n\r\n", 1)[0])
+    return bool(line and cseq and line.group(1) != cseq.group(2))
+
+
+def _library() -> ctypes.CDLL:
+    so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
+    return ctypes.CDLL(str(so))  # the already loaded library: same pjsip globals
+
+
+class CseqSanityFilter:
+    """Owns the module struct and callback: keep the instance alive as long as the endpoint."""
+
+    def __init__(self) -> None:
+        lib = _library()
+        lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
+        self._endpt = ctypes.c_void_p(lib.pjsua_get_pjsip_endpt())
+        self._info = lib.pjsip_rx_data_get_info
+        self._info.restype = ctypes.c_char_p
+        self._info.argtypes = [ctypes.c_void_p]
+        self._respond = lib.pjsip_endpt_respond_stateless
+        self._respond.restype = ctypes.c_int
+        self._respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._register = lib.pjsip_endpt_register_module
+        self._register.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self._register.restype = ctypes.c_int
+        self._token = f"sipedge-calibrate-{uuid.uuid4().hex}".encode()
+        self.packet_offset: int | None = None
+        self.rejected = 0
+        self._callback = _RxCallback(self._on_rx_request)
+        self._name = b"mod-sipedge-cseq-sanity"
+        self._module = _Module(
+            name=_PjStr(self._name, len(self._name)), id=-1, priority=PRIORITY,
+            on_rx_request=self._callback,
+        )
+
+    def install(self, host: str, port: int, poll: Callable[[int], None]) -> bool:
+        """Register the module and calibrate it with one OPTIONS to ourselves over UDP."""
+        status = self._register(self._endpt, ctypes.addressof(self._module))
+        if status != 0:
+            log.warning("event=sip_sanity_filter_disabled reason=register_failed status=%d", status)
+            return False
+        target = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        with socket.socket(socket.AF_INET6 if ":" in target else socket.AF_INET,
+                           socket.SOCK_DGRAM) as sock:
+            sock.bind((target, 0))
+            local = sock.getsockname()[1]
+            sock.sendto(self._calibration(target, port, local), (target, port))
+            for _ in range(100):
+                poll(10)
+                if self.packet_offset is not None:
+                    break
+        if self.packet_offset is None:
+            log.warning("event=sip_sanity_filter_disabled reason=calibration_failed")
+            return False
+        log.info("event=sip_sanity_filter_installed packet_offset=%d", self.packet_offset)
+        return True
+
+    def _calibration(self, host: str, port: int, local: int) -> bytes:
+        return (
+            f"OPTIONS sip:calibrate@{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bK{uuid.uuid4().hex[:16]}\r\n"
+            f"From: <sip:calibrate@{host}>;tag={uuid.uuid4().hex[:8]}\r\n"
+            f"To: <sip:calibrate@{host}>\r\n"
+            f"Call-ID: {self._token.decode()}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+            "Content-Length: 0\r\n\r\n"
+        ).encode()
+
+    def _on_rx_request(self, rdata: int | None) -> int:
+        if not rdata:
+            return 0
+        if self.packet_offset is None:
+            self._calibrate(rdata)
+            return 0
+        message = ctypes.string_at(rdata + self.packet_offset, SCAN_BYTES)
+        info = _INFO.match(self._info(rdata) or b"")
+        line = _REQUEST_LINE.match(message)
+        if info is None or line is None or line.group(1) != info.group(1):
+            return 0  # not the message pjsip is dispatching (e.g. a second one on TCP)
+        if not mismatched_cseq(message.split(b"\0", 1)[0]):
+            return 0
+        self.rejected += 1
+        log.info("event=sip_request_rejected reason=cseq_method_mismatch method=%s",
+                 info.group(1).decode(errors="replace"))
+        self._respond(self._endpt, rdata, 400, None, None, None)
+        return 1  # handled: the transaction layer never sees it
+
+    def _calibrate(self, rdata: int) -> None:
+        memory = ctypes.string_at(rdata, SCAN_BYTES)
+        start = memory.find(b"OPTIONS sip:calibrate@")
+        if start >= 0 and self._token in memory[start:]:
+            self.packet_offset = start

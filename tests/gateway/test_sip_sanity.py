@@ -1,0 +1,32 @@
+"""The CSeq sanity check that runs before pjsip's transaction layer (gateway/sip/sanity.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.sip.sanity import mismatched_cseq
+
+TORTURE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rfc4475"
+
+
+def test_a_request_whose_cseq_method_differs_is_caught() -> None:
+    assert mismatched_cseq(b"OPTIONS sip:a@b SIP/2.0\r\nCSeq: 8 INVITE\r\n\r\n")
+
+
+def test_matching_methods_compact_spacing_and_responses_pass() -> None:
+    assert not mismatched_cseq(b"INVITE sip:a@b SIP/2.0\r\nCSeq:1   INVITE\r\n\r\n")
+    assert not mismatched_cseq(b"ACK sip:a@b SIP/2.0\r\nCSeq: 1 ACK\r\n\r\n")
+    assert not mismatched_cseq(b"SIP/2.0 200 OK\r\nCSeq: 1 INVITE\r\n\r\n")
+
+
+def test_a_cseq_in_the_body_is_not_the_header() -> None:
+    message = b"MESSAGE sip:a@b SIP/2.0\r\nCSeq: 2 MESSAGE\r\n\r\nCSeq: 9 INVITE\r\n"
+    assert not mismatched_cseq(message)
+
+
+@pytest.mark.skipif(not TORTURE.is_dir(), reason="shared RFC 4475 data not present")
+def test_of_the_rfc4475_messages_only_the_two_mismatch_cases_are_caught() -> None:
+    caught = sorted(p.stem for p in TORTURE.glob("*.dat") if mismatched_cseq(p.read_bytes()))
+    assert caught == ["mismatch01", "mismatch02"]
