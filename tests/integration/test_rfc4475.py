@@ -56,7 +56,9 @@ from tests.integration.peers import HOST, sip_options
 
 pytestmark = pytest.mark.integration
 
-DATA = Path(os.environ.get("SIPEDGE_RFC4475_DIR", "/work/shared/testdata/rfc4475"))
+# shared/ sits beside the repository (in CI too); SIPEDGE_RFC4475_DIR overrides.
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rfc4475"
+DATA = Path(os.environ.get("SIPEDGE_RFC4475_DIR", str(_BESIDE)))
 MESSAGES = sorted(p.name for p in DATA.glob("*.dat")) if DATA.is_dir() else []
 
 RESPONSE_WAIT = 3.0  # waiting for an answer that should come (returns as soon as it does)
