@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from gateway.sip.sanity import mismatched_cseq
-
-TORTURE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rfc4475"
+from tests.torture import RFC4475_DIR as TORTURE
 
 
 def test_a_request_whose_cseq_method_differs_is_caught() -> None:

@@ -41,7 +41,6 @@ Test-design notes (pjsip behaviour that is not an RFC 4475 expectation but shape
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
 import time
@@ -53,12 +52,10 @@ import pytest
 
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import HOST, sip_options
+from tests.torture import RFC4475_DIR as DATA
 
 pytestmark = pytest.mark.integration
 
-# shared/ sits beside the repository (in CI too); SIPEDGE_RFC4475_DIR overrides.
-_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "rfc4475"
-DATA = Path(os.environ.get("SIPEDGE_RFC4475_DIR", str(_BESIDE)))
 MESSAGES = sorted(p.name for p in DATA.glob("*.dat")) if DATA.is_dir() else []
 
 RESPONSE_WAIT = 3.0  # waiting for an answer that should come (returns as soon as it does)
