@@ -52,6 +52,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import contextlib
+
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
@@ -152,10 +154,8 @@ class EchoBot:
             await self.server.serve_forever()
 
         def run() -> None:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 self.loop.run_until_complete(main())
-            except asyncio.CancelledError:
-                pass
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()

@@ -167,7 +167,9 @@ class IceServer(Model):
     def _ice_urls(cls, value: list[str]) -> list[str]:
         for url in value:
             if not re.match(r"^(stuns?|turns?):[^\s]+$", url):
-                raise ValueError(f"expected a STUN/TURN URL like stun:stun.example.com:3478 (got {url!r})")
+                raise ValueError(
+                    f"expected a STUN/TURN URL like stun:stun.example.com:3478 (got {url!r})"
+                )
         return value
 
     @model_validator(mode="after")
@@ -494,15 +496,15 @@ def summary(config: Config) -> str:
     lines.append(f"mqtt: {broker}, topics {mqtt.prefix}/{config.node.id}/...")
     api = config.api
     lines.append(
-        f"api: {'http://%s:%d' % (api.listen, api.port) if api.enabled else 'disabled'}"
+        f"api: {f'http://{api.listen}:{api.port}' if api.enabled else 'disabled'}"
         f" ({len(api.api_keys)} keys)"
     )
-    lines.append(f"storage: {config.storage.path}; recording {'on' if config.recording.enabled else 'off'}")
+    lines.append(
+        f"storage: {config.storage.path}; recording {'on' if config.recording.enabled else 'off'}"
+    )
     lim = config.limits
     lines.append(
         f"limits: {lim.max_concurrent_calls} calls, {lim.max_call_duration}s max duration, "
         f"drain {config.node.drain_timeout:g}s"
     )
     return "\n".join(lines)
-
-

@@ -64,8 +64,9 @@ def call_view(node: Node, call_id: str) -> dict[str, Any]:
 async def originate(node: Node, args: Originate) -> dict[str, Any]:
     config = node.config
     if config.agent(args.agent) is None:
-        raise CommandError("invalid_parameter", f"agent {args.agent!r} is not configured",
-                           {"field": "agent"})
+        raise CommandError(
+            "invalid_parameter", f"agent {args.agent!r} is not configured", {"field": "agent"}
+        )
     if args.trunk is None:
         trunk = next((t for t in config.trunks if destination_allowed(t, args.to)), None)
         if trunk is None:
@@ -73,8 +74,9 @@ async def originate(node: Node, args: Originate) -> dict[str, Any]:
     else:
         trunk = config.trunk(args.trunk)
         if trunk is None:
-            raise CommandError("invalid_parameter", f"trunk {args.trunk!r} is not configured",
-                               {"field": "trunk"})
+            raise CommandError(
+                "invalid_parameter", f"trunk {args.trunk!r} is not configured", {"field": "trunk"}
+            )
     call_id = new_call_id()
     if args.idempotency_key:
         body = args.model_dump(exclude={"idempotency_key"}, by_alias=True)
@@ -82,18 +84,36 @@ async def originate(node: Node, args: Originate) -> dict[str, Any]:
         claim, fresh = node.store.put_idempotency(args.idempotency_key, digest, call_id)
         if not fresh:
             if claim.request_hash != digest:
-                raise CommandError("conflict", "idempotency key was used with another request",
-                                   {"idempotency_key": args.idempotency_key})
+                raise CommandError(
+                    "conflict",
+                    "idempotency key was used with another request",
+                    {"idempotency_key": args.idempotency_key},
+                )
             if claim.call_id and node.store.get_call(claim.call_id) is not None:
                 return {**call_view(node, claim.call_id), "replayed": True}
             call_id = claim.call_id or call_id
-    await node.worker.request("originate", {
-        "to": args.to, "trunk": trunk.id, "agent": args.agent, "caller_id": args.from_,
-        "variables": args.variables, "ring_timeout": args.ring_timeout, "call_id": call_id,
-        "record": args.record,
-    })
-    return {"id": call_id, "status": "dialing", "to": args.to, "from": args.from_,
-            "trunk": trunk.id, "agent": args.agent, "variables": args.variables}
+    await node.worker.request(
+        "originate",
+        {
+            "to": args.to,
+            "trunk": trunk.id,
+            "agent": args.agent,
+            "caller_id": args.from_,
+            "variables": args.variables,
+            "ring_timeout": args.ring_timeout,
+            "call_id": call_id,
+            "record": args.record,
+        },
+    )
+    return {
+        "id": call_id,
+        "status": "dialing",
+        "to": args.to,
+        "from": args.from_,
+        "trunk": trunk.id,
+        "agent": args.agent,
+        "variables": args.variables,
+    }
 
 
 async def run_operation(node: Node, name: str, raw: dict[str, Any]) -> Any:
@@ -108,8 +128,9 @@ async def run_operation(node: Node, name: str, raw: dict[str, Any]) -> Any:
         target = targs.target
         if not target.startswith(("sip:", "sips:")):
             if not re.match(E164, target):
-                raise CommandError("invalid_parameter", "target must be E.164 or a SIP URI",
-                                   {"field": "target"})
+                raise CommandError(
+                    "invalid_parameter", "target must be E.164 or a SIP URI", {"field": "target"}
+                )
             record = node.store.get_call(targs.call_id)
             trunk = node.config.trunk(record.trunk) if record and record.trunk else None
             host = (trunk.proxy or trunk.registrar or "") if trunk else ""

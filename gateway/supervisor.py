@@ -55,8 +55,15 @@ class WorkerLink:
     async def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [
-            sys.executable, "-m", "gateway.worker", "--config", str(self.node.config_path),
-            "--fd", str(child.fileno()), "--log-level", logging.getLevelName(log.getEffectiveLevel()),
+            sys.executable,
+            "-m",
+            "gateway.worker",
+            "--config",
+            str(self.node.config_path),
+            "--fd",
+            str(child.fileno()),
+            "--log-level",
+            logging.getLevelName(log.getEffectiveLevel()),
         ]
         self.proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(child.fileno(),))
         child.close()
@@ -68,8 +75,12 @@ class WorkerLink:
             raise RuntimeError("SIP worker did not become ready") from None
         if self.exited.is_set():
             raise RuntimeError("SIP worker exited during start (see its log above)")
-        log.info("event=worker_ready worker=%d pid=%d status=%s", self.index, self.proc.pid,
-                 {k: v for k, v in self.status.items() if k != "trunks"})
+        log.info(
+            "event=worker_ready worker=%d pid=%d status=%s",
+            self.index,
+            self.proc.pid,
+            {k: v for k, v in self.status.items() if k != "trunks"},
+        )
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -100,8 +111,9 @@ class WorkerLink:
             self.exited.set()
             self.ready.set()
 
-    async def request(self, op: str, args: dict[str, Any] | None = None,
-                      timeout: float = REQUEST_TIMEOUT) -> Any:
+    async def request(
+        self, op: str, args: dict[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT
+    ) -> Any:
         if self.writer is None or self.exited.is_set():
             raise CommandError("internal_error", "SIP worker is not running")
         rid = next(self._ids)
@@ -115,8 +127,11 @@ class WorkerLink:
         if reply.get("ok"):
             return reply.get("result")
         error = reply.get("error") or {}
-        raise CommandError(_error_code(error.get("code", "")), error.get("message", "failed"),
-                           {"reason": error.get("code")})
+        raise CommandError(
+            _error_code(error.get("code", "")),
+            error.get("message", "failed"),
+            {"reason": error.get("code")},
+        )
 
     async def stop(self, timeout: float) -> None:
         if self.proc is None or self.exited.is_set():
@@ -207,9 +222,14 @@ class Node:
             await asyncio.to_thread(self.broker.start)
             log.info("event=embedded_broker_started host=%s port=%d", mqtt.host, self.broker.port)
         self.publisher = Publisher(
-            self.store, settings, self.config.node.id, mqtt.prefix,
-            command_handler=self.command, status_provider=self.status,
-            max_backlog=mqtt.max_backlog, backoff_max=5.0,
+            self.store,
+            settings,
+            self.config.node.id,
+            mqtt.prefix,
+            command_handler=self.command,
+            status_provider=self.status,
+            max_backlog=mqtt.max_backlog,
+            backoff_max=5.0,
         )
         await self.publisher.start()
         if self.config.api.enabled:
@@ -256,8 +276,12 @@ class Node:
                 restarts = 0  # it had been running fine: not a crash loop
             delay = min(WORKER_RESTART_MAX, 0.5 * 2**restarts)
             restarts += 1
-            log.error("event=worker_died calls_closed=%d restart_in=%.1f restarts=%d",
-                      closed, delay, restarts)
+            log.error(
+                "event=worker_died calls_closed=%d restart_in=%.1f restarts=%d",
+                closed,
+                delay,
+                restarts,
+            )
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
                 return
@@ -275,8 +299,11 @@ class Node:
         if not self.worker.exited.is_set() and self.worker.writer is not None:
             try:
                 await self.worker.request("drain", timeout=5)
-                log.info("event=draining active_calls=%d timeout=%s", len(self.ledger.active),
-                         self.config.node.drain_timeout)
+                log.info(
+                    "event=draining active_calls=%d timeout=%s",
+                    len(self.ledger.active),
+                    self.config.node.drain_timeout,
+                )
                 if self.ledger.active:
                     self._idle.clear()
                     await asyncio.wait_for(self._idle.wait(), self.config.node.drain_timeout)

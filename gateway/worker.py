@@ -27,16 +27,19 @@ log = logging.getLogger("sipedge.worker")
 def make_session_factory(config: Config, loop: asyncio.AbstractEventLoop) -> Any:
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
     on `loop`."""
+
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
         wanted = config.recording.enabled if record.record is None else record.record
         recordings = config.storage.recordings_dir if wanted else None
         if agent is not None and agent.type in ("twilio-ws", "pcm-ws"):
-            return AgentSession(agent, record, controls, loop, config.vad, recordings,
-                                node_id=config.node.id)
+            return AgentSession(
+                agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
+            )
         if agent is not None and agent.type == "webrtc":
-            return WebRtcSession(agent, record, controls, loop, config.vad, recordings,
-                                 node_id=config.node.id)
+            return WebRtcSession(
+                agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
+            )
         delay = agent.delay_ms if agent is not None else 200
         return EchoSession(delay)
 
@@ -55,7 +58,13 @@ class Worker:
         self.stopped = asyncio.Event()
 
     def _emit_threadsafe(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:
-        message = {"kind": "event", "type": kind, "call_id": call_id, "data": data, "ts": time.time()}
+        message = {
+            "kind": "event",
+            "type": kind,
+            "call_id": call_id,
+            "data": data,
+            "ts": time.time(),
+        }
         self.loop.call_soon_threadsafe(self._send, message)
 
     def _send(self, message: dict[str, Any]) -> None:
@@ -88,12 +97,24 @@ class Worker:
             result = await self._dispatch(str(op), args)
             self._send({"kind": "reply", "id": rid, "ok": True, "result": result})
         except CallRefused as exc:
-            self._send({"kind": "reply", "id": rid, "ok": False,
-                        "error": {"code": exc.reason, "message": str(exc)}})
+            self._send(
+                {
+                    "kind": "reply",
+                    "id": rid,
+                    "ok": False,
+                    "error": {"code": exc.reason, "message": str(exc)},
+                }
+            )
         except Exception as exc:  # reported to the supervisor, never fatal to the worker
             log.exception("event=request_failed op=%s", op)
-            self._send({"kind": "reply", "id": rid, "ok": False,
-                        "error": {"code": "internal_error", "message": str(exc)}})
+            self._send(
+                {
+                    "kind": "reply",
+                    "id": rid,
+                    "ok": False,
+                    "error": {"code": "internal_error", "message": str(exc)},
+                }
+            )
 
     async def _dispatch(self, op: str, args: dict[str, Any]) -> Any:
         engine = self.engine
@@ -103,7 +124,9 @@ class Worker:
             request = OriginateRequest(**args)
             return {"call_id": await self._on_sip(lambda: engine.originate(request))}
         if op == "hangup":
-            await self._on_sip(lambda: engine.hangup(args["call_id"], args.get("by", "control_plane")))
+            await self._on_sip(
+                lambda: engine.hangup(args["call_id"], args.get("by", "control_plane"))
+            )
             return {"call_id": args["call_id"]}
         if op == "send_dtmf":
             await self._on_sip(lambda: engine.send_dtmf(args["call_id"], args["digits"]))

@@ -119,8 +119,9 @@ def _frame(rtp: bytes, src: str, sport: int, dst: str, dport: int, ident: int) -
     udp = struct.pack("!HHHH", sport, dport, 8 + len(rtp), 0) + rtp  # checksum 0: none (IPv4)
     src_b = bytes(int(x) for x in src.split("."))
     dst_b = bytes(int(x) for x in dst.split("."))
-    ip_wo = struct.pack("!BBHHHBBH4s4s", 0x45, 0xB8, 20 + len(udp), ident & 0xFFFF, 0x4000,
-                        64, 17, 0, src_b, dst_b)
+    ip_wo = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0xB8, 20 + len(udp), ident & 0xFFFF, 0x4000, 64, 17, 0, src_b, dst_b
+    )
     ip = ip_wo[:10] + struct.pack("!H", _ip_checksum(ip_wo)) + ip_wo[12:]
     eth = b"\x02\x00\x00\x00\x00\x02" + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00"
     return eth + ip + udp
@@ -132,19 +133,31 @@ def build_pcap(seconds: float = 3.0) -> bytes:
     records: list[tuple[int, bytes]] = []
     for i in range(len(payload) // SAMPLES_PER_PACKET):
         marker = 0x80 if i == 0 else 0x00
-        rtp = struct.pack("!BBHII", 0x80, marker | PAYLOAD_TYPE, i + 1, i * SAMPLES_PER_PACKET,
-                          SSRC)
-        rtp += payload[i * SAMPLES_PER_PACKET:(i + 1) * SAMPLES_PER_PACKET]
+        rtp = struct.pack(
+            "!BBHII", 0x80, marker | PAYLOAD_TYPE, i + 1, i * SAMPLES_PER_PACKET, SSRC
+        )
+        rtp += payload[i * SAMPLES_PER_PACKET : (i + 1) * SAMPLES_PER_PACKET]
         records.append((i * PTIME_MS * 1000, rtp))
     return _pcap(records)
 
 
-DTMF_EVENTS = {**{str(d): d for d in range(10)}, "*": 10, "#": 11, "A": 12, "B": 13, "C": 14,
-               "D": 15}
+DTMF_EVENTS = {
+    **{str(d): d for d in range(10)},
+    "*": 10,
+    "#": 11,
+    "A": 12,
+    "B": 13,
+    "C": 14,
+    "D": 15,
+}
 
 
-def build_dtmf_pcap(digits: str = "1234#", tone_ms: int = 100, gap_ms: int = 100,
-                    payload_type: int = DTMF_PAYLOAD_TYPE) -> bytes:
+def build_dtmf_pcap(
+    digits: str = "1234#",
+    tone_ms: int = 100,
+    gap_ms: int = 100,
+    payload_type: int = DTMF_PAYLOAD_TYPE,
+) -> bytes:
     """RFC 4733 telephone-event packets for `digits` (one event per digit).
 
     Each event: first packet with the marker bit, one packet every 20 ms with the same RTP
@@ -182,8 +195,13 @@ def _pcap(records: list[tuple[int, bytes]]) -> bytes:
     base_sec = 1_700_000_000
     for n, (usec_total, rtp) in enumerate(records):
         frame = _frame(rtp, "127.0.0.1", 16000, "127.0.0.1", 6000, n + 1)
-        out += struct.pack("<IIII", base_sec + usec_total // 1_000_000, usec_total % 1_000_000,
-                           len(frame), len(frame))
+        out += struct.pack(
+            "<IIII",
+            base_sec + usec_total // 1_000_000,
+            usec_total % 1_000_000,
+            len(frame),
+            len(frame),
+        )
         out += frame
     return bytes(out)
 

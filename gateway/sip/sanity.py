@@ -86,8 +86,14 @@ class CseqSanityFilter:
         self._info.argtypes = [ctypes.c_void_p]
         self._respond = lib.pjsip_endpt_respond_stateless
         self._respond.restype = ctypes.c_int
-        self._respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._respond.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
         self._register = lib.pjsip_endpt_register_module
         self._register.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
         self._register.restype = ctypes.c_int
@@ -97,7 +103,9 @@ class CseqSanityFilter:
         self._callback = _RxCallback(self._on_rx_request)
         self._name = b"mod-sipedge-cseq-sanity"
         self._module = _Module(
-            name=_PjStr(self._name, len(self._name)), id=-1, priority=PRIORITY,
+            name=_PjStr(self._name, len(self._name)),
+            id=-1,
+            priority=PRIORITY,
             on_rx_request=self._callback,
         )
 
@@ -108,8 +116,9 @@ class CseqSanityFilter:
             log.warning("event=sip_sanity_filter_disabled reason=register_failed status=%d", status)
             return False
         target = "127.0.0.1" if host in ("0.0.0.0", "") else host
-        with socket.socket(socket.AF_INET6 if ":" in target else socket.AF_INET,
-                           socket.SOCK_DGRAM) as sock:
+        with socket.socket(
+            socket.AF_INET6 if ":" in target else socket.AF_INET, socket.SOCK_DGRAM
+        ) as sock:
             sock.bind((target, 0))
             local = sock.getsockname()[1]
             sock.sendto(self._calibration(target, port, local), (target, port))
@@ -147,8 +156,10 @@ class CseqSanityFilter:
         if not mismatched_cseq(message.split(b"\0", 1)[0]):
             return 0
         self.rejected += 1
-        log.info("event=sip_request_rejected reason=cseq_method_mismatch method=%s",
-                 info.group(1).decode(errors="replace"))
+        log.info(
+            "event=sip_request_rejected reason=cseq_method_mismatch method=%s",
+            info.group(1).decode(errors="replace"),
+        )
         self._respond(self._endpt, rdata, 400, None, None, None)
         return 1  # handled: the transaction layer never sees it
 

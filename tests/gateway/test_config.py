@@ -290,7 +290,10 @@ def test_register_true_needs_registrar_username_and_password() -> None:
 
 
 def test_register_true_names_only_what_is_missing() -> None:
-    text = "trunks:\n  - id: a\n    register: true\n    registrar: sip:r.example.com\n    username: u\n"
+    text = (
+        "trunks:\n  - id: a\n    register: true\n    registrar: sip:r.example.com\n   "
+        " username: u\n"
+    )
     assert_problem(text, "trunks[0]", "register: true needs password")
 
 
@@ -570,7 +573,8 @@ def test_every_missing_env_var_is_named() -> None:
         ("mqtt:\n  password: hunter2\n", "mqtt.password"),
         ("api:\n  api_keys: [hunter2]\n", "api.api_keys[0]"),
         (
-            "agents:\n  - {id: b, type: pcm-ws, url: 'ws://a', headers: {Authorization: hunter2}}\n",
+            "agents:\n  - {id: b, type: pcm-ws, url: 'ws://a', headers: {Authorization:"
+            " hunter2}}\n",
             "agents[0].headers.Authorization",
         ),
     ],
@@ -582,7 +586,10 @@ def test_literal_secret_is_refused_without_being_printed(text: str, path: str) -
 
 
 def test_secret_may_mix_text_and_a_reference() -> None:
-    text = "agents:\n  - {id: b, type: pcm-ws, url: 'ws://a', headers: {Authorization: 'Bearer ${T}'}}\n"
+    text = (
+        "agents:\n  - {id: b, type: pcm-ws, url: 'ws://a', headers: {Authorization: 'Bearer"
+        " ${T}'}}\n"
+    )
     config = parse_config(text, SOURCE, {"T": "abc"})
     assert config.agents[0].headers["Authorization"].get_secret_value() == "Bearer abc"
 

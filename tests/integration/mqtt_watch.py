@@ -17,8 +17,9 @@ from paho.mqtt.properties import Properties
 class MqttWatch:
     """Subscribes to `{prefix}/#` from a background paho thread; tests wait on predicates."""
 
-    def __init__(self, port: int, prefix: str = "sipedge", node: str = "test-node",
-                 persistent: bool = False) -> None:
+    def __init__(
+        self, port: int, prefix: str = "sipedge", node: str = "test-node", persistent: bool = False
+    ) -> None:
         """`persistent`: an MQTT 5 session the broker keeps across our disconnects, so QoS 1
         messages published while we reconnect are queued for us, not lost."""
         self.port, self.prefix, self.node = port, prefix, node
@@ -27,8 +28,11 @@ class MqttWatch:
         self._replies: dict[bytes, dict[str, Any]] = {}
         self._cond = threading.Condition()
         self._reply_topic = f"test/replies/{uuid.uuid4().hex[:8]}"
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5,
-                                  client_id=f"watch-{uuid.uuid4().hex[:8]}")
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            protocol=paho.MQTTv5,
+            client_id=f"watch-{uuid.uuid4().hex[:8]}",
+        )
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_message = self._on_message
         self._subscribed = threading.Event()
@@ -57,8 +61,9 @@ class MqttWatch:
             try:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = 600 if self.persistent else 0
-                self.client.connect("127.0.0.1", self.port, clean_start=not self.persistent,
-                                    properties=props)
+                self.client.connect(
+                    "127.0.0.1", self.port, clean_start=not self.persistent, properties=props
+                )
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -89,12 +94,15 @@ class MqttWatch:
                     return result
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what or predicate}; "
-                                         f"seen: {[p for _, p in self.messages][-15:]}")
+                    raise AssertionError(
+                        f"timed out waiting for {what or predicate}; "
+                        f"seen: {[p for _, p in self.messages][-15:]}"
+                    )
                 self._cond.wait(left)
 
-    def wait_event(self, type_: str, call_id: str | None = None, timeout: float = 20.0,
-                   **data: Any) -> dict[str, Any]:
+    def wait_event(
+        self, type_: str, call_id: str | None = None, timeout: float = 20.0, **data: Any
+    ) -> dict[str, Any]:
         def find() -> dict[str, Any] | None:
             for e in self.events(call_id):
                 if e["type"] == type_ and all(e["data"].get(k) == v for k, v in data.items()):

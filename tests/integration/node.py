@@ -20,14 +20,25 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     """A loopback node config: echo agent on +15550100, a trunk to `uas_port` for dial-out."""
     config: dict[str, Any] = {
         "node": {"id": "test-node", "drain_timeout": 5},
-        "sip": {"listen": "127.0.0.1", "port": free_sip_port(), "transports": ["udp", "tcp"],
-                "rtp_ports": {"start": 30000 + (os.getpid() % 200) * 100,
-                              "end": 30000 + (os.getpid() % 200) * 100 + 99}},
-        "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"],
-                    "proxy": f"sip:127.0.0.1:{free_port()}", "allowed_destinations": ["+1555"],
-                    "max_concurrent_calls": 10}],
-        "numbers": [{"number": "+15550100", "agent": "echo",
-                     "variables": {"campaign": "test"}}],
+        "sip": {
+            "listen": "127.0.0.1",
+            "port": free_sip_port(),
+            "transports": ["udp", "tcp"],
+            "rtp_ports": {
+                "start": 30000 + (os.getpid() % 200) * 100,
+                "end": 30000 + (os.getpid() % 200) * 100 + 99,
+            },
+        },
+        "trunks": [
+            {
+                "id": "loopback",
+                "allowed_ips": ["127.0.0.0/8"],
+                "proxy": f"sip:127.0.0.1:{free_port()}",
+                "allowed_destinations": ["+1555"],
+                "max_concurrent_calls": 10,
+            }
+        ],
+        "numbers": [{"number": "+15550100", "agent": "echo", "variables": {"campaign": "test"}}],
         "agents": [{"id": "echo", "type": "echo", "delay_ms": 100}],
         "mqtt": {"embedded": True, "port": free_port("tcp"), "prefix": "sipedge"},
         "api": {"enabled": False},
@@ -65,9 +76,20 @@ class NodeProcess:
         self.path.write_text(yaml.safe_dump(self.config))
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "--log-level", "DEBUG", "run",
-             "--config", str(self.path)],
-            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "gateway.cli",
+                "--log-level",
+                "DEBUG",
+                "run",
+                "--config",
+                str(self.path),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

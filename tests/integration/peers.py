@@ -127,8 +127,9 @@ class SipReply:
         return None
 
 
-def sip_options(host: str = HOST, port: int = 5060, timeout: float = 1.0,
-                uri: str | None = None) -> SipReply | None:
+def sip_options(
+    host: str = HOST, port: int = 5060, timeout: float = 1.0, uri: str | None = None
+) -> SipReply | None:
     """Send one SIP OPTIONS over UDP from an ephemeral 127.0.0.1 port.
 
     Returns the first final reply (provisional ones are skipped) or None on timeout.
@@ -258,11 +259,28 @@ class Sipp:
         self.port = port or free_udp_port_run(1)
         self.media_port = media_port or free_udp_port_run(2, step=2)
         self.control_port = free_udp_port_run(1)
-        self.args: list[str] = ["-i", HOST, "-p", str(self.port), "-mi", HOST,
-                                "-mp", str(self.media_port), "-cp", str(self.control_port),
-                                "-nostdin", "-trace_err", "-trace_screen", "-trace_stat",
-                                "-stf", str(self.workdir / "stats.csv"),
-                                "-fd", "1", "-max_recv_loops", "1000"]
+        self.args: list[str] = [
+            "-i",
+            HOST,
+            "-p",
+            str(self.port),
+            "-mi",
+            HOST,
+            "-mp",
+            str(self.media_port),
+            "-cp",
+            str(self.control_port),
+            "-nostdin",
+            "-trace_err",
+            "-trace_screen",
+            "-trace_stat",
+            "-stf",
+            str(self.workdir / "stats.csv"),
+            "-fd",
+            "1",
+            "-max_recv_loops",
+            "1000",
+        ]
         if service is not None:
             self.args += ["-s", service]
         if calls is not None:
@@ -297,8 +315,13 @@ class Sipp:
     def start(self) -> Sipp:
         assert self.proc is None, "already started"
         self._stdout = open(self.workdir / "stdout.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=self._stdout, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=self._stdout,
+            stderr=subprocess.STDOUT,
+        )
         if self.remote is None:  # server: wait until the SIP socket is bound
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline and not _udp_bound(self.port):
@@ -313,8 +336,9 @@ class Sipp:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.stop()
-            raise TimeoutError(f"sipp {self.scenario.name} still running after {timeout}s; "
-                               f"see {self.workdir}") from None
+            raise TimeoutError(
+                f"sipp {self.scenario.name} still running after {timeout}s; see {self.workdir}"
+            ) from None
         return self._result()
 
     def run(self, timeout: float = 60.0) -> SippResult:
@@ -412,11 +436,11 @@ class RtpPacket:
 class RtpSink:
     """Collect RTP/UDP packets on 127.0.0.1:<port> in a background thread.
 
-        with RtpSink() as sink:
-            Sipp("uas_rtp_sink.xml", keys={"rtp_port": sink.port}).start()
-            ...
-            assert sink.wait_for(150, timeout=5)
-            audio = sink.payload(pt=0)          # concatenated PCMU bytes
+    with RtpSink() as sink:
+        Sipp("uas_rtp_sink.xml", keys={"rtp_port": sink.port}).start()
+        ...
+        assert sink.wait_for(150, timeout=5)
+        audio = sink.payload(pt=0)          # concatenated PCMU bytes
     """
 
     def __init__(self, port: int = 0) -> None:
@@ -439,8 +463,9 @@ class RtpSink:
                 continue
             cc = data[0] & 0x0F
             b1, seq, ts, ssrc = struct.unpack("!xBHII", data[:12])
-            self.packets.append(RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc,
-                                          data[12 + 4 * cc:], src))
+            self.packets.append(
+                RtpPacket(b1 & 0x7F, bool(b1 & 0x80), seq, ts, ssrc, data[12 + 4 * cc :], src)
+            )
 
     def wait_for(self, count: int, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -515,9 +540,12 @@ class Kamailio:
             f'\tif ($au == "{u}") {{ $var(pw) = "{_kam_str(p)}"; }}' for u, p in self.users.items()
         )
         values = {
-            "PORT": str(self.port), "REALM": self.realm, "USERS": users,
+            "PORT": str(self.port),
+            "REALM": self.realm,
+            "USERS": users,
             "AUTH_INVITE": "1" if self.auth_invite else "0",
-            "FORWARD_TO": self.forward_to, "TRUNK_USER": self.trunk_user,
+            "FORWARD_TO": self.forward_to,
+            "TRUNK_USER": self.trunk_user,
         }
         text = KAMAILIO_TMPL.read_text()
         for k, v in values.items():
@@ -528,14 +556,32 @@ class Kamailio:
     def command(self) -> list[str]:
         run = self.workdir / "run"
         run.mkdir(exist_ok=True)
-        return [KAMAILIO_BIN, "-DD", "-E", "-f", str(self.cfg), "-w", str(self.workdir),
-                "-Y", str(run), "-m", "64", "-M", "8"]
+        return [
+            KAMAILIO_BIN,
+            "-DD",
+            "-E",
+            "-f",
+            str(self.cfg),
+            "-w",
+            str(self.workdir),
+            "-Y",
+            str(run),
+            "-m",
+            "64",
+            "-M",
+            "8",
+        ]
 
     def check(self) -> None:
         """`kamailio -c`: raise with kamailio's own message if the config is invalid."""
         self.render()
-        res = subprocess.run([KAMAILIO_BIN, "-c", "-f", str(self.cfg)], capture_output=True,
-                             text=True, timeout=20, check=False)
+        res = subprocess.run(
+            [KAMAILIO_BIN, "-c", "-f", str(self.cfg)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         if res.returncode != 0:
             raise RuntimeError(f"kamailio config invalid:\n{res.stderr[-3000:]}")
 
@@ -544,9 +590,14 @@ class Kamailio:
         self.render()
         log = open(self.workdir / "kamailio.log", "ab")  # noqa: SIM115
         self._log = log
-        self.proc = subprocess.Popen(self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
-                                     stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -676,7 +727,7 @@ class Baresip:
         if self.registrar is not None:
             host, port = self.registrar
             params = f";auth_pass={self.password}" if self.password else ""
-            params += f";outbound=\"sip:{host}:{port}\";regint=60"
+            params += f';outbound="sip:{host}:{port}";regint=60'
             aor = f"<sip:{self.user}@{host}:{port};transport=udp>"
         else:
             params, aor = ";regint=0", f"<sip:{self.user}@{HOST}:{self.port}>"
@@ -686,9 +737,13 @@ class Baresip:
 
     def start(self, timeout: float = 5.0) -> Baresip:
         cfg = self.write_config()
-        self.proc = subprocess.Popen([BARESIP_BIN, "-f", str(cfg)], cwd=self.workdir,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [BARESIP_BIN, "-f", str(cfg)],
+            cwd=self.workdir,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         threading.Thread(target=self._reader, daemon=True).start()
         self.wait_for(re.compile(r"baresip is ready"), timeout)
         return self
@@ -720,8 +775,13 @@ class Baresip:
     def hangup(self) -> None:
         self.command("/hangup")
 
-    def wait_for(self, pattern: re.Pattern[str], timeout: float = 10.0, start: int = 0,
-                 fail: re.Pattern[str] | None = None) -> str:
+    def wait_for(
+        self,
+        pattern: re.Pattern[str],
+        timeout: float = 10.0,
+        start: int = 0,
+        fail: re.Pattern[str] | None = None,
+    ) -> str:
         """First output line (from line index `start`) matching `pattern`; raises
         TimeoutError on timeout and RuntimeError if a line matching `fail` comes first."""
         deadline = time.monotonic() + timeout

@@ -79,8 +79,12 @@ def test_calls_through_the_http_api(tmp_path: Path, silent_agent: int) -> None:
             placed = api.post(
                 "/v1/calls",
                 headers={"Idempotency-Key": "e2e-1"},
-                json={"to": "+15551230000", "agent": "bot", "variables": {"lead": "42"},
-                      "record": True},
+                json={
+                    "to": "+15551230000",
+                    "agent": "bot",
+                    "variables": {"lead": "42"},
+                    "record": True,
+                },
             )
             assert placed.status_code == 202, placed.text
             call = placed.json()["data"]

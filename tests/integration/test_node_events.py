@@ -19,45 +19,66 @@ pytestmark = pytest.mark.integration
 
 
 def trunk_to(port: int) -> list[dict[str, Any]]:
-    return [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"], "proxy": f"sip:{HOST}:{port}",
-             "allowed_destinations": ["+1555"], "max_concurrent_calls": 10}]
+    return [
+        {
+            "id": "loopback",
+            "allowed_ips": ["127.0.0.0/8"],
+            "proxy": f"sip:{HOST}:{port}",
+            "allowed_destinations": ["+1555"],
+            "max_concurrent_calls": 10,
+        }
+    ]
 
 
 def test_dtmf_received_as_rfc4733_and_sip_info_becomes_events(tmp_path: Path) -> None:
     with NodeProcess(tmp_path, base_config(tmp_path)) as node, MqttWatch(node.mqtt_port) as mq:
-        res = Sipp("uac_dtmf.xml", remote=(HOST, node.sip_port), service="+15550100",
-                   workdir=tmp_path / "rfc4733").run(30)
+        res = Sipp(
+            "uac_dtmf.xml",
+            remote=(HOST, node.sip_port),
+            service="+15550100",
+            workdir=tmp_path / "rfc4733",
+        ).run(30)
         assert res.successful == 1, res.errors
         call_id = mq.wait_event("call.completed")["call_id"]
         digits = [e["data"] for e in mq.events(call_id) if e["type"] == "call.dtmf"]
         assert "".join(d["digit"] for d in digits) == "1234#"
         assert {d["method"] for d in digits} == {"rfc4733"}
 
-        res = Sipp("uac_dtmf_info.xml", remote=(HOST, node.sip_port), service="+15550100",
-                   workdir=tmp_path / "info").run(30)
+        res = Sipp(
+            "uac_dtmf_info.xml",
+            remote=(HOST, node.sip_port),
+            service="+15550100",
+            workdir=tmp_path / "info",
+        ).run(30)
         assert res.successful == 1, res.errors
         mq.wait(lambda: len([e for e in mq.events() if e["type"] == "call.completed"]) == 2)
-        info = [e["data"] for e in mq.events() if e["type"] == "call.dtmf"
-                and e["call_id"] != call_id]
+        info = [
+            e["data"] for e in mq.events() if e["type"] == "call.dtmf" and e["call_id"] != call_id
+        ]
         assert info and {d["method"] for d in info} == {"sip_info"}
 
 
 def test_send_dtmf_goes_out_as_rfc4733_and_commands_report_errors(tmp_path: Path) -> None:
     with RtpSink() as sink:
-        uas = Sipp("uas_sink_silent.xml", calls=1, keys={"rtp_port": sink.port},
-                   workdir=tmp_path / "uas").start()
+        uas = Sipp(
+            "uas_sink_silent.xml", calls=1, keys={"rtp_port": sink.port}, workdir=tmp_path / "uas"
+        ).start()
         try:
             config = base_config(tmp_path, trunks=trunk_to(uas.port))
             with NodeProcess(tmp_path, config) as node, MqttWatch(node.mqtt_port) as mq:
-                call_id = mq.command("call.originate", {"to": "+15551234567",
-                                                        "agent": "echo"})["data"]["id"]
+                call_id = mq.command("call.originate", {"to": "+15551234567", "agent": "echo"})[
+                    "data"
+                ]["id"]
                 mq.wait_event("call.answered", call_id)
                 reply = mq.command("call.send_dtmf", {"call_id": call_id, "digits": "59"})
                 assert reply == {"data": {"id": call_id, "digits": "59"}}
 
                 def events_seen() -> set[int]:
-                    return {p.payload[0] for p in sink.packets
-                            if p.payload_type == 101 and len(p.payload) >= 4}
+                    return {
+                        p.payload[0]
+                        for p in sink.packets
+                        if p.payload_type == 101 and len(p.payload) >= 4
+                    }
 
                 mq.wait(lambda: events_seen() >= {5, 9}, what="RFC 4733 events 5 and 9")
                 end = [p for p in sink.packets if p.payload_type == 101 and p.payload[1] & 0x80]
@@ -107,8 +128,9 @@ def test_blind_transfer_sends_refer_and_reports_the_notify_outcome(tmp_path: Pat
     try:
         config = base_config(tmp_path, trunks=trunk_to(uas.port))
         with NodeProcess(tmp_path, config) as node, MqttWatch(node.mqtt_port) as mq:
-            call_id = mq.command("call.originate", {"to": "+15551230000",
-                                                    "agent": "echo"})["data"]["id"]
+            call_id = mq.command("call.originate", {"to": "+15551230000", "agent": "echo"})["data"][
+                "id"
+            ]
             mq.wait_event("call.answered", call_id)
             reply = mq.command("call.transfer", {"call_id": call_id, "target": "+15557654321"})
             assert reply["data"]["status"] == "requested"
@@ -134,33 +156,51 @@ def _store_event_ids(db: Path) -> dict[str, list[tuple[int, str]]]:
 
 def test_nothing_is_lost_across_a_broker_outage_and_a_kill_9(tmp_path: Path) -> None:
     with EmbeddedBroker(persistence=True) as broker:
-        config = base_config(tmp_path, mqtt={"embedded": False, "port": broker.port,
-                                             "host": HOST, "prefix": "sipedge"})
+        config = base_config(
+            tmp_path,
+            mqtt={"embedded": False, "port": broker.port, "host": HOST, "prefix": "sipedge"},
+        )
         node = NodeProcess(tmp_path, config).start()
         with MqttWatch(broker.port, persistent=True) as mq:
             mq.wait(lambda: mq.retained("/test-node/status"), what="node status")
             broker.stop()
             # Calls start and end while the broker is down.
             for batch in ("a", "b"):
-                res = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
-                           calls=2, rate=10, limit=2, workdir=tmp_path / batch).run(30)
+                res = Sipp(
+                    "uac_pcap.xml",
+                    remote=(HOST, node.sip_port),
+                    service="+15550100",
+                    calls=2,
+                    rate=10,
+                    limit=2,
+                    workdir=tmp_path / batch,
+                ).run(30)
                 assert res.successful == 2, res.errors
             broker.start()
             stored = _store_event_ids(Path(config["storage"]["path"]))
             assert len(stored) == 4
             for events in stored.values():
-                mq.wait(lambda ev=events: {e["id"] for e in mq.events()} >= {i for _, i in ev},
-                        timeout=30, what="every stored event delivered")
+                mq.wait(
+                    lambda ev=events: {e["id"] for e in mq.events()} >= {i for _, i in ev},
+                    timeout=30,
+                    what="every stored event delivered",
+                )
 
             # Broker down again, a call completes, then the node dies by SIGKILL before it
             # could publish. Restarted after the broker is back, it replays its outbox.
             broker.stop()
-            res = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
-                       workdir=tmp_path / "c").run(30)
+            res = Sipp(
+                "uac_pcap.xml",
+                remote=(HOST, node.sip_port),
+                service="+15550100",
+                workdir=tmp_path / "c",
+            ).run(30)
             assert res.successful == 1
             db = Path(config["storage"]["path"])
-            mq.wait(lambda: sum(len(v) for v in _store_event_ids(db).values()) == 15,
-                    what="third call's events in the store")
+            mq.wait(
+                lambda: sum(len(v) for v in _store_event_ids(db).values()) == 15,
+                what="third call's events in the store",
+            )
             node.kill()
             broker.start()
             restarted = NodeProcess(tmp_path, config).start()
@@ -168,8 +208,11 @@ def test_nothing_is_lost_across_a_broker_outage_and_a_kill_9(tmp_path: Path) -> 
                 stored = _store_event_ids(Path(config["storage"]["path"]))
                 assert len(stored) == 5
                 every = {i for events in stored.values() for _, i in events}
-                mq.wait(lambda: {e["id"] for e in mq.events()} >= every, timeout=30,
-                        what="outbox replayed after kill -9")
+                mq.wait(
+                    lambda: {e["id"] for e in mq.events()} >= every,
+                    timeout=30,
+                    what="outbox replayed after kill -9",
+                )
                 for call_id, events in stored.items():
                     seen = mq.events(call_id)
                     by_id = {e["id"]: e for e in seen}
@@ -181,6 +224,9 @@ def test_nothing_is_lost_across_a_broker_outage_and_a_kill_9(tmp_path: Path) -> 
                     assert first_seen == sorted(first_seen), (call_id, first_seen)
                     assert [by_id[i]["seq"] for _, i in events] == [s for s, _ in events]
                     assert [by_id[i]["type"] for _, i in events] == [
-                        "call.incoming", "call.answered", "call.completed"]
+                        "call.incoming",
+                        "call.answered",
+                        "call.completed",
+                    ]
             finally:
                 assert restarted.stop() == 0

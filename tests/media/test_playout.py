@@ -1,4 +1,4 @@
-"""Playout: pacing, marks and clear, as Twilio Media Streams defines them for bidirectional audio."""
+"""Playout: pacing, marks and clear, as Twilio Media Streams defines them for two-way audio."""
 
 from __future__ import annotations
 
