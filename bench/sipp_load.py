@@ -16,12 +16,12 @@ threads and open fds, and how many calls the node has finished (its log). It pri
   * SIPp's INVITE -> 200 response time (mean, and the repartition from the scenario) and
     call length.
 
-    python bench/sipp_load.py                                # 300 calls, 2 cps, 3 at once
-    python bench/sipp_load.py --calls 300 --rate 4 --limit 3 --hold-ms 0
-    python bench/sipp_load.py --calls 1000 --rate 4 --limit 3 --hold-ms 0
+    python bench/sipp_load.py                                # 300 calls, 2 cps, 4 at once
+    python bench/sipp_load.py --calls 300 --rate 4 --limit 4 --hold-ms 0
+    python bench/sipp_load.py --calls 1000 --rate 4 --limit 4 --hold-ms 0
 
-The default limit is 3: the pjsua2-python wheel holds 4 calls per worker and the engine keeps
-one slot free to answer 503 (README "Known limit"). Run from the repository root.
+The default limit is 4: the pjsua2-python wheel holds 4 calls per worker, and a 5th INVITE is
+answered 503 (README "Known limit"). Run from the repository root.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def _int(v: str | None) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=2.0, help="calls per second (SIPp -r)")
-    p.add_argument("--limit", type=int, default=3, help="max concurrent calls (SIPp -l)")
+    p.add_argument("--limit", type=int, default=4, help="max concurrent calls (SIPp -l)")
     p.add_argument("--calls", type=int, default=300, help="total calls (SIPp -m)")
     p.add_argument("--hold-ms", type=int, default=0, help="extra hold after the 3 s pcap (-d)")
     p.add_argument(

@@ -345,7 +345,15 @@ class AgentSession:
         # keep: the call stays up; playout runs dry and the caller hears silence
 
     def _begin_shutdown(self) -> None:
-        self._tasks.append(asyncio.ensure_future(self._shutdown()))
+        self._shutdown_task = asyncio.ensure_future(self._shutdown())
+        self._tasks.append(self._shutdown_task)
+
+    async def wait_closed(self) -> None:
+        """asyncio side, after close(): until the stop message, the recording and the last
+        events are done (a stopping worker waits for this before it exits)."""
+        while getattr(self, "_shutdown_task", None) is None:  # close() queued it on the loop
+            await asyncio.sleep(0.01)
+        await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self) -> None:
         if self._tick is not None:

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from typing import Any
 
 from gateway.agent_session import AgentSession
@@ -23,25 +24,30 @@ from gateway.webrtc_session import WebRtcSession
 
 log = logging.getLogger("sipedge.worker")
 
+SESSION_CLOSE_TIMEOUT = 8.0
 
-def make_session_factory(config: Config, loop: asyncio.AbstractEventLoop) -> Any:
+
+def make_session_factory(
+    config: Config,
+    loop: asyncio.AbstractEventLoop,
+    streaming: weakref.WeakSet[AgentSession] | None = None,
+) -> Any:
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
-    on `loop`."""
+    on `loop` and are remembered in `streaming` so a stopping worker can let them finish."""
 
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
         wanted = config.recording.enabled if record.record is None else record.record
         recordings = config.storage.recordings_dir if wanted else None
-        if agent is not None and agent.type in ("twilio-ws", "pcm-ws"):
-            return AgentSession(
-                agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
-            )
-        if agent is not None and agent.type == "webrtc":
-            return WebRtcSession(
-                agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
-            )
-        delay = agent.delay_ms if agent is not None else 200
-        return EchoSession(delay)
+        if agent is None or agent.type == "echo":
+            return EchoSession(agent.delay_ms if agent is not None else 200)
+        kind = WebRtcSession if agent.type == "webrtc" else AgentSession
+        session = kind(
+            agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
+        )
+        if streaming is not None:
+            streaming.add(session)
+        return session
 
     return make
 
@@ -52,8 +58,9 @@ class Worker:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.writer: asyncio.StreamWriter | None = None
+        self.streaming: weakref.WeakSet[AgentSession] = weakref.WeakSet()
         self.engine = SipEngine(
-            config, self._emit_threadsafe, make_session_factory(config, self.loop)
+            config, self._emit_threadsafe, make_session_factory(config, self.loop, self.streaming)
         )
         self.stopped = asyncio.Event()
 
@@ -147,7 +154,16 @@ class Worker:
             return
         self.stopped.set()
         await asyncio.to_thread(self.engine.stop)
+        # Every call has ended; let agent sessions send their stop, finish recordings and emit
+        # their last events (call.recording.ready) before the link to the supervisor closes.
+        closing = [session.wait_closed() for session in list(self.streaming)]
+        if closing:
+            try:
+                await asyncio.wait_for(asyncio.gather(*closing), SESSION_CLOSE_TIMEOUT)
+            except TimeoutError:
+                log.warning("event=sessions_not_closed count=%d", len(closing))
         if self.writer is not None:
+            await asyncio.sleep(0)  # let queued events (call_soon_threadsafe) reach the link
             self.writer.close()
 
 

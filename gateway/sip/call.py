@@ -98,7 +98,13 @@ class SipCall(pj.Call):  # type: ignore[misc]
             if media.type != pj.PJMEDIA_TYPE_AUDIO:
                 continue
             if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
-                self._bridge(index)
+                try:
+                    self._bridge(index)
+                except Exception:  # no agent without media: end the call rather than sit silent
+                    log.exception("event=media_bridge_failed call_id=%s", self.record.id)
+                    self.record.end_reason = EndReason.FAILED
+                    self.engine.schedule(0, lambda: self.engine.hangup(self.record.id, "gateway"))
+                    return
                 if info.state == pj.PJSIP_INV_STATE_EARLY and self.record.direction == "outbound":
                     self.engine.emit("call.early_media", self.record, {})
             break

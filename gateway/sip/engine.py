@@ -34,7 +34,7 @@ from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import SipExecutor
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
-from gateway.sip.sanity import CseqSanityFilter
+from gateway.sip.sanity import RequestGate
 
 log = logging.getLogger("sipedge.sip")
 
@@ -66,6 +66,7 @@ class SipEngine:
         self.calls: dict[str, SipCall] = {}
         self.trunks: dict[str, TrunkAccount] = {}
         self._released: list[SipCall] = []
+        self._refusing: dict[str, SipCall] = {}
         self._executor = SipExecutor(on_timer_error=pj.Error)
         self.submit = self._executor.submit
         self.schedule = self._executor.schedule
@@ -109,13 +110,17 @@ class SipEngine:
     def _init_lib(self) -> None:
         sip = self.config.sip
         self.ep, self._log_writer = create_endpoint(sip)
-        self._sanity = CseqSanityFilter()
-        if "udp" in sip.transports:  # over TCP pjsip ends the transaction at the ACK: no risk
-            self._sanity.install(sip.listen, sip.port, self.ep.libHandleEvents)
+        self._gate = RequestGate(self._refuse_new_call)
+        # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
+        gated = "udp" in sip.transports and self._gate.install(
+            sip.listen, sip.port, self.ep.libHandleEvents
+        )
         self.engine_limit = probe_call_limit(self.ep, sip.listen)
-        # One slot stays free so that an INVITE over the limit reaches us and gets 503 with
-        # Retry-After; at the compiled limit pjsua itself answers 486 Busy Here (wrong signal).
-        self.capacity = max(1, min(self.config.limits.max_concurrent_calls, self.engine_limit - 1))
+        # At the compiled limit pjsua itself answers 486 Busy Here (the wrong signal to a
+        # carrier). The request gate answers 503 + Retry-After before pjsua sees the INVITE,
+        # so every slot can carry a call; without the gate one slot stays free for refusing.
+        usable = self.engine_limit if gated else self.engine_limit - 1
+        self.capacity = max(1, min(self.config.limits.max_concurrent_calls, usable))
         log.info(
             "event=sip_started listen=%s:%d transports=%s engine_call_limit=%d capacity=%d",
             sip.listen,
@@ -169,6 +174,7 @@ class SipEngine:
         except pj.Error as exc:
             log.warning("event=shutdown_hangup_failed error=%s", exc.info())
         self.calls.clear()
+        self._refusing.clear()
         self._released.clear()
         self.trunks.clear()
         del self.local_account
@@ -246,7 +252,7 @@ class SipEngine:
             )
             record.end_reason = EndReason.REJECTED
             self._refuse(call, decision.sip_code)
-            self._released.append(call)
+            self._refusing[record.id] = call  # holds a pjsua slot until DISCONNECTED
             return
         self.calls[record.id] = call
         self.calls_total += 1
@@ -283,6 +289,17 @@ class SipEngine:
             call.answer(ok)
         except pj.Error as exc:
             log.warning("event=answer_failed call_id=%s error=%s", call_id, exc.reason)
+
+    def _refuse_new_call(self) -> int | None:
+        """Request gate, SIP thread: Retry-After seconds to refuse a new INVITE with 503."""
+        if self.draining or len(self.calls) + len(self._refusing) >= self.capacity:
+            log.info(
+                "event=call_refused code=503 reason=%r active_calls=%d",
+                "draining" if self.draining else "node at capacity",
+                len(self.calls),
+            )
+            return self.config.limits.retry_after
+        return None
 
     def _refuse(self, call: SipCall, code: int) -> None:
         op = pj.CallOpParam()
@@ -453,6 +470,9 @@ class SipEngine:
         for timer in call.timers:
             timer.cancel()
         if self.calls.pop(rec.id, None) is None:
+            refused = self._refusing.pop(rec.id, None)
+            if refused is not None:
+                self._released.append(refused)
             return  # a refused INVITE, already logged
         self._count_trunk_calls()
         self._released.append(call)

@@ -1,12 +1,16 @@
-"""A pjsip module, registered through ctypes, that rejects requests whose CSeq method does not
-match their method before pjsip's transaction layer sees them.
+"""A pjsip module, registered through ctypes, that looks at every request before pjsip's
+transaction layer and answers two kinds itself:
 
-Why: pjsip keys server transactions by branch and CSeq method. An OPTIONS whose CSeq says
+* a request whose CSeq method does not match its method gets 400 (RFC 3261 8.2.2). Why: pjsip
+  keys server transactions by branch and CSeq method. An OPTIONS whose CSeq says
 INVITE (RFC 4475 mismatch01/02) that reuses the branch of an INVITE transaction in its
 Confirmed state (a non-2xx answer was ACKed less than T4 ago) is handed to that transaction,
 and the PyPI wheel, built with assertions on, aborts the whole SIP worker. pjsua2 exposes no
 hook before the transaction layer, but the wheel exports pjsip's C API, so a tiny module at a
 priority just below the transaction layer answers such requests 400 as RFC 3261 wants.
+* a new INVITE (no To tag) that the node has no room for gets 503 with Retry-After. Why: at
+  its compiled call limit pjsua answers `486 Busy Here` before any application callback,
+  which tells a carrier the callee is busy; refusing here lets every compiled slot carry a call.
 
 The module reads the received bytes at an offset into `pjsip_rx_data` that it measures once
 at start with a request it sends to itself; if that calibration fails, the filter stays off
@@ -69,16 +73,32 @@ def mismatched_cseq(message: bytes) -> bool:
     return bool(line and cseq and line.group(1) != cseq.group(2))
 
 
+_TO_TAG = re.compile(rb"\r?\n(?:To|t|TO|to)[ \t]*:[^\r\n]*;[ \t]*tag[ \t]*=", re.IGNORECASE)
+
+
+def is_new_invite(message: bytes) -> bool:
+    """An INVITE outside any dialog: its To header carries no tag."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    return head.startswith(b"INVITE ") and _TO_TAG.search(head) is None
+
+
 def _library() -> ctypes.CDLL:
     so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
     return ctypes.CDLL(str(so))  # the already loaded library: same pjsip globals
 
 
-class CseqSanityFilter:
-    """Owns the module struct and callback: keep the instance alive as long as the endpoint."""
+class RequestGate:
+    """Owns the module struct and callback: keep the instance alive as long as the endpoint.
 
-    def __init__(self) -> None:
+    `refuse_new_call()` runs on the SIP thread for each new INVITE; it returns the Retry-After
+    seconds to refuse the call with 503, or None to let it through."""
+
+    def __init__(self, refuse_new_call: Callable[[], int | None] = lambda: None) -> None:
+        self.refuse_new_call = refuse_new_call
         lib = _library()
+        self._header = lib.pjsip_generic_string_hdr_create
+        self._header.restype = ctypes.c_void_p
+        self._header.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
         self._endpt = ctypes.c_void_p(lib.pjsua_get_pjsip_endpt())
         self._info = lib.pjsip_rx_data_get_info
@@ -100,8 +120,9 @@ class CseqSanityFilter:
         self._token = f"sipedge-calibrate-{uuid.uuid4().hex}".encode()
         self.packet_offset: int | None = None
         self.rejected = 0
+        self.refused_calls = 0
         self._callback = _RxCallback(self._on_rx_request)
-        self._name = b"mod-sipedge-cseq-sanity"
+        self._name = b"mod-sipedge-request-gate"
         self._module = _Module(
             name=_PjStr(self._name, len(self._name)),
             id=-1,
@@ -153,15 +174,38 @@ class CseqSanityFilter:
         line = _REQUEST_LINE.match(message)
         if info is None or line is None or line.group(1) != info.group(1):
             return 0  # not the message pjsip is dispatching (e.g. a second one on TCP)
-        if not mismatched_cseq(message.split(b"\0", 1)[0]):
-            return 0
-        self.rejected += 1
-        log.info(
-            "event=sip_request_rejected reason=cseq_method_mismatch method=%s",
-            info.group(1).decode(errors="replace"),
-        )
-        self._respond(self._endpt, rdata, 400, None, None, None)
-        return 1  # handled: the transaction layer never sees it
+        message = message.split(b"\0", 1)[0]
+        if mismatched_cseq(message):
+            self.rejected += 1
+            log.info(
+                "event=sip_request_rejected reason=cseq_method_mismatch method=%s",
+                info.group(1).decode(errors="replace"),
+            )
+            self._respond(self._endpt, rdata, 400, None, None, None)
+            return 1  # handled: the transaction layer never sees it
+        if is_new_invite(message):
+            retry_after = self.refuse_new_call()
+            if retry_after is not None:
+                self.refused_calls += 1
+                self._refuse(rdata, retry_after)
+                return 1
+        return 0
+
+    def _refuse(self, rdata: int, retry_after: int) -> None:
+        """503 with a Retry-After header, built in the request's own pool."""
+        pool = ctypes.c_void_p.from_address(rdata).value  # rdata->tp_info.pool, first field
+        name, value = b"Retry-After", str(retry_after).encode()
+        hname, hvalue = _PjStr(name, len(name)), _PjStr(value, len(value))
+        header = self._header(pool, ctypes.byref(hname), ctypes.byref(hvalue))
+        if not header:
+            self._respond(self._endpt, rdata, 503, None, None, None)
+            return
+        # A one-element pjsip_hdr list: the sentinel's and the header's prev/next links.
+        sentinel = (ctypes.c_void_p * 8)()
+        sentinel[0] = sentinel[1] = header
+        links = (ctypes.c_void_p * 2).from_address(header)
+        links[0] = links[1] = ctypes.addressof(sentinel)
+        self._respond(self._endpt, rdata, 503, None, ctypes.addressof(sentinel), None)
 
     def _calibrate(self, rdata: int) -> None:
         memory = ctypes.string_at(rdata, SCAN_BYTES)
