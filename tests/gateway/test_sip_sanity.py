@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sip.sanity import mismatched_cseq
+from gateway.sip.sanity import is_new_invite, mismatched_cseq
 from tests.torture import RFC4475_DIR as TORTURE
 
 
@@ -27,3 +27,13 @@ def test_a_cseq_in_the_body_is_not_the_header() -> None:
 def test_of_the_rfc4475_messages_only_the_two_mismatch_cases_are_caught() -> None:
     caught = sorted(p.stem for p in TORTURE.glob("*.dat") if mismatched_cseq(p.read_bytes()))
     assert caught == ["mismatch01", "mismatch02"]
+
+
+def test_a_new_invite_has_no_to_tag_and_a_reinvite_has_one() -> None:
+    new = b"INVITE sip:+15550100@x SIP/2.0\r\nTo: <sip:+15550100@x>\r\nCSeq: 1 INVITE\r\n\r\n"
+    compact = b"INVITE sip:a@x SIP/2.0\r\nt: <sip:a@x>;tag=abc\r\nCSeq: 2 INVITE\r\n\r\n"
+    spaced = b"INVITE sip:a@x SIP/2.0\r\nTo: <sip:a@x> ; TAG = abc\r\nCSeq: 2 INVITE\r\n\r\n"
+    assert is_new_invite(new)
+    assert not is_new_invite(compact)
+    assert not is_new_invite(spaced)
+    assert not is_new_invite(b"OPTIONS sip:a@x SIP/2.0\r\nTo: <sip:a@x>\r\n\r\n")
