@@ -49,45 +49,6 @@ NUMBER = "+15550100"
 FINISHED = re.compile(r"event=(?:call_completed|call_failed|call_refused) ")
 
 
-class QuietNode(NodeProcess):
-    """NodeProcess with the node's own log at INFO (DEBUG logging would be measured too)."""
-
-    def start(self, timeout: float = 30.0) -> QuietNode:
-        import subprocess
-
-        import yaml
-
-        from tests.integration.peers import sip_options
-
-        self.path.write_text(yaml.safe_dump(self.config))
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway.cli",
-                "--log-level",
-                "INFO",
-                "run",
-                "--config",
-                str(self.path),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=self.env,
-            start_new_session=True,
-            cwd=REPO,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            if "event=node_running" in self.log() and sip_options(port=self.sip_port, timeout=0.5):
-                return self
-            time.sleep(0.1)
-        raise RuntimeError(f"node did not become ready:\n{self.log()[-4000:]}")
-
-
 def worker_pid(supervisor: int, timeout: float = 10.0) -> int:
     """The SIP worker: the supervisor's child whose command line contains gateway.worker."""
     deadline = time.monotonic() + timeout
@@ -182,7 +143,7 @@ def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sipedge-load-"))
     limits = {"max_concurrent_calls": 10, "max_call_duration": args.max_call_duration}
     config = base_config(tmp, limits=limits)
-    node = QuietNode(tmp, config).start()
+    node = NodeProcess(tmp, config, log_level="INFO").start()  # DEBUG logs would be measured
     try:
         assert node.proc is not None
         pid = worker_pid(node.proc.pid)

@@ -16,6 +16,20 @@ import yaml
 from tests.integration.peers import free_port, free_sip_port, sip_options
 
 
+def trunk_to(port: int, **extra: Any) -> list[dict[str, Any]]:
+    """A static loopback trunk whose outbound calls go to 127.0.0.1:`port` (a SIPp UAS)."""
+    return [
+        {
+            "id": "loopback",
+            "allowed_ips": ["127.0.0.0/8"],
+            "proxy": f"sip:127.0.0.1:{port}",
+            "allowed_destinations": ["+1555"],
+            "max_concurrent_calls": 10,
+            **extra,
+        }
+    ]
+
+
 def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     """A loopback node config: echo agent on +15550100, a trunk to `uas_port` for dial-out."""
     config: dict[str, Any] = {
@@ -56,8 +70,15 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
 class NodeProcess:
     """`python -m gateway.cli run --config FILE` as a child process with its log in a file."""
 
-    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        config: dict[str, Any],
+        env: dict[str, str] | None = None,
+        log_level: str = "DEBUG",
+    ):
         self.tmp = tmp
+        self.log_level = log_level
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.path = tmp / f"node-{uuid.uuid4().hex[:6]}.yaml"
@@ -81,7 +102,7 @@ class NodeProcess:
                 "-m",
                 "gateway.cli",
                 "--log-level",
-                "DEBUG",
+                self.log_level,
                 "run",
                 "--config",
                 str(self.path),

@@ -6,28 +6,15 @@ from __future__ import annotations
 import sqlite3
 import struct
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.broker import EmbeddedBroker
 from tests.integration.mqtt_watch import MqttWatch
-from tests.integration.node import NodeProcess, base_config
+from tests.integration.node import NodeProcess, base_config, trunk_to
 from tests.integration.peers import HOST, RtpSink, Sipp
 
 pytestmark = pytest.mark.integration
-
-
-def trunk_to(port: int) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": "loopback",
-            "allowed_ips": ["127.0.0.0/8"],
-            "proxy": f"sip:{HOST}:{port}",
-            "allowed_destinations": ["+1555"],
-            "max_concurrent_calls": 10,
-        }
-    ]
 
 
 def test_dtmf_received_as_rfc4733_and_sip_info_becomes_events(tmp_path: Path) -> None:

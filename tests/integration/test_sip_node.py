@@ -10,23 +10,10 @@ from typing import Any
 import pytest
 
 from tests.integration.mqtt_watch import MqttWatch
-from tests.integration.node import NodeProcess, base_config
+from tests.integration.node import NodeProcess, base_config, trunk_to
 from tests.integration.peers import HOST, Kamailio, Sipp
 
 pytestmark = pytest.mark.integration
-
-
-def trunk_to(port: int, **extra: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": "loopback",
-            "allowed_ips": ["127.0.0.0/8"],
-            "proxy": f"sip:{HOST}:{port}",
-            "allowed_destinations": ["+1555"],
-            "max_concurrent_calls": 10,
-            **extra,
-        }
-    ]
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
