@@ -30,11 +30,10 @@ agent are protocol errors.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from typing import Any
 
 from media.agents.events import AgentAudio, AgentClear, AgentEvent, AgentHangup, AgentMark
+from media.agents.wire import dumps, loads
 from media.errors import ProtocolError
 
 PCMWS_RATES = (8000, 16000, 24000)
@@ -62,7 +61,7 @@ class PcmStream:
         self.variables = dict(variables or {})
 
     def start(self) -> str:
-        return _dumps(
+        return dumps(
             {
                 "event": "start",
                 "call_id": self.call_id,
@@ -83,24 +82,24 @@ class PcmStream:
     def dtmf(self, digit: str) -> str:
         if digit not in DTMF_DIGITS:
             raise ValueError(f"not a DTMF digit: {digit!r}")
-        return _dumps({"event": "dtmf", "digit": digit})
+        return dumps({"event": "dtmf", "digit": digit})
 
     def mark(self, name: str) -> str:
-        return _dumps({"event": "mark", "name": name})
+        return dumps({"event": "mark", "name": name})
 
     def clear(self) -> str:
-        return _dumps({"event": "clear"})
+        return dumps({"event": "clear"})
 
     def speech_started(self, offset_ms: int) -> str:
-        return _dumps({"event": "speech_started", "offset_ms": offset_ms})
+        return dumps({"event": "speech_started", "offset_ms": offset_ms})
 
     def speech_stopped(self, offset_ms: int, duration_ms: int) -> str:
-        return _dumps(
+        return dumps(
             {"event": "speech_stopped", "offset_ms": offset_ms, "duration_ms": duration_ms}
         )
 
     def stop(self) -> str:
-        return _dumps({"event": "stop"})
+        return dumps({"event": "stop"})
 
     def receive(self, frame: str | bytes) -> AgentEvent:
         """Parse one WebSocket frame from the agent: binary is audio, text is a JSON event."""
@@ -111,7 +110,7 @@ class PcmStream:
                     f"binary audio must be whole PCM16 samples, got {len(audio)} bytes"
                 )
             return AgentAudio(audio)
-        message = _loads(frame)
+        message = loads(frame)
         event = message.get("event")
         if event == "mark":
             name = message.get("name")
@@ -126,17 +125,3 @@ class PcmStream:
                 raise ProtocolError("hangup reason must be a string")
             return AgentHangup(reason)
         raise ProtocolError(f"unexpected event {event!r}; agents may send mark, clear or hangup")
-
-
-def _dumps(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
-
-
-def _loads(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"not JSON: {exc}") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError(f"expected a JSON object, got {type(message).__name__}")
-    return message

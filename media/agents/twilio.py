@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from media.agents.events import AgentClear, AgentEvent, AgentMark, AgentMedia
+from media.agents.wire import dumps, loads
 from media.errors import ProtocolError
 
 MEDIA_FORMAT = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
@@ -42,7 +42,7 @@ class TwilioStream:
         self._chunk = 0
 
     def connected(self) -> str:
-        return _dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        return dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
 
     def start(self) -> str:
         return self._send(
@@ -86,7 +86,7 @@ class TwilioStream:
         """Parse one WebSocket frame from the agent."""
         if isinstance(frame, bytes):
             raise ProtocolError("Twilio Media Streams carries JSON text frames, got binary")
-        message = _loads(frame)
+        message = loads(frame)
         stream_sid = message.get("streamSid")
         if stream_sid is not None and stream_sid != self.stream_sid:
             raise ProtocolError(f"streamSid {stream_sid!r} is not this stream ({self.stream_sid})")
@@ -105,7 +105,7 @@ class TwilioStream:
 
     def _send(self, event: str, **body: Any) -> str:
         self._sequence += 1
-        return _dumps(
+        return dumps(
             {
                 "event": event,
                 "sequenceNumber": str(self._sequence),
@@ -113,20 +113,6 @@ class TwilioStream:
                 "streamSid": self.stream_sid,
             }
         )
-
-
-def _dumps(message: Mapping[str, Any]) -> str:
-    return json.dumps(message, separators=(",", ":"))
-
-
-def _loads(text: str) -> dict[str, Any]:
-    try:
-        message = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"not JSON: {exc}") from exc
-    if not isinstance(message, dict):
-        raise ProtocolError(f"expected a JSON object, got {type(message).__name__}")
-    return message
 
 
 def _field(message: Mapping[str, Any], obj: str, key: str) -> str:
