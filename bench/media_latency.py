@@ -68,6 +68,7 @@ from tests.integration.test_media_agents import (
     Node,
     free_port,
     free_rtp_port,
+    media_config,
 )
 
 VOICED_RMS = 300.0
@@ -382,30 +383,21 @@ def run(calls: int, hold_s: float, transport: str = "twilio-ws") -> None:
     numbers = [f"+1555010{i}" for i in range(calls)]
     agent_of = {"twilio-ws": "echo-bot", "webrtc": "rtc-echo"}
     rtp_base = 32000 + (os.getpid() % 50) * 40
-    config = {
-        "node": {"id": "bench", "drain_timeout": 3},
-        "sip": {
-            "listen": HOST,
-            "port": free_port(),
-            "transports": ["udp"],
-            "rtp_ports": {"start": rtp_base, "end": rtp_base + 39},
-            "codecs": ["PCMU"],
-        },
-        "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
-        "numbers": [
+    config = media_config(
+        tmp,
+        "bench",
+        rtp_base,
+        numbers=[
             {"number": n, "agent": agent_of[t]} for n, t in zip(numbers, transports, strict=True)
         ],
-        "agents": [{"id": "echo-bot", "type": "twilio-ws", "url": f"ws://{HOST}:{bot.port}/"}]
+        agents=[{"id": "echo-bot", "type": "twilio-ws", "url": f"ws://{HOST}:{bot.port}/"}]
         + (
             [{"id": "rtc-echo", "type": "webrtc", "url": rtc_bot.url, "ice_addresses": [HOST]}]
             if rtc_bot is not None
             else []
         ),
-        "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM)},
-        "api": {"enabled": False, "port": free_port(socket.SOCK_STREAM)},
-        "storage": {"path": str(tmp / "sipedge.db"), "recordings_dir": str(tmp / "rec")},
-        "vad": {"barge_in": False},
-    }
+        vad={"barge_in": False},
+    )
     node = Node(tmp, config)
     capture = Capture()
     try:

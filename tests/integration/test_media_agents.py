@@ -370,6 +370,35 @@ def sipp_call(
     return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
+def media_config(
+    tmp: Path,
+    node_id: str,
+    rtp_start: int,
+    numbers: list[dict[str, Any]],
+    agents: list[dict[str, Any]],
+    **sections: Any,
+) -> dict[str, Any]:
+    """A loopback node for media tests: UDP only, PCMU only, 40 RTP ports from `rtp_start`,
+    embedded mosquitto, API off; `sections` adds or replaces top-level sections."""
+    return {
+        "node": {"id": node_id, "drain_timeout": 3},
+        "sip": {
+            "listen": HOST,
+            "port": free_port(),
+            "transports": ["udp"],
+            "rtp_ports": {"start": rtp_start, "end": rtp_start + 39},
+            "codecs": ["PCMU"],
+        },
+        "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
+        "numbers": numbers,
+        "agents": agents,
+        "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM)},
+        "api": {"enabled": False, "port": free_port(socket.SOCK_STREAM)},
+        "storage": {"path": str(tmp / "sipedge.db"), "recordings_dir": str(tmp / "recordings")},
+        **sections,
+    }
+
+
 def stored_events(db: Path) -> dict[str, list[dict[str, Any]]]:
     """Every stored call event, grouped by the dialled number of its call."""
     with contextlib.closing(sqlite3.connect(db)) as con:
@@ -403,35 +432,23 @@ def test_calls_stream_to_a_twilio_agent_with_barge_in_marks_clear_and_failures(
 ) -> None:
     dead_url = f"ws://{HOST}:{free_port(socket.SOCK_STREAM, both=False)}/nobody"
     rtp_base = 31000 + (os.getpid() % 100) * 40
-    config = {
-        "node": {"id": "media-test", "drain_timeout": 3},
-        "sip": {
-            "listen": HOST,
-            "port": free_port(),
-            "transports": ["udp"],
-            "rtp_ports": {"start": rtp_base, "end": rtp_base + 39},
-            "codecs": ["PCMU"],
-        },
-        "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
-        "numbers": [
+    config = media_config(
+        tmp_path,
+        "media-test",
+        rtp_base,
+        numbers=[
             {"number": "+15550100", "agent": "bot", "variables": {"campaign": "spring"}},
             {"number": "+15550101", "agent": "down"},
             {"number": "+15550102", "agent": "down-keep"},
         ],
-        "agents": [
+        agents=[
             {"id": "bot", "type": "twilio-ws", "url": f"ws://{HOST}:{bot.port}/bot"},
             {"id": "down", "type": "twilio-ws", "url": dead_url, "on_agent_failure": "hangup"},
             {"id": "down-keep", "type": "twilio-ws", "url": dead_url, "on_agent_failure": "keep"},
         ],
-        "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM)},
-        "api": {"enabled": False, "port": free_port(socket.SOCK_STREAM)},
-        "storage": {
-            "path": str(tmp_path / "sipedge.db"),
-            "recordings_dir": str(tmp_path / "recordings"),
-        },
-        "recording": {"enabled": True},
-        "vad": {"aggressiveness": 2, "min_speech_ms": 100, "hangover_ms": 300, "barge_in": True},
-    }
+        recording={"enabled": True},
+        vad={"aggressiveness": 2, "min_speech_ms": 100, "hangover_ms": 300, "barge_in": True},
+    )
     node = Node(tmp_path, config)
     capture = LoopbackCapture()
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -37,6 +36,7 @@ from tests.integration.test_media_agents import (
     dominant_hz,
     free_port,
     free_rtp_port,
+    media_config,
     of_type,
     sipp_call,
     speech_samples,
@@ -115,30 +115,21 @@ def test_calls_reach_a_webrtc_agent_both_ways_with_dtmf_marks_teardown_and_ice_f
     ok_url, dead_url = agents.urls
     rtp_base = 33000 + (os.getpid() % 100) * 40
     rtc: dict[str, Any] = {"type": "webrtc", "ice_addresses": [HOST], "connect_timeout": 3}
-    config = {
-        "node": {"id": "webrtc-test", "drain_timeout": 3},
-        "sip": {
-            "listen": HOST,
-            "port": free_port(),
-            "transports": ["udp"],
-            "rtp_ports": {"start": rtp_base, "end": rtp_base + 39},
-            "codecs": ["PCMU"],
-        },
-        "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
-        "numbers": [
+    config = media_config(
+        tmp_path,
+        "webrtc-test",
+        rtp_base,
+        numbers=[
             {"number": "+15550100", "agent": "rtc", "variables": {"campaign": "spring"}},
             {"number": "+15550101", "agent": "rtc"},
             {"number": "+15550102", "agent": "rtc-dead"},
         ],
-        "agents": [
+        agents=[
             {"id": "rtc", "url": ok_url, **rtc},
             {"id": "rtc-dead", "url": dead_url, **rtc, "connect_timeout": 1.5},
         ],
-        "mqtt": {"embedded": True, "port": free_port(socket.SOCK_STREAM)},
-        "api": {"enabled": False, "port": free_port(socket.SOCK_STREAM)},
-        "storage": {"path": str(tmp_path / "sipedge.db")},
-        "vad": {"barge_in": False},
-    }
+        vad={"barge_in": False},
+    )
     node = Node(tmp_path, config)
     capture = LoopbackCapture()
     try:
