@@ -202,25 +202,32 @@ class Ledger:
         else:
             log.debug("event=ledger_ignored type=%s", kind)
 
-    def close_orphans(self, reason: str, keep: set[str] | frozenset[str] = frozenset()) -> int:
+    def close_orphans(
+        self,
+        reason: str,
+        alive_until: float | None = None,
+        keep: set[str] | frozenset[str] = frozenset(),
+    ) -> int:
         """End every open call except `keep`: after a worker crash or a node killed mid-call,
         those calls are gone on the SIP side, and the control plane must hear that they ended.
-        An answered call is billed up to its last recorded event, never beyond."""
+        A call ends at the last moment it is known to have been alive: `alive_until` (when the
+        worker was seen to die, or the node's last heartbeat), never before its last event."""
         closed = 0
         for record in self.store.open_calls():
             if record.id in keep:
                 continue
             events = self.store.call_events(record.id)
             last = events[-1].ts.timestamp() if events else record.created_at.timestamp()
+            ended = max(last, alive_until) if alive_until is not None else last
             if record.answered_at is not None:
-                duration = max(0.0, last - record.answered_at.timestamp())
+                duration = max(0.0, ended - record.answered_at.timestamp())
                 data = {
-                    "duration": duration,
+                    "duration": round(duration, 3),
                     "reason": reason,
                     "sip_code": None,
                     "hangup_by": "gateway",
                 }
-                self.record("call.completed", record.id, data, last)
+                self.record("call.completed", record.id, data, ended)
             else:
                 data = {
                     "reason": reason,
@@ -228,7 +235,7 @@ class Ledger:
                     "sip_reason": "SIP worker lost the call",
                     "hangup_by": "gateway",
                 }
-                self.record("call.failed", record.id, data, last)
+                self.record("call.failed", record.id, data, ended)
             log.warning("event=orphan_call_closed call_id=%s reason=%s", record.id, reason)
             closed += 1
         return closed

@@ -50,6 +50,10 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_call_seq ON events(call_id, seq);
 CREATE INDEX IF NOT EXISTS events_undelivered ON events(rowid) WHERE delivered_at IS NULL;
+CREATE TABLE IF NOT EXISTS node_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT PRIMARY KEY,
     request_hash TEXT NOT NULL,
@@ -193,6 +197,22 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    # --- node liveness --------------------------------------------------------------------
+
+    def beat(self, at: float) -> None:
+        """The node is alive at `at` (epoch seconds): calls open at a kill ended after it."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO node_state(key, value) VALUES('alive_at', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (repr(at),),
+            )
+
+    def last_beat(self) -> float | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM node_state WHERE key = 'alive_at'").fetchone()
+        return float(row["value"]) if row is not None else None
 
     # --- calls ---------------------------------------------------------------------------
 

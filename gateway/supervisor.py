@@ -35,6 +35,7 @@ log = logging.getLogger("sipedge.node")
 WORKER_START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
 WORKER_RESTART_MAX = 30.0
+HEARTBEAT_S = 2.0
 
 
 class WorkerLink:
@@ -238,8 +239,9 @@ class Node:
 
             self.api = ApiServer(self, self.config.api)
             await self.api.start()
-        # Calls a previous run left open (killed mid-call) ended with it: say so first.
-        self.ledger.close_orphans("failed")
+        # Calls a previous run left open (killed mid-call) ended with it, at its last heartbeat.
+        self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
+        self.store.beat(time.time())
         await self.worker.start()
 
     async def run(self) -> int:
@@ -253,9 +255,20 @@ class Node:
             await self.shutdown()
             return 1
         log.info("event=node_running node=%s pid=%d", self.config.node.id, os.getpid())
+        heartbeat = asyncio.create_task(self._heartbeat())
         await self._supervise()
+        heartbeat.cancel()
         await self.shutdown()
         return 0
+
+    async def _heartbeat(self) -> None:
+        """Record that the node is alive, so a kill -9 still leaves calls a true end time."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                self.store.beat(time.time())
+            except Exception:  # a full disk must not stop the node; the next beat retries
+                log.exception("event=heartbeat_failed")
 
     async def _supervise(self) -> None:
         """Until asked to stop: when the SIP worker dies, end its calls in the ledger (the
@@ -270,7 +283,7 @@ class Node:
             died.cancel()
             if self._stop.is_set():
                 return
-            closed = self.ledger.close_orphans("failed")
+            closed = self.ledger.close_orphans("worker_lost", alive_until=time.time())
             self.ledger.active.clear()
             if time.monotonic() - started > 60:
                 restarts = 0  # it had been running fine: not a crash loop
