@@ -41,6 +41,12 @@ class EndReason(enum.StrEnum):
     TIMEOUT = "timeout"
     TRANSFERRED = "transferred"
     FAILED = "failed"
+    DRAIN = "drain"  # the node was stopping and hung up
+    ACK_TIMEOUT = "ack_timeout"  # the caller never confirmed our 200 with an ACK
+    MEDIA_TIMEOUT = "media_timeout"  # no RTP from the far end for limits.media_timeout
+    AGENT_UNAVAILABLE = "agent_unavailable"  # the agent could not be connected while ringing
+    WORKER_LOST = "worker_lost"  # the SIP worker died with the call up
+    NODE_RESTART = "node_restart"  # the node was killed with the call up
 
 
 @dataclass

@@ -148,6 +148,11 @@ class NumberRoute(Model):
     answer_delay_ms: int = Field(
         0, ge=0, le=60000, description="ring this long (180) before answering with 200"
     )
+    answer_after_agent: bool = Field(
+        True,
+        description="streaming agents: connect the agent while ringing and answer only once it "
+        "is connected; an agent that cannot connect gets the INVITE refused with 480",
+    )
 
 
 class IceServer(Model):
@@ -266,6 +271,23 @@ class Limits(Model):
     max_call_duration: int = Field(3600, ge=1, description="seconds; longer calls are ended")
     ring_timeout: int = Field(30, ge=1, le=600)
     retry_after: int = Field(5, ge=1, description="Retry-After seconds sent with 503")
+    invites_per_second_per_source: float = Field(
+        20.0, gt=0, description="new INVITEs one source IP may send per second (503 beyond)"
+    )
+    invite_burst_per_source: int = Field(
+        40, ge=1, description="INVITEs one source may send at once before the rate applies"
+    )
+    max_unconfirmed_per_source: int = Field(
+        4, ge=1, description="calls from one source IP that may await their ACK at once"
+    )
+    ack_timeout: float = Field(
+        5.0, gt=0, le=32, description="seconds to wait for the ACK of our 200 before hanging up"
+    )
+    media_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="hang up after this many seconds without RTP (0: never; hold excluded)",
+    )
 
 
 class NodeSettings(Model):

@@ -65,10 +65,17 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, str]] = Counter()  # (direction, result)
         self.agent_connect_failures: Counter[tuple[str, str]] = Counter()  # (agent, reason)
+        self.invites_refused: Counter[str] = Counter()  # by reason (gateway/admission.py)
         self.latency: dict[tuple[str, str], Histogram] = {}  # (path, stat)
         self._direction: dict[str, str] = {}
 
     def observe(self, kind: str, call_id: str | None, data: Mapping[str, Any]) -> None:
+        if kind == "worker.refused":
+            counts = data.get("counts")
+            for reason, count in counts.items() if isinstance(counts, Mapping) else ():
+                if isinstance(count, int):
+                    self.invites_refused[str(reason)] += count
+            return
         if call_id is None:
             return
         if kind in ("call.incoming", "call.placed"):
@@ -165,6 +172,13 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
         "Ended calls by direction and result (completed, or the failure reason).",
         [f"sipedge_calls_total{_labels(direction=d, result=r)} {n}"
          for (d, r), n in sorted(metrics.calls.items())],
+    )  # fmt: skip
+    out += _metric(
+        "sipedge_invites_refused_total", "counter",
+        "New INVITEs refused before a call existed, by reason (rate_limited, capacity, "
+        "sockets, unconfirmed, draining, source_not_allowed, number_not_routed, ...).",
+        [f"sipedge_invites_refused_total{_labels(reason=r)} {n}"
+         for r, n in sorted(metrics.invites_refused.items())],
     )  # fmt: skip
     registered, states, trunk_calls = [], [], []
     for trunk, state in sorted(snap.trunks.items()):

@@ -67,6 +67,38 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.timers: list[Timer] = []  # this call's limits; cancelled when it ends
         self.answered_at: float | None = None
         self.started_at = time.time()
+        self.source = ""  # the IP an inbound INVITE came from
+        self.answer_waits_for: set[str] = set()  # "agent", "delay": what our 200 waits for
+        self.ending = False  # we sent BYE/CANCEL/final answer; the first end reason holds
+        self.on_hold = False
+        self._rx_packets = -1
+        self._rx_changed_at = 0.0
+
+    # -- liveness (SIP thread) ------------------------------------------------------------------
+
+    def media_seen(self, now: float) -> None:
+        self._rx_changed_at = now
+
+    def media_silent_for(self, now: float) -> float:
+        """Seconds since RTP last arrived from the far end (0 while on hold)."""
+        try:
+            packets = int(self.getStreamStat(0).rtcp.rxStat.pkt)
+        except pj.Error:
+            return 0.0  # no stream (yet, or any more): nothing to judge
+        if packets != self._rx_packets or self.on_hold:
+            self._rx_packets = packets
+            self._rx_changed_at = now
+        return now - self._rx_changed_at
+
+    def is_gone(self) -> bool:
+        """True if pjsua no longer has this call (its slot is free or holds another call)."""
+        try:
+            info = self.getInfo()
+        except pj.Error:
+            return True
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            return True
+        return bool(self.record.sip_call_id) and info.callIdString != self.record.sip_call_id
 
     # -- pjsua2 callbacks (SIP thread) --------------------------------------------------------
 
@@ -97,6 +129,11 @@ class SipCall(pj.Call):  # type: ignore[misc]
         for index, media in enumerate(info.media):
             if media.type != pj.PJMEDIA_TYPE_AUDIO:
                 continue
+            self.on_hold = media.status in (
+                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
+                pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
+                pj.PJSUA_CALL_MEDIA_NONE,
+            )
             if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 try:
                     self._bridge(index)
@@ -146,7 +183,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if slot == self.bridged_slot:
             return
         if self.port is None:
-            self.session = self.engine.make_session(self.record, self.engine.controls(self.record))
+            if self.session is None:  # an inbound call may have connected its agent ringing
+                self.session = self.engine.make_session(
+                    self.record, self.engine.controls(self.record)
+                )
             fmt = pj.MediaFormatAudio()
             fmt.init(pj.PJMEDIA_FORMAT_PCM, self.session.rate, 1, 20000, 16)
             self.port = AudioPort(self.session)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pjsua2 as pj
 
+from gateway.admission import Admission, NodeLoad, RefusalLog, SocketBudget
 from gateway.calls import (
     CallRecord,
     CallState,
@@ -32,11 +33,26 @@ from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import SipExecutor
+from gateway.sip.ioqueue import IoQueueGauge
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
-from gateway.sip.sanity import RequestGate
+from gateway.sip.sanity import GateAnswer, RequestGate
 
 log = logging.getLogger("sipedge.sip")
+
+RECONCILE_S = 5.0  # how often the engine checks its calls against pjsua's
+REFUSALS_REPORT_S = 1.0  # refused INVITEs are counted to the node at most this often
+
+# RFC 3326 Reason header on the BYE/CANCEL we send, by why we end the call (Q.850 causes).
+_Q850 = {
+    EndReason.NORMAL: 16,  # normal call clearing
+    EndReason.DRAIN: 16,
+    EndReason.TRANSFERRED: 16,
+    EndReason.TIMEOUT: 16,
+    EndReason.NO_ANSWER: 19,  # no answer from user
+    EndReason.ACK_TIMEOUT: 102,  # recovery on timer expiry
+    EndReason.MEDIA_TIMEOUT: 102,
+}
 
 Emit = Callable[[str, str | None, dict[str, Any]], None]
 SessionFactory = Callable[[CallRecord, CallControls], MediaSession]
@@ -54,6 +70,18 @@ class OriginateRequest:
     record: bool | None = None
 
 
+# Reasons that stay the call's reason even when it ends before it was answered.
+_UNANSWERED_REASONS = {EndReason.ACK_TIMEOUT, EndReason.DRAIN, EndReason.AGENT_UNAVAILABLE}
+
+
+def reason_header(reason: EndReason) -> pj.SipHeader:
+    """RFC 3326 `Reason` for a BYE or CANCEL we send: Q.850 cause and our end reason."""
+    value = pj.SipHeader()
+    value.hName = "Reason"
+    value.hValue = f'Q.850;cause={_Q850.get(reason, 41)};text="{reason.value}"'
+    return value
+
+
 class SipEngine:
     def __init__(self, config: Config, emit: Emit, make_session: SessionFactory) -> None:
         self.config = config
@@ -67,6 +95,12 @@ class SipEngine:
         self.trunks: dict[str, TrunkAccount] = {}
         self._released: list[SipCall] = []
         self._refusing: dict[str, SipCall] = {}
+        self.admission = Admission(config)
+        self.refused: dict[str, int] = {}  # new INVITEs refused, by reason
+        self._refused_unreported: dict[str, int] = {}
+        self._refusal_log = RefusalLog()
+        self._sockets: SocketBudget | None = None
+        self._gauge: IoQueueGauge | None = None
         self._executor = SipExecutor(on_timer_error=pj.Error)
         self.submit = self._executor.submit
         self.schedule = self._executor.schedule
@@ -110,7 +144,10 @@ class SipEngine:
     def _init_lib(self) -> None:
         sip = self.config.sip
         self.ep, self._log_writer = create_endpoint(sip)
-        self._gate = RequestGate(self._refuse_new_call)
+        self._gate = RequestGate(self._admit_invite)
+        self._gauge = IoQueueGauge(self._gate.lib)
+        if self._gauge.available:
+            self._sockets = SocketBudget(self._gauge.capacity)
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
         gated = "udp" in sip.transports and self._gate.install(
             sip.listen, sip.port, self.ep.libHandleEvents
@@ -134,10 +171,13 @@ class SipEngine:
             self.trunks[trunk.id] = TrunkAccount(self, trunk)
             if not trunk.registers:
                 self.on_trunk_state(self.trunks[trunk.id].state)
+        self.schedule(RECONCILE_S, self._reconcile)
 
     def _loop(self) -> None:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
             self.ep.libHandleEvents(self._executor.poll_ms())
+            if self._sockets is not None and self._gauge is not None:
+                self._sockets.observe(self._gauge.count, time.monotonic())
             self._executor.run_due()
             self._released.clear()  # pjsua2 Call objects die here, outside their callbacks
 
@@ -153,7 +193,7 @@ class SipEngine:
         self.stopping = True
         self._stop_at = time.monotonic() + 3.0
         for call in list(self.calls.values()):
-            self._hangup(call, "gateway", EndReason.NORMAL)
+            self._hangup(call, "gateway", EndReason.DRAIN)
         waiting = [acc for acc in self.trunks.values() if acc.unregister()]
         if waiting:
             log.info("event=unregistering trunks=%s", ",".join(a.trunk.id for a in waiting))
@@ -199,6 +239,10 @@ class SipEngine:
             "active_calls": len(self.calls),
             "calls_total": self.calls_total,
             "draining": self.draining,
+            "refused": dict(self.refused),
+            "sockets_free": (
+                self._sockets.free(time.monotonic()) if self._sockets is not None else None
+            ),
             "trunks": {tid: acc.state.as_dict() for tid, acc in self.trunks.items()},
         }
 
@@ -215,6 +259,61 @@ class SipEngine:
 
     # -- inbound ------------------------------------------------------------------------------
 
+    def _admit_invite(self, message: bytes, source: str) -> GateAnswer | None:
+        """Request gate, SIP thread, before pjsua creates anything for a new INVITE: the answer
+        that refuses it, or None to let pjsua take it (then on_incoming routes it)."""
+        text = message.decode("utf-8", "replace")
+        if header(text, "call-id") in self._live_sip_call_ids():
+            return None  # a retransmission: the transaction layer absorbs it
+        now = time.monotonic()
+        load = NodeLoad(
+            active_calls=len(self.calls) + len(self._refusing),
+            capacity=self.capacity,
+            active_by_trunk=self._active_by_trunk(),
+            unconfirmed_by_source=self._unconfirmed_by_source(),
+            draining=self.draining,
+            room_for_media=self._sockets is None or self._sockets.room_for_call(now),
+        )
+        dialled = [number_from_uri(request_uri(text)), number_from_uri(header(text, "to"))]
+        _, refusal = self.admission.decide(source, [d for d in dialled if d], load, now)
+        if refusal is None:
+            return None
+        self.refused[refusal.reason] = self.refused.get(refusal.reason, 0) + 1
+        if not self._refused_unreported:
+            self.schedule(REFUSALS_REPORT_S, self._report_refusals)
+        unreported = self._refused_unreported
+        unreported[refusal.reason] = unreported.get(refusal.reason, 0) + 1
+        count = self._refusal_log.note(source, refusal.reason, now)
+        if count is not None:
+            log.info(
+                "event=call_refused source=%s code=%d reason=%s detail=%r refused_since_last=%d "
+                "active_calls=%d",
+                source,
+                refusal.code,
+                refusal.reason,
+                refusal.detail,
+                count,
+                len(self.calls),
+            )
+        return GateAnswer(refusal.code, refusal.retry_after)
+
+    def _report_refusals(self) -> None:
+        """Refusal counts go to the node's metrics batched, not one message per INVITE."""
+        counts, self._refused_unreported = self._refused_unreported, {}
+        self.emit("worker.refused", None, {"counts": counts})
+
+    def _live_sip_call_ids(self) -> set[str]:
+        return {c.record.sip_call_id for c in self.calls.values()} | {
+            c.record.sip_call_id for c in self._refusing.values()
+        }
+
+    def _unconfirmed_by_source(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for call in self.calls.values():
+            if call.record.direction == "inbound" and call.record.state != CallState.ANSWERED:
+                counts[call.source] = counts.get(call.source, 0) + 1
+        return counts
+
     def on_incoming(self, account: pj.Account, prm: Any) -> None:
         message = prm.rdata.wholeMsg
         src = source_ip(prm.rdata.srcAddress)
@@ -229,18 +328,22 @@ class SipEngine:
             self._active_by_trunk(),
             self.draining,
         )
+        route = decision.route
         record = CallRecord(
             id=new_call_id(),
             direction="inbound",
             trunk=decision.trunk.id if decision.trunk else "",
             from_number=caller,
-            to_number=dialled[0] or dialled[1],
-            agent=decision.route.agent if decision.route else "",
-            variables=dict(decision.route.variables) if decision.route else {},
+            # The routed number, wherever it was found: a carrier reaching a registered trunk
+            # puts the trunk's user in the Request-URI and the dialled number in To.
+            to_number=route.number if route else (dialled[0] or dialled[1]),
+            agent=route.agent if route else "",
+            variables=dict(route.variables) if route else {},
             sip_call_id=header(message, "call-id"),
         )
         call = SipCall(self, account, record, prm.callId)
-        if not decision.accept:
+        call.source = src
+        if not decision.accept or route is None:
             log.info(
                 "event=call_refused call_id=%s sip_call_id=%s source=%s to=%s code=%d reason=%r",
                 record.id,
@@ -271,35 +374,74 @@ class SipEngine:
         ringing.statusCode = 180
         call.answer(ringing)
         record.advance(CallState.RINGING)
-        assert decision.route is not None
-        delay = decision.route.answer_delay_ms / 1000
+        call_id = record.id
+        agent = self.config.agent(record.agent)
+        if route.answer_after_agent and agent is not None and agent.type != "echo":
+            # Connect the agent while ringing; answer once it is connected (_on_agent_link).
+            call.answer_waits_for.add("agent")
+            call.session = self.make_session(record, self.controls(record))
+            give_up = agent.connect_timeout + 1.0
+            call.timers.append(self.schedule(give_up, lambda: self._agent_never_came(call_id)))
+        delay = route.answer_delay_ms / 1000
         if delay:
-            call_id = record.id
-            call.timers.append(self.schedule(delay, lambda: self._answer(call_id)))
-        else:
-            self._answer(record.id)
+            call.answer_waits_for.add("delay")
+            call.timers.append(self.schedule(delay, lambda: self._answer(call_id, "delay")))
+        self._answer(call_id, None)
 
-    def _answer(self, call_id: str) -> None:
+    def _answer(self, call_id: str, ready: str | None) -> None:
+        """Answer with 200 once nothing the answer waits for (ring delay, agent) is pending."""
         call = self.calls.get(call_id)
-        if call is None or call.record.state != CallState.RINGING:
-            return  # cancelled while ringing
+        if call is None or call.record.state != CallState.RINGING or call.ending:
+            return  # cancelled or refused while ringing
+        call.answer_waits_for.discard(ready or "")
+        if call.answer_waits_for:
+            return
         ok = pj.CallOpParam()
         ok.statusCode = 200
         try:
             call.answer(ok)
         except pj.Error as exc:
             log.warning("event=answer_failed call_id=%s error=%s", call_id, exc.reason)
+            return
+        limit = self.config.limits.ack_timeout
+        call.timers.append(self.schedule(limit, lambda: self._ack_timeout(call_id)))
 
-    def _refuse_new_call(self) -> int | None:
-        """Request gate, SIP thread: Retry-After seconds to refuse a new INVITE with 503."""
-        if self.draining or len(self.calls) + len(self._refusing) >= self.capacity:
-            log.info(
-                "event=call_refused code=503 reason=%r active_calls=%d",
-                "draining" if self.draining else "node at capacity",
-                len(self.calls),
-            )
-            return self.config.limits.retry_after
-        return None
+    def _ack_timeout(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is None or call.record.state == CallState.ANSWERED or call.ending:
+            return
+        log.info("event=ack_timeout call_id=%s source=%s", call_id, call.source)
+        self._hangup(call, "gateway", EndReason.ACK_TIMEOUT)
+
+    def _on_agent_link(self, call_id: str, kind: str) -> None:
+        """An agent connected or failed while its inbound call rings (SIP thread)."""
+        call = self.calls.get(call_id)
+        if call is None or "agent" not in call.answer_waits_for or call.ending:
+            return
+        if kind == "call.agent.connected":
+            self._answer(call_id, "agent")
+        else:
+            self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
+
+    def _agent_never_came(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None and "agent" in call.answer_waits_for and not call.ending:
+            log.warning("event=agent_connect_timeout call_id=%s", call_id)
+            self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
+
+    def _refuse_ringing(self, call: SipCall, code: int, reason: EndReason) -> None:
+        """Final non-2xx to an inbound call we have not answered yet."""
+        rec = call.record
+        rec.end_reason = rec.end_reason or reason
+        rec.hangup_by = rec.hangup_by or "gateway"
+        call.ending = True
+        log.info("event=call_refused call_id=%s code=%d reason=%s", rec.id, code, reason.value)
+        op = pj.CallOpParam()
+        op.statusCode = code
+        try:
+            call.hangup(op)
+        except pj.Error as exc:
+            log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
 
     def _refuse(self, call: SipCall, code: int) -> None:
         op = pj.CallOpParam()
@@ -403,15 +545,20 @@ class SipEngine:
 
     def _hangup(self, call: SipCall, by: str, reason: EndReason) -> None:
         rec = call.record
+        if call.ending and rec.end_reason is not None:
+            return  # already ending: the first reason is the true one
         rec.hangup_by = rec.hangup_by or by
-        if rec.state != CallState.ANSWERED:
+        if rec.state != CallState.ANSWERED and reason not in _UNANSWERED_REASONS:
             rec.end_reason = rec.end_reason or (
                 EndReason.NO_ANSWER if reason == EndReason.NO_ANSWER else EndReason.CANCELLED
             )
         else:
             rec.end_reason = rec.end_reason or reason
+        call.ending = True
+        op = pj.CallOpParam(True)
+        op.txOption.headers.append(reason_header(rec.end_reason or reason))
         try:
-            call.hangup(pj.CallOpParam(True))
+            call.hangup(op)
         except pj.Error as exc:
             log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
 
@@ -432,6 +579,8 @@ class SipEngine:
     def controls(self, record: CallRecord) -> CallControls:
         def emit(kind: str, data: dict[str, Any]) -> None:
             self.emit(kind, record, data)
+            if kind in ("call.agent.connected", "call.agent.disconnected"):
+                self.submit(lambda: self._on_agent_link(record.id, kind))
 
         def hangup(by: str) -> None:
             def run() -> None:
@@ -458,6 +607,44 @@ class SipEngine:
         limit = self.config.limits.max_call_duration
         call_id = rec.id
         call.timers.append(self.schedule(limit, lambda: self._duration_exceeded(call_id)))
+        timeout = self.config.limits.media_timeout
+        if timeout:
+            call.media_seen(time.monotonic())
+            every = max(0.5, min(5.0, timeout / 4))
+            call.timers.append(self.schedule(every, lambda: self._watch_media(call_id, every)))
+
+    def _watch_media(self, call_id: str, every: float) -> None:
+        """Hang up an answered call whose far end sent no RTP for limits.media_timeout (a
+        caller gone without a BYE); hold is not silence. Re-arms itself while the call lives."""
+        call = self.calls.get(call_id)
+        if call is None or call.ending:
+            return
+        now = time.monotonic()
+        if call.media_silent_for(now) >= self.config.limits.media_timeout:
+            log.info("event=media_timeout call_id=%s", call_id)
+            self._hangup(call, "gateway", EndReason.MEDIA_TIMEOUT)
+            return
+        call.timers.append(self.schedule(every, lambda: self._watch_media(call_id, every)))
+
+    def _reconcile(self) -> None:
+        """The live-call count must be the calls really up: end calls pjsua no longer has (a
+        DISCONNECTED we never saw), so they cannot hold capacity until the worker dies."""
+        for call in list(self.calls.values()) + list(self._refusing.values()):
+            if not call.is_gone():
+                continue
+            rec = call.record
+            log.warning("event=phantom_call_dropped call_id=%s state=%s", rec.id, rec.state.value)
+            call.__disown__()  # its pjsua slot may hold another call now: never hang that up
+            if self._refusing.pop(rec.id, None) is not None:
+                continue
+            rec.end_reason = rec.end_reason or EndReason.FAILED
+            rec.advance(CallState.ENDED)
+            if call.session is not None:
+                call.session.close()
+            self.on_ended(call, call.answered_at is not None, 0, "call lost by pjsua")
+            if self._released and self._released[-1] is call:
+                self._released.pop()  # disowned: the Python object may go, the C++ one stays
+        self.schedule(RECONCILE_S, self._reconcile)
 
     def _duration_exceeded(self, call_id: str) -> None:
         call = self.calls.get(call_id)

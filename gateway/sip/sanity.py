@@ -8,13 +8,16 @@ Confirmed state (a non-2xx answer was ACKed less than T4 ago) is handed to that 
 and the PyPI wheel, built with assertions on, aborts the whole SIP worker. pjsua2 exposes no
 hook before the transaction layer, but the wheel exports pjsip's C API, so a tiny module at a
 priority just below the transaction layer answers such requests 400 as RFC 3261 wants.
-* a new INVITE (no To tag) that the node has no room for gets 503 with Retry-After. Why: at
-  its compiled call limit pjsua answers `486 Busy Here` before any application callback,
-  which tells a carrier the callee is busy; refusing here lets every compiled slot carry a call.
+* a new INVITE (no To tag) that the node will not take (admission says why: rate per source,
+  draining, at capacity, no media sockets, unrouted number, source not allowed) gets its
+  answer here (503 with Retry-After, 403, 404). Why: pjsua creates a call with its RTP/RTCP
+  sockets before `onIncomingCall` can refuse it, so a burst of INVITEs it would refuse
+  exhausts the wheel's 64-key ioqueue, whose assertion aborts the worker; and at its compiled
+  call limit pjsua answers `486 Busy Here` itself, the wrong signal to a carrier.
 
-The module reads the received bytes at an offset into `pjsip_rx_data` that it measures once
-at start with a request it sends to itself; if that calibration fails, the filter stays off
-and says so in the log.
+The module reads the received bytes and the source address at offsets into `pjsip_rx_data`
+that it measures once at start with a request it sends to itself; if that calibration fails,
+the filter stays off and says so in the log.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import re
 import socket
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pjsua2 as pj
@@ -33,6 +37,7 @@ log = logging.getLogger("sipedge.sip.sanity")
 
 PRIORITY = 15  # PJSIP_MOD_PRIORITY_TSX_LAYER is 16: we run just before it
 SCAN_BYTES = 2048
+PKT_SCAN_BYTES = 4000 + 512  # the packet buffer and the pkt_info fields after it
 _INFO = re.compile(rb"^Request msg ([A-Za-z!%*_+`'~.-]+)/cseq=(-?\d+) ")
 _REQUEST_LINE = re.compile(rb"^([A-Za-z!%*_+`'~.-]+) ")
 _CSEQ = re.compile(rb"\r?\n(?:CSeq|cseq|CSEQ)[ \t]*:[ \t]*(-?\d+)[ \t]+([A-Za-z!%*_+`'~.-]+)")
@@ -82,6 +87,42 @@ def is_new_invite(message: bytes) -> bool:
     return head.startswith(b"INVITE ") and _TO_TAG.search(head) is None
 
 
+@dataclass(frozen=True)
+class GateAnswer:
+    """A stateless final answer the gate sends instead of letting pjsua see a new INVITE."""
+
+    code: int
+    retry_after: int | None = None
+
+
+# (message bytes up to the NUL, source IP) -> None to let the INVITE through
+Admit = Callable[[bytes, str], GateAnswer | None]
+
+SOCKADDR_BYTES = 28  # pj_sockaddr: a union up to sockaddr_in6
+_AF_INET, _AF_INET6 = 2, 10  # Linux values, as pj_sockaddr stores them
+
+
+def sockaddr_ip(raw: bytes) -> str:
+    """The address in a Linux pj_sockaddr's bytes ('' if it is neither IPv4 nor IPv6)."""
+    family = int.from_bytes(raw[0:2], "little")
+    if family == _AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8])
+    if family == _AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24])
+    return ""
+
+
+def _sockaddr_pattern(host: str, port: int) -> bytes:
+    if ":" in host:
+        return (
+            _AF_INET6.to_bytes(2, "little")
+            + port.to_bytes(2, "big")
+            + b"\0\0\0\0"
+            + socket.inet_pton(socket.AF_INET6, host)
+        )
+    return _AF_INET.to_bytes(2, "little") + port.to_bytes(2, "big") + socket.inet_aton(host)
+
+
 def _library() -> ctypes.CDLL:
     so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
     return ctypes.CDLL(str(so))  # the already loaded library: same pjsip globals
@@ -90,12 +131,13 @@ def _library() -> ctypes.CDLL:
 class RequestGate:
     """Owns the module struct and callback: keep the instance alive as long as the endpoint.
 
-    `refuse_new_call()` runs on the SIP thread for each new INVITE; it returns the Retry-After
-    seconds to refuse the call with 503, or None to let it through."""
+    `admit(message, source_ip)` runs on the SIP thread for each new INVITE; it returns the
+    answer to refuse the call with, or None to let it through to pjsua."""
 
-    def __init__(self, refuse_new_call: Callable[[], int | None] = lambda: None) -> None:
-        self.refuse_new_call = refuse_new_call
+    def __init__(self, admit: Admit = lambda message, source: None) -> None:
+        self.admit = admit
         lib = _library()
+        self.lib = lib
         self._header = lib.pjsip_generic_string_hdr_create
         self._header.restype = ctypes.c_void_p
         self._header.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
@@ -119,6 +161,8 @@ class RequestGate:
         self._register.restype = ctypes.c_int
         self._token = f"sipedge-calibrate-{uuid.uuid4().hex}".encode()
         self.packet_offset: int | None = None
+        self.source_offset: int | None = None
+        self._expect_source = b""
         self.rejected = 0
         self.refused_calls = 0
         self._callback = _RxCallback(self._on_rx_request)
@@ -142,6 +186,7 @@ class RequestGate:
         ) as sock:
             sock.bind((target, 0))
             local = sock.getsockname()[1]
+            self._expect_source = _sockaddr_pattern(target, local)
             sock.sendto(self._calibration(target, port, local), (target, port))
             for _ in range(100):
                 poll(10)
@@ -150,7 +195,15 @@ class RequestGate:
         if self.packet_offset is None:
             log.warning("event=sip_sanity_filter_disabled reason=calibration_failed")
             return False
-        log.info("event=sip_sanity_filter_installed packet_offset=%d", self.packet_offset)
+        if self.source_offset is None:
+            log.warning("event=sip_sanity_filter_disabled reason=source_address_not_found")
+            self.packet_offset = None
+            return False
+        log.info(
+            "event=sip_sanity_filter_installed packet_offset=%d source_offset=%d",
+            self.packet_offset,
+            self.source_offset,
+        )
         return True
 
     def _calibration(self, host: str, port: int, local: int) -> bytes:
@@ -183,32 +236,43 @@ class RequestGate:
             )
             self._respond(self._endpt, rdata, 400, None, None, None)
             return 1  # handled: the transaction layer never sees it
-        if is_new_invite(message):
-            retry_after = self.refuse_new_call()
-            if retry_after is not None:
+        if is_new_invite(message) and self.source_offset is not None:
+            source = sockaddr_ip(ctypes.string_at(rdata + self.source_offset, SOCKADDR_BYTES))
+            answer = self.admit(message, source)
+            if answer is not None:
                 self.refused_calls += 1
-                self._refuse(rdata, retry_after)
+                if answer.retry_after is not None:
+                    self._refuse(rdata, answer.code, answer.retry_after)
+                else:
+                    self._respond(self._endpt, rdata, answer.code, None, None, None)
                 return 1
         return 0
 
-    def _refuse(self, rdata: int, retry_after: int) -> None:
-        """503 with a Retry-After header, built in the request's own pool."""
+    def _refuse(self, rdata: int, code: int, retry_after: int) -> None:
+        """`code` (503) with a Retry-After header, built in the request's own pool."""
         pool = ctypes.c_void_p.from_address(rdata).value  # rdata->tp_info.pool, first field
         name, value = b"Retry-After", str(retry_after).encode()
         hname, hvalue = _PjStr(name, len(name)), _PjStr(value, len(value))
         header = self._header(pool, ctypes.byref(hname), ctypes.byref(hvalue))
         if not header:
-            self._respond(self._endpt, rdata, 503, None, None, None)
+            self._respond(self._endpt, rdata, code, None, None, None)
             return
         # A one-element pjsip_hdr list: the sentinel's and the header's prev/next links.
         sentinel = (ctypes.c_void_p * 8)()
         sentinel[0] = sentinel[1] = header
         links = (ctypes.c_void_p * 2).from_address(header)
         links[0] = links[1] = ctypes.addressof(sentinel)
-        self._respond(self._endpt, rdata, 503, None, ctypes.addressof(sentinel), None)
+        self._respond(self._endpt, rdata, code, None, ctypes.addressof(sentinel), None)
 
     def _calibrate(self, rdata: int) -> None:
         memory = ctypes.string_at(rdata, SCAN_BYTES)
         start = memory.find(b"OPTIONS sip:calibrate@")
-        if start >= 0 and self._token in memory[start:]:
-            self.packet_offset = start
+        if start < 0 or self._token not in memory[start:]:
+            return
+        self.packet_offset = start
+        # The source address follows the packet buffer (PJSIP_MAX_PKT_LEN, 4000 in the wheel)
+        # in pkt_info; look for our own socket's address just past it.
+        window = ctypes.string_at(rdata + start, PKT_SCAN_BYTES)
+        found = window.find(self._expect_source, 1024)
+        if found >= 0 and self._expect_source:
+            self.source_offset = start + found
