@@ -7,7 +7,6 @@ INVITE statelessly with the refusal it returns. Time is passed in, so tests need
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from gateway.calls import InboundDecision, route_inbound
@@ -76,36 +75,19 @@ class SourceRate:
         return len(self._buckets)
 
 
+@dataclass(frozen=True)
 class SocketBudget:
-    """How many more sockets pjlib's ioqueue can take, so a call is refused (503) before it
-    could exhaust it: the PyPI wheel asserts on an empty free list and aborts the worker.
+    """Whether pjlib's media ioqueue can take another call's sockets, so a call is refused
+    (503) before it could exhaust it: the PyPI wheel asserts on an empty free list and aborts
+    the worker. `free` is the ioqueue's free-list length (gateway/sip/ioqueue.py); keys of
+    ended calls rejoin that list only some time after their sockets close, so fast call churn
+    drains it even with few calls up."""
 
-    `registered` is the ioqueue's live key count; an unregistered key is not free again for
-    PJ_IOQUEUE_KEY_FREE_DELAY (500 ms), so drops of the count are remembered for `hold_s`."""
+    per_call: int = 2  # RTP + RTCP
+    reserve: int = 2  # slack for sockets a call in progress may still open (a re-INVITE)
 
-    def __init__(
-        self, capacity: int, per_call: int = 2, reserve: int = 6, hold_s: float = 1.0
-    ) -> None:
-        self.capacity = capacity
-        self.per_call = per_call
-        self.reserve = reserve
-        self.hold_s = hold_s
-        self.registered = 0
-        self._released: deque[tuple[float, int]] = deque()
-
-    def observe(self, registered: int, now: float) -> None:
-        if registered < self.registered:
-            self._released.append((now, self.registered - registered))
-        self.registered = registered
-
-    def free(self, now: float) -> int:
-        while self._released and now - self._released[0][0] > self.hold_s:
-            self._released.popleft()
-        closing = sum(count for _, count in self._released)
-        return self.capacity - self.registered - closing
-
-    def room_for_call(self, now: float) -> bool:
-        return self.free(now) - self.reserve >= self.per_call
+    def room_for_call(self, free: int) -> bool:
+        return free - self.reserve >= self.per_call
 
 
 @dataclass

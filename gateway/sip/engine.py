@@ -33,7 +33,7 @@ from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import SipExecutor
-from gateway.sip.ioqueue import IoQueueGauge
+from gateway.sip.ioqueue import IoQueueGauge, media_ioqueue
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
 from gateway.sip.sanity import GateAnswer, RequestGate
@@ -99,7 +99,7 @@ class SipEngine:
         self.refused: dict[str, int] = {}  # new INVITEs refused, by reason
         self._refused_unreported: dict[str, int] = {}
         self._refusal_log = RefusalLog()
-        self._sockets: SocketBudget | None = None
+        self._sockets = SocketBudget()
         self._gauge: IoQueueGauge | None = None
         self._executor = SipExecutor(on_timer_error=pj.Error)
         self.submit = self._executor.submit
@@ -145,9 +145,7 @@ class SipEngine:
         sip = self.config.sip
         self.ep, self._log_writer = create_endpoint(sip)
         self._gate = RequestGate(self._admit_invite)
-        self._gauge = IoQueueGauge(self._gate.lib)
-        if self._gauge.available:
-            self._sockets = SocketBudget(self._gauge.capacity)
+        self._gauge = IoQueueGauge(media_ioqueue(self._gate.lib))
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
         gated = "udp" in sip.transports and self._gate.install(
             sip.listen, sip.port, self.ep.libHandleEvents
@@ -176,8 +174,6 @@ class SipEngine:
     def _loop(self) -> None:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
             self.ep.libHandleEvents(self._executor.poll_ms())
-            if self._sockets is not None and self._gauge is not None:
-                self._sockets.observe(self._gauge.count, time.monotonic())
             self._executor.run_due()
             self._released.clear()  # pjsua2 Call objects die here, outside their callbacks
 
@@ -240,9 +236,9 @@ class SipEngine:
             "calls_total": self.calls_total,
             "draining": self.draining,
             "refused": dict(self.refused),
-            "sockets_free": (
-                self._sockets.free(time.monotonic()) if self._sockets is not None else None
-            ),
+            "media_sockets_free": self._gauge.free
+            if self._gauge and self._gauge.available
+            else None,
             "trunks": {tid: acc.state.as_dict() for tid, acc in self.trunks.items()},
         }
 
@@ -272,7 +268,7 @@ class SipEngine:
             active_by_trunk=self._active_by_trunk(),
             unconfirmed_by_source=self._unconfirmed_by_source(),
             draining=self.draining,
-            room_for_media=self._sockets is None or self._sockets.room_for_call(now),
+            room_for_media=self._room_for_media(),
         )
         dialled = [number_from_uri(request_uri(text)), number_from_uri(header(text, "to"))]
         _, refusal = self.admission.decide(source, [d for d in dialled if d], load, now)
@@ -301,6 +297,10 @@ class SipEngine:
         """Refusal counts go to the node's metrics batched, not one message per INVITE."""
         counts, self._refused_unreported = self._refused_unreported, {}
         self.emit("worker.refused", None, {"counts": counts})
+
+    def _room_for_media(self) -> bool:
+        gauge = self._gauge
+        return gauge is None or not gauge.available or self._sockets.room_for_call(gauge.free)
 
     def _live_sip_call_ids(self) -> set[str]:
         return {c.record.sip_call_id for c in self.calls.values()} | {
@@ -484,6 +484,8 @@ class SipEngine:
             raise CallRefused("draining", "the node is draining and takes no new calls")
         if len(self.calls) >= self.capacity:
             raise CallRefused("capacity_exceeded", f"node at capacity ({self.capacity} calls)")
+        if not self._room_for_media():
+            raise CallRefused("capacity_exceeded", "no free media sockets in this worker")
         if self._active_by_trunk().get(req.trunk, 0) >= account.trunk.max_concurrent_calls:
             raise CallRefused("capacity_exceeded", f"trunk {req.trunk} at max_concurrent_calls")
         caller_id = req.caller_id or account.trunk.caller_id or ""

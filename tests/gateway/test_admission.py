@@ -85,15 +85,11 @@ def test_source_rate_forgets_refilled_sources_when_full() -> None:
     assert len(rate) == 1
 
 
-def test_socket_budget_counts_released_keys_until_the_ioqueue_frees_them() -> None:
-    budget = SocketBudget(capacity=64, per_call=2, reserve=6, hold_s=1.0)
-    budget.observe(50, now=0.0)
-    assert budget.free(0.0) == 14 and budget.room_for_call(0.0)
-    budget.observe(57, now=0.1)
-    assert budget.free(0.1) == 7 and not budget.room_for_call(0.1)
-    budget.observe(10, now=0.2)  # 47 sockets closed: not reusable for another ~second
-    assert budget.free(0.2) == 7
-    assert budget.free(1.3) == 54
+def test_socket_budget_wants_a_calls_sockets_beyond_its_reserve() -> None:
+    budget = SocketBudget(per_call=2, reserve=2)
+    assert budget.room_for_call(4)
+    assert not budget.room_for_call(3)
+    assert not budget.room_for_call(0)
 
 
 def test_refusal_log_says_once_per_source_and_reason_per_interval_with_the_count() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.sip.message import header
@@ -101,8 +102,7 @@ class RawUac:
         return dialog
 
     def recv(self, timeout: float = 5.0) -> SipMessage | None:
-        if self._pending:
-            return self._pending.pop(0)
+        """The next datagram from the socket (messages set aside by the waits are not seen)."""
         self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65535)
@@ -110,31 +110,43 @@ class RawUac:
             return None
         return SipMessage(data.decode("utf-8", "replace"))
 
+    def _next(self, wanted: Callable[[SipMessage], bool], timeout: float) -> SipMessage | None:
+        """The first message `wanted` accepts, set-aside ones first; others are set aside."""
+        for index, message in enumerate(self._pending):
+            if wanted(message):
+                return self._pending.pop(index)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.recv(max(0.01, deadline - time.monotonic()))
+            if message is None:
+                return None
+            if wanted(message):
+                return message
+            self._pending = [*self._pending[-200:], message]
+        return None
+
     def wait_final(self, dialog: Dialog, timeout: float = 10.0) -> SipMessage:
         """The final response to the dialog's INVITE (provisionals are kept in `received`)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self.recv(max(0.01, deadline - time.monotonic()))
+        while True:
+            message = self._next(
+                lambda m: m.is_response and m.header("call-id") == dialog.call_id,
+                max(0.0, deadline - time.monotonic()),
+            )
             if message is None:
-                break
-            if message.header("call-id") != dialog.call_id:
-                self._pending.append(message)
-                continue
+                raise AssertionError(f"no final answer to INVITE {dialog.call_id}")
             dialog.received.append(message)
-            if message.is_response and message.status >= 200:
+            if message.status >= 200:
                 dialog.to_header = message.header("to")
                 return message
-        raise AssertionError(f"no final answer to INVITE {dialog.call_id}")
 
     def wait_request(self, method: str, dialog: Dialog, timeout: float = 15.0) -> SipMessage:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            message = self.recv(max(0.01, deadline - time.monotonic()))
-            if message is None:
-                break
-            if message.method == method and message.header("call-id") == dialog.call_id:
-                return message
-        raise AssertionError(f"no {method} for {dialog.call_id}")
+        message = self._next(
+            lambda m: m.method == method and m.header("call-id") == dialog.call_id, timeout
+        )
+        if message is None:
+            raise AssertionError(f"no {method} for {dialog.call_id}")
+        return message
 
     def ack(self, dialog: Dialog, final: SipMessage) -> None:
         branch = (
