@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import Config, load_config, parse_config, summary
+from gateway.config import Config, load_config, parse_config, summary, warnings
 from gateway.errors import ConfigError, SipedgeError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +83,18 @@ def assert_problem(text: str, path: str, *fragments: str, env: dict[str, str] | 
 # -- valid files -------------------------------------------------------------------------------
 
 
-def test_empty_file_is_all_defaults() -> None:
-    config = parse_config("", SOURCE, {})
+def test_an_empty_mapping_is_all_defaults() -> None:
+    config = parse_config("{}\n", SOURCE, {})
     assert config == Config()
     assert config.sip.port == 5060
     assert config.trunks == [] and config.numbers == [] and config.agents == []
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+def test_an_empty_file_is_refused_naming_what_is_expected(text: str) -> None:
+    line = only_problem(text)
+    assert line.startswith(f"{SOURCE}: the file is empty: expected a sipedge config"), line
+    assert "mapping of sections" in line
 
 
 def test_valid_config_parses_with_env_expanded() -> None:
@@ -458,6 +465,72 @@ def test_agent_sample_rate_is_one_of_the_supported_rates() -> None:
 )
 def test_other_sections_name_the_key_path(text: str, path: str) -> None:
     assert_problem(text, path)
+
+
+# -- ports -------------------------------------------------------------------------------------
+
+
+def test_api_port_equal_to_the_sip_port_is_refused_both_on_tcp() -> None:
+    line = only_problem("sip: {listen: 127.0.0.1, port: 5070}\napi: {port: 5070}\n")
+    assert line == (
+        f"{SOURCE}: api.port: 5070 is also sip.port (5070) and both listen on TCP at "
+        "127.0.0.1: give each its own port"
+    )
+
+
+def test_api_port_may_equal_a_udp_only_sip_port() -> None:
+    config = parse_config("sip: {port: 5070, transports: [udp]}\napi: {port: 5070}\n", SOURCE, {})
+    assert config.api.port == config.sip.port == 5070
+
+
+def test_a_disabled_api_may_use_the_sip_port() -> None:
+    parse_config("sip: {port: 5070}\napi: {port: 5070, enabled: false}\n", SOURCE, {})
+
+
+def test_ports_on_different_addresses_do_not_clash() -> None:
+    parse_config("sip: {listen: 127.0.0.2, port: 8080}\napi: {listen: 127.0.0.1}\n", SOURCE, {})
+
+
+def test_a_wildcard_sip_listen_clashes_with_the_api_on_any_address() -> None:
+    line = only_problem("sip: {port: 8080}\napi: {listen: 127.0.0.1, port: 8080}\n")
+    assert line.startswith(f"{SOURCE}: api.port: 8080 is also sip.port (8080) and both listen on")
+    assert "at 0.0.0.0 and 127.0.0.1" in line
+
+
+def test_embedded_mqtt_port_equal_to_the_api_port_is_refused() -> None:
+    line = only_problem("mqtt: {embedded: true, port: 8080}\n")
+    assert line.startswith(f"{SOURCE}: mqtt.port: 8080 is also api.port (8080)"), line
+
+
+def test_an_external_broker_port_is_not_ours_to_bind() -> None:
+    parse_config("mqtt: {embedded: false, port: 8080}\n", SOURCE, {})
+
+
+def test_sip_port_inside_the_rtp_range_is_refused() -> None:
+    line = only_problem("sip: {port: 20010, rtp_ports: {start: 20000, end: 20999}}\n")
+    assert line.startswith(
+        f"{SOURCE}: sip.rtp_ports: 20000-20999 is also sip.port (20010) and both listen on UDP"
+    ), line
+
+
+# -- capacity ----------------------------------------------------------------------------------
+
+
+def test_max_concurrent_calls_above_what_one_worker_holds_is_a_warning() -> None:
+    config = parse_config("limits: {max_concurrent_calls: 40}\n", SOURCE, {})
+    assert warnings(config) == [
+        "limits.max_concurrent_calls: 40 is more than this node holds: 1 SIP worker x 4 calls "
+        "(PJSUA_MAX_CALLS of the pjsua2 build); it takes at most 4 calls at once and answers "
+        "more with 503"
+    ]
+    assert "limits: 4 calls at once" in summary(config)
+
+
+@pytest.mark.parametrize("text", ["limits: {max_concurrent_calls: 4}\n", "{}\n"])
+def test_no_capacity_warning_within_the_engine_or_by_default(text: str) -> None:
+    config = parse_config(text, SOURCE, {})
+    assert warnings(config) == []
+    assert "limits: 4 calls at once" in summary(config)
 
 
 # -- several problems at once ------------------------------------------------------------------
