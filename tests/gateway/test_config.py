@@ -6,10 +6,13 @@ once, and a secret value never appears in a message, a repr or the summary.
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.config import Config, load_config, parse_config, summary, warnings
 from gateway.errors import ConfigError, SipedgeError
@@ -130,6 +133,23 @@ def test_example_carrier_yaml_loads_cleanly_with_its_variables_set() -> None:
     assert config.mqtt.password.get_secret_value() == "mqtt-password-value"
     assert len(config.api.api_keys) == 2
     assert config.recording.enabled
+
+
+def test_example_carrier_yaml_header_exports_every_variable_it_needs() -> None:
+    path = ROOT / "configs" / "example-carrier.yaml"
+    text = path.read_text(encoding="utf-8")
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    exported = {
+        word.split("=", 1)[0]
+        for line in header
+        if line.lstrip("# ").startswith("export ")
+        for word in line.lstrip("# ").split()[1:]
+    }
+    values = json.dumps(yaml.safe_load(text))  # the settings, without the comments
+    needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", values))  # no :-default
+    assert "TURN_PASSWORD" in needed
+    assert needed <= exported, f"the header does not export {sorted(needed - exported)}"
+    load_config(path, env={name: f"value-of-{name.lower()}" for name in exported})
 
 
 def test_example_carrier_yaml_names_every_variable_it_needs() -> None:
