@@ -754,3 +754,15 @@ def test_summary_of_the_defaults() -> None:
     text = summary(Config())
     assert "trunks (0):" in text and "numbers (0):" in text and "agents (0):" in text
     assert "mqtt: 127.0.0.1:1883, topics sipedge/node-1/..." in text
+
+
+def test_summary_shows_agent_urls_without_credentials_or_query() -> None:
+    config = parse_config(
+        "agents:\n  - {id: bot, type: pcm-ws, url: 'wss://bob:pa55word@agents.example.com:8443"
+        "/pcm?token=t0ken'}\n",
+        SOURCE,
+        {},
+    )
+    text = summary(config)
+    assert "bot: pcm-ws wss://agents.example.com:8443/pcm" in text
+    assert "pa55word" not in text and "t0ken" not in text and "bob" not in text
