@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.broker import EmbeddedBroker
-from gateway.config import Config
+from gateway.config import Config, capacity_warning
 from gateway.events import CommandError
 from gateway.ipc import encode, read_message
 from gateway.ledger import Ledger
@@ -241,6 +241,23 @@ class Node:
         # Calls a previous run left open (killed mid-call) ended with it: say so first.
         self.ledger.close_orphans("failed")
         await self.worker.start()
+        self._worker_started()
+
+    def _worker_started(self) -> None:
+        """The worker knows the real capacity: publish it, and say when it is below the
+        configured limit."""
+        if self.publisher is not None:
+            self.publisher.refresh_status()
+        capacity = self.worker.status.get("capacity")
+        if isinstance(capacity, int) and capacity_warning(self.config, capacity):
+            log.warning(
+                "event=capacity_capped max_concurrent_calls=%d capacity=%d workers=%d "
+                "engine_call_limit=%s calls_over_capacity=503",
+                self.config.limits.max_concurrent_calls,
+                capacity,
+                self.config.node.workers,
+                self.worker.status.get("engine_call_limit"),
+            )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -291,11 +308,15 @@ class Node:
             started = time.monotonic()
             try:
                 await self.worker.start()
+                if self.publisher is not None:
+                    self.publisher.refresh_status()
             except RuntimeError as exc:
                 log.error("event=worker_restart_failed error=%s", exc)
 
     async def shutdown(self) -> None:
         self.draining = True
+        if self.publisher is not None:
+            self.publisher.refresh_status()  # draining: true now, not after the hang-ups
         if not self.worker.exited.is_set() and self.worker.writer is not None:
             try:
                 await self.worker.request("drain", timeout=5)
