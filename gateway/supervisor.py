@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.broker import EmbeddedBroker
-from gateway.config import Config, capacity_warning
+from gateway.config import Config, capacity_warning, public_url
 from gateway.events import CommandError
 from gateway.ipc import encode, read_message
 from gateway.ledger import Ledger
@@ -215,6 +215,7 @@ class Node:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        log_routing(self.config)
         mqtt = self.config.mqtt
         settings = MqttSettings.from_config(mqtt)
         if mqtt.embedded:
@@ -351,6 +352,33 @@ class Node:
             await asyncio.sleep(0.05)
         if self.publisher.backlog:
             log.warning("event=outbox_not_flushed backlog=%d", self.publisher.backlog)
+
+
+def log_routing(config: Config) -> None:
+    """One line per trunk, number and agent, so the log says what this node answers and
+    dials. No secrets: no passwords, header values, URL credentials or variable values."""
+    for t in config.trunks:
+        log.info(
+            "event=trunk_configured trunk=%s register=%s registrar=%s username=%s proxy=%s "
+            "transport=%s allowed_ips=%s allowed_destinations=%s max_concurrent_calls=%d",
+            t.id, str(t.registers).lower(), t.registrar or "-", t.username or "-",
+            t.proxy or "-", t.transport, ",".join(t.allowed_ips) or "-",
+            ",".join(t.allowed_destinations), t.max_concurrent_calls,
+        )  # fmt: skip
+    for n in config.numbers:
+        log.info(
+            "event=number_configured number=%s agent=%s trunk=%s answer_delay_ms=%d "
+            "variables=%s",
+            n.number, n.agent, n.trunk or "any", n.answer_delay_ms,
+            ",".join(sorted(n.variables)) or "-",
+        )  # fmt: skip
+    for a in config.agents:
+        log.info(
+            "event=agent_configured agent=%s type=%s url=%s headers=%s connect_timeout=%g "
+            "on_agent_failure=%s sample_rate=%d",
+            a.id, a.type, public_url(a.url) or "-", ",".join(sorted(a.headers)) or "-",
+            a.connect_timeout, a.on_agent_failure, a.sample_rate,
+        )  # fmt: skip
 
 
 def run_node(config: Config, config_path: str | Path) -> int:

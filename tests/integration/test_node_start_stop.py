@@ -4,13 +4,48 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
+from tests.integration.peers import free_port
 
 pytestmark = pytest.mark.integration
+
+SECRETS = {"TRUNK_PW": "trunk-pa55word", "AGENT_TOKEN": "agent-t0ken-value"}
+
+
+def routing_config(tmp: Path) -> dict[str, Any]:
+    return base_config(
+        tmp,
+        sip={"log_level": 3},  # pjsip's own lines reach the log too (at DEBUG)
+        limits={"max_concurrent_calls": 4},  # what one worker holds: no capacity warning
+        trunks=[
+            {
+                "id": "loopback",
+                "allowed_ips": ["127.0.0.0/8"],
+                "proxy": f"sip:127.0.0.1:{free_port()}",
+                "username": "edge",
+                "password": "${TRUNK_PW}",
+                "allowed_destinations": ["+1555"],
+            }
+        ],
+        numbers=[
+            {"number": "+15550100", "agent": "echo", "variables": {"campaign": "spring"}},
+            {"number": "+15550111", "agent": "bot", "trunk": "loopback"},
+        ],
+        agents=[
+            {"id": "echo", "type": "echo"},
+            {
+                "id": "bot",
+                "type": "pcm-ws",
+                "url": "ws://bob:url-pa55@127.0.0.1:9/pcm?key=query-s3cret",
+                "headers": {"Authorization": "Bearer ${AGENT_TOKEN}"},
+            },
+        ],
+    )
 
 
 def test_the_retained_status_has_the_capacity_right_after_start(tmp_path: Path) -> None:
@@ -21,6 +56,24 @@ def test_the_retained_status_has_the_capacity_right_after_start(tmp_path: Path) 
         assert status["capacity"] == 4 and status["engine_call_limit"] == 4, status
         assert status["active_calls"] == 0 and status["draining"] is False
     assert node.stop() == 0
+
+
+def test_start_logs_each_trunk_number_and_agent_without_secrets(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path, routing_config(tmp_path), env=SECRETS)
+    with node:
+        pass
+    assert node.stop() == 0
+    log = node.log()
+    assert log.count("event=trunk_configured ") == 1
+    assert "event=trunk_configured trunk=loopback register=false registrar=- username=edge" in log
+    assert "event=number_configured number=+15550100 agent=echo trunk=any" in log
+    assert "variables=campaign" in log and "spring" not in log
+    assert "event=number_configured number=+15550111 agent=bot trunk=loopback" in log
+    assert "event=agent_configured agent=echo type=echo url=-" in log
+    assert "event=agent_configured agent=bot type=pcm-ws url=ws://127.0.0.1:9/pcm" in log
+    assert "headers=Authorization" in log
+    for secret in [*SECRETS.values(), "url-pa55", "query-s3cret", "bob"]:
+        assert secret not in log, secret
 
 
 def test_draining_is_in_the_retained_status_while_calls_are_still_up(tmp_path: Path) -> None:
