@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tests.integration.peers import free_port
 
 pytestmark = pytest.mark.integration
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) \S+ ")
 SECRETS = {"TRUNK_PW": "trunk-pa55word", "AGENT_TOKEN": "agent-t0ken-value"}
 
 
@@ -74,6 +76,24 @@ def test_start_logs_each_trunk_number_and_agent_without_secrets(tmp_path: Path) 
     assert "headers=Authorization" in log
     for secret in [*SECRETS.values(), "url-pa55", "query-s3cret", "bob"]:
         assert secret not in log, secret
+
+
+def test_the_log_has_no_raw_pjlib_lines_and_a_clean_stop_warns_of_nothing(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess(tmp_path, routing_config(tmp_path), env=SECRETS)
+    with node:
+        pass
+    assert node.stop() == 0
+    lines = node.log().splitlines()
+    assert lines
+    # Every line is one of ours, key=value after the logger name; pjlib prints nothing raw.
+    for line in lines:
+        assert LOG_LINE.match(line), f"not a log line: {line!r}"
+    pjsip = [line for line in lines if " pjsip " in line]
+    assert pjsip, "sip.log_level 3 at DEBUG logs pjsip lines"
+    assert all(" event=pjsip level=" in line for line in pjsip), pjsip[:3]
+    assert [line for line in lines if "supervisor_gone" in line or " WARNING " in line] == []
 
 
 def test_draining_is_in_the_retained_status_while_calls_are_still_up(tmp_path: Path) -> None:
