@@ -24,6 +24,7 @@ from gateway.events import CommandError
 from gateway.ipc import encode, read_message
 from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
+from gateway.ports import check_ports_free
 from gateway.publisher import MqttSettings, Publisher
 from gateway.store import Store
 
@@ -215,6 +216,7 @@ class Node:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        check_ports_free(self.config)  # name the busy port rather than fail half-way
         log_routing(self.config)
         mqtt = self.config.mqtt
         settings = MqttSettings.from_config(mqtt)

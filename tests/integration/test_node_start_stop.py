@@ -128,3 +128,25 @@ def test_draining_is_in_the_retained_status_while_calls_are_still_up(tmp_path: P
     # base_config asks for 10 calls at once: the start says that one worker holds 4.
     warning = "WARNING sipedge.node event=capacity_capped max_concurrent_calls=10 capacity=4 "
     assert warning in node.log()
+
+
+def test_a_second_node_on_the_same_ports_names_each_port_in_use(tmp_path: Path) -> None:
+    config = base_config(tmp_path, api={"enabled": True, "port": free_port("tcp")})
+    first = NodeProcess(tmp_path, config)
+    with first:
+        second_config = {**config, "storage": {"path": str(tmp_path / "second.db")}}
+        second = NodeProcess(tmp_path, second_config)
+        with pytest.raises(RuntimeError, match="node exited with 1"):
+            second.start()
+        second.stop()
+        log = second.log()
+        mqtt, sip, api = config["mqtt"]["port"], config["sip"]["port"], config["api"]["port"]
+        assert f"mqtt.port {mqtt} is already in use (TCP 127.0.0.1:{mqtt}, by pid " in log
+        assert "mosquitto" in log  # the holder, by its command line
+        assert f"sip.port {sip} is already in use (UDP 127.0.0.1:{sip}" in log
+        assert f"sip.port {sip} is already in use (TCP 127.0.0.1:{sip}" in log
+        assert f"api.port {api} is already in use (TCP 127.0.0.1:{api}" in log
+        assert "did not start" not in log and "Traceback" not in log
+        # The first node was not disturbed.
+        assert "event=node_running" in first.log()
+    assert first.stop() == 0
