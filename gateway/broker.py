@@ -113,6 +113,11 @@ class EmbeddedBroker:
             if not self._auto_port:
                 break
             self.port = free_port(self.host)  # someone took the free port first; pick another
+        if not _port_free(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} is already in use (TCP {self.host}:{self.port}); "
+                "mosquitto was not started"
+            )
         raise BrokerError(
             f"mosquitto did not start on {self.host}:{self.port}; log: {self._log_tail()}"
         )

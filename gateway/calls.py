@@ -64,8 +64,20 @@ class CallRecord:
     sip_call_id: str = ""
     got_provisional: bool = False
     hangup_by: str | None = None
-    end_reason: EndReason | None = None
+    _end_reason: EndReason | None = field(default=None, repr=False)
     record: bool | None = None  # record this call; None: as recording.enabled says
+
+    @property
+    def end_reason(self) -> EndReason | None:
+        return self._end_reason
+
+    @end_reason.setter
+    def end_reason(self, reason: EndReason | None) -> None:
+        # The engine gives up on an outbound call at its ring timeout with NO_ANSWER; whether
+        # that is "nobody answered" or "never reached" is failure_reason's decision.
+        if reason is EndReason.NO_ANSWER and self.direction == "outbound":
+            reason = failure_reason(0, self.got_provisional, timed_out=True)
+        self._end_reason = reason
 
     def advance(self, new: CallState) -> bool:
         """Move to `new` if allowed; returns False (and stays) for a repeated or late state."""
@@ -143,9 +155,14 @@ def destination_allowed(trunk: Trunk, to: str) -> bool:
 
 
 def failure_reason(sip_code: int, got_provisional: bool, timed_out: bool) -> EndReason:
-    """Map how an outbound call ended before answer to a reason a control plane can act on."""
+    """Map how an outbound call ended before answer to a reason a control plane can act on.
+
+    A destination that never rang (no 18x) before the ring timeout, a 408/480 without a
+    provisional response, and pjsip's own 503 for a transport error (connection refused, no
+    route) were never reached: `unreachable`, not `no_answer`.
+    """
     if timed_out:
-        return EndReason.NO_ANSWER
+        return EndReason.NO_ANSWER if got_provisional else EndReason.UNREACHABLE
     if sip_code in (486, 600):
         return EndReason.BUSY
     if sip_code in (401, 407):

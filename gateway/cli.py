@@ -7,8 +7,10 @@ import logging
 import sys
 
 from gateway import __version__
-from gateway.config import load_config, summary
+from gateway.config import load_config, summary, warnings
 from gateway.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -20,6 +22,8 @@ def _check_config(args: argparse.Namespace) -> int:
         return 2
     print(f"{args.file}: OK")
     print(summary(config))
+    for warning in warnings(config):
+        print(f"{args.file}: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -38,7 +42,13 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipedge", description="SIP edge gateway for voice AI")
     parser.add_argument("--version", action="version", version=f"sipedge {__version__}")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help=f"one of {', '.join(LOG_LEVELS)} (default %(default)s)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check-config", help="validate a config file and summarise it")
     check.add_argument("file")

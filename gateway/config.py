@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import (
@@ -326,11 +328,75 @@ class Config(Model):
                 raise ValueError(f"numbers[{i}].trunk: {route.trunk!r} is not a defined trunk")
         return self
 
+    @model_validator(mode="after")
+    def _ports(self) -> Config:
+        clash = port_clash(listeners(self))
+        if clash is not None:
+            raise ValueError(clash)
+        return self
+
     def trunk(self, trunk_id: str) -> Trunk | None:
         return next((t for t in self.trunks if t.id == trunk_id), None)
 
     def agent(self, agent_id: str) -> Agent | None:
         return next((a for a in self.agents if a.id == agent_id), None)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A socket the node binds: `key` is the config key a user would change."""
+
+    key: str
+    protocol: Literal["tcp", "udp"]
+    host: str
+    first: int
+    last: int
+
+    @property
+    def ports(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def listeners(config: Config) -> list[Listener]:
+    """Every port this node binds, by the key that sets it."""
+    sip = config.sip
+    out = [Listener("sip.port", t, sip.listen, sip.port, sip.port) for t in sip.transports]
+    out.append(Listener("sip.rtp_ports", "udp", sip.listen, sip.rtp_ports.start, sip.rtp_ports.end))
+    if config.api.enabled:
+        out.append(Listener("api.port", "tcp", config.api.listen, config.api.port, config.api.port))
+    if config.mqtt.embedded:
+        mqtt = config.mqtt
+        out.append(Listener("mqtt.port", "tcp", mqtt.host, mqtt.port, mqtt.port))
+    return out
+
+
+def port_clash(bound: list[Listener]) -> str | None:
+    """Two listeners on one protocol, one port and overlapping addresses cannot both bind."""
+    for i, a in enumerate(bound):
+        for b in bound[i + 1 :]:
+            if (
+                a.protocol == b.protocol
+                and a.first <= b.last
+                and b.first <= a.last
+                and _overlapping(a.host, b.host)
+            ):
+                where = a.host if a.host == b.host else f"{a.host} and {b.host}"
+                return (
+                    f"{b.key}: {b.ports} is also {a.key} ({a.ports}) and both listen on "
+                    f"{a.protocol.upper()} at {where}: give each its own port"
+                )
+    return None
+
+
+def _wildcard(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "")
+
+
+def _overlapping(a: str, b: str) -> bool:
+    def norm(host: str) -> str:
+        return "127.0.0.1" if host == "localhost" else host
+
+    return _wildcard(a) or _wildcard(b) or norm(a) == norm(b)
 
 
 def _unique(section: str, keys: list[str]) -> None:
@@ -448,7 +514,12 @@ def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> C
         problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
         raise ConfigError([f"{source}{where}: invalid YAML: {problem}"]) from None
     if raw is None:
-        raw = {}
+        raise ConfigError(
+            [
+                f"{source}: the file is empty: expected a sipedge config, a YAML mapping of "
+                "sections such as sip, trunks, numbers and agents (see configs/local.yaml)"
+            ]
+        )
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: (top level): expected a mapping of sections"])
     problems: list[str] = []
@@ -468,7 +539,7 @@ def parse_config(text: str, source: str, env: dict[str, str] | None = None) -> C
                 continue  # already reported as a missing variable or a literal secret
             msg = _describe(error, from_env)
             # Cross-reference errors carry their own key path in the message.
-            if loc == "(top level)" and re.match(r"^[a-z]+\[\d+\]", msg):
+            if loc == "(top level)" and re.match(r"^[a-z_]+(\[\d+\]|\.[a-z_]+)", msg):
                 lines.append(f"{source}: {msg}")
             else:
                 lines.append(f"{source}: {loc}: {msg}")
@@ -494,6 +565,49 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     return parse_config(text, str(path), env)
 
 
+# PJSUA_MAX_CALLS of the only pjsua2 wheel (pjsua2-python 2.15.1.post1): one SIP worker, one
+# pjsua2 endpoint, holds this many calls at once. The engine measures it again at start.
+CALLS_PER_WORKER = 4
+
+
+def engine_capacity(config: Config) -> int:
+    """Calls the node's SIP workers can hold at once."""
+    return config.node.workers * CALLS_PER_WORKER
+
+
+def capacity_warning(config: Config, capacity: int | None = None) -> str | None:
+    """Say so when `limits.max_concurrent_calls` was set above what the engine holds: the
+    node then takes `capacity` calls (default: the engine's) and answers the rest 503."""
+    limits = config.limits
+    most = engine_capacity(config) if capacity is None else capacity
+    if "max_concurrent_calls" not in limits.model_fields_set or limits.max_concurrent_calls <= most:
+        return None
+    workers = config.node.workers
+    return (
+        f"limits.max_concurrent_calls: {limits.max_concurrent_calls} is more than this node "
+        f"holds: {workers} SIP worker{'s' if workers > 1 else ''} x {CALLS_PER_WORKER} calls "
+        f"(PJSUA_MAX_CALLS of the pjsua2 build); it takes at most {most} calls at once and "
+        "answers more with 503"
+    )
+
+
+def warnings(config: Config) -> list[str]:
+    """What a valid config will not do as written (check-config prints these)."""
+    return [w for w in (capacity_warning(config),) if w is not None]
+
+
+def public_url(url: str | None) -> str | None:
+    """The URL without user:password or query string (tokens often travel there)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 def summary(config: Config) -> str:
     """One screen describing a valid config, with no secret values."""
     sip = config.sip
@@ -512,7 +626,8 @@ def summary(config: Config) -> str:
     lines.append(f"numbers ({len(config.numbers)}):")
     lines += [f"  {n.number} -> agent {n.agent}" for n in config.numbers]
     lines.append(f"agents ({len(config.agents)}):")
-    lines += [f"  {a.id}: {a.type}{' ' + a.url if a.url else ''}" for a in config.agents]
+    lines += [f"  {a.id}: {a.type}{' ' + (public_url(a.url) or '') if a.url else ''}"
+              for a in config.agents]  # fmt: skip
     mqtt = config.mqtt
     broker = "embedded mosquitto" if mqtt.embedded else f"{mqtt.host}:{mqtt.port}"
     lines.append(f"mqtt: {broker}, topics {mqtt.prefix}/{config.node.id}/...")
@@ -525,8 +640,9 @@ def summary(config: Config) -> str:
         f"storage: {config.storage.path}; recording {'on' if config.recording.enabled else 'off'}"
     )
     lim = config.limits
+    calls = min(lim.max_concurrent_calls, engine_capacity(config))
     lines.append(
-        f"limits: {lim.max_concurrent_calls} calls, {lim.max_call_duration}s max duration, "
+        f"limits: {calls} calls at once, {lim.max_call_duration}s max duration, "
         f"drain {config.node.drain_timeout:g}s"
     )
     return "\n".join(lines)

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.broker import EmbeddedBroker
-from gateway.config import Config
+from gateway.config import Config, capacity_warning, public_url
 from gateway.events import CommandError
 from gateway.ipc import encode, read_message
 from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
+from gateway.ports import check_ports_free
 from gateway.publisher import MqttSettings, Publisher
 from gateway.store import Store
 
@@ -216,6 +217,8 @@ class Node:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        check_ports_free(self.config)  # name the busy port rather than fail half-way
+        log_routing(self.config)
         mqtt = self.config.mqtt
         settings = MqttSettings.from_config(mqtt)
         if mqtt.embedded:
@@ -243,6 +246,23 @@ class Node:
         self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
         self.store.beat(time.time())
         await self.worker.start()
+        self._worker_started()
+
+    def _worker_started(self) -> None:
+        """The worker knows the real capacity: publish it, and say when it is below the
+        configured limit."""
+        if self.publisher is not None:
+            self.publisher.refresh_status()
+        capacity = self.worker.status.get("capacity")
+        if isinstance(capacity, int) and capacity_warning(self.config, capacity):
+            log.warning(
+                "event=capacity_capped max_concurrent_calls=%d capacity=%d workers=%d "
+                "engine_call_limit=%s calls_over_capacity=503",
+                self.config.limits.max_concurrent_calls,
+                capacity,
+                self.config.node.workers,
+                self.worker.status.get("engine_call_limit"),
+            )
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -304,11 +324,15 @@ class Node:
             started = time.monotonic()
             try:
                 await self.worker.start()
+                if self.publisher is not None:
+                    self.publisher.refresh_status()
             except RuntimeError as exc:
                 log.error("event=worker_restart_failed error=%s", exc)
 
     async def shutdown(self) -> None:
         self.draining = True
+        if self.publisher is not None:
+            self.publisher.refresh_status()  # draining: true now, not after the hang-ups
         if not self.worker.exited.is_set() and self.worker.writer is not None:
             try:
                 await self.worker.request("drain", timeout=5)
@@ -343,6 +367,33 @@ class Node:
             await asyncio.sleep(0.05)
         if self.publisher.backlog:
             log.warning("event=outbox_not_flushed backlog=%d", self.publisher.backlog)
+
+
+def log_routing(config: Config) -> None:
+    """One line per trunk, number and agent, so the log says what this node answers and
+    dials. No secrets: no passwords, header values, URL credentials or variable values."""
+    for t in config.trunks:
+        log.info(
+            "event=trunk_configured trunk=%s register=%s registrar=%s username=%s proxy=%s "
+            "transport=%s allowed_ips=%s allowed_destinations=%s max_concurrent_calls=%d",
+            t.id, str(t.registers).lower(), t.registrar or "-", t.username or "-",
+            t.proxy or "-", t.transport, ",".join(t.allowed_ips) or "-",
+            ",".join(t.allowed_destinations), t.max_concurrent_calls,
+        )  # fmt: skip
+    for n in config.numbers:
+        log.info(
+            "event=number_configured number=%s agent=%s trunk=%s answer_delay_ms=%d "
+            "variables=%s",
+            n.number, n.agent, n.trunk or "any", n.answer_delay_ms,
+            ",".join(sorted(n.variables)) or "-",
+        )  # fmt: skip
+    for a in config.agents:
+        log.info(
+            "event=agent_configured agent=%s type=%s url=%s headers=%s connect_timeout=%g "
+            "on_agent_failure=%s sample_rate=%d",
+            a.id, a.type, public_url(a.url) or "-", ",".join(sorted(a.headers)) or "-",
+            a.connect_timeout, a.on_agent_failure, a.sample_rate,
+        )  # fmt: skip
 
 
 def run_node(config: Config, config_path: str | Path) -> int:

@@ -87,7 +87,8 @@ class Worker:
             while not self.stopped.is_set():
                 message = await read_message(reader)
                 if message is None:
-                    log.warning("event=supervisor_gone action=stop")
+                    if not self.stopped.is_set():  # not the end of a stop the node asked for
+                        log.warning("event=supervisor_gone action=stop")
                     await self._stop()
                     break
                 if message.get("kind") == "request":

@@ -121,3 +121,65 @@ def test_check_config_needs_a_file_argument(capsys: pytest.CaptureFixture[str]) 
         main(["check-config"])
     assert info.value.code == 2
     assert "file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("text", ["", "# nothing but a comment\n"])
+def test_check_config_refuses_an_empty_file_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    path = write(tmp_path, text)
+    assert main(["check-config", path]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"{path}: the file is empty: expected a sipedge config")
+
+
+def test_check_config_refuses_the_api_on_the_sip_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, VALID + "sip: {listen: 127.0.0.1, port: 8080}\n")
+    assert main(["check-config", path]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}: api.port: 8080 is also sip.port (8080) and both listen on TCP at 127.0.0.1: "
+        "give each its own port"
+    ]
+
+
+def test_check_config_warns_when_max_concurrent_calls_is_above_the_engine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, VALID + "limits: {max_concurrent_calls: 40}\n")
+    assert main(["check-config", path]) == 0
+    out, err = capsys.readouterr()
+    assert "limits: 4 calls at once" in out
+    assert err.splitlines() == [
+        f"{path}: warning: limits.max_concurrent_calls: 40 is more than this node holds: "
+        "1 SIP worker x 4 calls (PJSUA_MAX_CALLS of the pjsua2 build); it takes at most 4 "
+        "calls at once and answers more with 503"
+    ]
+
+
+def test_check_config_of_the_shipped_configs_has_no_warning(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CARRIER_PASSWORD", "AGENT_TOKEN", "TURN_PASSWORD", "MQTT_USERNAME",
+                 "MQTT_PASSWORD", "SIPEDGE_API_KEY", "SIPEDGE_ADMIN_KEY"):  # fmt: skip
+        monkeypatch.setenv(name, f"value-of-{name.lower()}")
+    for config in ("local.yaml", "example-carrier.yaml"):
+        assert main(["check-config", str(ROOT / "configs" / config)]) == 0
+        assert capsys.readouterr().err == ""
+
+
+def test_an_unknown_log_level_is_a_usage_error_listing_the_choices(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--log-level", "verbose", "check-config", "x.yaml"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "argument --log-level: invalid choice: 'VERBOSE'" in err
+    assert "DEBUG" in err and "INFO" in err and "WARNING" in err and "ERROR" in err
+
+
+def test_the_log_level_is_case_insensitive(tmp_path: Path) -> None:
+    assert main(["--log-level", "debug", "check-config", write(tmp_path, VALID)]) == 0

@@ -3,8 +3,11 @@ clock, codec order. Runs on the SIP thread."""
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pjsua2 as pj
@@ -15,12 +18,23 @@ CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    """pjsip's log lines, as key=value lines of the `pjsip` logger (at DEBUG)."""
+
     def write(self, entry: Any) -> None:
-        logging.getLogger("pjsip").debug(entry.msg.rstrip())
+        message = json.dumps(str(entry.msg).rstrip())  # one line: SIP dumps span several
+        logging.getLogger("pjsip").debug("event=pjsip level=%d msg=%s", entry.level, message)
+
+
+def _silence_pjlib_until_configured() -> None:
+    """pjlib logs to stdout from libCreate(), before libInit() installs our writer and levels:
+    start it silent (libInit then sets the configured levels)."""
+    so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
+    ctypes.CDLL(str(so)).pj_log_set_level(0)  # the loaded library: the same pjlib globals
 
 
 def create_endpoint(sip: SipSettings) -> tuple[pj.Endpoint, pj.LogWriter]:
     """A started endpoint; keep the returned log writer alive as long as the endpoint."""
+    _silence_pjlib_until_configured()
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()

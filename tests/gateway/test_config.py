@@ -6,12 +6,15 @@ once, and a secret value never appears in a message, a repr or the summary.
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.config import Config, load_config, parse_config, summary
+from gateway.config import Config, load_config, parse_config, summary, warnings
 from gateway.errors import ConfigError, SipedgeError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,11 +86,18 @@ def assert_problem(text: str, path: str, *fragments: str, env: dict[str, str] | 
 # -- valid files -------------------------------------------------------------------------------
 
 
-def test_empty_file_is_all_defaults() -> None:
-    config = parse_config("", SOURCE, {})
+def test_an_empty_mapping_is_all_defaults() -> None:
+    config = parse_config("{}\n", SOURCE, {})
     assert config == Config()
     assert config.sip.port == 5060
     assert config.trunks == [] and config.numbers == [] and config.agents == []
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n"])
+def test_an_empty_file_is_refused_naming_what_is_expected(text: str) -> None:
+    line = only_problem(text)
+    assert line.startswith(f"{SOURCE}: the file is empty: expected a sipedge config"), line
+    assert "mapping of sections" in line
 
 
 def test_valid_config_parses_with_env_expanded() -> None:
@@ -123,6 +133,23 @@ def test_example_carrier_yaml_loads_cleanly_with_its_variables_set() -> None:
     assert config.mqtt.password.get_secret_value() == "mqtt-password-value"
     assert len(config.api.api_keys) == 2
     assert config.recording.enabled
+
+
+def test_example_carrier_yaml_header_exports_every_variable_it_needs() -> None:
+    path = ROOT / "configs" / "example-carrier.yaml"
+    text = path.read_text(encoding="utf-8")
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    exported = {
+        word.split("=", 1)[0]
+        for line in header
+        if line.lstrip("# ").startswith("export ")
+        for word in line.lstrip("# ").split()[1:]
+    }
+    values = json.dumps(yaml.safe_load(text))  # the settings, without the comments
+    needed = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", values))  # no :-default
+    assert "TURN_PASSWORD" in needed
+    assert needed <= exported, f"the header does not export {sorted(needed - exported)}"
+    load_config(path, env={name: f"value-of-{name.lower()}" for name in exported})
 
 
 def test_example_carrier_yaml_names_every_variable_it_needs() -> None:
@@ -460,6 +487,72 @@ def test_other_sections_name_the_key_path(text: str, path: str) -> None:
     assert_problem(text, path)
 
 
+# -- ports -------------------------------------------------------------------------------------
+
+
+def test_api_port_equal_to_the_sip_port_is_refused_both_on_tcp() -> None:
+    line = only_problem("sip: {listen: 127.0.0.1, port: 5070}\napi: {port: 5070}\n")
+    assert line == (
+        f"{SOURCE}: api.port: 5070 is also sip.port (5070) and both listen on TCP at "
+        "127.0.0.1: give each its own port"
+    )
+
+
+def test_api_port_may_equal_a_udp_only_sip_port() -> None:
+    config = parse_config("sip: {port: 5070, transports: [udp]}\napi: {port: 5070}\n", SOURCE, {})
+    assert config.api.port == config.sip.port == 5070
+
+
+def test_a_disabled_api_may_use_the_sip_port() -> None:
+    parse_config("sip: {port: 5070}\napi: {port: 5070, enabled: false}\n", SOURCE, {})
+
+
+def test_ports_on_different_addresses_do_not_clash() -> None:
+    parse_config("sip: {listen: 127.0.0.2, port: 8080}\napi: {listen: 127.0.0.1}\n", SOURCE, {})
+
+
+def test_a_wildcard_sip_listen_clashes_with_the_api_on_any_address() -> None:
+    line = only_problem("sip: {port: 8080}\napi: {listen: 127.0.0.1, port: 8080}\n")
+    assert line.startswith(f"{SOURCE}: api.port: 8080 is also sip.port (8080) and both listen on")
+    assert "at 0.0.0.0 and 127.0.0.1" in line
+
+
+def test_embedded_mqtt_port_equal_to_the_api_port_is_refused() -> None:
+    line = only_problem("mqtt: {embedded: true, port: 8080}\n")
+    assert line.startswith(f"{SOURCE}: mqtt.port: 8080 is also api.port (8080)"), line
+
+
+def test_an_external_broker_port_is_not_ours_to_bind() -> None:
+    parse_config("mqtt: {embedded: false, port: 8080}\n", SOURCE, {})
+
+
+def test_sip_port_inside_the_rtp_range_is_refused() -> None:
+    line = only_problem("sip: {port: 20010, rtp_ports: {start: 20000, end: 20999}}\n")
+    assert line.startswith(
+        f"{SOURCE}: sip.rtp_ports: 20000-20999 is also sip.port (20010) and both listen on UDP"
+    ), line
+
+
+# -- capacity ----------------------------------------------------------------------------------
+
+
+def test_max_concurrent_calls_above_what_one_worker_holds_is_a_warning() -> None:
+    config = parse_config("limits: {max_concurrent_calls: 40}\n", SOURCE, {})
+    assert warnings(config) == [
+        "limits.max_concurrent_calls: 40 is more than this node holds: 1 SIP worker x 4 calls "
+        "(PJSUA_MAX_CALLS of the pjsua2 build); it takes at most 4 calls at once and answers "
+        "more with 503"
+    ]
+    assert "limits: 4 calls at once" in summary(config)
+
+
+@pytest.mark.parametrize("text", ["limits: {max_concurrent_calls: 4}\n", "{}\n"])
+def test_no_capacity_warning_within_the_engine_or_by_default(text: str) -> None:
+    config = parse_config(text, SOURCE, {})
+    assert warnings(config) == []
+    assert "limits: 4 calls at once" in summary(config)
+
+
 # -- several problems at once ------------------------------------------------------------------
 
 
@@ -661,3 +754,15 @@ def test_summary_of_the_defaults() -> None:
     text = summary(Config())
     assert "trunks (0):" in text and "numbers (0):" in text and "agents (0):" in text
     assert "mqtt: 127.0.0.1:1883, topics sipedge/node-1/..." in text
+
+
+def test_summary_shows_agent_urls_without_credentials_or_query() -> None:
+    config = parse_config(
+        "agents:\n  - {id: bot, type: pcm-ws, url: 'wss://bob:pa55word@agents.example.com:8443"
+        "/pcm?token=t0ken'}\n",
+        SOURCE,
+        {},
+    )
+    text = summary(config)
+    assert "bot: pcm-ws wss://agents.example.com:8443/pcm" in text
+    assert "pa55word" not in text and "t0ken" not in text and "bob" not in text

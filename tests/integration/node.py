@@ -76,8 +76,10 @@ class NodeProcess:
         config: dict[str, Any],
         env: dict[str, str] | None = None,
         log_level: str = "DEBUG",
+        cwd: Path | None = None,
     ):
         self.tmp = tmp
+        self.cwd = cwd  # where relative paths in the config (storage) resolve
         self.log_level = log_level
         self.config = config
         self.env = {**os.environ, **(env or {})}
@@ -110,6 +112,7 @@ class NodeProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
+            cwd=self.cwd,
             start_new_session=True,
         )
         deadline = time.monotonic() + timeout
