@@ -64,20 +64,8 @@ class CallRecord:
     sip_call_id: str = ""
     got_provisional: bool = False
     hangup_by: str | None = None
-    _end_reason: EndReason | None = field(default=None, repr=False)
+    end_reason: EndReason | None = None
     record: bool | None = None  # record this call; None: as recording.enabled says
-
-    @property
-    def end_reason(self) -> EndReason | None:
-        return self._end_reason
-
-    @end_reason.setter
-    def end_reason(self, reason: EndReason | None) -> None:
-        # The engine gives up on an outbound call at its ring timeout with NO_ANSWER; whether
-        # that is "nobody answered" or "never reached" is failure_reason's decision.
-        if reason is EndReason.NO_ANSWER and self.direction == "outbound":
-            reason = failure_reason(0, self.got_provisional, timed_out=True)
-        self._end_reason = reason
 
     def advance(self, new: CallState) -> bool:
         """Move to `new` if allowed; returns False (and stays) for a repeated or late state."""

@@ -22,6 +22,7 @@ from gateway.calls import (
     CallState,
     EndReason,
     destination_allowed,
+    failure_reason,
     number_from_uri,
     route_inbound,
 )
@@ -71,7 +72,13 @@ class OriginateRequest:
 
 
 # Reasons that stay the call's reason even when it ends before it was answered.
-_UNANSWERED_REASONS = {EndReason.ACK_TIMEOUT, EndReason.DRAIN, EndReason.AGENT_UNAVAILABLE}
+_UNANSWERED_REASONS = {
+    EndReason.NO_ANSWER,
+    EndReason.UNREACHABLE,
+    EndReason.ACK_TIMEOUT,
+    EndReason.DRAIN,
+    EndReason.AGENT_UNAVAILABLE,
+}
 
 
 def reason_header(reason: EndReason) -> pj.SipHeader:
@@ -537,7 +544,8 @@ class SipEngine:
         if call is None or call.record.state not in (CallState.DIALING, CallState.RINGING):
             return
         call.timed_out = True
-        self._hangup(call, "gateway", EndReason.NO_ANSWER)
+        # Nobody answered, or (nothing ever rang) the destination was never reached.
+        self._hangup(call, "gateway", failure_reason(0, call.record.got_provisional, True))
 
     # -- call control -------------------------------------------------------------------------
 
@@ -551,11 +559,8 @@ class SipEngine:
             return  # already ending: the first reason is the true one
         rec.hangup_by = rec.hangup_by or by
         if rec.state != CallState.ANSWERED and reason not in _UNANSWERED_REASONS:
-            rec.end_reason = rec.end_reason or (
-                EndReason.NO_ANSWER if reason == EndReason.NO_ANSWER else EndReason.CANCELLED
-            )
-        else:
-            rec.end_reason = rec.end_reason or reason
+            reason = EndReason.CANCELLED  # e.g. the control plane hung up a ringing call
+        rec.end_reason = rec.end_reason or reason
         call.ending = True
         op = pj.CallOpParam(True)
         op.txOption.headers.append(reason_header(rec.end_reason or reason))

@@ -269,33 +269,6 @@ def test_ring_timeout_without_ringing_is_unreachable_whatever_the_code(code: int
     assert failure_reason(code, got_provisional=False, timed_out=True) is EndReason.UNREACHABLE
 
 
-def outbound_record(got_provisional: bool) -> CallRecord:
-    return CallRecord(
-        id="call_1", direction="outbound", trunk="t", from_number="", to_number="+15550100",
-        agent="echo", state=CallState.DIALING, got_provisional=got_provisional,
-    )  # fmt: skip
-
-
-def test_an_outbound_call_given_up_on_before_any_ringing_ends_unreachable() -> None:
-    record = outbound_record(got_provisional=False)
-    record.end_reason = EndReason.NO_ANSWER  # what the engine sets at the ring timeout
-    assert record.end_reason is EndReason.UNREACHABLE
-
-
-def test_an_outbound_call_given_up_on_while_ringing_ends_no_answer() -> None:
-    record = outbound_record(got_provisional=True)
-    record.end_reason = EndReason.NO_ANSWER
-    assert record.end_reason is EndReason.NO_ANSWER
-
-
-def test_other_end_reasons_are_kept_as_set() -> None:
-    record = outbound_record(got_provisional=False)
-    record.end_reason = EndReason.CANCELLED
-    assert record.end_reason is EndReason.CANCELLED
-    record.end_reason = None
-    assert record.end_reason is None
-
-
 def test_end_reasons_serialise_as_their_values() -> None:
     assert EndReason.NO_ANSWER == "no_answer"
     assert EndReason("auth_failed") is EndReason.AUTH_FAILED
