@@ -332,6 +332,8 @@ class Soak:
                 while any(lane.is_alive() for lane in lanes):
                     for lane in lanes:
                         lane.join(1)
+            except KeyboardInterrupt:  # Ctrl-C: end the traffic early, still measure and report
+                print("soak: interrupted, stopping the traffic", file=sys.stderr)
             finally:
                 self.stop.set()
                 for lane in lanes:
