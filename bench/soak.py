@@ -258,7 +258,7 @@ class Soak:
         """Capacity calls at once after the run: phantom calls in the worker would refuse some."""
         status = self.mq.retained("/status") or {}
         n = int(status.get("capacity") or status.get("engine_call_limit") or 4)
-        res = Sipp(
+        sipp = Sipp(
             "uac_pcap.xml",
             remote=(HOST, self.node.sip_port),
             service=BOT,
@@ -266,8 +266,12 @@ class Soak:
             rate=50,
             limit=n,
             workdir=self.tmp / "probe",
-        ).run(timeout=60)
-        return res.successful, n
+            extra=("-timeout", "40s"),
+        )
+        try:
+            return sipp.run(timeout=50).successful, n
+        except TimeoutError:  # no worker answered at all
+            return 0, n
 
     def events_compared(self, timeout: float = 15.0) -> dict[str, int]:
         db = Path(self.node.config["storage"]["path"])
