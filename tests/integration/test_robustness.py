@@ -102,13 +102,18 @@ def test_invite_floods_are_answered_before_any_call_exists_and_the_worker_lives(
             caller.send(bye(caller, dialog, final))
         assert worker_pids(node) == before
         assert "worker_exited" not in node.log()
-        metrics = httpx.get(f"http://{HOST}:{api_port}/metrics", timeout=5).text
-        assert re.search(
-            r'sipedge_invites_refused_total\{reason="number_not_routed"\} [1-9]', metrics
-        )
-        assert re.search(
-            r'sipedge_invites_refused_total\{reason="source_not_allowed"\} [1-9]', metrics
-        )
+        # Refusals reach the node's metrics batched once a second: wait for them.
+        wanted = [
+            rf'sipedge_invites_refused_total\{{reason="{reason}"\}} [1-9]'
+            for reason in ("number_not_routed", "source_not_allowed")
+        ]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"http://{HOST}:{api_port}/metrics", timeout=5).text
+            if all(re.search(pattern, metrics) for pattern in wanted):
+                break
+            time.sleep(0.1)
+        assert all(re.search(pattern, metrics) for pattern in wanted), metrics
 
 
 def bye(uac: RawUac, dialog: Any, final: SipMessage) -> str:
