@@ -29,22 +29,51 @@ _DTMF_METHODS = {
 
 
 class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
-    """Conference-bridge port: caller audio in, agent audio out, one 20 ms frame at a time."""
+    """Conference-bridge port: caller audio in, agent audio out, one 20 ms frame at a time.
+
+    pjmedia's clock thread calls the two callbacks through SWIG's director for as long as the
+    C++ port is in the bridge, and the C++ destructor (which takes it out) runs with the GIL
+    released. If that destructor runs from the Python object's deallocation, the clock thread
+    can get the GIL in that window and call into an object being freed (its attributes
+    already gone: `AttributeError: ... 'session'`, then a dangling reference and a crash).
+    So the SIP thread `close()`s the port while the object is whole, and `__del__` does the
+    same for a port nobody closed.
+    """
 
     def __init__(self, session: MediaSession) -> None:
-        super().__init__()
-        self.session = session
+        # Set before the C++ director exists, so no callback can find the object without them.
+        self.session: MediaSession | None = session
         self._frame_bytes = session.rate // 50 * 2
+        super().__init__()
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
-        if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
-            self.session.on_caller_frame(read_vector(frame.buf))
+        session = self.session
+        if session is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
+            session.on_caller_frame(read_vector(frame.buf))
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802
-        data = self.session.next_frame()
+        session = self.session
+        if session is None:  # closing: an empty frame
+            return
+        data = session.next_frame()
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
         frame.size = len(data)
         write_vector(frame.buf, data)
+
+    def close(self) -> None:
+        """SIP thread: take the port out of the bridge and destroy its C++ side, now.
+
+        Once this returns the clock thread will never call this object again (pjsua2's
+        destructor waits for a callback in progress, under the port's group lock, then
+        detaches the port); a callback already waiting for the GIL finds `session` None."""
+        session, self.session = self.session, None
+        if session is None or "this" not in self.__dict__:  # closed, or never constructed
+            return
+        pj.AudioMediaPort.__swig_destroy__(self)  # disowns: deallocation will not destroy again
+        del self.this  # a stray pjsua2 call on the husk raises TypeError instead of crashing
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
@@ -169,9 +198,18 @@ class SipCall(pj.Call):  # type: ignore[misc]
             else:
                 rec.end_reason = failure_reason(code, rec.got_provisional, self.timed_out)
         rec.advance(CallState.ENDED)
+        self._release_media()
+        self.engine.on_ended(self, was_answered, code, info.lastReason)
+
+    def _release_media(self) -> None:
+        """The port leaves the bridge before the session closes: no clock-thread callback can
+        reach a closed session, and the port is gone before this Python object can be freed
+        (whenever the engine drops it)."""
+        if self.port is not None:
+            self.port.close()
+            self.port = None
         if self.session is not None:
             self.session.close()
-        self.engine.on_ended(self, was_answered, code, info.lastReason)
 
     def duration(self) -> float:
         return 0.0 if self.answered_at is None else max(0.0, time.time() - self.answered_at)

@@ -1,0 +1,90 @@
+"""Call teardown against pjmedia's clock thread: an audio port that leaves the conference bridge
+is never called again, and the frames we hand the bridge never exceed its buffer.
+
+The race is driven deterministically in a child process (a crash must fail the test, not kill
+pytest): with a huge GIL switch interval the main thread keeps the GIL while it spins, so the
+clock thread's next tick blocks on the GIL *inside* the port's get_frame; then the port is
+dropped, and the SWIG destructor releases the GIL while the bridge still holds the port.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.integration.peers import free_sip_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parents[2]
+
+RACE = textwrap.dedent(
+    """
+    import sys, threading, time
+    import pjsua2 as pj
+    from gateway.config import SipSettings
+    from gateway.media_session import EchoSession
+    from gateway.sip.call import AudioPort
+    from gateway.sip.endpoint import create_endpoint
+
+    ep, writer = create_endpoint(SipSettings(listen="127.0.0.1", port={port}, transports=["udp"]))
+    sink = ep.audDevManager().getPlaybackDevMedia()
+    fmt = pj.MediaFormatAudio()
+    fmt.init(pj.PJMEDIA_FORMAT_PCM, 16000, 1, 20000, 16)
+    pulled = threading.Event()
+
+    class Session(EchoSession):
+        def next_frame(self):
+            pulled.set()
+            return super().next_frame()
+
+    sys.setswitchinterval(30)  # the main thread keeps the GIL until it blocks
+    for i in range({rounds}):
+        port = AudioPort(Session(20, 16000))
+        port.createPort(f"race-{{i}}", fmt)
+        port.startTransmit(sink)
+        pulled.clear()
+        if not pulled.wait(5):  # the clock thread pulls frames from the port
+            sys.exit("the bridge never called the port")
+        end = time.perf_counter() + 0.045  # two clock ticks: the next get_frame waits on us
+        while time.perf_counter() < end:
+            pass
+        {drop}
+    ep.libDestroy()
+    print("rounds done", flush=True)
+    """
+)
+
+
+def run_race(drop: str, rounds: int = 12) -> subprocess.CompletedProcess[str]:
+    code = RACE.format(port=free_sip_port(), rounds=rounds, drop=drop)
+    return subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
+def assert_clean(res: subprocess.CompletedProcess[str]) -> None:
+    output = res.stdout + res.stderr
+    assert res.returncode == 0, output[-4000:]
+    assert "rounds done" in res.stdout, output[-4000:]
+    assert "Traceback" not in output, output[-4000:]
+    assert "Fatal Python error" not in output, output[-4000:]
+
+
+def test_port_dropped_while_the_bridge_waits_to_call_it_is_never_called_dead() -> None:
+    # What releasing a call did: the last reference goes, the object is freed while its C++
+    # port is still in the bridge (today: AttributeError 'session' on the clock thread, then a
+    # crash in the garbage collector).
+    assert_clean(run_race("del port"))
+
+
+def test_port_closed_on_the_sip_thread_leaves_the_bridge_before_it_dies() -> None:
+    assert_clean(run_race("port.close(); del port"))
