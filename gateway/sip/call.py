@@ -15,7 +15,7 @@ import pjsua2 as pj
 from gateway.calls import CallRecord, CallState, EndReason, failure_reason
 from gateway.media_session import MediaSession
 from gateway.sip.executor import Timer
-from gateway.sip.vectors import read_vector, write_vector
+from gateway.sip.vectors import fit_frame, read_vector, write_vector
 
 if TYPE_CHECKING:
     from gateway.sip.engine import SipEngine
@@ -44,6 +44,7 @@ class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
         # Set before the C++ director exists, so no callback can find the object without them.
         self.session: MediaSession | None = session
         self._frame_bytes = session.rate // 50 * 2
+        self.frames_cut = 0  # frames the session made longer than the bridge's buffer
         super().__init__()
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
@@ -55,10 +56,17 @@ class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
         session = self.session
         if session is None:  # closing: an empty frame
             return
+        # On input frame.size is the capacity of the bridge's buffer; pjsua2 copies
+        # min(len(buf), frame.size) bytes into it, so frame.size must never grow past it.
+        capacity = frame.size
         data = session.next_frame()
+        if len(data) != capacity:
+            if len(data) > capacity:
+                self.frames_cut += 1
+            data = fit_frame(data, capacity)
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-        frame.size = len(data)
         write_vector(frame.buf, data)
+        frame.size = len(data)
 
     def close(self) -> None:
         """SIP thread: take the port out of the bridge and destroy its C++ side, now.
