@@ -124,7 +124,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.answered_at = time.time()
                 self.engine.on_answered(self)
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self._ended(info)
+            try:
+                self._ended(info)
+            finally:
+                self._release_pjsua()
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:
@@ -218,6 +221,17 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.port = None
         if self.session is not None:
             self.session.close()
+
+    def _release_pjsua(self) -> None:
+        """DISCONNECTED, inside pjsua's callback: destroy the C++ Call now, while the pjsua
+        call slot is still this call's. pjsua frees the slot when the callback returns and a
+        new call may take it in the same poll; pjsua2's ~Call, run any later (the engine
+        dropping this object), clears the user data of, and hangs up, whatever call then
+        holds the slot. pjsua2 allows deleting a Call from its DISCONNECTED callback: it has
+        already cleared the slot's user data and touches the object no more."""
+        if "this" in self.__dict__:
+            pj.Call.__swig_destroy__(self)  # disowns: deallocation will not destroy again
+            del self.this  # a pjsua2 call on the ended call raises TypeError
 
     def duration(self) -> float:
         return 0.0 if self.answered_at is None else max(0.0, time.time() - self.answered_at)

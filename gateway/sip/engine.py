@@ -139,7 +139,7 @@ class SipEngine:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
             self.ep.libHandleEvents(self._executor.poll_ms())
             self._executor.run_due()
-            self._released.clear()  # pjsua2 Call objects die here, outside their callbacks
+            self._released.clear()  # husks: each C++ Call died in its DISCONNECTED callback
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ dropped, and the SWIG destructor releases the GIL while the bridge still holds t
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -88,3 +89,24 @@ def test_port_dropped_while_the_bridge_waits_to_call_it_is_never_called_dead() -
 
 def test_port_closed_on_the_sip_thread_leaves_the_bridge_before_it_dies() -> None:
     assert_clean(run_race("port.close(); del port"))
+
+
+def test_a_released_call_never_hangs_up_the_call_that_took_its_pjsua_slot(tmp_path: Path) -> None:
+    # pjsua2's ~Call clears the user data of, and hangs up, whatever call holds its slot id
+    # when it runs. Released after a new call took the slot, the old SipCall hung that call
+    # up (SIPp: "unexpected BYE") and left it counted forever (no callbacks reach it).
+    res = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-m", "tests.integration.released_call_child"]
+        + [str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
+    assert res.returncode == 0 and lines, (res.stdout + res.stderr)[-4000:]
+    result = json.loads(lines[-1])
+    assert result["dropped"], "no call reused a slot: the test proved nothing"
+    assert result["failed"] == 0, result["errors"]
+    assert result["successful"] == 5 and result["left"] == 0, result
+    assert "Fatal Python error" not in res.stderr and "Traceback" not in res.stderr, res.stderr
