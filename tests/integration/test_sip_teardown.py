@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.peers import free_sip_port
+from tests.integration.faults import worker_faults
+from tests.integration.node import NodeProcess, base_config
+from tests.integration.peers import HOST, Sipp, free_sip_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -110,3 +112,47 @@ def test_a_released_call_never_hangs_up_the_call_that_took_its_pjsua_slot(tmp_pa
     assert result["failed"] == 0, result["errors"]
     assert result["successful"] == 5 and result["left"] == 0, result
     assert "Fatal Python error" not in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+@pytest.mark.slow
+def test_workers_survive_many_short_calls_ending_together(tmp_path: Path) -> None:
+    # Two nodes side by side (two workers on one machine, as in production), SIPp at 30 calls/s
+    # into each: calls with RTP, 4 answered at a time per worker, the rest refused with 503,
+    # calls ending while others start. About 60 answered calls in all, in ~20 s.
+    nodes = []
+    for i in range(2):
+        config = base_config(tmp_path / f"n{i}", limits={"max_concurrent_calls": 10})
+        config["sip"]["rtp_ports"] = {"start": 32000 + i * 200, "end": 32199 + i * 200}
+        (tmp_path / f"n{i}").mkdir()
+        nodes.append(NodeProcess(tmp_path / f"n{i}", config, log_level="INFO"))
+    try:
+        for node in nodes:
+            node.start()
+        sipps = [
+            Sipp(
+                "uac_pcap.xml",
+                remote=(HOST, node.sip_port),
+                service="+15550100",
+                calls=600,
+                rate=30,
+                limit=6,
+                duration_ms=0,
+                workdir=node.tmp / "sipp",
+            ).start()
+            for node in nodes
+        ]
+        results = [sipp.wait(timeout=120) for sipp in sipps]
+        for node in nodes:  # every call the node took has ended: its log says so
+            node.wait_log("event=call_", timeout=10)
+    finally:
+        for node in nodes:
+            node.stop()
+    answered = 0
+    for node, res in zip(nodes, results, strict=True):
+        log = node.log()
+        faults = worker_faults(log)
+        assert faults.clean, (faults, log[-3000:])
+        assert res.successful == faults.answered_calls, (res.successful, res.errors[-2000:])
+        assert res.failed == res.errors.count("SIP/2.0 503"), res.errors[-2000:]
+        answered += faults.answered_calls
+    assert answered >= 40, answered
