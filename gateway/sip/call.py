@@ -28,6 +28,16 @@ _DTMF_METHODS = {
 }
 
 
+def _library_running() -> bool:
+    """pjsua's conference bridge exists: from libInit until libDestroy has torn media down
+    (CLOSING covers the calls libDestroy itself hangs up)."""
+    try:
+        state = pj.Endpoint.instance().libGetState()
+    except pj.Error:  # no endpoint (any more)
+        return False
+    return bool(pj.PJSUA_STATE_INIT <= state <= pj.PJSUA_STATE_CLOSING)
+
+
 class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
     """Conference-bridge port: caller audio in, agent audio out, one 20 ms frame at a time.
 
@@ -77,7 +87,10 @@ class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
         session, self.session = self.session, None
         if session is None or "this" not in self.__dict__:  # closed, or never constructed
             return
-        pj.AudioMediaPort.__swig_destroy__(self)  # disowns: deallocation will not destroy again
+        if _library_running():
+            pj.AudioMediaPort.__swig_destroy__(self)  # disowns: deallocation won't destroy again
+        else:  # after libDestroy the destructor would assert in pjmedia_conf_remove_port
+            self.this.disown()  # the C++ object is left behind; the process is ending
         del self.this  # a stray pjsua2 call on the husk raises TypeError instead of crashing
 
     def __del__(self) -> None:

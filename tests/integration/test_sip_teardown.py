@@ -93,6 +93,42 @@ def test_port_closed_on_the_sip_thread_leaves_the_bridge_before_it_dies() -> Non
     assert_clean(run_race("port.close(); del port"))
 
 
+OUTLIVES = textwrap.dedent(
+    """
+    import pjsua2 as pj
+    from gateway.config import SipSettings
+    from gateway.media_session import EchoSession
+    from gateway.sip.call import AudioPort
+    from gateway.sip.endpoint import create_endpoint
+
+    ep, writer = create_endpoint(SipSettings(listen="127.0.0.1", port={port}, transports=["udp"]))
+    fmt = pj.MediaFormatAudio()
+    fmt.init(pj.PJMEDIA_FORMAT_PCM, 16000, 1, 20000, 16)
+    port = AudioPort(EchoSession(20, 16000))
+    port.createPort("late", fmt)
+    port.startTransmit(ep.audDevManager().getPlaybackDevMedia())
+    ep.libDestroy()
+    del port
+    print("rounds done", flush=True)
+    """
+)
+
+
+def test_a_port_that_outlives_the_endpoint_is_dropped_without_touching_pjmedia() -> None:
+    # Anything still holding a port at libDestroy (a stray reference, interpreter exit):
+    # its destructor asserted in pjmedia_conf_remove_port and aborted the worker.
+    code = OUTLIVES.format(port=free_sip_port())
+    assert_clean(
+        subprocess.run(
+            [sys.executable, "-X", "faulthandler", "-c", code],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
+
+
 def test_a_released_call_never_hangs_up_the_call_that_took_its_pjsua_slot(tmp_path: Path) -> None:
     # pjsua2's ~Call clears the user data of, and hangs up, whatever call holds its slot id
     # when it runs. Released after a new call took the slot, the old SipCall hung that call
