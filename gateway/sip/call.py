@@ -231,6 +231,12 @@ class SipCall(pj.Call):  # type: ignore[misc]
         (whenever the engine drops it)."""
         if self.port is not None:
             self.port.close()
+            if self.port.frames_cut:
+                log.warning(
+                    "event=frames_cut call_id=%s frames=%d reason=longer_than_bridge_frame",
+                    self.record.id,
+                    self.port.frames_cut,
+                )
             self.port = None
         if self.session is not None:
             self.session.close()
