@@ -1,10 +1,12 @@
-"""Call teardown against pjmedia's clock thread: an audio port that leaves the conference bridge
-is never called again, and the frames we hand the bridge never exceed its buffer.
+"""Call teardown against pjsua2's threads: an audio port that leaves the conference bridge is
+never called again, even when dropped or left past libDestroy; a released call never touches
+the call that took its pjsua slot; workers survive many short calls ending together.
+(Frame sizes handed to the bridge: tests/gateway/test_sip_audio_port.py.)
 
-The race is driven deterministically in a child process (a crash must fail the test, not kill
-pytest): with a huge GIL switch interval the main thread keeps the GIL while it spins, so the
-clock thread's next tick blocks on the GIL *inside* the port's get_frame; then the port is
-dropped, and the SWIG destructor releases the GIL while the bridge still holds the port.
+The port race is driven deterministically in a child process (a crash must fail the test,
+not kill pytest): with a huge GIL switch interval the main thread keeps the GIL while it
+spins, so the clock thread's next tick blocks on the GIL *inside* the port's get_frame; then
+the port is dropped, and the SWIG destructor releases the GIL while the bridge still holds it.
 """
 
 from __future__ import annotations
