@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import signal
 import socket
@@ -185,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s worker=1 %(message)s",
         stream=sys.stderr,
     )
+    # A crash in pjsua2's threads (SIGSEGV, SIGABRT from an assertion) leaves every thread's
+    # Python stack in the log instead of a silent restart by the supervisor.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     # The supervisor decides when we stop (it drains first); a signal sent to the whole process
     # group must not hang up calls behind its back. If the supervisor dies, our IPC link closes
     # and we stop on our own.

@@ -15,7 +15,7 @@ import pjsua2 as pj
 from gateway.calls import CallRecord, CallState, EndReason, failure_reason
 from gateway.media_session import MediaSession
 from gateway.sip.executor import Timer
-from gateway.sip.vectors import read_vector, write_vector
+from gateway.sip.vectors import fit_frame, read_vector, write_vector
 
 if TYPE_CHECKING:
     from gateway.sip.engine import SipEngine
@@ -28,23 +28,73 @@ _DTMF_METHODS = {
 }
 
 
+def _library_running() -> bool:
+    """pjsua's conference bridge exists: from libInit until libDestroy has torn media down
+    (CLOSING covers the calls libDestroy itself hangs up)."""
+    try:
+        state = pj.Endpoint.instance().libGetState()
+    except pj.Error:  # no endpoint (any more)
+        return False
+    return bool(pj.PJSUA_STATE_INIT <= state <= pj.PJSUA_STATE_CLOSING)
+
+
 class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
-    """Conference-bridge port: caller audio in, agent audio out, one 20 ms frame at a time."""
+    """Conference-bridge port: caller audio in, agent audio out, one 20 ms frame at a time.
+
+    pjmedia's clock thread calls the two callbacks through SWIG's director for as long as the
+    C++ port is in the bridge, and the C++ destructor (which takes it out) runs with the GIL
+    released. If that destructor runs from the Python object's deallocation, the clock thread
+    can get the GIL in that window and call into an object being freed (its attributes
+    already gone: `AttributeError: ... 'session'`, then a dangling reference and a crash).
+    So the SIP thread `close()`s the port while the object is whole, and `__del__` does the
+    same for a port nobody closed.
+    """
 
     def __init__(self, session: MediaSession) -> None:
-        super().__init__()
-        self.session = session
+        # Set before the C++ director exists, so no callback can find the object without them.
+        self.session: MediaSession | None = session
         self._frame_bytes = session.rate // 50 * 2
+        self.frames_cut = 0  # frames the session made longer than the bridge's buffer
+        super().__init__()
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:  # noqa: N802 (pjsua2 name)
-        if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
-            self.session.on_caller_frame(read_vector(frame.buf))
+        session = self.session
+        if session is not None and frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
+            session.on_caller_frame(read_vector(frame.buf))
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:  # noqa: N802
-        data = self.session.next_frame()
+        session = self.session
+        if session is None:  # closing: an empty frame
+            return
+        # On input frame.size is the capacity of the bridge's buffer; pjsua2 copies
+        # min(len(buf), frame.size) bytes into it, so frame.size must never grow past it.
+        capacity = frame.size
+        data = session.next_frame()
+        if len(data) != capacity:
+            if len(data) > capacity:
+                self.frames_cut += 1
+            data = fit_frame(data, capacity)
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-        frame.size = len(data)
         write_vector(frame.buf, data)
+        frame.size = len(data)
+
+    def close(self) -> None:
+        """SIP thread: take the port out of the bridge and destroy its C++ side, now.
+
+        Once this returns the clock thread will never call this object again (pjsua2's
+        destructor waits for a callback in progress, under the port's group lock, then
+        detaches the port); a callback already waiting for the GIL finds `session` None."""
+        session, self.session = self.session, None
+        if session is None or "this" not in self.__dict__:  # closed, or never constructed
+            return
+        if _library_running():
+            pj.AudioMediaPort.__swig_destroy__(self)  # disowns: deallocation won't destroy again
+        else:  # after libDestroy the destructor would assert in pjmedia_conf_remove_port
+            self.this.disown()  # the C++ object is left behind; the process is ending
+        del self.this  # a stray pjsua2 call on the husk raises TypeError instead of crashing
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
@@ -94,7 +144,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         """True if pjsua no longer has this call (its slot is free or holds another call)."""
         try:
             info = self.getInfo()
-        except pj.Error:
+        except (pj.Error, TypeError):  # TypeError: the C++ Call was destroyed at DISCONNECTED
             return True
         if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             return True
@@ -119,7 +169,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.answered_at = time.time()
                 self.engine.on_answered(self)
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self._ended(info)
+            try:
+                self._ended(info)
+            finally:
+                self._release_pjsua()
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:
@@ -209,9 +262,35 @@ class SipCall(pj.Call):  # type: ignore[misc]
             else:
                 rec.end_reason = failure_reason(code, rec.got_provisional, self.timed_out)
         rec.advance(CallState.ENDED)
+        self._release_media()
+        self.engine.on_ended(self, was_answered, code, info.lastReason)
+
+    def _release_media(self) -> None:
+        """The port leaves the bridge before the session closes: no clock-thread callback can
+        reach a closed session, and the port is gone before this Python object can be freed
+        (whenever the engine drops it)."""
+        if self.port is not None:
+            self.port.close()
+            if self.port.frames_cut:
+                log.warning(
+                    "event=frames_cut call_id=%s frames=%d reason=longer_than_bridge_frame",
+                    self.record.id,
+                    self.port.frames_cut,
+                )
+            self.port = None
         if self.session is not None:
             self.session.close()
-        self.engine.on_ended(self, was_answered, code, info.lastReason)
+
+    def _release_pjsua(self) -> None:
+        """DISCONNECTED, inside pjsua's callback: destroy the C++ Call now, while the pjsua
+        call slot is still this call's. pjsua frees the slot when the callback returns and a
+        new call may take it in the same poll; pjsua2's ~Call, run any later (the engine
+        dropping this object), clears the user data of, and hangs up, whatever call then
+        holds the slot. pjsua2 allows deleting a Call from its DISCONNECTED callback: it has
+        already cleared the slot's user data and touches the object no more."""
+        if "this" in self.__dict__:
+            pj.Call.__swig_destroy__(self)  # disowns: deallocation will not destroy again
+            del self.this  # a pjsua2 call on the ended call raises TypeError
 
     def duration(self) -> float:
         return 0.0 if self.answered_at is None else max(0.0, time.time() - self.answered_at)

@@ -27,7 +27,7 @@ from gateway.calls import (
     route_inbound,
 )
 from gateway.config import Config
-from gateway.errors import CallRefused, SipEngineError
+from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events import new_call_id
 from gateway.media_session import CallControls, MediaSession
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
@@ -108,7 +108,8 @@ class SipEngine:
         self._refusal_log = RefusalLog()
         self._sockets = SocketBudget()
         self._gauge: IoQueueGauge | None = None
-        self._executor = SipExecutor(on_timer_error=pj.Error)
+        # A timer acting on a call that has just gone (CallRefused) must not end the SIP thread.
+        self._executor = SipExecutor(on_timer_error=(pj.Error, SipedgeError))
         self.submit = self._executor.submit
         self.schedule = self._executor.schedule
         self._thread: threading.Thread | None = None
@@ -182,7 +183,7 @@ class SipEngine:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
             self.ep.libHandleEvents(self._executor.poll_ms())
             self._executor.run_due()
-            self._released.clear()  # pjsua2 Call objects die here, outside their callbacks
+            self._released.clear()  # husks: each C++ Call died in its DISCONNECTED callback
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -646,8 +647,7 @@ class SipEngine:
                 continue
             rec.end_reason = rec.end_reason or EndReason.FAILED
             rec.advance(CallState.ENDED)
-            if call.session is not None:
-                call.session.close()
+            call._release_media()  # the port leaves the bridge before its session closes
             self.on_ended(call, call.answered_at is not None, 0, "call lost by pjsua")
             if self._released and self._released[-1] is call:
                 self._released.pop()  # disowned: the Python object may go, the C++ one stays

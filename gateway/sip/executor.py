@@ -37,7 +37,9 @@ class Timer:
 
 
 class SipExecutor:
-    def __init__(self, on_timer_error: type[BaseException] = Exception) -> None:
+    def __init__(
+        self, on_timer_error: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    ) -> None:
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()

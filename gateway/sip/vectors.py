@@ -29,9 +29,23 @@ def _read_fast(vector: pj.ByteVector) -> bytes:
 def _write_fast(vector: pj.ByteVector, data: bytes) -> None:
     if vector.size() != len(data):
         vector.resize(len(data))
-    begin = _Pointers.from_address(int(vector.this))[0]
-    if begin:  # an empty frame has no buffer
-        ctypes.memmove(begin, data, len(data))
+    begin, end = _Pointers.from_address(int(vector.this))
+    if not begin:  # an empty vector has no buffer
+        if data:
+            raise ValueError(f"vector has no buffer for {len(data)} bytes")
+        return
+    held = (end or 0) - begin
+    if held != len(data):  # never write past what the vector owns
+        raise ValueError(f"vector holds {held} bytes, cannot write {len(data)}")
+    ctypes.memmove(begin, data, len(data))
+
+
+def fit_frame(data: bytes, size: int) -> bytes:
+    """`data` cut or padded with silence to exactly `size` bytes: a frame handed to pjmedia
+    must fill the buffer it is copied into and never overrun it."""
+    if len(data) >= size:
+        return data[:size]
+    return data + bytes(size - len(data))
 
 
 def _read_slow(vector: pj.ByteVector) -> bytes:

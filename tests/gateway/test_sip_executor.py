@@ -73,3 +73,18 @@ def test_cancelled_timers_are_compacted_away_instead_of_held_until_due() -> None
     executor.schedule(3600.0, lambda: None)
     assert executor.pending_timers() == 1
     assert len(executor._timers) < 200  # noqa: SLF001 - the bound is the point of the test
+
+
+def test_a_timer_raising_any_of_the_listed_errors_leaves_the_others_running() -> None:
+    from gateway.errors import CallRefused
+
+    executor = SipExecutor(on_timer_error=(RuntimeError, CallRefused))
+    fired: list[str] = []
+
+    def gone() -> None:  # e.g. hanging up a call that ended before the timer ran
+        raise CallRefused("call_not_found", "no active call call_1")
+
+    executor.schedule(-1.0, gone)
+    executor.schedule(0.0, lambda: fired.append("after"))
+    executor.run_due()
+    assert fired == ["after"]
