@@ -37,6 +37,7 @@ from gateway.agent_link import (
     Message,
     PlayoutLatency,
     Speech,
+    barge_in_enabled,
     make_link,
 )
 from gateway.call_recording import RecordingWriter
@@ -195,7 +196,7 @@ class AgentSession:
         self._wake_pending = False
         self._closed = False
         # asyncio side
-        self.conversation = Conversation(self.rate, vad)
+        self.conversation = Conversation(self.rate, vad, barge_in_enabled(agent, vad))
         self.timing = MediaTiming(self.conversation.turns.stats)
         self._playout_latency = PlayoutLatency()
         self._aligner = FrameAligner()
