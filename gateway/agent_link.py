@@ -142,6 +142,11 @@ def port_rate(agent_rate: int) -> int:
     return agent_rate if agent_rate in (8000, 16000) else 16000
 
 
+def link_rate(transport: str, sample_rate: int = 8000) -> int:
+    """The port rate of the link make_link(transport, ..., sample_rate) makes."""
+    return TwilioLink.rate if transport == "twilio-ws" else port_rate(sample_rate)
+
+
 class PcmLink:
     """pcm-ws: PCM16 at the agent's sample_rate, resampled to and from the port rate if needed."""
 

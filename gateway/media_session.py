@@ -10,7 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.agent_link import link_rate
+from gateway.config import Config
 from media.agents.echo import EchoAgent
+
+NARROWBAND_HZ = 8000
+WIDEBAND_HZ = 16000
+WIDEBAND_CODECS = frozenset({"G722"})
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,18 @@ class CallControls:
     call_id: str
     emit: Callable[[str, dict[str, Any]], None]  # a call event, e.g. "call.speech.started"
     hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
+
+
+def bridge_rate(config: Config) -> int:
+    """The conference bridge's clock rate: 8 kHz unless a call can carry wideband audio (a
+    G.722 codec is configured) or an agent's port runs at 16 kHz. pjmedia resamples every
+    port whose rate differs from the bridge's, each 20 ms frame both ways, so a 16 kHz bridge
+    under 8 kHz calls and 8 kHz agents only burns CPU (bench/README.md)."""
+    codecs = set(config.sip.codecs).union(*(t.codecs or () for t in config.trunks))
+    if codecs & WIDEBAND_CODECS:
+        return WIDEBAND_HZ
+    rates = [link_rate(a.type, a.sample_rate) for a in config.agents if a.type != "echo"]
+    return max(rates, default=NARROWBAND_HZ)  # echo sessions run at the bridge's rate
 
 
 class MediaSession(Protocol):
@@ -37,7 +55,7 @@ class MediaSession(Protocol):
 class EchoSession:
     """Plays the caller back to themselves after a delay (the built-in `echo` agent)."""
 
-    def __init__(self, delay_ms: int, rate: int = 16000) -> None:
+    def __init__(self, delay_ms: int, rate: int = NARROWBAND_HZ) -> None:
         self.rate = rate
         self._echo = EchoAgent(delay_ms=delay_ms, rate=rate)
         self._pending: bytes | None = None

@@ -27,7 +27,7 @@ from gateway.calls import (
 from gateway.config import Config
 from gateway.errors import CallRefused, SipEngineError
 from gateway.events import new_call_id
-from gateway.media_session import CallControls, MediaSession
+from gateway.media_session import CallControls, MediaSession, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
@@ -109,7 +109,7 @@ class SipEngine:
 
     def _init_lib(self) -> None:
         sip = self.config.sip
-        self.ep, self._log_writer = create_endpoint(sip)
+        self.ep, self._log_writer = create_endpoint(sip, bridge_rate(self.config))
         self._gate = RequestGate(self._refuse_new_call)
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
         gated = "udp" in sip.transports and self._gate.install(
