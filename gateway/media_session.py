@@ -49,7 +49,13 @@ class MediaSession(Protocol):
 
     def on_dtmf(self, digit: str) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The call ended (SIP thread): never blocks."""
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the session has emitted its last event, on any thread (at
+        once if it has): the engine sends call.completed/call.failed from there, so that
+        nothing of the call follows them."""
 
 
 class EchoSession:
@@ -76,3 +82,6 @@ class EchoSession:
 
     def close(self) -> None:
         self._pending = None
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        callback()  # echo emits no events

@@ -487,9 +487,9 @@ class SipEngine:
                 rec.hangup_by,
             )
             summary = getattr(call.session, "latency_summary", None)
-            self.emit(
+            self._emit_final(
+                call,
                 "call.completed",
-                rec,
                 {
                     "duration": round(duration, 3),
                     "reason": end,
@@ -501,9 +501,9 @@ class SipEngine:
             )
         else:
             log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
-            self.emit(
+            self._emit_final(
+                call,
                 "call.failed",
-                rec,
                 {
                     "reason": end,
                     "sip_code": code,
@@ -511,3 +511,13 @@ class SipEngine:
                     "hangup_by": rec.hangup_by,
                 },
             )
+
+    def _emit_final(self, call: SipCall, kind: str, data: dict[str, Any]) -> None:
+        """call.completed/call.failed, the last event of a call: sent once the call's media
+        session has emitted its own last events (speech cut off by the hang-up, the
+        recording), from whichever thread that finishes on. Never blocks the SIP thread."""
+        session, record = call.session, call.record
+        if session is None:
+            self.emit(kind, record, data)
+        else:
+            session.when_closed(lambda: self.emit(kind, record, data))

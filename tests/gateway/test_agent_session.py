@@ -514,3 +514,39 @@ async def test_agent_dropping_mid_call_is_reported_once_and_hangs_up() -> None:
     gone = [d["reason"] for k, d in fake.events if k == "call.agent.disconnected"]
     assert fake.types()[0] == "call.agent.connected"
     assert gone == ["closed: code 1011"] and fake.hangups == ["gateway"]
+
+
+async def test_when_closed_runs_after_the_speech_cut_off_by_the_hangup_and_the_recording(
+    tmp_path: Path,
+) -> None:
+    # The engine sends call.completed from when_closed: nothing of the call may follow it.
+    async def bot(ws: ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "pcm-ws", "url": url})
+    fake = FakeControls()
+    session = AgentSession(
+        agent,
+        record(),
+        fake.controls(),
+        asyncio.get_running_loop(),
+        VadSettings(min_speech_ms=60),
+        recordings_dir=tmp_path,
+    )
+    await asyncio.sleep(0.2)
+    await Clock(session, frames(bytes(3200) + voiced(600))).run()  # hung up mid-sentence
+    session.close()  # the SIP thread's part: returns at once
+    done = asyncio.Event()
+    session.when_closed(lambda: (fake.events.append(("final", {})), done.set()))
+    await asyncio.wait_for(done.wait(), 5)
+    types = fake.types()
+    assert types[-1] == "final" and types.count("final") == 1
+    assert "call.speech.stopped" in types and "call.recording.ready" in types
+    later: list[str] = []
+    session.when_closed(lambda: later.append("at once"))  # already closed: runs at once
+    assert later == ["at once"]
+    await session.wait_closed()
+    assert fake.types()[-1] == "final"
+    server.close()
