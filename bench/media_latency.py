@@ -371,7 +371,7 @@ def call_transports(transport: str, calls: int) -> list[str]:
     return [transport] * calls
 
 
-def run(calls: int, hold_s: float, transport: str = "twilio-ws") -> None:
+def run(calls: int, hold_s: float, transport: str = "twilio-ws") -> dict[str, object]:
     print("clock thread path (µs per frame; the same for every transport):")
     for name, value in clock_path().items():
         print(f"  {name:22s} {value:6.2f}")
@@ -493,10 +493,22 @@ def run(calls: int, hold_s: float, transport: str = "twilio-ws") -> None:
                 f"p99 {pct(values, 99):6.1f}   samples {len(values)}"
             )
     per_call = (busy_rate - idle_rate) / calls * 100
+    clock = re.search(r"event=media_clock_started clock_rate=(\d+)", log)
+    print(f"conference bridge clock: {clock.group(1) + ' Hz' if clock else 'not logged'}")
     print(
         f"SIP worker CPU: idle {idle_rate * 100:.1f}% of a core, {calls} calls "
         f"{busy_rate * 100:.1f}% -> {per_call:.1f}% of a core per call"
     )
+    return {
+        "calls": calls,
+        "transports": transports,
+        "bridge_clock_rate": int(clock.group(1)) if clock else None,
+        "cpu_idle_pct": round(idle_rate * 100, 2),
+        "cpu_busy_pct": round(busy_rate * 100, 2),
+        "cpu_per_call_pct": round(per_call, 2),
+        "sipp_exit_codes": codes,
+        "node_exit": exit_code,
+    }
 
 
 def main() -> None:
@@ -509,8 +521,11 @@ def main() -> None:
         choices=("twilio-ws", "webrtc", "mixed"),
         help="agent transport; mixed: call 1 over twilio-ws, the others over webrtc",
     )
+    parser.add_argument("--json", action="store_true", help="also print the CPU figures as JSON")
     args = parser.parse_args()
-    run(args.calls, args.hold, args.transport)
+    figures = run(args.calls, args.hold, args.transport)
+    if args.json:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":

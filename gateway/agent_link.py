@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gateway.config import VadSettings
+from gateway.config import Agent, VadSettings
 from media.agents.events import AgentAudio, AgentEvent, AgentMedia
 from media.agents.pcmws import PcmStream
 from media.agents.twilio import TwilioStream
@@ -142,6 +142,11 @@ def port_rate(agent_rate: int) -> int:
     return agent_rate if agent_rate in (8000, 16000) else 16000
 
 
+def link_rate(transport: str, sample_rate: int = 8000) -> int:
+    """The port rate of the link make_link(transport, ..., sample_rate) makes."""
+    return TwilioLink.rate if transport == "twilio-ws" else port_rate(sample_rate)
+
+
 class PcmLink:
     """pcm-ws: PCM16 at the agent's sample_rate, resampled to and from the port rate if needed."""
 
@@ -194,6 +199,20 @@ class PcmLink:
 
 
 # --- voice activity, turns and barge-in ----------------------------------------------------
+
+# Whether caller speech drops the agent's queued audio when neither the agent nor `vad` says.
+# Twilio never drops a bot's audio by itself (the bot hears the caller and sends `clear`), so
+# a bot written for Media Streams must not find its audio cut; pcm-ws and webrtc agents are
+# told about it (`clear`, speech events) and expect the gateway to do it.
+BARGE_IN_DEFAULTS = {"twilio-ws": False, "pcm-ws": True, "webrtc": True}
+
+
+def barge_in_enabled(agent: Agent, vad: VadSettings) -> bool:
+    """The agent's own `barge_in`, else the node's `vad.barge_in`, else its type's default."""
+    for setting in (agent.barge_in, vad.barge_in):
+        if setting is not None:
+            return setting
+    return BARGE_IN_DEFAULTS.get(agent.type, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,8 +276,8 @@ class CallerUpdate:
 class Conversation:
     """Both parties' speech, barge-in decisions and per-turn response latency for one call."""
 
-    def __init__(self, rate: int, vad: VadSettings) -> None:
-        self.barge_in_enabled = vad.barge_in
+    def __init__(self, rate: int, vad: VadSettings, barge_in: bool) -> None:
+        self.barge_in_enabled = barge_in
         self.caller = PartySpeech("caller", rate, vad)
         self.agent = PartySpeech("agent", rate, vad)
         self.turns = TurnLatency()

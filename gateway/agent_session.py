@@ -37,6 +37,7 @@ from gateway.agent_link import (
     Message,
     PlayoutLatency,
     Speech,
+    barge_in_enabled,
     make_link,
 )
 from gateway.call_recording import RecordingWriter
@@ -55,6 +56,7 @@ log = logging.getLogger("sipedge.agent")
 
 TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP gap)
 CLOSE_TIMEOUT_S = 2.0
+RECORDING_CLOSE_TIMEOUT_S = 5.0  # the WAV's last frames and header, before the final event
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PROTOCOL_ERRORS_LOGGED = 3
 
@@ -195,7 +197,7 @@ class AgentSession:
         self._wake_pending = False
         self._closed = False
         # asyncio side
-        self.conversation = Conversation(self.rate, vad)
+        self.conversation = Conversation(self.rate, vad, barge_in_enabled(agent, vad))
         self.timing = MediaTiming(self.conversation.turns.stats)
         self._playout_latency = PlayoutLatency()
         self._aligner = FrameAligner()
@@ -208,8 +210,10 @@ class AgentSession:
         self._tick: asyncio.TimerHandle | None = None
         self._protocol_errors = 0
         self._agent_hung_up = False
-        self._link_lock = threading.Lock()
+        self._link_lock = threading.Lock()  # also guards _events_done and _on_closed
         self._link_state = "connecting"  # connecting | connected | disconnected
+        self._events_done = False  # the session's last event is out: it emits no more
+        self._on_closed: list[Callable[[], None]] = []
         self._recorder: RecordingWriter | None = None
         if recordings_dir is not None:
             path = Path(recordings_dir) / f"{record.id}.wav"
@@ -251,22 +255,35 @@ class AgentSession:
         self._call_soon(self._send_dtmf, digit.upper())
 
     def close(self) -> None:
-        """Call ended: never blocks; the stop message, socket close and recording follow."""
+        """Call ended: never blocks; the last events, recording, stop message and socket close
+        follow on the loop (when_closed says when the last event is out)."""
         if self._closed:
             return
         self._closed = True
         self._mark_disconnected("call_ended")
-        self._call_soon(self._begin_shutdown)
+        if not self._call_soon(self._begin_shutdown):
+            self._events_finished()  # no loop left to flush on: nothing more will come
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this session has emitted its last event (speech flushed,
+        recording written), at once if it already has; on whichever thread gets there."""
+        with self._link_lock:
+            if not self._events_done:
+                self._on_closed.append(callback)
+                return
+        callback()
 
     def latency_summary(self) -> dict[str, float]:
         """p50/p95 (ms) per direction and per turn, for call.completed; empty ones omitted."""
         return self.timing.summary()
 
-    def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+    def _call_soon(self, fn: Callable[..., None], *args: Any) -> bool:
         try:
             self._loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:
             log.warning("event=agent_loop_closed call_id=%s", self.call_id)
+            return False
+        return True
 
     # -- asyncio: lifecycle -------------------------------------------------------------------
 
@@ -301,7 +318,7 @@ class AgentSession:
         connected: dict[str, Any] = {"agent": agent.id, "transport": self.link.transport}
         if channel.codec:
             connected["codec"] = channel.codec
-        self.controls.emit("call.agent.connected", connected)
+        self._emit("call.agent.connected", connected)
         for message in self.link.opening():
             self._outgoing.append((message, 0))
         self._streaming = True
@@ -322,7 +339,7 @@ class AgentSession:
             if self._link_state == "disconnected":
                 return False
             self._link_state = "disconnected"
-        self.controls.emit(
+        self._emit(
             "call.agent.disconnected",
             {"agent": self.agent.id, "transport": self.link.transport, "reason": reason},
         )
@@ -356,18 +373,24 @@ class AgentSession:
         await asyncio.shield(self._shutdown_task)
 
     async def _shutdown(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-        self._process()
-        for speech in self.conversation.flush():
-            self._emit_speech(speech)
-        if self._recorder is not None:
-            self._recorder.write(self._aligner.flush())
-            self._recorder.close()
+        # First every event this call still owes (speech cut off by the hang-up, the
+        # recording), so that the engine's call.completed/call.failed can be the last one;
+        # then the agent's stop and the socket close, which emit nothing.
         channel = self._channel
+        try:
+            if self._tick is not None:
+                self._tick.cancel()
+            self._process()
+            for speech in self.conversation.flush():
+                self._emit_speech(speech)
+            if channel is not None and self._streaming:
+                self._outgoing.extend((m, 0) for m in self.link.closing())
+                self._send_ready.set()
+            if self._recorder is not None:
+                await self._close_recording(self._recorder)
+        finally:
+            self._events_finished()
         if channel is not None and self._streaming:
-            self._outgoing.extend((m, 0) for m in self.link.closing())
-            self._send_ready.set()
             await self._drain_outgoing(channel)
         self._streaming = False
         for task in self._tasks:
@@ -387,6 +410,21 @@ class AgentSession:
         while self._outgoing and time.monotonic() < deadline and channel.is_open:
             await asyncio.sleep(0.01)
 
+    async def _close_recording(self, recorder: RecordingWriter) -> None:
+        recorder.write(self._aligner.flush())
+        recorder.close()
+        try:
+            # call.recording.ready is queued to the loop before `finished` completes.
+            await asyncio.wait_for(
+                asyncio.wrap_future(recorder.finished), RECORDING_CLOSE_TIMEOUT_S
+            )
+        except TimeoutError:
+            log.warning(
+                "event=recording_close_slow call_id=%s timeout_s=%g",
+                self.call_id,
+                RECORDING_CLOSE_TIMEOUT_S,
+            )
+
     def _recording_ready(self, recording: Recording) -> None:  # writer thread
         log.info(
             "event=recording_ready call_id=%s path=%s duration=%.2f bytes=%d",
@@ -395,7 +433,7 @@ class AgentSession:
             recording.duration_s,
             recording.size_bytes,
         )
-        self.controls.emit(
+        self._emit(
             "call.recording.ready",
             {
                 "path": str(recording.path),
@@ -544,4 +582,24 @@ class AgentSession:
         self._send(self.link.barge_in(dropped))
 
     def _emit_speech(self, speech: Speech) -> None:
-        self.controls.emit(speech.event_type, speech.as_data())
+        self._emit(speech.event_type, speech.as_data())
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        # After _events_finished the engine may have sent the call's final event: nothing of
+        # this call may follow it. The lock makes check and emit one step for every thread
+        # (emit only queues the event, it never blocks).
+        with self._link_lock:
+            if not self._events_done:
+                self.controls.emit(kind, data)
+                return
+        log.warning("event=late_call_event_dropped call_id=%s type=%s", self.call_id, kind)
+
+    def _events_finished(self) -> None:
+        with self._link_lock:
+            self._events_done = True
+            callbacks, self._on_closed = self._on_closed, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # one listener must not keep the session from closing
+                log.exception("event=on_closed_failed call_id=%s", self.call_id)

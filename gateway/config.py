@@ -196,6 +196,11 @@ class Agent(Model):
     on_agent_failure: Literal["hangup", "keep"] = "hangup"
     sample_rate: Literal[8000, 16000, 24000] = 8000
     delay_ms: int = Field(200, ge=0, le=5000, description="echo agent: delay before playback")
+    barge_in: bool | None = Field(
+        None,
+        description="caller speech drops the agent's queued audio; null: vad.barge_in, else the "
+        "agent type's default (twilio-ws off, as on Twilio; pcm-ws and webrtc on)",
+    )
     ice_servers: list[IceServer] = Field(
         default_factory=list, description="webrtc: STUN/TURN servers (none: host candidates only)"
     )
@@ -265,7 +270,9 @@ class VadSettings(Model):
     frame_ms: Literal[10, 20, 30] = 20
     min_speech_ms: int = Field(100, ge=0)
     hangover_ms: int = Field(300, ge=0)
-    barge_in: bool = True
+    barge_in: bool | None = Field(
+        None, description="every agent's barge-in unless it sets its own; null: per agent type"
+    )
 
 
 class Limits(Model):

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway.agent_link import link_rate
+from gateway.config import Config
 from media.agents.echo import EchoAgent
+
+NARROWBAND_HZ = 8000
+WIDEBAND_HZ = 16000
+WIDEBAND_CODECS = frozenset({"G722"})
 
 
 @dataclass(frozen=True)
@@ -22,6 +28,18 @@ class CallControls:
     hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
 
 
+def bridge_rate(config: Config) -> int:
+    """The conference bridge's clock rate: 8 kHz unless a call can carry wideband audio (a
+    G.722 codec is configured) or an agent's port runs at 16 kHz. pjmedia resamples every
+    port whose rate differs from the bridge's, each 20 ms frame both ways, so a 16 kHz bridge
+    under 8 kHz calls and 8 kHz agents only burns CPU (bench/README.md)."""
+    codecs = set(config.sip.codecs).union(*(t.codecs or () for t in config.trunks))
+    if codecs & WIDEBAND_CODECS:
+        return WIDEBAND_HZ
+    rates = [link_rate(a.type, a.sample_rate) for a in config.agents if a.type != "echo"]
+    return max(rates, default=NARROWBAND_HZ)  # echo sessions run at the bridge's rate
+
+
 class MediaSession(Protocol):
     rate: int  # PCM16 mono sample rate of the frames exchanged with the port
 
@@ -31,13 +49,19 @@ class MediaSession(Protocol):
 
     def on_dtmf(self, digit: str) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The call ended (SIP thread): never blocks."""
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the session has emitted its last event, on any thread (at
+        once if it has): the engine sends call.completed/call.failed from there, so that
+        nothing of the call follows them."""
 
 
 class EchoSession:
     """Plays the caller back to themselves after a delay (the built-in `echo` agent)."""
 
-    def __init__(self, delay_ms: int, rate: int = 16000) -> None:
+    def __init__(self, delay_ms: int, rate: int = NARROWBAND_HZ) -> None:
         self.rate = rate
         self._echo = EchoAgent(delay_ms=delay_ms, rate=rate)
         self._pending: bytes | None = None
@@ -58,3 +82,6 @@ class EchoSession:
 
     def close(self) -> None:
         self._pending = None
+
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        callback()  # echo emits no events

@@ -19,7 +19,7 @@ from gateway.calls import CallRecord
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
 from gateway.ipc import encode, read_message
-from gateway.media_session import CallControls, EchoSession, MediaSession
+from gateway.media_session import CallControls, EchoSession, MediaSession, bridge_rate
 from gateway.sip.engine import OriginateRequest, SipEngine
 from gateway.webrtc_session import WebRtcSession
 
@@ -35,13 +35,14 @@ def make_session_factory(
 ) -> Any:
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
     on `loop` and are remembered in `streaming` so a stopping worker can let them finish."""
+    echo_rate = bridge_rate(config)  # echo needs no resampling at all
 
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
         wanted = config.recording.enabled if record.record is None else record.record
         recordings = config.storage.recordings_dir if wanted else None
         if agent is None or agent.type == "echo":
-            return EchoSession(agent.delay_ms if agent is not None else 200)
+            return EchoSession(agent.delay_ms if agent is not None else 200, echo_rate)
         kind = WebRtcSession if agent.type == "webrtc" else AgentSession
         session = kind(
             agent, record, controls, loop, config.vad, recordings, node_id=config.node.id

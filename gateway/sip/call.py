@@ -26,6 +26,9 @@ _DTMF_METHODS = {
     pj.PJSUA_DTMF_METHOD_RFC2833: "rfc4733",
     pj.PJSUA_DTMF_METHOD_SIP_INFO: "sip_info",
 }
+# pjsua reports (unsigned)-1 when it does not know a digit's duration: always for RFC 4733
+# (the digit is reported as its first packet arrives), and for a SIP INFO without Duration.
+_UNKNOWN_DTMF_DURATION = 0xFFFFFFFF
 
 
 def _library_running() -> bool:
@@ -206,12 +209,13 @@ class SipCall(pj.Call):  # type: ignore[misc]
 
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         method = _DTMF_METHODS.get(prm.method, "unknown")
+        duration = None if prm.duration == _UNKNOWN_DTMF_DURATION else int(prm.duration)
         if self.session is not None:
             self.session.on_dtmf(prm.digit)
         self.engine.emit(
             "call.dtmf",
             self.record,
-            {"digit": prm.digit, "method": method, "duration_ms": prm.duration},
+            {"digit": prm.digit, "method": method, "duration_ms": duration},
         )
 
     def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802

@@ -14,6 +14,8 @@ import pjsua2 as pj
 
 from gateway.config import SipSettings
 
+log = logging.getLogger("sipedge.sip")
+
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
 
 
@@ -32,8 +34,10 @@ def _silence_pjlib_until_configured() -> None:
     ctypes.CDLL(str(so)).pj_log_set_level(0)  # the loaded library: the same pjlib globals
 
 
-def create_endpoint(sip: SipSettings) -> tuple[pj.Endpoint, pj.LogWriter]:
-    """A started endpoint; keep the returned log writer alive as long as the endpoint."""
+def create_endpoint(sip: SipSettings, clock_rate: int) -> tuple[pj.Endpoint, pj.LogWriter]:
+    """A started endpoint whose conference bridge runs at `clock_rate` (see
+    gateway.media_session.bridge_rate); keep the returned log writer alive as long as the
+    endpoint."""
     _silence_pjlib_until_configured()
     ep = pj.Endpoint()
     ep.libCreate()
@@ -47,8 +51,8 @@ def create_endpoint(sip: SipSettings) -> tuple[pj.Endpoint, pj.LogWriter]:
     cfg.logConfig.consoleLevel = sip.log_level  # our writer gets what the console would
     cfg.logConfig.writer = writer
     cfg.logConfig.decor = 0
-    cfg.medConfig.clockRate = 16000
-    cfg.medConfig.sndClockRate = 16000
+    cfg.medConfig.clockRate = clock_rate  # ports at another rate are resampled by pjmedia
+    cfg.medConfig.sndClockRate = clock_rate  # the null device that clocks the bridge
     cfg.medConfig.ecTailLen = 0  # no echo canceller: there is no loudspeaker here
     cfg.medConfig.noVad = True  # agents get every frame; our VAD runs on them
     cfg.medConfig.threadCnt = 1
@@ -64,6 +68,7 @@ def create_endpoint(sip: SipSettings) -> tuple[pj.Endpoint, pj.LogWriter]:
         ep.transportCreate(kind, tc)
     ep.libStart()
     _start_media_clock(ep)
+    log.info("event=media_clock_started clock_rate=%d", clock_rate)
     _set_codecs(ep, sip.codecs)
     return ep, writer
 

@@ -29,7 +29,7 @@ from gateway.calls import (
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events import new_call_id
-from gateway.media_session import CallControls, MediaSession
+from gateway.media_session import CallControls, MediaSession, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
@@ -151,7 +151,7 @@ class SipEngine:
 
     def _init_lib(self) -> None:
         sip = self.config.sip
-        self.ep, self._log_writer = create_endpoint(sip)
+        self.ep, self._log_writer = create_endpoint(sip, bridge_rate(self.config))
         self._gate = RequestGate(self._admit_invite)
         self._gauge = IoQueueGauge(media_ioqueue(self._gate.lib))
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
@@ -681,9 +681,9 @@ class SipEngine:
                 rec.hangup_by,
             )
             summary = getattr(call.session, "latency_summary", None)
-            self.emit(
+            self._emit_final(
+                call,
                 "call.completed",
-                rec,
                 {
                     "duration": round(duration, 3),
                     "reason": end,
@@ -695,9 +695,9 @@ class SipEngine:
             )
         else:
             log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
-            self.emit(
+            self._emit_final(
+                call,
                 "call.failed",
-                rec,
                 {
                     "reason": end,
                     "sip_code": code,
@@ -705,3 +705,13 @@ class SipEngine:
                     "hangup_by": rec.hangup_by,
                 },
             )
+
+    def _emit_final(self, call: SipCall, kind: str, data: dict[str, Any]) -> None:
+        """call.completed/call.failed, the last event of a call: sent once the call's media
+        session has emitted its own last events (speech cut off by the hang-up, the
+        recording), from whichever thread that finishes on. Never blocks the SIP thread."""
+        session, record = call.session, call.record
+        if session is None:
+            self.emit(kind, record, data)
+        else:
+            session.when_closed(lambda: self.emit(kind, record, data))

@@ -24,6 +24,7 @@ from gateway.agent_link import (
     PlayoutLatency,
     TwilioLink,
     account_sid,
+    barge_in_enabled,
     port_rate,
     stream_sid,
 )
@@ -142,7 +143,7 @@ def test_pcm_link_tells_the_agent_about_barge_in_and_caller_speech() -> None:
 
 
 def test_caller_speech_while_agent_plays_is_a_barge_in_and_starts_a_turn() -> None:
-    conv = Conversation(8000, VadSettings(min_speech_ms=60, hangover_ms=100))
+    conv = Conversation(8000, VadSettings(min_speech_ms=60, hangover_ms=100), barge_in=True)
     events = []
     barge = []
     for f in frames(bytes(8000) + voiced(400) + bytes(6400)):
@@ -166,13 +167,31 @@ def test_caller_speech_while_agent_plays_is_a_barge_in_and_starts_a_turn() -> No
 
 
 def test_no_barge_in_when_disabled_or_nothing_is_playing() -> None:
-    for settings, playing in ((VadSettings(barge_in=False), True), (VadSettings(), False)):
-        conv = Conversation(8000, settings)
+    for enabled, playing in ((False, True), (True, False)):
+        conv = Conversation(8000, VadSettings(), barge_in=enabled)
         assert not any(conv.caller_audio(f, playing).barge_in for f in frames(voiced(500)))
 
 
+def test_barge_in_is_off_for_twilio_agents_unless_the_agent_or_vad_turns_it_on() -> None:
+    def agent(kind: str, **extra: Any) -> Agent:
+        return Agent.model_validate({"id": "a", "type": kind, "url": "ws://127.0.0.1:9", **extra})
+
+    default = VadSettings()
+    assert default.barge_in is None
+    assert not barge_in_enabled(agent("twilio-ws"), default)
+    assert barge_in_enabled(agent("pcm-ws"), default)
+    assert barge_in_enabled(agent("webrtc", url="http://127.0.0.1:9/whip"), default)
+    assert barge_in_enabled(agent("twilio-ws", barge_in=True), default)
+    assert not barge_in_enabled(agent("pcm-ws", barge_in=False), default)
+    assert barge_in_enabled(agent("twilio-ws"), VadSettings(barge_in=True))
+    assert not barge_in_enabled(agent("pcm-ws"), VadSettings(barge_in=False))
+    assert not barge_in_enabled(agent("pcm-ws", barge_in=False), VadSettings(barge_in=True))
+
+
 def test_vad_frames_of_30ms_are_rechunked_from_20ms_frames_with_exact_offsets() -> None:
-    conv = Conversation(16000, VadSettings(frame_ms=30, min_speech_ms=90, hangover_ms=90))
+    conv = Conversation(
+        16000, VadSettings(frame_ms=30, min_speech_ms=90, hangover_ms=90), barge_in=True
+    )
     speech = []
     for f in frames(bytes(19200) + voiced(600, 16000) + bytes(19200), 16000):
         speech += conv.caller_audio(f, False).speech
@@ -341,7 +360,7 @@ async def test_caller_speech_barges_in_clears_playout_and_returns_the_mark() -> 
                 await ws.send(json.dumps({"event": "mark", "mark": {"name": "long"}}))
 
     server, url = await _agent_server(bot)
-    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url})
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url, "barge_in": True})
     fake = FakeControls()
     session = AgentSession(
         agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings(min_speech_ms=60)
@@ -354,6 +373,40 @@ async def test_caller_speech_barges_in_clears_playout_and_returns_the_mark() -> 
     assert session.conversation.barge_ins == 1
     loud = [np.abs(np.frombuffer(f, "<i2")).max() > 1000 for f in clock.out]
     assert loud[0] and not any(loud[-10:])  # tone at first, silence after the barge-in
+    session.close()
+    await asyncio.sleep(0.2)
+    server.close()
+
+
+async def test_a_twilio_bot_keeps_its_queued_audio_when_the_caller_talks_by_default() -> None:
+    # As on Twilio: the gateway never drops a Media Streams bot's audio; the bot hears the
+    # caller in the media it gets and decides whether to send `clear`.
+    got: list[dict[str, Any]] = []
+
+    async def bot(ws: ServerConnection) -> None:
+        async for raw in ws:
+            msg = json.loads(raw)
+            got.append(msg)
+            if msg["event"] == "start":
+                payload = base64.b64encode(ulaw_encode(tone(1000, 5000))).decode()
+                await ws.send(json.dumps({"event": "media", "media": {"payload": payload}}))
+                await ws.send(json.dumps({"event": "mark", "mark": {"name": "long"}}))
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url})
+    fake = FakeControls()
+    session = AgentSession(
+        agent, record(), fake.controls(), asyncio.get_running_loop(), VadSettings(min_speech_ms=60)
+    )
+    await asyncio.sleep(0.3)
+    clock = Clock(session, frames(bytes(4800) + voiced(500) + bytes(1600)))
+    await clock.run()
+    await asyncio.sleep(0.1)
+    assert "call.speech.started" in fake.types()  # the caller did talk over the bot
+    assert session.conversation.barge_ins == 0
+    assert [m for m in got if m["event"] == "mark"] == []  # 5 s of tone still queued
+    loud = [np.abs(np.frombuffer(f, "<i2")).max() > 1000 for f in clock.out]
+    assert all(loud[5:])  # the tone played on under the caller's speech
     session.close()
     await asyncio.sleep(0.2)
     server.close()
@@ -461,3 +514,39 @@ async def test_agent_dropping_mid_call_is_reported_once_and_hangs_up() -> None:
     gone = [d["reason"] for k, d in fake.events if k == "call.agent.disconnected"]
     assert fake.types()[0] == "call.agent.connected"
     assert gone == ["closed: code 1011"] and fake.hangups == ["gateway"]
+
+
+async def test_when_closed_runs_after_the_speech_cut_off_by_the_hangup_and_the_recording(
+    tmp_path: Path,
+) -> None:
+    # The engine sends call.completed from when_closed: nothing of the call may follow it.
+    async def bot(ws: ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "pcm-ws", "url": url})
+    fake = FakeControls()
+    session = AgentSession(
+        agent,
+        record(),
+        fake.controls(),
+        asyncio.get_running_loop(),
+        VadSettings(min_speech_ms=60),
+        recordings_dir=tmp_path,
+    )
+    await asyncio.sleep(0.2)
+    await Clock(session, frames(bytes(3200) + voiced(600))).run()  # hung up mid-sentence
+    session.close()  # the SIP thread's part: returns at once
+    done = asyncio.Event()
+    session.when_closed(lambda: (fake.events.append(("final", {})), done.set()))
+    await asyncio.wait_for(done.wait(), 5)
+    types = fake.types()
+    assert types[-1] == "final" and types.count("final") == 1
+    assert "call.speech.stopped" in types and "call.recording.ready" in types
+    later: list[str] = []
+    session.when_closed(lambda: later.append("at once"))  # already closed: runs at once
+    assert later == ["at once"]
+    await session.wait_closed()
+    assert fake.types()[-1] == "final"
+    server.close()
