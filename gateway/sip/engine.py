@@ -426,16 +426,24 @@ class SipEngine:
         call = self.calls.get(call_id)
         if call is None or "agent" not in call.answer_waits_for or call.ending:
             return
-        if kind == "call.agent.connected":
+        if kind == "call.agent.connected" or self._keeps_calls_without_agent(call):
             self._answer(call_id, "agent")
         else:
             self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
+
+    def _keeps_calls_without_agent(self, call: SipCall) -> bool:
+        """on_agent_failure: keep means the operator wants the call up even with no agent."""
+        agent = self.config.agent(call.record.agent)
+        return agent is not None and agent.on_agent_failure == "keep"
 
     def _agent_never_came(self, call_id: str) -> None:
         call = self.calls.get(call_id)
         if call is not None and "agent" in call.answer_waits_for and not call.ending:
             log.warning("event=agent_connect_timeout call_id=%s", call_id)
-            self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
+            if self._keeps_calls_without_agent(call):
+                self._answer(call_id, "agent")
+            else:
+                self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
 
     def _refuse_ringing(self, call: SipCall, code: int, reason: EndReason) -> None:
         """Final non-2xx to an inbound call we have not answered yet."""

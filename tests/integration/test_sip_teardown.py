@@ -36,7 +36,9 @@ RACE = textwrap.dedent(
     from gateway.sip.call import AudioPort
     from gateway.sip.endpoint import create_endpoint
 
-    ep, writer = create_endpoint(SipSettings(listen="127.0.0.1", port={port}, transports=["udp"]))
+    ep, writer = create_endpoint(
+        SipSettings(listen="127.0.0.1", port={port}, transports=["udp"]), 16000
+    )
     sink = ep.audDevManager().getPlaybackDevMedia()
     fmt = pj.MediaFormatAudio()
     fmt.init(pj.PJMEDIA_FORMAT_PCM, 16000, 1, 20000, 16)
@@ -103,7 +105,9 @@ OUTLIVES = textwrap.dedent(
     from gateway.sip.call import AudioPort
     from gateway.sip.endpoint import create_endpoint
 
-    ep, writer = create_endpoint(SipSettings(listen="127.0.0.1", port={port}, transports=["udp"]))
+    ep, writer = create_endpoint(
+        SipSettings(listen="127.0.0.1", port={port}, transports=["udp"]), 16000
+    )
     fmt = pj.MediaFormatAudio()
     fmt.init(pj.PJMEDIA_FORMAT_PCM, 16000, 1, 20000, 16)
     port = AudioPort(EchoSession(20, 16000))
