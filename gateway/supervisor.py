@@ -21,7 +21,7 @@ from gateway import __version__
 from gateway.broker import EmbeddedBroker
 from gateway.config import Config
 from gateway.events import CommandError
-from gateway.ipc import encode, read_message
+from gateway.ipc import IpcError, encode, read_message
 from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
 from gateway.publisher import MqttSettings, Publisher
@@ -85,7 +85,11 @@ class WorkerLink:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                message = await read_message(reader)
+                try:
+                    message = await read_message(reader)
+                except IpcError as exc:  # one bad frame is dropped; the link stays in step
+                    log.error("event=worker_frame_dropped worker=%d error=%s", self.index, exc)
+                    continue
                 if message is None:
                     break
                 kind = message.get("kind")
@@ -117,9 +121,10 @@ class WorkerLink:
         if self.writer is None or self.exited.is_set():
             raise CommandError("internal_error", "SIP worker is not running")
         rid = next(self._ids)
+        frame = encode({"kind": "request", "id": rid, "op": op, "args": args or {}})
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self.writer.write(encode({"kind": "request", "id": rid, "op": op, "args": args or {}}))
+        self.writer.write(frame)
         try:
             reply = await asyncio.wait_for(future, timeout)
         finally:
