@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.broker import EmbeddedBroker
 from gateway.config import Config
+from gateway.errors import detail, refusal_code
 from gateway.events import CommandError
 from gateway.ipc import IpcError, encode, read_message
 from gateway.ledger import Ledger
@@ -132,11 +133,9 @@ class WorkerLink:
         if reply.get("ok"):
             return reply.get("result")
         error = reply.get("error") or {}
-        raise CommandError(
-            _error_code(error.get("code", "")),
-            error.get("message", "failed"),
-            {"reason": error.get("code")},
-        )
+        reason, message = str(error.get("code") or ""), str(error.get("message") or "failed")
+        raise CommandError(refusal_code(reason), message,
+                           [detail(message, type=reason or "internal_error")])  # fmt: skip
 
     async def stop(self, timeout: float) -> None:
         if self.proc is None or self.exited.is_set():
@@ -151,17 +150,6 @@ class WorkerLink:
             log.error("event=worker_kill worker=%d reason=stop_timeout", self.index)
             self.proc.kill()
             await self.exited.wait()
-
-
-def _error_code(reason: str) -> str:
-    return {
-        "call_not_found": "resource_not_found",
-        "unknown_trunk": "invalid_parameter",
-        "unknown_agent": "invalid_parameter",
-        "destination_not_allowed": "invalid_parameter",
-        "capacity_exceeded": "capacity_exceeded",
-        "draining": "capacity_exceeded",
-    }.get(reason, "internal_error" if reason in ("", "internal_error") else "conflict")
 
 
 class Node:

@@ -152,8 +152,9 @@ def test_command_name_is_taken_only_from_this_nodes_command_topics() -> None:
 
 
 def test_command_error_serialises_to_the_api_error_shape() -> None:
-    err = CommandError("resource_not_found", "no call call_x", {"call_id": "call_x"})
+    err = CommandError("resource_not_found", "no call call_x", [{"field": "call_id"}])
     assert err.to_dict() == {
         "error": {"code": "resource_not_found", "message": "no call call_x",
-                  "details": {"call_id": "call_x"}}
+                  "details": [{"field": "call_id"}]}
     }  # fmt: skip
+    assert CommandError("internal_error", "boom").to_dict()["error"]["details"] == []

@@ -343,7 +343,7 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
                           commands={"echo", "explode"})  # fmt: skip
     assert await publisher.execute("echo", b'{"a": [1]}') == {"data": {"echo": {"a": [1]}}}
     assert (await publisher.execute("echo", b"[1]"))["error"]["code"] == "invalid_parameter"
-    assert (await publisher.execute("echo", b"\xff"))["error"]["code"] == "invalid_parameter"
+    assert (await publisher.execute("echo", b"\xff"))["error"]["code"] == "invalid_json"
     assert (await publisher.execute("hangup", b"{}"))["error"]["code"] == "resource_not_found"
     assert (await publisher.execute("explode", b"{}"))["error"]["code"] == "internal_error"
 
