@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from gateway.api_common import (
     ApiNode,
     PageNumber,
     PerPage,
+    QueryDateTime,
     as_utc,
     error_response,
     iso,
@@ -162,8 +162,8 @@ async def list_calls(
     agent: Annotated[ConfigId | None, Query()] = None,
     number: Annotated[E164Number | None,
                       Query(description="matches the from or the to number")] = None,
-    date_from: Annotated[datetime | None, Query(description="created at or after")] = None,
-    date_to: Annotated[datetime | None, Query(description="created before")] = None,
+    date_from: Annotated[QueryDateTime | None, Query(description="created at or after")] = None,
+    date_to: Annotated[QueryDateTime | None, Query(description="created before")] = None,
     sort: Annotated[str, Query(pattern=SORT_PATTERN,
                                description="field, `-` for descending")] = "-created_at",
     page: PageNumber = 1,

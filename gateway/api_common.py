@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
@@ -10,6 +11,8 @@ from typing import Annotated, Any, Protocol, TypeVar
 from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from gateway.api_models import ErrorEnvelope, Meta
 from gateway.config import Config
@@ -140,6 +143,21 @@ def iso(value: datetime | float | None) -> str | None:
     if isinstance(value, int | float):
         value = datetime.fromtimestamp(value, tz=UTC)
     return iso_z(value)
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic would also take a number ("0.5") as a Unix time; the schema says date-time.
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise PydanticCustomError(
+            "datetime_format", "must be an ISO 8601 date-time, e.g. 2024-05-01T12:00:00Z"
+        )
+    return value
+
+
+QueryDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def as_utc(value: datetime | None) -> datetime | None:
