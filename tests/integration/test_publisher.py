@@ -253,7 +253,7 @@ async def handler(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if name == "echo":
         return {"echo": args}
     if name == "hangup":
-        raise CommandError("resource_not_found", "no such call", {"call_id": args.get("call_id")})
+        raise CommandError("resource_not_found", "no such call", [{"field": "call_id"}])
     if name == "explode":
         raise RuntimeError("bug")
     raise CommandError("resource_not_found", f"unknown command {name}")
@@ -296,12 +296,12 @@ async def test_commands_reply_on_the_response_topic_with_correlation_data(
     async with requester(mosquitto) as request:
         assert await request("echo", b'{"x": 1}') == {"data": {"echo": {"x": 1}}}
         bad = await request("echo", b"{not json")
-        assert bad["error"]["code"] == "invalid_parameter"
+        assert bad["error"]["code"] == "invalid_json"
         unknown = await request("fly", b"{}")
         assert unknown["error"]["code"] == "resource_not_found"
         known = await request("hangup", b'{"call_id": "call_1"}')
         assert known["error"] == {"code": "resource_not_found", "message": "no such call",
-                                  "details": {"call_id": "call_1"}}  # fmt: skip
+                                  "details": [{"field": "call_id"}]}  # fmt: skip
         crashed = await request("explode", b"{}")
         assert crashed["error"]["code"] == "internal_error"
         assert await request("echo", b"") == {"data": {"echo": {}}}  # still listening
