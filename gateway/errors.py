@@ -88,7 +88,8 @@ class CommandError(SipedgeError):
         super().__init__(message)
         self.code = code
         self.message = message
-        self.details = [dict(d) for d in details or ()]
+        # Entries missing a key get its default, so every reply has the one shape.
+        self.details = [{**detail(message), **d} for d in details or ()]
 
     @property
     def http_status(self) -> int:

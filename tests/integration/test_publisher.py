@@ -301,7 +301,9 @@ async def test_commands_reply_on_the_response_topic_with_correlation_data(
         assert unknown["error"]["code"] == "resource_not_found"
         known = await request("hangup", b'{"call_id": "call_1"}')
         assert known["error"] == {"code": "resource_not_found", "message": "no such call",
-                                  "details": [{"field": "call_id"}]}  # fmt: skip
+                                  "details": [{"location": None, "field": "call_id",
+                                               "message": "no such call", "type": "invalid",
+                                               "limit": None}]}  # fmt: skip
         crashed = await request("explode", b"{}")
         assert crashed["error"]["code"] == "internal_error"
         assert await request("echo", b"") == {"data": {"echo": {}}}  # still listening
