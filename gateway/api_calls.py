@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 
 from gateway.api_common import (
+    SORT_PATTERN,
     ApiNode,
     PageNumber,
     PerPage,
@@ -45,7 +46,6 @@ from gateway.errors import detail
 from gateway.operations import ConfigId, E164Number
 from gateway.store import CallFilter, CallRecord
 
-SORT_PATTERN = r"^-?(created_at|answered_at|ended_at|duration|status)$"
 CHUNK = 64 * 1024
 ENDED = frozenset({"completed", "failed"})
 

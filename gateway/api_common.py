@@ -93,9 +93,17 @@ def path_error(code: str, message: str, field: str, kind: str = "not_found") -> 
     return CommandError(code, message, [detail(message, field=field, location="path", type=kind)])
 
 
+SORT_PATTERN = r"^-?(created_at|answered_at|ended_at|duration|status)$"
+_HINTS = {
+    **PATTERN_HINTS,
+    SORT_PATTERN: "must be one of created_at, answered_at, ended_at, duration, status, "
+    "with a leading '-' for descending",
+}
+
+
 def request_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """FastAPI's validation errors as `details`, with regexes said in words."""
-    return validation_details(errors, hints=PATTERN_HINTS)
+    return validation_details(errors, hints=_HINTS)
 
 
 def _query_names(dependant: Any) -> set[str]:

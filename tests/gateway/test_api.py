@@ -740,7 +740,9 @@ def test_e164_and_pattern_errors_are_said_in_words(client: TestClient) -> None:
     call_id = originate(client).json()["data"]["id"]
     dtmf = client.post(f"/v1/calls/{call_id}/dtmf", json={"digits": "x"}, headers=AUTH)
     assert "DTMF digits" in error(dtmf, 422, "invalid_parameter")["message"]
-    for body in (bad_to, bad_from, number):
+    sort = error(client.get("/v1/calls?sort=colour", headers=AUTH), 422, "invalid_parameter")
+    assert sort["message"].startswith("sort: must be one of created_at, answered_at")
+    for body in (bad_to, bad_from, number, sort):
         assert "^" not in body["message"] and "[0-9]" not in str(body)
 
 
