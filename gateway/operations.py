@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     ValidationError,
 )
@@ -76,7 +76,20 @@ Variables = Annotated[
     ),
     AfterValidator(_variables_fit),
 ]
-RingTimeout = Annotated[StrictInt, Field(ge=1, le=600, description="seconds")]
+
+
+def _json_integer(value: Any) -> Any:
+    # What JSON Schema calls an integer: 30 or 30.0, never true or "30" (which pydantic's lax
+    # int would take as 1 and 30; StrictInt would also refuse 30.0, which the schema allows).
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "must be an integer")
+    return value
+
+
+# The bounds come before the validator, so the JSON schema keeps them (minimum/maximum).
+RingTimeout = Annotated[
+    int, Field(ge=1, le=600, description="seconds"), BeforeValidator(_json_integer)
+]
 DtmfDigits = Annotated[StrictStr, Field(pattern=DTMF_PATTERN, description="sent as RFC 4733")]
 TransferTarget = Annotated[
     StrictStr,

@@ -704,6 +704,7 @@ def test_types_are_strict_not_coerced(client: TestClient, node: FakeNode) -> Non
         assert body["details"][0]["field"].split(".")[0] == field, (field, value)
     assert not node.worker.requests
     assert originate(client, ring_timeout=30, record=True).status_code == 202
+    assert originate(client, ring_timeout=30.0).status_code == 202  # a JSON Schema integer
 
 
 def test_the_schema_carries_the_constraints_the_code_enforces(client: TestClient) -> None:
@@ -712,6 +713,8 @@ def test_the_schema_carries_the_constraints_the_code_enforces(client: TestClient
     assert create["agent"]["minLength"] == 1 and create["agent"]["pattern"]
     trunk = next(s for s in create["trunk"]["anyOf"] if s.get("type") == "string")
     assert trunk["minLength"] == 1
+    ring = next(s for s in create["ring_timeout"]["anyOf"] if s.get("type") == "integer")
+    assert (ring["minimum"], ring["maximum"]) == (1, 600)
     variables = create["variables"]
     assert variables["maxProperties"] == 64
     assert variables["additionalProperties"]["maxLength"] == 1024
