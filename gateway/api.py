@@ -20,31 +20,30 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api_auth import ApiKeys, RateLimiter, bearer_token
-from gateway.api_common import (
-    ApiNode,
-    error_response,
-    status_for,
-    trunk_states,
-    validation_details,
-)  # fmt: skip
+from gateway.api_common import ApiNode, error_response, request_errors, trunk_states
 from gateway.api_models import Health, Version
 from gateway.config import ApiSettings
+from gateway.errors import HTTP_STATUS, detail
 from gateway.events import CommandError
 from gateway.metrics import NodeSnapshot, render
+from gateway.operations import MAX_REQUEST_BYTES
 
 log = logging.getLogger("sipedge.api")
 
+DOCS_STATIC = "/docs/static"  # Swagger UI's files, served from the fastapi-offline package
 PUBLIC_PATHS = frozenset({
     "/health", "/readiness", "/liveness", "/version", "/metrics", "/openapi.json", "/docs",
-    "/docs/oauth2-redirect", "/redoc",
+    "/docs/oauth2-redirect",
 })  # fmt: skip
-_HTTP_CODES = {401: "unauthorized", 404: "resource_not_found", 409: "conflict",
-               429: "rate_limit_exceeded", 503: "capacity_exceeded"}  # fmt: skip
+_CODE_OF_STATUS = {status: code for code, status in HTTP_STATUS.items()}
 
 DESCRIPTION = """\
 The HTTP API of one sipedge node: place and control calls, read the call log with its events
@@ -52,7 +51,11 @@ and recordings, see trunks, numbers and agents, and watch the node's health and 
 
 * `/v1/...` needs `Authorization: Bearer <key>` (keys from the node's config).
 * Success bodies are `{"data": ...}`; lists add `"meta": {"total", "page", "per_page"}`.
-* Every error is `{"error": {"code", "message", "details"}}`.
+* Every error is `{"error": {"code", "message", "details"}}`; `details` is always a list of
+  `{"location", "field", "message", "type", "limit"}`. The codes and their statuses are the
+  same for MQTT command replies.
+* A request body may hold at most 64 KiB (413 `payload_too_large`); malformed JSON is 400
+  `invalid_json`; unknown body fields and query parameters are refused by name (422).
 * Every response carries `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
   (Unix time the one-minute window ends); past the limit, 429 with `Retry-After`.
 """
@@ -64,9 +67,9 @@ def create_app(
     from gateway.api_calls import router as calls_router
     from gateway.api_resources import router as resources_router
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="sipedge", version=__version__, description=DESCRIPTION,
-        openapi_url="/openapi.json", docs_url="/docs", redoc_url=None,
+        openapi_url="/openapi.json", docs_url="/docs", redoc_url=None, static_url=DOCS_STATIC,
     )  # fmt: skip
     app.state.node = node
     app.state.keys = ApiKeys(settings.api_keys)
@@ -74,6 +77,7 @@ def create_app(
     app.include_router(calls_router)
     app.include_router(resources_router)
     _install_errors(app)
+    app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)  # inside the guard: auth comes first
     _install_guard(app)
     _install_operations(app)
     return app
@@ -82,38 +86,112 @@ def create_app(
 # --- errors -------------------------------------------------------------------------------
 
 
+def _too_large(limit: int, size: int | None) -> CommandError:
+    got = f" (got {size})" if size is not None else ""
+    message = f"request body exceeds {limit} bytes{got}"
+    return CommandError(
+        "payload_too_large",
+        message,
+        [detail(message, location="body", type="too_large", limit=limit)],
+    )
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+        self.limit = limit
+
+
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with 413: by Content-Length before anything
+    is read, and by counting while the route reads (a chunked body has no length)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            error = _too_large(self.limit, int(length))
+            response = error_response(error.code, error.message, error.details,
+                                      {"Connection": "close"})  # fmt: skip
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyTooLarge(self.limit)  # FastAPI re-raises it from body parsing
+            return message
+
+        await self.app(scope, counted, send)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this path (Starlette's 405 names only the methods
+    of the first route that matched the path), asked of the router itself."""
+    return [
+        method for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] is Match.FULL
+               for route in app.router.routes)
+    ]  # fmt: skip
+
+
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        code = _HTTP_CODES.get(exc.status_code, "invalid_parameter")
-        if exc.status_code == 404:
-            message = f"no such resource: {request.url.path}"
+        path = request.url.path
+        headers = dict(exc.headers or {})
+        if isinstance(exc, _BodyTooLarge):
+            error = _too_large(exc.limit, None)
+        elif exc.status_code == 404:
+            error = CommandError("resource_not_found", f"no such resource: {path}")
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
+            allow = ", ".join(allowed_methods(app, request.scope))
+            headers["Allow"] = allow
+            message = f"{request.method} is not allowed on {path} (allowed: {allow})"
+            error = CommandError("method_not_allowed", message,
+                                 [detail(message, type="method_not_allowed")])  # fmt: skip
+        elif exc.status_code == 400:  # FastAPI could not parse the body at all (not UTF-8)
+            message = "request body is not valid JSON (UTF-8 text expected)"
+            error = CommandError(
+                "invalid_json", message, [detail(message, location="body", type="json_invalid")]
+            )
         else:
-            message = str(exc.detail)
-        details = (
-            {"allow": exc.headers.get("Allow")} if exc.status_code == 405 and exc.headers else None
-        )
-        return error_response(exc.status_code, code, message, details, exc.headers)
+            code = _CODE_OF_STATUS.get(exc.status_code, "invalid_parameter")
+            error = CommandError(code, str(exc.detail))
+        return error_response(error.code, error.message, error.details, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        details = validation_details(exc.errors())
-        return error_response(422, "invalid_parameter", details[0]["message"] if details
-                              else "invalid request", details)  # fmt: skip
+        details = request_errors(exc.errors())
+        malformed = any(d["type"] == "json_invalid" for d in details)
+        code = "invalid_json" if malformed else "invalid_parameter"
+        return error_response(code, details[0]["message"] if details else "invalid request",
+                              details)  # fmt: skip
 
     @app.exception_handler(ValidationError)
     async def invalid_args(request: Request, exc: ValidationError) -> Response:
-        details = validation_details(exc.errors(include_url=False, include_input=False))
-        return error_response(422, "invalid_parameter", details[0]["message"], details)
+        details = request_errors(exc.errors(include_url=False, include_input=False))
+        return error_response("invalid_parameter", details[0]["message"], details)
 
     @app.exception_handler(CommandError)
     async def command_error(request: Request, exc: CommandError) -> Response:
         headers = None
         if exc.code == "capacity_exceeded":
             headers = {"Retry-After": str(request.app.state.node.config.limits.retry_after)}
-        return error_response(status_for(exc.code), exc.code, exc.message, exc.details, headers)
+        return error_response(exc.code, exc.message, exc.details, headers)
 
 
 # --- authentication and rate limit --------------------------------------------------------
@@ -132,15 +210,15 @@ def _install_guard(app: FastAPI) -> None:
         key_id = keys.identify(bearer_token(request.headers.get("authorization")))
         bucket = key_id or f"ip:{request.client.host if request.client else '-'}"
         now = limiter.clock()
-        limited = path not in PUBLIC_PATHS
+        limited = path not in PUBLIC_PATHS and not path.startswith(DOCS_STATIC + "/")
         quota = limiter.hit(bucket) if limited else limiter.peek(bucket)
         response: Response
         if not quota.allowed:
             response = error_response(
-                429, "rate_limit_exceeded", f"more than {quota.limit} requests a minute", None
+                "rate_limit_exceeded", f"more than {quota.limit} requests a minute"
             )
         elif limited and key_id is None:
-            response = error_response(401, "unauthorized", "a valid API key is required "
+            response = error_response("unauthorized", "a valid API key is required "
                                       "(Authorization: Bearer <key>)", None,
                                       {"WWW-Authenticate": "Bearer"})  # fmt: skip
         else:
@@ -148,7 +226,7 @@ def _install_guard(app: FastAPI) -> None:
                 response = await call_next(request)
             except Exception:  # any bug must still answer in the envelope, and be logged
                 log.exception("event=api_error method=%s path=%s", request.method, path)
-                response = error_response(500, "internal_error", "internal error", None)
+                response = error_response("internal_error", "internal error")
         response.headers.update(quota.headers(now))
         level = logging.INFO if limited else logging.DEBUG
         log.log(level, "event=api_request method=%s path=%s status=%d key=%s ms=%.1f",

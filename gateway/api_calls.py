@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,15 +15,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 
 from gateway.api_common import (
+    SORT_PATTERN,
     ApiNode,
     PageNumber,
     PerPage,
+    QueryDateTime,
     as_utc,
     error_response,
     iso,
     meta,
     node_of,
     page_of,
+    path_error,
+    refuse_unknown_query,
 )  # fmt: skip
 from gateway.api_models import (
     Call,
@@ -39,17 +42,26 @@ from gateway.api_models import (
     ErrorEnvelope,
     Page,
 )  # fmt: skip
-from gateway.events import CommandError
+from gateway.errors import detail
+from gateway.operations import ConfigId, E164Number
 from gateway.store import CallFilter, CallRecord
 
-SORT_PATTERN = r"^-?(created_at|answered_at|ended_at|duration|status)$"
 CHUNK = 64 * 1024
 ENDED = frozenset({"completed", "failed"})
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorEnvelope, "description": "missing or invalid API key"},
-    422: {"model": ErrorEnvelope, "description": "invalid parameter (the field is named)"},
+    422: {
+        "model": ErrorEnvelope,
+        "description": "invalid parameter (the field is named), "
+        "unknown body field or query parameter",
+    },
     429: {"model": ErrorEnvelope, "description": "rate limit exceeded"},
+}
+# Routes that take a JSON body.
+_BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorEnvelope, "description": "malformed JSON (`invalid_json`)"},
+    413: {"model": ErrorEnvelope, "description": "request body over 64 KiB (`payload_too_large`)"},
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorEnvelope, "description": "no such call"},
@@ -59,9 +71,11 @@ _ACTION_ERRORS = {
     **_NOT_FOUND,
     409: {"model": ErrorEnvelope, "description": "the call has already ended"},
 }
+_ACTION_BODY_ERRORS = {**_ACTION_ERRORS, **_BODY_ERRORS}
 
 router = APIRouter(prefix="/v1/calls", tags=["calls"], responses=_ERRORS,
-                   dependencies=[Depends(HTTPBearer(auto_error=False))])  # fmt: skip
+                   dependencies=[Depends(HTTPBearer(auto_error=False)),
+                                 Depends(refuse_unknown_query)])  # fmt: skip
 NodeDep = Annotated[ApiNode, Depends(node_of)]
 
 
@@ -93,7 +107,8 @@ def call_out(node: ApiNode, record: CallRecord, **extra: Any) -> Call:
 def _record(node: ApiNode, call_id: str) -> CallRecord:
     record = node.store.get_call(call_id)
     if record is None:
-        raise CommandError("resource_not_found", f"no call {call_id}", {"id": call_id})
+        message = f"no call {call_id}"
+        raise path_error("resource_not_found", message, "call_id")
     return record
 
 
@@ -102,12 +117,13 @@ def _not_ended(node: ApiNode, call_id: str) -> None:
     still be on the way) goes to the worker, which answers 404 if it has no such call."""
     record = node.store.get_call(call_id)
     if record is not None and record.status in ENDED:
-        raise CommandError("conflict", f"call {call_id} has already ended",
-                           {"id": call_id, "status": record.status})  # fmt: skip
+        message = f"call {call_id} has already ended ({record.status})"
+        raise path_error("conflict", message, "call_id", "call_ended")
 
 
 @router.post("", status_code=202, response_model=Data[Call],
-             responses={409: {"model": ErrorEnvelope,
+             responses={**_BODY_ERRORS,
+                        409: {"model": ErrorEnvelope,
                               "description": "Idempotency-Key reused with another body"},
                         503: {"model": ErrorEnvelope, "description": "no capacity; retry later"}},
              summary="Place an outbound call")  # fmt: skip
@@ -142,11 +158,12 @@ async def list_calls(
     node: NodeDep,
     status: CallStatus | None = None,
     direction: Direction | None = None,
-    trunk: str | None = None,
-    agent: str | None = None,
-    number: Annotated[str | None, Query(description="matches the from or the to number")] = None,
-    date_from: Annotated[datetime | None, Query(description="created at or after")] = None,
-    date_to: Annotated[datetime | None, Query(description="created before")] = None,
+    trunk: Annotated[ConfigId | None, Query()] = None,
+    agent: Annotated[ConfigId | None, Query()] = None,
+    number: Annotated[E164Number | None,
+                      Query(description="matches the from or the to number")] = None,
+    date_from: Annotated[QueryDateTime | None, Query(description="created at or after")] = None,
+    date_to: Annotated[QueryDateTime | None, Query(description="created before")] = None,
     sort: Annotated[str, Query(pattern=SORT_PATTERN,
                                description="field, `-` for descending")] = "-created_at",
     page: PageNumber = 1,
@@ -173,7 +190,7 @@ async def hangup(call_id: str, node: NodeDep) -> Data[CallAction]:
 
 
 @router.post("/{call_id}/transfer", status_code=202, response_model=Data[CallAction],
-             responses=_ACTION_ERRORS, summary="Blind transfer (REFER)")  # fmt: skip
+             responses=_ACTION_BODY_ERRORS, summary="Blind transfer (REFER)")  # fmt: skip
 async def transfer(call_id: str, body: CallTransferRequest, node: NodeDep) -> Data[CallAction]:
     _not_ended(node, call_id)
     result = await node.command("call.transfer", {"call_id": call_id, "target": body.target})
@@ -181,7 +198,7 @@ async def transfer(call_id: str, body: CallTransferRequest, node: NodeDep) -> Da
 
 
 @router.post("/{call_id}/dtmf", status_code=202, response_model=Data[CallAction],
-             responses=_ACTION_ERRORS, summary="Send DTMF digits (RFC 4733)")  # fmt: skip
+             responses=_ACTION_BODY_ERRORS, summary="Send DTMF digits (RFC 4733)")  # fmt: skip
 async def send_dtmf(call_id: str, body: CallDtmfRequest, node: NodeDep) -> Data[CallAction]:
     _not_ended(node, call_id)
     result = await node.command("call.send_dtmf", {"call_id": call_id, "digits": body.digits})
@@ -244,23 +261,24 @@ def _chunks(path: Path, start: int, length: int) -> Iterator[bytes]:
             responses={**_NOT_FOUND,
                        200: {"content": {"audio/wav": {}}, "description": "the stereo WAV"},
                        206: {"content": {"audio/wav": {}}, "description": "the requested range"},
-                       416: {"model": ErrorEnvelope, "description": "range not satisfiable"}},
+                       416: {"model": ErrorEnvelope,
+                             "description": "range not satisfiable (`range_not_satisfiable`)"}},
             summary="Download the call's recording (WAV), with Range support")  # fmt: skip
 async def recording(call_id: str, request: Request, node: NodeDep) -> Response:
     path = recording_file(node, _record(node, call_id))
     if path is None:
-        raise CommandError("resource_not_found", f"call {call_id} has no recording",
-                           {"id": call_id})  # fmt: skip
+        message = f"call {call_id} has no recording"
+        raise path_error("resource_not_found", message, "call_id")
     size = path.stat().st_size
     wanted = byte_range(request.headers.get("range"), size)
     headers = {"Accept-Ranges": "bytes",
                "Content-Disposition": f'attachment; filename="{call_id}.wav"'}  # fmt: skip
     if wanted is False:
+        message = f"range not satisfiable: the recording has {size} bytes"
         return error_response(
-            416,
-            "invalid_parameter",
-            "range not satisfiable",
-            {"size": size},
+            "range_not_satisfiable",
+            message,
+            [detail(message, field="Range", location="header", type="range_not_satisfiable")],
             {**headers, "Content-Range": f"bytes */{size}"},
         )
     first, last = wanted if isinstance(wanted, tuple) else (0, size - 1)

@@ -3,24 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from gateway.api_models import ErrorEnvelope, Meta
 from gateway.config import Config
+from gateway.errors import CommandError, detail, validation_details
 from gateway.events import iso_z
 from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
+from gateway.operations import PATTERN_HINTS
 from gateway.publisher import Publisher
 from gateway.store import Store
 
 T = TypeVar("T")
 
 MAX_PER_PAGE = 100
+MAX_PAGE = 1_000_000  # keeps (page - 1) * per_page far inside SQLite's 64-bit integers
 DEFAULT_PER_PAGE = 20
 
 
@@ -69,56 +76,62 @@ def trunk_states(node: ApiNode) -> dict[str, dict[str, Any]]:
 
 # --- errors -------------------------------------------------------------------------------
 
-_STATUS = {
-    "invalid_parameter": 422, "resource_not_found": 404, "unauthorized": 401,
-    "rate_limit_exceeded": 429, "conflict": 409, "capacity_exceeded": 503,
-    "internal_error": 500,
-}  # fmt: skip
-
-
-def status_for(code: str) -> int:
-    return _STATUS.get(code, 500)
-
 
 def error_response(
-    status: int, code: str, message: str, details: Any,
+    code: str, message: str, details: Sequence[Mapping[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:  # fmt: skip
-    body = ErrorEnvelope.model_validate({"error": {"code": code, "message": message,
-                                                   "details": details}})  # fmt: skip
-    return JSONResponse(
-        body.model_dump(mode="json"), status_code=status, headers=dict(headers or {})
-    )
+    """The error envelope with the status that `code` has in the shared vocabulary."""
+    error = CommandError(code, message, details)
+    body = ErrorEnvelope.model_validate(error.to_dict())
+    return JSONResponse(body.model_dump(mode="json"), status_code=error.http_status,
+                        headers=dict(headers or {}))  # fmt: skip
 
 
-def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """pydantic/FastAPI errors as `{"location", "field", "message", "type"}`, fields named."""
-    out: list[dict[str, Any]] = []
-    for error in errors:
-        loc = [str(part) for part in error.get("loc", ())]
-        location = loc[0] if loc and loc[0] in ("body", "query", "path", "header") else "body"
-        field = ".".join(loc[1:] if loc and loc[0] == location else loc)
-        kind = str(error.get("type", "value_error"))
-        if kind == "extra_forbidden":
-            message = f"unknown field {field!r}"
-        elif kind == "missing":
-            message = f"{field or location} is required"
-        elif kind in ("json_invalid", "model_attributes_type") or not field:
-            message = (
-                "request body must be a JSON object"
-                if location == "body"
-                else str(error.get("msg"))
-            )
-        else:
-            message = f"{field}: {error.get('msg')}"
-        out.append({"location": location, "field": field or None, "message": message,
-                    "type": kind})  # fmt: skip
-    return out
+def path_error(code: str, message: str, field: str, kind: str = "not_found") -> CommandError:
+    """An error about a path parameter (`call_id`, `trunk_id`)."""
+    return CommandError(code, message, [detail(message, field=field, location="path", type=kind)])
+
+
+SORT_PATTERN = r"^-?(created_at|answered_at|ended_at|duration|status)$"
+_HINTS = {
+    **PATTERN_HINTS,
+    SORT_PATTERN: "must be one of created_at, answered_at, ended_at, duration, status, "
+    "with a leading '-' for descending",
+}
+
+
+def request_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI's validation errors as `details`, with regexes said in words."""
+    return validation_details(errors, hints=_HINTS)
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {str(param.alias) for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """Unknown query parameters are refused by name, like unknown body fields (a typo such as
+    `stauts=failed` must not silently return every call)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        raise RequestValidationError([
+            {"type": "extra_forbidden", "loc": ("query", name), "msg": "unknown", "input": None}
+            for name in dict.fromkeys(unknown)
+        ])  # fmt: skip
 
 
 # --- pagination and times -----------------------------------------------------------------
 
-PageNumber = Annotated[int, Query(ge=1, description="1-based page number")]
+PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
 PerPage = Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="items per page (max 100)")]
 
 
@@ -138,6 +151,21 @@ def iso(value: datetime | float | None) -> str | None:
     if isinstance(value, int | float):
         value = datetime.fromtimestamp(value, tz=UTC)
     return iso_z(value)
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+
+
+def _iso_only(value: Any) -> Any:
+    # pydantic would also take a number ("0.5") as a Unix time; the schema says date-time.
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise PydanticCustomError(
+            "datetime_format", "must be an ISO 8601 date-time, e.g. 2024-05-01T12:00:00Z"
+        )
+    return value
+
+
+QueryDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from gateway.config import E164
+from gateway.errors import ErrorCode, Location
+from gateway.operations import (
+    ConfigId,
+    DtmfDigits,
+    E164Number,
+    RingTimeout,
+    TransferTarget,
+    Variables,
+)  # fmt: skip
 
 T = TypeVar("T")
 
@@ -28,13 +36,18 @@ class _Response(BaseModel):
 # --- envelopes ----------------------------------------------------------------------------
 
 
-class ErrorBody(_Response):
-    code: Literal[
-        "invalid_parameter", "resource_not_found", "unauthorized", "rate_limit_exceeded",
-        "conflict", "capacity_exceeded", "internal_error",
-    ]  # fmt: skip
+class ErrorDetail(_Response):
+    location: Location | None = Field(description="where the value is: body, query, path, header")
+    field: str | None = Field(description="dotted name of the field, e.g. `variables.lead`")
     message: str
-    details: Any = None
+    type: str = Field(description="machine-readable kind, e.g. `missing`, `string_too_long`")
+    limit: int | None = Field(description="the limit that was passed, when there is one")
+
+
+class ErrorBody(_Response):
+    code: ErrorCode
+    message: str
+    details: list[ErrorDetail] = Field(default_factory=list)
 
 
 class ErrorEnvelope(_Response):
@@ -60,21 +73,25 @@ class Page(_Response, Generic[T]):
 
 
 class CallCreate(_Request):
-    to: str = Field(pattern=E164, examples=["+15551234567"], description="E.164 number to dial")
-    from_: str | None = Field(None, alias="from", pattern=E164, description="caller id (E.164)")
-    trunk: str | None = Field(None, description="trunk id; default: the first that may dial `to`")
-    agent: str = Field(description="agent id that talks on the call")
-    variables: dict[str, str] = Field(default_factory=dict, description="custom variables")
-    ring_timeout: int | None = Field(None, ge=1, le=600, description="seconds")
-    record: bool | None = Field(None, description="record this call (default: config)")
+    """The body of POST /v1/calls: the fields of the `call.originate` command (the same types
+    and limits), with the idempotency key in a header instead."""
+
+    to: E164Number = Field(description="E.164 number to dial")
+    from_: E164Number | None = Field(None, alias="from", description="caller id (E.164)")
+    trunk: ConfigId | None = Field(None, description="trunk id; default: the first that may "
+                                   "dial `to`")  # fmt: skip
+    agent: ConfigId = Field(description="agent id that talks on the call")
+    variables: Variables = Field(default_factory=dict)
+    ring_timeout: RingTimeout | None = None
+    record: StrictBool | None = Field(None, description="record this call (default: config)")
 
 
 class CallTransferRequest(_Request):
-    target: str = Field(min_length=1, description="E.164 number (via the call's trunk) or SIP URI")
+    target: TransferTarget
 
 
 class CallDtmfRequest(_Request):
-    digits: str = Field(pattern=r"^[0-9*#A-Da-d]{1,64}$", description="sent as RFC 4733 events")
+    digits: DtmfDigits
 
 
 class Call(_Response):

@@ -21,14 +21,16 @@ from gateway.api_common import (
     meta,
     node_of,
     page_of,
+    path_error,
+    refuse_unknown_query,
     trunk_states,
 )  # fmt: skip
 from gateway.api_models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
 from gateway.config import Agent, Trunk
-from gateway.events import CommandError
 
 router = APIRouter(prefix="/v1", responses=_ERRORS,
-                   dependencies=[Depends(HTTPBearer(auto_error=False))])  # fmt: skip
+                   dependencies=[Depends(HTTPBearer(auto_error=False)),
+                                 Depends(refuse_unknown_query)])  # fmt: skip
 NodeDep = Annotated[ApiNode, Depends(node_of)]
 
 
@@ -91,7 +93,8 @@ async def list_trunks(
 async def get_trunk(trunk_id: str, node: NodeDep) -> Data[TrunkView]:
     trunk = node.config.trunk(trunk_id)
     if trunk is None:
-        raise CommandError("resource_not_found", f"no trunk {trunk_id}", {"id": trunk_id})
+        message = f"no trunk {trunk_id}"
+        raise path_error("resource_not_found", message, "trunk_id")
     return Data[TrunkView](data=trunk_view(trunk, trunk_states(node).get(trunk_id, {})))
 
 

@@ -23,7 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.errors import SipedgeError
+from gateway.errors import CommandError as CommandError  # re-exported: commands use it
+from gateway.errors import ErrorCode as ErrorCode
 
 CALL_ID_RE = re.compile(r"^call_[0-9a-f]{24}$")
 EVENT_ID_RE = re.compile(r"^evt_[0-9a-f]{32}$")
@@ -310,27 +311,8 @@ class Event(BaseModel):
 
 # --- commands -----------------------------------------------------------------------------
 
-ErrorCode = Literal[
-    "invalid_parameter",
-    "resource_not_found",
-    "conflict",
-    "capacity_exceeded",
-    "unauthorized",
-    "internal_error",
-]
-
-
-class CommandError(SipedgeError):
-    """A command could not be carried out; `code` is one of the API's error codes."""
-
-    def __init__(self, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.details = details
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+# CommandError and ErrorCode (imported above) are the error vocabulary shared with the HTTP
+# API; they live with the exception family in gateway.errors.
 
 
 def command_reply(result: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from paho.mqtt.properties import Properties
 from pydantic import ValidationError
 
 from gateway import __version__
+from gateway.errors import detail, validation_details
 from gateway.events import (
     CommandError,
     command_name,
@@ -32,6 +33,7 @@ from gateway.events import (
     trunk_state_topic,
     utc_now,
 )
+from gateway.operations import MAX_REQUEST_BYTES
 from gateway.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
@@ -84,8 +86,9 @@ class MqttSettings:
         )
 
 
-def _error(code: str, message: str, details: Any = None) -> dict[str, Any]:
-    return CommandError(code, message, details).to_dict()
+def _error(code: str, message: str, **where: Any) -> dict[str, Any]:
+    """An error reply in the API's vocabulary, with one detail saying the same."""
+    return CommandError(code, message, [detail(message, **where)]).to_dict()
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -115,6 +118,7 @@ class Publisher:
         poll_interval: float = 1.0,
         status_interval: float = 30.0,
         publish_timeout: float = 10.0,
+        max_payload_bytes: int = MAX_REQUEST_BYTES,
     ) -> None:
         self._store = store
         self._settings = settings
@@ -130,6 +134,7 @@ class Publisher:
         self._poll_interval = poll_interval
         self._status_interval = status_interval
         self._publish_timeout = publish_timeout
+        self.max_payload_bytes = max_payload_bytes
 
         self.delivered_total = 0
         self._backlog_warned = False
@@ -382,16 +387,26 @@ class Publisher:
                         self.node, name, exc)  # fmt: skip
 
     async def execute(self, name: str, payload: Any) -> dict[str, Any]:
-        """Run one command; the reply is `{"data": ...}` or `{"error": {...}}`, never raises."""
+        """Run one command; the reply is `{"data": ...}` or `{"error": {...}}`, never raises.
+        Errors are those of the HTTP API: the same codes, messages and `details` list."""
+        size = len(payload) if isinstance(payload, bytes | bytearray | str) else 0
+        limit = self.max_payload_bytes
+        if size > limit:
+            message = f"command payload exceeds {limit} bytes (got {size})"
+            return _error("payload_too_large", message, location="body", type="too_large",
+                          limit=limit)  # fmt: skip
         try:
             text = payload.decode() if isinstance(payload, bytes | bytearray) else payload
             args = json.loads(text) if text not in (None, "", b"") else {}
         except (ValueError, TypeError) as exc:
-            return _error("invalid_parameter", "command payload is not valid JSON", str(exc))
+            return _error("invalid_json", f"command payload is not valid JSON: {exc}",
+                          location="body", type="json_invalid")  # fmt: skip
         if not isinstance(args, dict):
-            return _error("invalid_parameter", "command payload must be a JSON object")
+            return _error("invalid_parameter", "command payload must be a JSON object",
+                          location="body", type="model_type")  # fmt: skip
         if self._handler is None or (self._commands is not None and name not in self._commands):
-            return _error("resource_not_found", f"unknown command {name!r}")
+            return _error("resource_not_found", f"unknown command {name!r}", field="command",
+                          type="unknown_command")  # fmt: skip
         try:
             result = await self._handler(name, args)
             reply: dict[str, Any] = json.loads(json.dumps({"data": result}))  # JSON-safe or raise
@@ -399,8 +414,8 @@ class Publisher:
         except CommandError as exc:
             return exc.to_dict()
         except ValidationError as exc:
-            details = exc.errors(include_url=False, include_context=False, include_input=False)
-            return _error("invalid_parameter", f"invalid {name} parameters", details)
+            details = validation_details(exc.errors(include_url=False))
+            return CommandError("invalid_parameter", details[0]["message"], details).to_dict()
         except Exception:
             log.exception("event=mqtt_command_failed node=%s name=%s", self.node, name)
             return _error("internal_error", f"command {name} failed")

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.broker import EmbeddedBroker
 from gateway.config import Config, capacity_warning, public_url
+from gateway.errors import detail, refusal_code
 from gateway.events import CommandError
-from gateway.ipc import encode, read_message
+from gateway.ipc import IpcError, encode, read_message
 from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
 from gateway.ports import check_ports_free
@@ -87,7 +88,11 @@ class WorkerLink:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                message = await read_message(reader)
+                try:
+                    message = await read_message(reader)
+                except IpcError as exc:  # one bad frame is dropped; the link stays in step
+                    log.error("event=worker_frame_dropped worker=%d error=%s", self.index, exc)
+                    continue
                 if message is None:
                     break
                 kind = message.get("kind")
@@ -119,9 +124,10 @@ class WorkerLink:
         if self.writer is None or self.exited.is_set():
             raise CommandError("internal_error", "SIP worker is not running")
         rid = next(self._ids)
+        frame = encode({"kind": "request", "id": rid, "op": op, "args": args or {}})
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        self.writer.write(encode({"kind": "request", "id": rid, "op": op, "args": args or {}}))
+        self.writer.write(frame)
         try:
             reply = await asyncio.wait_for(future, timeout)
         finally:
@@ -129,11 +135,9 @@ class WorkerLink:
         if reply.get("ok"):
             return reply.get("result")
         error = reply.get("error") or {}
-        raise CommandError(
-            _error_code(error.get("code", "")),
-            error.get("message", "failed"),
-            {"reason": error.get("code")},
-        )
+        reason, message = str(error.get("code") or ""), str(error.get("message") or "failed")
+        raise CommandError(refusal_code(reason), message,
+                           [detail(message, type=reason or "internal_error")])  # fmt: skip
 
     async def stop(self, timeout: float) -> None:
         if self.proc is None or self.exited.is_set():
@@ -148,17 +152,6 @@ class WorkerLink:
             log.error("event=worker_kill worker=%d reason=stop_timeout", self.index)
             self.proc.kill()
             await self.exited.wait()
-
-
-def _error_code(reason: str) -> str:
-    return {
-        "call_not_found": "resource_not_found",
-        "unknown_trunk": "invalid_parameter",
-        "unknown_agent": "invalid_parameter",
-        "destination_not_allowed": "invalid_parameter",
-        "capacity_exceeded": "capacity_exceeded",
-        "draining": "capacity_exceeded",
-    }.get(reason, "internal_error" if reason in ("", "internal_error") else "conflict")
 
 
 class Node:

@@ -18,7 +18,7 @@ from gateway.agent_session import AgentSession
 from gateway.calls import CallRecord
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
-from gateway.ipc import encode, read_message
+from gateway.ipc import IpcError, encode, read_message
 from gateway.media_session import CallControls, EchoSession, MediaSession, bridge_rate
 from gateway.sip.engine import OriginateRequest, SipEngine
 from gateway.webrtc_session import WebRtcSession
@@ -78,7 +78,16 @@ class Worker:
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(encode(message))
+            try:
+                frame = encode(message)
+            except IpcError as exc:
+                log.error("event=frame_not_sent kind=%s error=%s", message.get("kind"), exc)
+                if message.get("kind") != "reply":
+                    return
+                error = {"code": "internal_error", "message": str(exc)}
+                frame = encode({"kind": "reply", "id": message.get("id"), "ok": False,
+                                "error": error})  # fmt: skip
+            self.writer.write(frame)
 
     async def run(self) -> None:
         reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
@@ -87,7 +96,11 @@ class Worker:
         self._send({"kind": "ready", "status": status})
         try:
             while not self.stopped.is_set():
-                message = await read_message(reader)
+                try:
+                    message = await read_message(reader)
+                except IpcError as exc:  # one bad frame is dropped; the link stays in step
+                    log.error("event=supervisor_frame_dropped error=%s", exc)
+                    continue
                 if message is None:
                     if not self.stopped.is_set():  # not the end of a stop the node asked for
                         log.warning("event=supervisor_gone action=stop")

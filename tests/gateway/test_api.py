@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
+import typing
 import warnings
 import wave
 from collections.abc import Callable, Iterator
@@ -23,11 +25,21 @@ from gateway import api_auth
 from gateway.api import create_app
 from gateway.api_auth import ApiKeys, RateLimiter, bearer_token
 from gateway.api_calls import byte_range
+from gateway.api_common import MAX_PAGE
 from gateway.config import Config
+from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
 from gateway.events import CommandError
 from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
-from gateway.operations import run_operation
+from gateway.operations import (
+    MAX_REQUEST_BYTES,
+    MAX_VARIABLE_NAME,
+    MAX_VARIABLE_VALUE,
+    MAX_VARIABLES,
+    MAX_VARIABLES_BYTES,
+    run_operation,
+)  # fmt: skip
+from gateway.publisher import MqttSettings, Publisher
 from gateway.store import CallRecord, Store
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
@@ -289,12 +301,9 @@ def test_post_calls_rejects_bad_bodies_naming_the_field(client: TestClient) -> N
     assert bad_to["details"][0]["field"] == "to"
     missing = client.post("/v1/calls", json={"to": "+15551234567"}, headers=AUTH)
     assert error(missing, 422, "invalid_parameter")["message"] == "agent is required"
-    raw = client.post(
-        "/v1/calls", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
-    )
-    error(raw, 422, "invalid_parameter")
     agent = error(originate(client, agent="nobody"), 422, "invalid_parameter")
-    assert agent["details"] == {"field": "agent"}
+    assert agent["message"] == "agent 'nobody' is not configured"
+    assert [(d["field"], d["type"]) for d in agent["details"]] == [("agent", "not_configured")]
     error(originate(client, to="+4420700000"), 422, "invalid_parameter")  # no trunk dials it
     error(originate(client, trunk="nope"), 422, "invalid_parameter")
 
@@ -320,7 +329,10 @@ def test_idempotency_key_replays_and_conflicts(client: TestClient, node: FakeNod
         json={"to": "+15559999999", "agent": "echo"},
         headers={**AUTH, "Idempotency-Key": "order-77"},
     )
-    assert error(other, 409, "conflict")["details"] == {"idempotency_key": "order-77"}
+    reused = error(other, 409, "conflict")["details"]
+    assert [(d["field"], d["type"]) for d in reused] == [
+        ("idempotency_key", "idempotency_key_reused")
+    ]
 
 
 def test_capacity_and_worker_errors_map_to_status_codes(client: TestClient, node: FakeNode) -> None:
@@ -375,7 +387,9 @@ def test_actions_on_unknown_or_ended_calls(client: TestClient, node: FakeNode) -
         error(missing, 404, "resource_not_found")
     add_call(node, "call_" + "e" * 24, status="completed")
     ended = client.post(f"/v1/calls/call_{'e' * 24}/hangup", headers=AUTH)
-    assert error(ended, 409, "conflict")["details"]["status"] == "completed"
+    ended_error = error(ended, 409, "conflict")
+    assert ended_error["message"] == f"call call_{'e' * 24} has already ended (completed)"
+    assert ended_error["details"][0]["field"] == "call_id"
 
 
 # --- the call log ---------------------------------------------------------------------------
@@ -415,6 +429,7 @@ def test_pagination_errors_name_the_parameter(client: TestClient) -> None:
         "sort=colour",
         "status=dancing",
         "date_from=yesterday",
+        "date_to=0.5",  # a number is not taken as a Unix time: the schema says date-time
     ):
         name = query.split("=")[0]
         detail = error(client.get(f"/v1/calls?{query}", headers=AUTH), 422, "invalid_parameter")[
@@ -496,7 +511,7 @@ def test_recording_download_with_range(client: TestClient, node: FakeNode, tmp_p
     rest = client.get(url, headers={**AUTH, "Range": f"bytes={len(data) - 10}-"})
     assert rest.content == data[-10:]
     over = client.get(url, headers={**AUTH, "Range": f"bytes={len(data)}-"})
-    error(over, 416, "invalid_parameter")
+    error(over, 416, "range_not_satisfiable")
     assert over.headers["content-range"] == f"bytes */{len(data)}"
     assert (
         client.get(f"/v1/calls/call_{'a' * 24}", headers=AUTH).json()["data"]["recording_url"]
@@ -635,8 +650,245 @@ def test_unknown_routes_and_methods_use_the_envelope(client: TestClient) -> None
     error(client.get("/v1/nowhere", headers=AUTH), 404, "resource_not_found")
     error(client.get("/nowhere"), 401, "unauthorized")
     wrong = client.delete("/v1/trunks", headers=AUTH)
-    assert error(wrong, 405, "invalid_parameter")["details"] == {"allow": "GET"}
+    assert error(wrong, 405, "method_not_allowed")["message"].endswith("(allowed: GET)")
     assert wrong.headers["allow"] == "GET"
+
+
+# --- hygiene: bounds, strict types, one error vocabulary ----------------------------------
+
+DETAIL_KEYS = {"location", "field", "message", "type", "limit"}
+
+
+def test_page_and_per_page_are_bounded_with_422_naming_the_limit(client: TestClient) -> None:
+    for path in ("/v1/calls", "/v1/calls/call_x/events", "/v1/trunks", "/v1/agents"):
+        res = client.get(f"{path}?page=9223372036854775807", headers=AUTH)
+        bounded = error(res, 422, "invalid_parameter")
+        assert bounded["message"] == f"page: at most {MAX_PAGE}", path
+        assert bounded["details"][0]["limit"] == MAX_PAGE
+    assert client.get(f"/v1/calls?page={MAX_PAGE}", headers=AUTH).json()["data"] == []
+
+
+def test_unknown_query_parameters_are_refused_by_name(client: TestClient, node: FakeNode) -> None:
+    seed_calls(node)
+    typo = error(client.get("/v1/calls?stauts=failed", headers=AUTH), 422, "invalid_parameter")
+    assert typo["message"] == "unknown query parameter 'stauts'"
+    assert typo["details"][0] | {"message": ""} == {
+        "location": "query", "field": "stauts", "message": "", "type": "extra_forbidden",
+        "limit": None,
+    }  # fmt: skip
+    for path in ("/v1/trunks?pgae=2", "/v1/numbers?x=1", "/v1/calls/call_x?full=1"):
+        error(client.get(path, headers=AUTH), 422, "invalid_parameter")
+    assert client.get("/v1/calls?status=failed&page=1", headers=AUTH).status_code == 200
+
+
+def test_malformed_json_is_a_documented_400_with_the_envelope(client: TestClient) -> None:
+    headers = {**AUTH, "Content-Type": "application/json"}
+    syntax = error(client.post("/v1/calls", content=b"{not json", headers=headers), 400,
+                   "invalid_json")  # fmt: skip
+    assert syntax["message"].startswith("request body is not valid JSON: Expecting property")
+    assert syntax["details"][0]["field"] is None  # not the byte offset FastAPI reports there
+    encoding = client.post("/v1/calls", content=b'{"to": "\xff"}', headers=headers)
+    assert "UTF-8" in error(encoding, 400, "invalid_json")["message"]
+    dtmf = client.post("/v1/calls/call_x/dtmf", content=b"[", headers=headers)
+    error(dtmf, 400, "invalid_json")
+    doc = client.get("/openapi.json").json()
+    for path in ("/v1/calls", "/v1/calls/{call_id}/dtmf", "/v1/calls/{call_id}/transfer"):
+        assert "400" in doc["paths"][path]["post"]["responses"], path
+
+
+def test_types_are_strict_not_coerced(client: TestClient, node: FakeNode) -> None:
+    coercible = [("ring_timeout", True), ("ring_timeout", "30"), ("ring_timeout", 30.5),
+                 ("record", "yes"), ("record", 1), ("variables", {"lead": 42})]  # fmt: skip
+    for field, value in coercible:
+        body = error(originate(client, **{field: value}), 422, "invalid_parameter")
+        assert body["details"][0]["field"].split(".")[0] == field, (field, value)
+    assert not node.worker.requests
+    assert originate(client, ring_timeout=30, record=True).status_code == 202
+    assert originate(client, ring_timeout=30.0).status_code == 202  # a JSON Schema integer
+
+
+def test_the_schema_carries_the_constraints_the_code_enforces(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    create = doc["components"]["schemas"]["CallCreate"]["properties"]
+    assert create["agent"]["minLength"] == 1 and create["agent"]["pattern"]
+    trunk = next(s for s in create["trunk"]["anyOf"] if s.get("type") == "string")
+    assert trunk["minLength"] == 1
+    ring = next(s for s in create["ring_timeout"]["anyOf"] if s.get("type") == "integer")
+    assert (ring["minimum"], ring["maximum"]) == (1, 600)
+    variables = create["variables"]
+    assert variables["maxProperties"] == 64
+    assert variables["additionalProperties"]["maxLength"] == 1024
+    assert variables["propertyNames"]["maxLength"] == 64
+    target = doc["components"]["schemas"]["CallTransferRequest"]["properties"]["target"]
+    assert target["pattern"] and target["maxLength"] == 256
+    empty = error(originate(client, agent=""), 422, "invalid_parameter")
+    assert empty["message"] == "agent: must not be empty"
+
+
+def test_405_lists_every_method_of_the_path(client: TestClient) -> None:
+    calls = client.delete("/v1/calls", headers=AUTH)
+    assert error(calls, 405, "method_not_allowed")["details"][0]["type"] == "method_not_allowed"
+    assert calls.headers["allow"] == "GET, POST"
+    one = client.put("/v1/calls/call_x", headers=AUTH)
+    assert one.status_code == 405 and one.headers["allow"] == "GET"
+
+
+def test_e164_and_pattern_errors_are_said_in_words(client: TestClient) -> None:
+    bad_to = error(originate(client, to="5551234"), 422, "invalid_parameter")
+    assert bad_to["message"] == "to: must be E.164, e.g. +15551234567"
+    bad_from = error(originate(client, **{"from": "0044"}), 422, "invalid_parameter")
+    assert bad_from["message"] == "from: must be E.164, e.g. +15551234567"
+    number = error(client.get("/v1/calls?number=555", headers=AUTH), 422, "invalid_parameter")
+    assert number["message"] == "number: must be E.164, e.g. +15551234567"
+    call_id = originate(client).json()["data"]["id"]
+    dtmf = client.post(f"/v1/calls/{call_id}/dtmf", json={"digits": "x"}, headers=AUTH)
+    assert "DTMF digits" in error(dtmf, 422, "invalid_parameter")["message"]
+    sort = error(client.get("/v1/calls?sort=colour", headers=AUTH), 422, "invalid_parameter")
+    assert sort["message"].startswith("sort: must be one of created_at, answered_at")
+    for body in (bad_to, bad_from, number, sort):
+        assert "^" not in body["message"] and "[0-9]" not in str(body)
+
+
+def test_details_is_a_list_of_one_shape_on_every_error(
+    node: FakeNode, clock: Clock, tmp_path: Path
+) -> None:
+    settings = node.config.api.model_copy(update={"rate_limit_per_minute": 12})
+    app = create_app(node, settings, clock=clock)  # type: ignore[arg-type]
+    write_wav(tmp_path / "r.wav")
+    add_call(node, "call_" + "e" * 24, recording_path=str(tmp_path / "r.wav"))
+    past_the_end = {**AUTH, "Range": "bytes=9999999-"}
+    with TestClient(app) as client:
+        responses = [
+            client.get("/v1/calls"),  # 401
+            client.get("/v1/calls/call_x", headers=AUTH),  # 404
+            client.get("/v1/trunks/x", headers=AUTH),  # 404
+            client.delete("/v1/calls", headers=AUTH),  # 405
+            client.post(f"/v1/calls/call_{'e' * 24}/hangup", headers=AUTH),  # 409
+            client.get(f"/v1/calls/call_{'e' * 24}/recording", headers=past_the_end),  # 416
+            originate(client, agent="nobody"),  # 422 from the operation
+            originate(client, to="1"),  # 422 from the model
+            client.get("/v1/calls?page=0", headers=AUTH),  # 422 from the query
+        ]
+        node.worker.refuse = CommandError("capacity_exceeded", "full")
+        responses.append(originate(client))  # 503
+        while len(responses) < 14:
+            responses.append(client.get("/v1/calls", headers=AUTH))
+        responses.append(client.get("/v1/calls", headers=AUTH))  # 429
+    statuses = [r.status_code for r in responses]
+    assert {401, 404, 405, 409, 416, 422, 429, 503} <= set(statuses), statuses
+    for res in (r for r in responses if r.status_code >= 400):
+        details = res.json()["error"]["details"]
+        assert isinstance(details, list), res.text
+        assert all(set(d) == DETAIL_KEYS for d in details), res.text
+
+
+def test_one_vocabulary_maps_codes_to_statuses() -> None:
+    assert set(HTTP_STATUS) == set(typing.get_args(ErrorCode))
+    assert CommandError("payload_too_large", "x").http_status == 413
+    assert refusal_code("call_not_found") == "resource_not_found"
+    assert refusal_code("draining") == "capacity_exceeded"
+    assert refusal_code("") == "internal_error"
+    assert CallRefused("unknown_agent", "no").code == "invalid_parameter"
+
+
+def mqtt(node: FakeNode) -> Publisher:
+    """The node's MQTT command side, answering through the same operations (no broker needed:
+    execute() is what a command message runs)."""
+    return Publisher(node.store, MqttSettings(), "api-node", command_handler=node.command)
+
+
+@pytest.mark.parametrize("body", [
+    {"to": "5551234", "agent": "echo"},
+    {"to": "+15551234567", "agent": "nobody"},
+    {"to": "+15551234567", "agent": "echo", "colour": "red"},
+    {"to": "+15551234567", "agent": "echo", "ring_timeout": True},
+    {"to": "+15551234567", "agent": "echo", "variables": {f"k{i}": "v" for i in range(65)}},
+    {"to": "+15551234567"},
+])  # fmt: skip
+async def test_mqtt_commands_and_http_answer_the_same_error(
+    client: TestClient, node: FakeNode, body: dict[str, Any]
+) -> None:
+    http = client.post("/v1/calls", json=body, headers=AUTH)
+    reply = await mqtt(node).execute("call.originate", json.dumps(body).encode())
+    assert reply == http.json(), (reply, http.text)
+    assert http.status_code == HTTP_STATUS[reply["error"]["code"]]
+
+
+async def test_mqtt_command_errors_use_the_api_codes(node: FakeNode) -> None:
+    publisher = mqtt(node)
+    bad = await publisher.execute("call.hangup", b"{not json")
+    assert bad["error"]["code"] == "invalid_json" and bad["error"]["details"][0]["type"]
+    unknown = await publisher.execute("call.explode", b"{}")
+    assert unknown["error"]["code"] == "resource_not_found"
+    assert unknown["error"]["details"][0]["field"] == "command"
+    missing = await publisher.execute("call.send_dtmf", b'{"call_id": "call_x"}')
+    assert missing["error"]["message"] == "digits is required"
+
+
+# --- request size limits ------------------------------------------------------------------
+
+
+def test_a_body_over_64_kib_is_413_naming_the_limit(client: TestClient, node: FakeNode) -> None:
+    res = originate(client, variables={"notes": "x" * 70_000})
+    body = error(res, 413, "payload_too_large")
+    assert body["message"].startswith(f"request body exceeds {MAX_REQUEST_BYTES} bytes (got 7")
+    assert body["details"][0]["limit"] == MAX_REQUEST_BYTES
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while the route reads
+        yield b'{"to": "+15551234567", "agent": "echo", "variables": {"notes": "'
+        for _ in range(80):
+            yield b"x" * 1000
+        yield b'"}}'
+
+    chunked = client.post("/v1/calls", content=chunks(),
+                          headers={**AUTH, "Content-Type": "application/json"})  # fmt: skip
+    assert "content-length" not in {k.lower() for k in chunked.request.headers}
+    assert error(chunked, 413, "payload_too_large")["details"][0]["limit"] == MAX_REQUEST_BYTES
+    assert not node.worker.requests  # nothing reached the worker
+    assert originate(client).status_code == 202
+
+
+def test_variables_are_bounded_in_count_name_value_and_total(
+    client: TestClient, node: FakeNode
+) -> None:
+    def refused(variables: dict[str, str]) -> dict[str, Any]:
+        body = error(originate(client, variables=variables), 422, "invalid_parameter")
+        return dict(body["details"][0])
+
+    many = refused({f"k{i}": "v" for i in range(MAX_VARIABLES + 1)})
+    assert (many["field"], many["limit"]) == ("variables", MAX_VARIABLES)
+    assert many["message"] == f"variables: at most {MAX_VARIABLES} entries"
+    name = refused({"k" * (MAX_VARIABLE_NAME + 1): "v"})
+    assert name["field"].startswith("variables.") and name["limit"] == MAX_VARIABLE_NAME
+    value = refused({"lead": "v" * (MAX_VARIABLE_VALUE + 1)})
+    assert (value["field"], value["limit"]) == ("variables.lead", MAX_VARIABLE_VALUE)
+    assert value["message"] == f"variables.lead: at most {MAX_VARIABLE_VALUE} characters"
+    total = refused({f"k{i}": "v" * 1000 for i in range(20)})
+    assert (total["field"], total["limit"]) == ("variables", MAX_VARIABLES_BYTES)
+    assert f"at most {MAX_VARIABLES_BYTES} bytes" in total["message"]
+    assert not node.worker.requests
+    fits = {f"k{i}": "v" * 200 for i in range(MAX_VARIABLES)}
+    assert originate(client, variables=fits).status_code == 202
+
+
+async def test_an_mqtt_originate_over_64_kib_is_refused_naming_the_limit(node: FakeNode) -> None:
+    body = {"to": "+15551234567", "agent": "echo", "variables": {"notes": "x" * 70_000}}
+    reply = await mqtt(node).execute("call.originate", json.dumps(body).encode())
+    assert reply["error"]["code"] == "payload_too_large"
+    assert reply["error"]["details"][0]["limit"] == MAX_REQUEST_BYTES
+    assert not node.worker.requests
+
+
+# --- docs ---------------------------------------------------------------------------------
+
+
+def test_docs_are_served_from_the_package_without_a_cdn(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "/docs/static/swagger-ui-bundle.js" in page.text and "cdn" not in page.text.lower()
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        res = client.get(f"/docs/static/{asset}")  # no key needed, like /docs
+        assert res.status_code == 200 and len(res.content) > 10_000, asset
 
 
 # --- the OpenAPI document -------------------------------------------------------------------
@@ -669,6 +921,14 @@ def test_openapi_document_validates_and_matches_responses(
                     "agent": "echo"}, headers=AUTH).json()["data"]["id"]  # fmt: skip
     live = f"/v1/calls/{call_id}"
     check("POST", "/v1/calls", "/v1/calls", json={"to": "1"}, headers=AUTH)
+    malformed = {**AUTH, "Content-Type": "application/json"}
+    huge = {"to": "+15551234567", "agent": "echo", "variables": {"a": "x" * 70_000}}
+    check("POST", "/v1/calls", "/v1/calls", content=b"{not json", headers=malformed)
+    check("POST", "/v1/calls", "/v1/calls", json=huge, headers=AUTH)
+    for action in ("transfer", "dtmf"):
+        template = "/v1/calls/{call_id}/" + action
+        check("POST", f"{live}/{action}", template, content=b"[", headers=malformed)
+        check("POST", f"{live}/{action}", template, json={"x": "y" * 70_000}, headers=AUTH)
     check("POST", "/v1/calls", "/v1/calls", json={}, headers={"Authorization": "Bearer x"})
     check(
         "POST",

@@ -152,8 +152,10 @@ def test_command_name_is_taken_only_from_this_nodes_command_topics() -> None:
 
 
 def test_command_error_serialises_to_the_api_error_shape() -> None:
-    err = CommandError("resource_not_found", "no call call_x", {"call_id": "call_x"})
+    err = CommandError("resource_not_found", "no call call_x", [{"field": "call_id"}])
     assert err.to_dict() == {
         "error": {"code": "resource_not_found", "message": "no call call_x",
-                  "details": {"call_id": "call_x"}}
+                  "details": [{"location": None, "field": "call_id", "message": "no call call_x",
+                               "type": "invalid", "limit": None}]}
     }  # fmt: skip
+    assert CommandError("internal_error", "boom").to_dict()["error"]["details"] == []

@@ -152,3 +152,65 @@ def test_calls_through_the_http_api(tmp_path: Path, silent_agent: int) -> None:
     finally:
         node.stop()
         uas.stop()
+
+
+def test_oversized_requests_are_refused_at_the_edge_and_the_worker_keeps_its_calls(
+    tmp_path: Path,
+) -> None:
+    """A 70 KB `variables` over HTTP and over MQTT used to kill the SIP worker (the IPC line
+    reader's 64 KiB limit) and hang up every call: now each is refused naming the limit, and
+    the call that was up stays up."""
+    from tests.integration.mqtt_watch import MqttWatch
+
+    uas = Sipp("uas.xml", calls=None, workdir=tmp_path / "uas").start()
+    api_port = free_port("tcp")
+    config = base_config(
+        tmp_path,
+        trunks=[{"id": "loopback", "proxy": f"sip:{HOST}:{uas.port}",
+                 "allowed_destinations": ["+1555"], "max_concurrent_calls": 10}],
+        api={"enabled": True, "listen": HOST, "port": api_port,
+             "api_keys": ["${SIPEDGE_E2E_KEY}"]},
+    )  # fmt: skip
+    node = NodeProcess(tmp_path, config, env={"SIPEDGE_E2E_KEY": KEY})
+    huge = {"to": "+15551230000", "agent": "echo", "variables": {"notes": "x" * 70_000}}
+    try:
+        node.start()
+        with httpx.Client(base_url=f"http://{HOST}:{api_port}", timeout=5,
+                          headers={"Authorization": f"Bearer {KEY}"}) as api, \
+                MqttWatch(node.mqtt_port) as mq:  # fmt: skip
+            call_id = api.post("/v1/calls", json={"to": "+15551230000", "agent": "echo"}).json()[
+                "data"
+            ]["id"]
+            mq.wait_event("call.answered", call_id)
+
+            refused = api.post("/v1/calls", json=huge)
+            assert refused.status_code == 413, refused.text
+            error = refused.json()["error"]
+            assert error["code"] == "payload_too_large" and "65536 bytes" in error["message"]
+            assert error["details"][0]["limit"] == 65536
+            reply = mq.command("call.originate", huge)
+            assert reply["error"]["code"] == "payload_too_large", reply
+            assert reply["error"]["details"][0]["limit"] == 65536
+            too_many = {**huge, "variables": {f"k{i}": "v" * 200 for i in range(80)}}
+            assert mq.command("call.originate", too_many)["error"]["code"] == "invalid_parameter"
+
+            # The worker is alive and still holds the call; a normal request still works.
+            assert api.get(f"/v1/calls/{call_id}").json()["data"]["status"] == "answered"
+            assert api.get("/health").json()["checks"]["sip_worker"] == "ok"
+            fits = {"to": "+15551230001", "agent": "echo",
+                    "variables": {f"k{i}": "v" * 200 for i in range(60)}}  # fmt: skip
+            second = api.post("/v1/calls", json=fits)
+            assert second.status_code == 202, second.text
+            second_id = second.json()["data"]["id"]
+            placed = mq.wait_event("call.placed", second_id)
+            assert placed["data"]["variables"] == fits["variables"]
+            for live in (call_id, second_id):
+                mq.wait_event("call.answered", live)
+                assert api.post(f"/v1/calls/{live}/hangup").status_code == 202
+                done = mq.wait_event("call.completed", live)
+                assert done["data"]["hangup_by"] == "control_plane"
+        assert "worker_exited" not in node.log()
+        assert node.stop() == 0
+    finally:
+        node.stop()
+        uas.stop()

@@ -74,7 +74,7 @@ def test_send_dtmf_goes_out_as_rfc4733_and_commands_report_errors(tmp_path: Path
 
                 # Error paths: each a precise error, never silence.
                 bad_json = mq.command("call.hangup", "{not json")
-                assert bad_json["error"]["code"] == "invalid_parameter"
+                assert bad_json["error"]["code"] == "invalid_json"
                 missing = mq.command("call.send_dtmf", {"call_id": call_id})
                 assert missing["error"]["code"] == "invalid_parameter"
                 unknown = mq.command("call.hangup", {"call_id": "call_" + "0" * 24})

@@ -253,7 +253,7 @@ async def handler(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if name == "echo":
         return {"echo": args}
     if name == "hangup":
-        raise CommandError("resource_not_found", "no such call", {"call_id": args.get("call_id")})
+        raise CommandError("resource_not_found", "no such call", [{"field": "call_id"}])
     if name == "explode":
         raise RuntimeError("bug")
     raise CommandError("resource_not_found", f"unknown command {name}")
@@ -296,12 +296,14 @@ async def test_commands_reply_on_the_response_topic_with_correlation_data(
     async with requester(mosquitto) as request:
         assert await request("echo", b'{"x": 1}') == {"data": {"echo": {"x": 1}}}
         bad = await request("echo", b"{not json")
-        assert bad["error"]["code"] == "invalid_parameter"
+        assert bad["error"]["code"] == "invalid_json"
         unknown = await request("fly", b"{}")
         assert unknown["error"]["code"] == "resource_not_found"
         known = await request("hangup", b'{"call_id": "call_1"}')
         assert known["error"] == {"code": "resource_not_found", "message": "no such call",
-                                  "details": {"call_id": "call_1"}}  # fmt: skip
+                                  "details": [{"location": None, "field": "call_id",
+                                               "message": "no such call", "type": "invalid",
+                                               "limit": None}]}  # fmt: skip
         crashed = await request("explode", b"{}")
         assert crashed["error"]["code"] == "internal_error"
         assert await request("echo", b"") == {"data": {"echo": {}}}  # still listening
@@ -343,7 +345,7 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
                           commands={"echo", "explode"})  # fmt: skip
     assert await publisher.execute("echo", b'{"a": [1]}') == {"data": {"echo": {"a": [1]}}}
     assert (await publisher.execute("echo", b"[1]"))["error"]["code"] == "invalid_parameter"
-    assert (await publisher.execute("echo", b"\xff"))["error"]["code"] == "invalid_parameter"
+    assert (await publisher.execute("echo", b"\xff"))["error"]["code"] == "invalid_json"
     assert (await publisher.execute("hangup", b"{}"))["error"]["code"] == "resource_not_found"
     assert (await publisher.execute("explode", b"{}"))["error"]["code"] == "internal_error"
 
