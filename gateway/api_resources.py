@@ -7,7 +7,6 @@ header values, credentials in URLs) can reach a response.
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends
 from fastapi.security import HTTPBearer
@@ -26,7 +25,7 @@ from gateway.api_common import (
     trunk_states,
 )  # fmt: skip
 from gateway.api_models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
-from gateway.config import Agent, Trunk
+from gateway.config import Agent, Trunk, public_url
 
 router = APIRouter(prefix="/v1", responses=_ERRORS,
                    dependencies=[Depends(HTTPBearer(auto_error=False)),
@@ -47,18 +46,6 @@ def trunk_view(trunk: Trunk, state: dict[str, Any]) -> TrunkView:
         allowed_destinations=list(trunk.allowed_destinations),
         allowed_ips=list(trunk.allowed_ips),
     )  # fmt: skip
-
-
-def public_url(url: str | None) -> str | None:
-    """The URL without user:password or query string (tokens often travel there)."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def agent_view(agent: Agent) -> AgentView:

@@ -287,6 +287,13 @@ class SipEngine:
             self.schedule(REFUSALS_REPORT_S, self._report_refusals)
         unreported = self._refused_unreported
         unreported[refusal.reason] = unreported.get(refusal.reason, 0) + 1
+        log.debug(
+            "event=call_refused sip_call_id=%s source=%s code=%d reason=%s",
+            header(text, "call-id"),
+            source,
+            refusal.code,
+            refusal.reason,
+        )  # every one at DEBUG; the INFO line below is rate-limited per source
         count = self._refusal_log.note(source, refusal.reason, now)
         if count is not None:
             log.info(

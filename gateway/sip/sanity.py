@@ -94,6 +94,27 @@ class GateAnswer:
     code: int
     retry_after: int | None = None
 
+    @property
+    def header(self) -> tuple[bytes, bytes] | None:
+        """The one header this answer carries, if any."""
+        if self.code == 415:
+            return b"Accept", b"application/sdp"
+        if self.retry_after is not None:
+            return b"Retry-After", str(self.retry_after).encode()
+        return None
+
+
+_CONTENT_TYPE = re.compile(rb"\r?\n(?:Content-Type|c)[ \t]*:[ \t]*([^;\r\n]*)", re.IGNORECASE)
+
+
+def unsupported_body(message: bytes) -> bool:
+    """A body that is not SDP: the INVITE gets 415 (RFC 3261 21.4.13), whatever its routing."""
+    head, _, body = message.partition(b"\r\n\r\n")
+    kind = _CONTENT_TYPE.search(b"\r\n" + head.split(b"\r\n", 1)[-1])
+    if kind is None or not body.strip(b"\0\r\n "):
+        return False
+    return kind.group(1).strip().lower() not in (b"application/sdp", b"multipart/mixed")
+
 
 # (message bytes up to the NUL, source IP) -> None to let the INVITE through
 Admit = Callable[[bytes, str], GateAnswer | None]
@@ -238,20 +259,20 @@ class RequestGate:
             return 1  # handled: the transaction layer never sees it
         if is_new_invite(message) and self.source_offset is not None:
             source = sockaddr_ip(ctypes.string_at(rdata + self.source_offset, SOCKADDR_BYTES))
-            answer = self.admit(message, source)
+            answer = GateAnswer(415) if unsupported_body(message) else self.admit(message, source)
             if answer is not None:
                 self.refused_calls += 1
-                if answer.retry_after is not None:
-                    self._refuse(rdata, answer.code, answer.retry_after)
+                extra = answer.header
+                if extra is not None:
+                    self._refuse(rdata, answer.code, *extra)
                 else:
                     self._respond(self._endpt, rdata, answer.code, None, None, None)
                 return 1
         return 0
 
-    def _refuse(self, rdata: int, code: int, retry_after: int) -> None:
-        """`code` (503) with a Retry-After header, built in the request's own pool."""
+    def _refuse(self, rdata: int, code: int, name: bytes, value: bytes) -> None:
+        """`code` with one header (Retry-After, Accept), built in the request's own pool."""
         pool = ctypes.c_void_p.from_address(rdata).value  # rdata->tp_info.pool, first field
-        name, value = b"Retry-After", str(retry_after).encode()
         hname, hvalue = _PjStr(name, len(name)), _PjStr(value, len(value))
         header = self._header(pool, ctypes.byref(hname), ctypes.byref(hvalue))
         if not header:

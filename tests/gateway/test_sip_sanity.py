@@ -37,3 +37,17 @@ def test_a_new_invite_has_no_to_tag_and_a_reinvite_has_one() -> None:
     assert not is_new_invite(compact)
     assert not is_new_invite(spaced)
     assert not is_new_invite(b"OPTIONS sip:a@x SIP/2.0\r\nTo: <sip:a@x>\r\n\r\n")
+
+
+def test_an_invite_whose_body_is_not_sdp_is_one_the_gate_answers_415() -> None:
+    from gateway.sip.sanity import GateAnswer, unsupported_body
+
+    head = b"INVITE sip:u@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+    assert unsupported_body(head + b"Content-Type: application/unknownformat\r\n\r\nxyz")
+    assert unsupported_body(head + b"c: text/plain\r\n\r\nhello")
+    assert not unsupported_body(head + b"Content-Type: application/SDP\r\n\r\nv=0\r\n")
+    assert not unsupported_body(head + b"Content-Type: text/plain\r\n\r\n")  # no body at all
+    assert not unsupported_body(head + b"\r\n")
+    assert GateAnswer(415).header == (b"Accept", b"application/sdp")
+    assert GateAnswer(503, retry_after=5).header == (b"Retry-After", b"5")
+    assert GateAnswer(404).header is None

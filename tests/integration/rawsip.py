@@ -162,6 +162,27 @@ class RawUac:
             "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
         )
 
+    def call(
+        self, to: str = "+15550100", ruri_user: str | None = None
+    ) -> tuple[Dialog, SipMessage]:
+        """INVITE, a 200 for it (asserted), and our ACK: an answered call."""
+        dialog = self.invite(to=to, ruri_user=ruri_user)
+        final = self.wait_final(dialog)
+        assert final.status == 200, final.first_line
+        self.ack(dialog, final)
+        return dialog, final
+
+    def bye(self, dialog: Dialog, final: SipMessage) -> None:
+        contact = final.header("contact").strip("<>").split(">", 1)[0]
+        self.send(
+            f"BYE {contact} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.host}:{self.port};"
+            f"branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
+            f"From: <sip:+15557770000@{self.host}>;tag={dialog.from_tag}\r\n"
+            f"To: {dialog.to_header}\r\nCall-ID: {dialog.call_id}\r\nCSeq: 2 BYE\r\n"
+            "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+
     def answer(self, request: SipMessage, code: int = 200, reason: str = "OK") -> None:
         """A response to a request the node sent us (e.g. 200 to its BYE)."""
         lines = [f"SIP/2.0 {code} {reason}"]

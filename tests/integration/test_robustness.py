@@ -18,7 +18,7 @@ import pytest
 from gateway.broker import EmbeddedBroker
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import free_port
-from tests.integration.rawsip import RawUac, SipMessage
+from tests.integration.rawsip import RawUac
 
 pytestmark = pytest.mark.integration
 
@@ -95,11 +95,8 @@ def test_invite_floods_are_answered_before_any_call_exists_and_the_worker_lives(
         # A real call still goes through, on the same worker (from another source: 127.0.0.1
         # is over its INVITE rate now).
         with RawUac(node.sip_port, host="127.0.0.5") as caller:
-            dialog = caller.invite()
-            final = caller.wait_final(dialog)
-            assert final.status == 200
-            caller.ack(dialog, final)
-            caller.send(bye(caller, dialog, final))
+            dialog, final = caller.call()
+            caller.bye(dialog, final)
         assert worker_pids(node) == before
         assert "worker_exited" not in node.log()
         # Refusals reach the node's metrics batched once a second: wait for them.
@@ -114,17 +111,6 @@ def test_invite_floods_are_answered_before_any_call_exists_and_the_worker_lives(
                 break
             time.sleep(0.1)
         assert all(re.search(pattern, metrics) for pattern in wanted), metrics
-
-
-def bye(uac: RawUac, dialog: Any, final: SipMessage) -> str:
-    contact = final.header("contact").strip("<>").split(">", 1)[0]
-    return (
-        f"BYE {contact} SIP/2.0\r\n"
-        f"Via: SIP/2.0/UDP {uac.host}:{uac.port};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
-        f"From: <sip:+15557770000@{uac.host}>;tag={dialog.from_tag}\r\n"
-        f"To: {dialog.to_header}\r\nCall-ID: {dialog.call_id}\r\nCSeq: 2 BYE\r\n"
-        "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    )
 
 
 def test_one_source_over_its_invite_rate_gets_503_and_one_log_line(tmp_path: Path) -> None:
@@ -156,11 +142,8 @@ def test_a_caller_that_never_acks_is_given_up_on_and_its_slot_freed(tmp_path: Pa
             assert row["hangup_by"] == "gateway"
         # Both slots are free again: another caller gets through.
         with RawUac(node.sip_port, host="127.0.0.4") as other:
-            dialog = other.invite()
-            final = other.wait_final(dialog)
-            assert final.status == 200
-            other.ack(dialog, final)
-            other.send(bye(other, dialog, final))
+            dialog, final = other.call()
+            other.bye(dialog, final)
             assert call_row(db, dialog.call_id)["end_reason"] == "normal"
 
 
@@ -170,10 +153,7 @@ def test_a_caller_gone_silent_is_hung_up_for_media_timeout_with_a_reason_header(
     config = base_config(tmp_path, limits={"media_timeout": 1.5})
     db = config["storage"]["path"]
     with NodeProcess(tmp_path, config, log_level="INFO") as node, RawUac(node.sip_port) as uac:
-        dialog = uac.invite()  # SDP offers RTP, none is ever sent
-        final = uac.wait_final(dialog)
-        assert final.status == 200
-        uac.ack(dialog, final)
+        dialog, final = uac.call()  # SDP offers RTP, none is ever sent
         request = uac.wait_request("BYE", dialog, timeout=20)
         uac.answer(request)
         assert 'text="media_timeout"' in request.header("reason")
@@ -189,9 +169,7 @@ def test_drain_hangs_up_with_reason_drain_and_says_so_in_the_bye(tmp_path: Path)
     node = NodeProcess(tmp_path, config, log_level="INFO").start()
     try:
         with RawUac(node.sip_port) as uac:
-            dialog = uac.invite()
-            final = uac.wait_final(dialog)
-            uac.ack(dialog, final)
+            dialog, final = uac.call()
             call_row(db, dialog.call_id, ended=False)
             assert node.proc is not None
             node.proc.send_signal(signal.SIGTERM)
@@ -213,11 +191,8 @@ def test_the_routed_number_is_recorded_as_to_when_the_request_uri_is_the_trunk_u
     config = base_config(tmp_path)
     db = config["storage"]["path"]
     with NodeProcess(tmp_path, config, log_level="INFO") as node, RawUac(node.sip_port) as uac:
-        dialog = uac.invite(to="+15550100", ruri_user="trunkuser")
-        final = uac.wait_final(dialog)
-        assert final.status == 200
-        uac.ack(dialog, final)
-        uac.send(bye(uac, dialog, final))
+        dialog, final = uac.call(to="+15550100", ruri_user="trunkuser")
+        uac.bye(dialog, final)
         assert call_row(db, dialog.call_id)["to_number"] == "+15550100"
 
 
@@ -252,9 +227,7 @@ def test_calls_of_a_dead_worker_end_with_worker_lost_and_their_real_duration(
     config = base_config(tmp_path)
     db = config["storage"]["path"]
     with NodeProcess(tmp_path, config, log_level="INFO") as node, RawUac(node.sip_port) as uac:
-        dialog = uac.invite()
-        final = uac.wait_final(dialog)
-        uac.ack(dialog, final)
+        dialog, final = uac.call()
         call_row(db, dialog.call_id, ended=False)
         answered = time.time()
         node.wait_log("event=call_answered")
@@ -278,9 +251,7 @@ def killed_mid_call(tmp_path: Path, config: dict[str, Any]) -> None:
     db = config["storage"]["path"]
     node = NodeProcess(tmp_path, config, log_level="INFO").start()
     with RawUac(node.sip_port) as uac:
-        dialog = uac.invite()
-        final = uac.wait_final(dialog)
-        uac.ack(dialog, final)
+        dialog, final = uac.call()
         call_row(db, dialog.call_id, ended=False)
         time.sleep(4.5)  # two heartbeats (2 s) pass while the call is up
         node.kill()

@@ -342,7 +342,7 @@ def test_a_killed_sip_worker_ends_its_calls_and_is_replaced(tmp_path: Path) -> N
         )
         os.kill(worker_pid, signal.SIGKILL)
         ended = mq.wait_event("call.completed", answered["call_id"])
-        assert ended["data"]["reason"] == "failed" and ended["data"]["hangup_by"] == "gateway"
+        assert ended["data"]["reason"] == "worker_lost" and ended["data"]["hangup_by"] == "gateway"
         caller.stop()
         node.wait_log("event=worker_died")
         node.wait_log("event=worker_ready", count=2)
