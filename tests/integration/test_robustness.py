@@ -262,3 +262,27 @@ def killed_mid_call(tmp_path: Path, config: dict[str, Any]) -> None:
         assert row["duration"] >= 2.0  # not 0.0 at answered_at, as it used to be
     finally:
         again.stop()
+
+
+def test_fast_call_churn_is_refused_with_503_before_the_media_sockets_run_out(
+    tmp_path: Path,
+) -> None:
+    """Closed RTP sockets rejoin pjlib's free list only some time later, so ~30 one-shot calls
+    in a row used to abort the worker with one call up; now the excess is answered 503."""
+    config = base_config(
+        tmp_path, limits={"invites_per_second_per_source": 1000, "invite_burst_per_source": 1000}
+    )
+    with NodeProcess(tmp_path, config, log_level="INFO") as node, RawUac(node.sip_port) as uac:
+        before = worker_pids(node)
+        finals: Counter[int] = Counter()
+        for _ in range(80):
+            dialog = uac.invite()
+            final = uac.wait_final(dialog)
+            finals[final.status] += 1
+            uac.ack(dialog, final)
+            if final.status == 200:
+                uac.bye(dialog, final)
+        assert set(finals) <= {200, 503} and finals[200] >= 20, finals
+        assert worker_pids(node) == before and "worker_exited" not in node.log()
+        if finals[503]:
+            assert "reason=sockets" in node.log()
