@@ -8,7 +8,8 @@ One node, three concurrent calls (the pjsua2 build's capacity):
                session was DELETEd at hangup.
   +15550101 -> `rtc`: RFC 4733 DTMF "1234#" from SIPp arrives on the `events` data channel.
   +15550102 -> `rtc-dead`: the agent answers, then its peer vanishes: ICE never completes,
-               call.agent.disconnected says why and on_agent_failure=hangup ends the call.
+               call.agent.disconnected says why and, the agent being connected while the
+               call rings, the INVITE is refused with 480 (call.failed, agent_unavailable).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def test_calls_reach_a_webrtc_agent_both_ways_with_dtmf_marks_teardown_and_ice_f
     log = node.log()
     assert exit_code == 0, log[-3000:]
     assert codes["+15550100"] == 0 and codes["+15550101"] == 0, log[-3000:]
-    assert codes["+15550102"] != 0  # the gateway hung up on SIPp
+    assert codes["+15550102"] != 0  # the gateway refused SIPp's INVITE (480)
 
     ok, dead = agents.agents
     talk = peer_for(ok, "+15550100")
@@ -179,8 +180,12 @@ def test_calls_reach_a_webrtc_agent_both_ways_with_dtmf_marks_teardown_and_ice_f
     (gone,) = of_type(events["+15550102"], "call.agent.disconnected")
     assert gone["reason"] == "ice_failed: no connectivity within 1.5s", gone
     assert "action=hangup" in log and [m for m, _, _ in dead.requests] == ["POST", "DELETE"]
-    ended = of_type(events["+15550102"], "call.completed")
-    assert len(ended) == 1 and ended[0]["hangup_by"] == "gateway", ended
+    # The agent is connected while the call rings: one that cannot be reached gets the INVITE
+    # refused (480), never answered and hung up (issue 9, item 6).
+    ended = of_type(events["+15550102"], "call.failed")
+    assert len(ended) == 1 and ended[0]["reason"] == "agent_unavailable", ended
+    assert ended[0]["sip_code"] == 480, ended
+    assert not of_type(events["+15550102"], "call.completed")
     assert "event=media_latency" in log
 
 
