@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from gateway.api_models import ErrorEnvelope, Meta
+from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
 from gateway.events import iso_z

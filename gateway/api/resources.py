@@ -12,8 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, Depends
 from fastapi.security import HTTPBearer
 
-from gateway.api_calls import _ERRORS
-from gateway.api_common import (
+from gateway.api.calls import _ERRORS
+from gateway.api.common import (
     ApiNode,
     PageNumber,
     PerPage,
@@ -25,7 +25,7 @@ from gateway.api_common import (
     refuse_unknown_query,
     trunk_states,
 )  # fmt: skip
-from gateway.api_models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
+from gateway.api.models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
 from gateway.config import Agent, Trunk
 
 router = APIRouter(prefix="/v1", responses=_ERRORS,
