@@ -2,7 +2,7 @@
 rate (webrtc's is media/agents/webrtc.py), voice activity and barge-in on both parties,
 recorder frame alignment, and playout latency.
 
-No sockets, threads or clocks here: gateway/agent_session.py is the I/O shell around these.
+No sockets, threads or clocks here: gateway/session/agent.py is the I/O shell around these.
 """
 
 from __future__ import annotations

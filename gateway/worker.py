@@ -14,14 +14,14 @@ import time
 import weakref
 from typing import Any
 
-from gateway.agent_session import AgentSession
 from gateway.calls import CallRecord
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
 from gateway.ipc import IpcError, encode, read_message
-from gateway.media_session import CallControls, EchoSession, MediaSession, bridge_rate
+from gateway.session.agent import AgentSession
+from gateway.session.contract import CallControls, EchoSession, MediaSession, bridge_rate
+from gateway.session.webrtc import WebRtcSession
 from gateway.sip.engine import OriginateRequest, SipEngine
-from gateway.webrtc_session import WebRtcSession
 
 log = logging.getLogger("sipedge.worker")
 

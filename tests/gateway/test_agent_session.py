@@ -28,10 +28,10 @@ from gateway.agent_link import (
     port_rate,
     stream_sid,
 )
-from gateway.agent_session import AgentSession
 from gateway.calls import CallRecord
 from gateway.config import Agent, VadSettings
-from gateway.media_session import CallControls
+from gateway.session.agent import AgentSession
+from gateway.session.contract import CallControls
 from media.agents.events import AgentAudio, AgentClear, AgentMark
 from media.codecs import ulaw_decode, ulaw_encode
 from media.vad import SpeechStarted, SpeechStopped

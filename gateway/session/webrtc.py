@@ -41,14 +41,14 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from gateway.agent_link import Message
-from gateway.agent_session import (
+from gateway.config import Agent
+from gateway.session.agent import (
     CLOSE_TIMEOUT_S,
     AgentChannel,
     AgentSession,
     AgentUnavailable,
     ChannelClosed,
 )
-from gateway.config import Agent
 from media.agents.webrtc import EVENTS_CHANNEL, TRACK_RATE, WebRtcLink, answer_codec, prefer_codecs
 from media.timing import LatencyStats
 
