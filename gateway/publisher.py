@@ -33,7 +33,7 @@ from gateway.events import (
     trunk_state_topic,
     utc_now,
 )
-from gateway.operations import MAX_REQUEST_BYTES
+from gateway.node.operations import MAX_REQUEST_BYTES
 from gateway.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,7 @@ from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
 from gateway.events import CommandError
 from gateway.metrics import NodeSnapshot, render
-from gateway.operations import MAX_REQUEST_BYTES
+from gateway.node.operations import MAX_REQUEST_BYTES
 
 log = logging.getLogger("sipedge.api")
 

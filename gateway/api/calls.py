@@ -43,7 +43,7 @@ from gateway.api.models import (
     Page,
 )  # fmt: skip
 from gateway.errors import detail
-from gateway.operations import ConfigId, E164Number
+from gateway.node.operations import ConfigId, E164Number
 from gateway.store import CallFilter, CallRecord
 
 CHUNK = 64 * 1024

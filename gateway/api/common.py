@@ -18,9 +18,9 @@ from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
 from gateway.events import iso_z
-from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
-from gateway.operations import PATTERN_HINTS
+from gateway.node.ledger import Ledger
+from gateway.node.operations import PATTERN_HINTS
 from gateway.publisher import Publisher
 from gateway.store import Store
 

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
-    from gateway.supervisor import run_node
+    from gateway.node.supervisor import run_node
 
     return run_node(config, args.config)
 

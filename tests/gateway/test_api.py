@@ -29,9 +29,9 @@ from gateway.api.common import MAX_PAGE
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
 from gateway.events import CommandError
-from gateway.ledger import Ledger
 from gateway.metrics import NodeMetrics
-from gateway.operations import (
+from gateway.node.ledger import Ledger
+from gateway.node.operations import (
     MAX_REQUEST_BYTES,
     MAX_VARIABLE_NAME,
     MAX_VARIABLE_VALUE,

@@ -17,7 +17,6 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.broker import EmbeddedBroker
 from gateway.events import (
     CallDtmf,
     CallIncoming,
@@ -27,6 +26,7 @@ from gateway.events import (
     status_topic,
     trunk_state_topic,
 )
+from gateway.node.broker import EmbeddedBroker
 from gateway.publisher import MqttSettings, Publisher
 from gateway.store import CallRecord, OutboxRow, Store
 from tests.integration.mosquitto import (  # noqa: F401 - fixtures

@@ -26,7 +26,7 @@ from gateway.errors import detail, validation_details
 from gateway.events import CommandError, new_call_id
 
 if TYPE_CHECKING:
-    from gateway.supervisor import Node
+    from gateway.node.supervisor import Node
 
 # --- limits on what a request may carry (HTTP bodies and MQTT command payloads alike) ------
 
