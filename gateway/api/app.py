@@ -32,7 +32,7 @@ from gateway.api.common import ApiNode, error_response, request_errors, trunk_st
 from gateway.api.models import Health, Version
 from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
-from gateway.events import CommandError
+from gateway.events.schema import CommandError
 from gateway.metrics import NodeSnapshot, render
 from gateway.node.operations import MAX_REQUEST_BYTES
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.events import (
+from gateway.events.schema import (
     AgentConnected,
     AgentDisconnected,
     CallAnswered,

@@ -23,7 +23,7 @@ from pydantic_core import PydanticCustomError
 from gateway.calls import destination_allowed
 from gateway.config import E164
 from gateway.errors import detail, validation_details
-from gateway.events import CommandError, new_call_id
+from gateway.events.schema import CommandError, new_call_id
 
 if TYPE_CHECKING:
     from gateway.node.supervisor import Node

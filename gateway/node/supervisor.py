@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.config import Config, capacity_warning, public_url
 from gateway.errors import detail, refusal_code
-from gateway.events import CommandError
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.schema import CommandError
 from gateway.ipc import IpcError, encode, read_message
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
 from gateway.node.ports import check_ports_free
-from gateway.publisher import MqttSettings, Publisher
 from gateway.store import Store
 
 if TYPE_CHECKING:

@@ -28,7 +28,7 @@ from gateway.calls import (
 )
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
-from gateway.events import new_call_id
+from gateway.events.schema import new_call_id
 from gateway.session.contract import CallControls, MediaSession, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall

@@ -28,7 +28,8 @@ from gateway.api.calls import byte_range
 from gateway.api.common import MAX_PAGE
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
-from gateway.events import CommandError
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.schema import CommandError
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
 from gateway.node.operations import (
@@ -39,7 +40,6 @@ from gateway.node.operations import (
     MAX_VARIABLES_BYTES,
     run_operation,
 )  # fmt: skip
-from gateway.publisher import MqttSettings, Publisher
 from gateway.store import CallRecord, Store
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.events import (
+from gateway.events.schema import (
     CallAnswered,
     CallDtmf,
     CallIncoming,
@@ -175,7 +175,7 @@ def test_idempotency_key_is_claimed_once_and_expires_after_24_hours(tmp_path: Pa
 _CRASHER = textwrap.dedent(
     """
     import os, signal, sys
-    from gateway.events import CallDtmf, CallIncoming, Event, new_call_id
+    from gateway.events.schema import CallDtmf, CallIncoming, Event, new_call_id
     from gateway.store import CallRecord, Store
 
     store = Store(sys.argv[1])

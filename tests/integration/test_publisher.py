@@ -17,7 +17,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.events import (
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.schema import (
     CallDtmf,
     CallIncoming,
     CommandError,
@@ -27,7 +28,6 @@ from gateway.events import (
     trunk_state_topic,
 )
 from gateway.node.broker import EmbeddedBroker
-from gateway.publisher import MqttSettings, Publisher
 from gateway.store import CallRecord, OutboxRow, Store
 from tests.integration.mosquitto import (  # noqa: F401 - fixtures
     mosquitto_fixture,
@@ -352,7 +352,7 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
 
 _PUBLISHER_PROCESS = """
 import asyncio, sys
-from gateway.publisher import MqttSettings, Publisher
+from gateway.events.publisher import MqttSettings, Publisher
 from gateway.store import Store
 
 async def main() -> None:
