@@ -44,7 +44,7 @@ from gateway.api.models import (
 )  # fmt: skip
 from gateway.errors import detail
 from gateway.node.operations import ConfigId, E164Number
-from gateway.store import CallFilter, CallRecord
+from gateway.store.sqlite import CallFilter, CallRecord
 
 CHUNK = 64 * 1024
 ENDED = frozenset({"completed", "failed"})

@@ -22,7 +22,7 @@ from gateway.events.schema import iso_z
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
 from gateway.node.operations import PATTERN_HINTS
-from gateway.store import Store
+from gateway.store.sqlite import Store
 
 T = TypeVar("T")
 

@@ -34,7 +34,7 @@ from gateway.events.schema import (
     utc_now,
 )
 from gateway.node.operations import MAX_REQUEST_BYTES
-from gateway.store import OutboxRow, Store
+from gateway.store.sqlite import OutboxRow, Store
 
 log = logging.getLogger("gateway.publisher")  # the name it logged under before the move
 

@@ -32,7 +32,7 @@ from gateway.events.schema import (
     TrunkRegistrationFailed,
     TrunkUnregistered,
 )
-from gateway.store import CallRecord, Store
+from gateway.store.sqlite import CallRecord, Store
 
 log = logging.getLogger("sipedge.ledger")
 

@@ -27,7 +27,7 @@ from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
 from gateway.node.ports import check_ports_free
-from gateway.store import Store
+from gateway.store.sqlite import Store
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer

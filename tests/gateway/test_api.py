@@ -40,7 +40,7 @@ from gateway.node.operations import (
     MAX_VARIABLES_BYTES,
     run_operation,
 )  # fmt: skip
-from gateway.store import CallRecord, Store
+from gateway.store.sqlite import CallRecord, Store
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
     warnings.simplefilter("ignore")

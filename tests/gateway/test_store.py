@@ -21,7 +21,7 @@ from gateway.events.schema import (
     TrunkRegistered,
     new_call_id,
 )
-from gateway.store import CallNotFound, CallRecord, Store, StoreError
+from gateway.store.sqlite import CallNotFound, CallRecord, Store, StoreError
 
 NODE = "node-a"
 REPO = Path(__file__).resolve().parents[2]
@@ -176,7 +176,7 @@ _CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     from gateway.events.schema import CallDtmf, CallIncoming, Event, new_call_id
-    from gateway.store import CallRecord, Store
+    from gateway.store.sqlite import CallRecord, Store
 
     store = Store(sys.argv[1])
     call_id = new_call_id()

@@ -28,7 +28,7 @@ from gateway.events.schema import (
     trunk_state_topic,
 )
 from gateway.node.broker import EmbeddedBroker
-from gateway.store import CallRecord, OutboxRow, Store
+from gateway.store.sqlite import CallRecord, OutboxRow, Store
 from tests.integration.mosquitto import (  # noqa: F401 - fixtures
     mosquitto_fixture,
     persistent_mosquitto_fixture,
@@ -353,7 +353,7 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
 _PUBLISHER_PROCESS = """
 import asyncio, sys
 from gateway.events.publisher import MqttSettings, Publisher
-from gateway.store import Store
+from gateway.store.sqlite import Store
 
 async def main() -> None:
     settings = MqttSettings(port=int(sys.argv[2]), prefix=sys.argv[3])
