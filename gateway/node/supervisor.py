@@ -22,12 +22,12 @@ from gateway.config import Config, capacity_warning, public_url
 from gateway.errors import detail, refusal_code
 from gateway.events.publisher import MqttSettings, Publisher
 from gateway.events.schema import CommandError
-from gateway.ipc import IpcError, encode, read_message
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
 from gateway.node.ports import check_ports_free
 from gateway.store.sqlite import Store
+from gateway.worker.ipc import IpcError, encode, read_message
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer

@@ -10,7 +10,7 @@ import pytest
 PROGRAM = """
 import asyncio, sys
 from gateway.config import Config
-import gateway.worker
+import gateway.worker.process
 from gateway.session.factory import make_session_factory
 
 config = Config.model_validate({"agents": [%s]})

@@ -16,10 +16,10 @@ from typing import Any
 
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
-from gateway.ipc import IpcError, encode, read_message
 from gateway.session.agent import AgentSession
 from gateway.session.factory import make_session_factory
 from gateway.sip.engine import OriginateRequest, SipEngine
+from gateway.worker.ipc import IpcError, encode, read_message
 
 log = logging.getLogger("sipedge.worker")
 
