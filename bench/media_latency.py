@@ -80,7 +80,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def clock_path(frames: int = 20000) -> dict[str, float]:
     """µs per call on a thread standing in for pjmedia's clock, with the loop in another."""
-    from gateway.calls import CallRecord
+    from gateway.calls.model import CallRecord
     from gateway.config import Agent, VadSettings
     from gateway.session.agent import AgentSession
     from gateway.session.contract import CallControls

@@ -20,7 +20,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.calls import destination_allowed
+from gateway.calls.routing import destination_allowed
 from gateway.config import E164
 from gateway.errors import detail, validation_details
 from gateway.events.schema import CommandError, new_call_id

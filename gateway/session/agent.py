@@ -40,7 +40,7 @@ from gateway.agent_link import (
     barge_in_enabled,
     make_link,
 )
-from gateway.calls import CallRecord
+from gateway.calls.model import CallRecord
 from gateway.config import Agent, VadSettings
 from gateway.errors import SipedgeError
 from gateway.session.contract import CallControls

@@ -10,7 +10,7 @@ import asyncio
 import weakref
 from typing import Any
 
-from gateway.calls import CallRecord
+from gateway.calls.model import CallRecord
 from gateway.config import Config
 from gateway.session.agent import AgentSession
 from gateway.session.contract import CallControls, EchoSession, MediaSession, bridge_rate

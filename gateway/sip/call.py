@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
 
-from gateway.calls import CallRecord, CallState, EndReason, failure_reason
+from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
 from gateway.session.contract import MediaSession
 from gateway.sip.executor import Timer
 from gateway.sip.vectors import fit_frame, read_vector, write_vector

@@ -16,16 +16,9 @@ from typing import Any
 
 import pjsua2 as pj
 
-from gateway.admission import Admission, NodeLoad, RefusalLog, SocketBudget
-from gateway.calls import (
-    CallRecord,
-    CallState,
-    EndReason,
-    destination_allowed,
-    failure_reason,
-    number_from_uri,
-    route_inbound,
-)
+from gateway.calls.admission import Admission, NodeLoad, RefusalLog, SocketBudget
+from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
+from gateway.calls.routing import destination_allowed, number_from_uri, route_inbound
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id

@@ -28,7 +28,7 @@ from gateway.agent_link import (
     port_rate,
     stream_sid,
 )
-from gateway.calls import CallRecord
+from gateway.calls.model import CallRecord
 from gateway.config import Agent, VadSettings
 from gateway.session.agent import AgentSession
 from gateway.session.contract import CallControls

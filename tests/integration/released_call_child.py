@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gateway.calls import CallRecord
+from gateway.calls.model import CallRecord
 from gateway.config import Config
 from gateway.session.contract import CallControls, EchoSession, MediaSession
 from gateway.sip.call import SipCall
