@@ -31,12 +31,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from gateway.agent_link import (
-    Conversation,
-    FrameAligner,
     MediaTiming,
     Message,
     PlayoutLatency,
-    Speech,
     barge_in_enabled,
     make_link,
 )
@@ -46,6 +43,7 @@ from gateway.errors import SipedgeError
 from gateway.session.contract import CallControls
 from gateway.session.recording import RecordingWriter
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
+from media.conversation import Conversation, FrameAligner, Speech
 from media.errors import PlayoutOverflow, ProtocolError
 from media.frames import bytes_per_frame
 from media.playout import Playout

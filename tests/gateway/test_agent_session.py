@@ -18,8 +18,6 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.agent_link import (
-    Conversation,
-    FrameAligner,
     PcmLink,
     PlayoutLatency,
     TwilioLink,
@@ -34,6 +32,7 @@ from gateway.session.agent import AgentSession
 from gateway.session.contract import CallControls
 from media.agents.events import AgentAudio, AgentClear, AgentMark
 from media.codecs import ulaw_decode, ulaw_encode
+from media.conversation import Conversation, FrameAligner
 from media.vad import SpeechStarted, SpeechStopped
 
 CALL_ID = "call_0123456789abcdef01234567"
