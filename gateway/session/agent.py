@@ -5,7 +5,7 @@ Three threads touch a session. pjmedia's clock thread calls on_caller_frame/next
 20 ms: they only append to deques and take one frame from Playout under a lock. The worker's
 asyncio loop owns everything else: the WebSocket, the wire protocol, VAD and barge-in, timing
 and the recorder's frame pairing. A writer thread does the recording's file I/O
-(gateway/session/recording.py); the protocol logic is sans-IO in gateway/agent_link.py.
+(gateway/session/recording.py); the protocol logic is sans-IO in gateway/session/link.py.
 
 Caller frames cross to asyncio as a deque append plus one `call_soon_threadsafe` per frame
 (skipped while a wake is already pending). Measured (bench/media_latency.py): ~9 µs per frame
@@ -30,17 +30,17 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from gateway.agent_link import (
+from gateway.calls.model import CallRecord
+from gateway.config import Agent, VadSettings
+from gateway.errors import SipedgeError
+from gateway.session.contract import CallControls
+from gateway.session.link import (
     MediaTiming,
     Message,
     PlayoutLatency,
     barge_in_enabled,
     make_link,
 )
-from gateway.calls.model import CallRecord
-from gateway.config import Agent, VadSettings
-from gateway.errors import SipedgeError
-from gateway.session.contract import CallControls
 from gateway.session.recording import RecordingWriter
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
 from media.conversation import Conversation, FrameAligner, Speech

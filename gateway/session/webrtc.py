@@ -40,7 +40,6 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from gateway.agent_link import Message
 from gateway.config import Agent
 from gateway.session.agent import (
     CLOSE_TIMEOUT_S,
@@ -49,6 +48,7 @@ from gateway.session.agent import (
     AgentUnavailable,
     ChannelClosed,
 )
+from gateway.session.link import Message
 from media.agents.webrtc import EVENTS_CHANNEL, TRACK_RATE, WebRtcLink, answer_codec, prefer_codecs
 from media.timing import LatencyStats
 

@@ -17,7 +17,11 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.agent_link import (
+from gateway.calls.model import CallRecord
+from gateway.config import Agent, VadSettings
+from gateway.session.agent import AgentSession
+from gateway.session.contract import CallControls
+from gateway.session.link import (
     PcmLink,
     PlayoutLatency,
     TwilioLink,
@@ -26,10 +30,6 @@ from gateway.agent_link import (
     port_rate,
     stream_sid,
 )
-from gateway.calls.model import CallRecord
-from gateway.config import Agent, VadSettings
-from gateway.session.agent import AgentSession
-from gateway.session.contract import CallControls
 from media.agents.events import AgentAudio, AgentClear, AgentMark
 from media.codecs import ulaw_decode, ulaw_encode
 from media.conversation import Conversation, FrameAligner
