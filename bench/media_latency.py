@@ -59,7 +59,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.webrtc_session import frame_pcm, ice_addresses
+from gateway.session.webrtc import frame_pcm, ice_addresses
 from media.agents.webrtc import downmix
 from media.codecs import ulaw_decode
 from tests.integration.test_media_agents import (
@@ -80,10 +80,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 def clock_path(frames: int = 20000) -> dict[str, float]:
     """µs per call on a thread standing in for pjmedia's clock, with the loop in another."""
-    from gateway.agent_session import AgentSession
-    from gateway.calls import CallRecord
+    from gateway.calls.model import CallRecord
     from gateway.config import Agent, VadSettings
-    from gateway.media_session import CallControls
+    from gateway.session.agent import AgentSession
+    from gateway.session.contract import CallControls
 
     logging.getLogger("sipedge").setLevel(logging.ERROR)  # the fake agent is unreachable
     loop = asyncio.new_event_loop()

@@ -65,7 +65,7 @@ class NodeMetrics:
     def __init__(self) -> None:
         self.calls: Counter[tuple[str, str]] = Counter()  # (direction, result)
         self.agent_connect_failures: Counter[tuple[str, str]] = Counter()  # (agent, reason)
-        self.invites_refused: Counter[str] = Counter()  # by reason (gateway/admission.py)
+        self.invites_refused: Counter[str] = Counter()  # by reason (gateway/calls/admission.py)
         self.latency: dict[tuple[str, str], Histogram] = {}  # (path, stat)
         self._direction: dict[str, str] = {}
 

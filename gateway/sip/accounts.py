@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pjsua2 as pj
 
@@ -14,7 +15,8 @@ from gateway.backoff import Backoff
 from gateway.config import SipSettings, Trunk
 
 if TYPE_CHECKING:
-    from gateway.sip.engine import SipEngine
+    from gateway.config import Config
+    from gateway.sip.executor import Timer
 
 log = logging.getLogger("sipedge.sip.trunk")
 
@@ -67,10 +69,28 @@ def host_of(uri: str) -> str:
     return uri.split(":", 1)[1].split(";", 1)[0]
 
 
+class AccountHooks(Protocol):
+    """What the accounts call back into (the SIP engine), so this module needs no import of
+    the engine (that import was a circle)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def schedule(self) -> Callable[[float, Callable[[], None]], Timer]: ...
+
+    def on_incoming(self, account: pj.Account, prm: Any) -> None: ...
+
+    def on_trunk_state(self, state: TrunkState) -> None: ...
+
+
 class LocalAccount(pj.Account):  # type: ignore[misc]
     """The node itself: receives INVITEs that no trunk account claims."""
 
-    def __init__(self, engine: SipEngine) -> None:
+    def __init__(self, engine: AccountHooks) -> None:
         super().__init__()
         self.engine = engine
         cfg = pj.AccountConfig()
@@ -85,7 +105,7 @@ class LocalAccount(pj.Account):  # type: ignore[misc]
 
 
 class TrunkAccount(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: SipEngine, trunk: Trunk) -> None:
+    def __init__(self, engine: AccountHooks, trunk: Trunk) -> None:
         super().__init__()
         self.engine = engine
         self.trunk = trunk

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pjsua2 as pj
 
-from gateway.calls import CallRecord, CallState, EndReason, failure_reason
-from gateway.media_session import MediaSession
+from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
+from gateway.session.contract import MediaSession
 from gateway.sip.executor import Timer
 from gateway.sip.vectors import fit_frame, read_vector, write_vector
 
 if TYPE_CHECKING:
-    from gateway.sip.engine import SipEngine
+    from gateway.session.contract import CallControls
 
 log = logging.getLogger("sipedge.sip.call")
 
@@ -100,10 +101,31 @@ class AudioPort(pj.AudioMediaPort):  # type: ignore[misc]
         self.close()
 
 
+class CallHooks(Protocol):
+    """What a call calls back into (the SIP engine), so this module needs no import of the
+    engine (that import was a circle)."""
+
+    @property
+    def schedule(self) -> Callable[[float, Callable[[], None]], Timer]: ...
+
+    @property
+    def make_session(self) -> Callable[[CallRecord, CallControls], MediaSession]: ...
+
+    def emit(self, kind: str, record: CallRecord | None, data: dict[str, Any]) -> None: ...
+
+    def hangup(self, call_id: str, by: str = "control_plane") -> None: ...
+
+    def controls(self, record: CallRecord) -> CallControls: ...
+
+    def on_answered(self, call: SipCall) -> None: ...
+
+    def on_ended(self, call: SipCall, answered: bool, code: int, reason: str) -> None: ...
+
+
 class SipCall(pj.Call):  # type: ignore[misc]
     def __init__(
         self,
-        engine: SipEngine,
+        engine: CallHooks,
         account: pj.Account,
         record: CallRecord,
         pj_call_id: int = pj.PJSUA_INVALID_ID,

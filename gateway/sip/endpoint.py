@@ -36,7 +36,7 @@ def _silence_pjlib_until_configured() -> None:
 
 def create_endpoint(sip: SipSettings, clock_rate: int) -> tuple[pj.Endpoint, pj.LogWriter]:
     """A started endpoint whose conference bridge runs at `clock_rate` (see
-    gateway.media_session.bridge_rate); keep the returned log writer alive as long as the
+    gateway.session.contract.bridge_rate); keep the returned log writer alive as long as the
     endpoint."""
     _silence_pjlib_until_configured()
     ep = pj.Endpoint()

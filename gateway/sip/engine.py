@@ -16,20 +16,13 @@ from typing import Any
 
 import pjsua2 as pj
 
-from gateway.admission import Admission, NodeLoad, RefusalLog, SocketBudget
-from gateway.calls import (
-    CallRecord,
-    CallState,
-    EndReason,
-    destination_allowed,
-    failure_reason,
-    number_from_uri,
-    route_inbound,
-)
+from gateway.calls.admission import Admission, NodeLoad, RefusalLog, SocketBudget
+from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
+from gateway.calls.routing import destination_allowed, number_from_uri, route_inbound
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
-from gateway.events import new_call_id
-from gateway.media_session import CallControls, MediaSession, bridge_rate
+from gateway.events.schema import new_call_id
+from gateway.session.contract import CallControls, MediaSession, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint

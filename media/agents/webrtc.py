@@ -8,7 +8,7 @@ the `pcm-ws` control messages (media/agents/pcmws.py): `start` (with `variables`
 `hangup` from it. In `start`, `sample_rate` is 48000 and `encoding` the negotiated codec.
 
 This module holds the pure parts: codec preference, reading the answer's codec, the events
-channel messages and the per-call link with its resampling. gateway/webrtc_session.py is the
+channel messages and the per-call link with its resampling. gateway/session/webrtc.py is the
 aiortc shell around them.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.admission import Admission, NodeLoad, RefusalLog, SocketBudget, SourceRate
+from gateway.calls.admission import Admission, NodeLoad, RefusalLog, SocketBudget, SourceRate
 from gateway.config import Config
 
 

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.agent_link import (
-    Conversation,
-    FrameAligner,
+from gateway.calls.model import CallRecord
+from gateway.config import Agent, VadSettings
+from gateway.session.agent import AgentSession
+from gateway.session.contract import CallControls
+from gateway.session.link import (
     PcmLink,
     PlayoutLatency,
     TwilioLink,
@@ -28,12 +30,9 @@ from gateway.agent_link import (
     port_rate,
     stream_sid,
 )
-from gateway.agent_session import AgentSession
-from gateway.calls import CallRecord
-from gateway.config import Agent, VadSettings
-from gateway.media_session import CallControls
 from media.agents.events import AgentAudio, AgentClear, AgentMark
 from media.codecs import ulaw_decode, ulaw_encode
+from media.conversation import Conversation, FrameAligner
 from media.vad import SpeechStarted, SpeechStopped
 
 CALL_ID = "call_0123456789abcdef01234567"

@@ -21,17 +21,18 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from gateway import api_auth
+from gateway.api import auth as api_auth
 from gateway.api import create_app
-from gateway.api_auth import ApiKeys, RateLimiter, bearer_token
-from gateway.api_calls import byte_range
-from gateway.api_common import MAX_PAGE
+from gateway.api.auth import ApiKeys, RateLimiter, bearer_token
+from gateway.api.calls import byte_range
+from gateway.api.common import MAX_PAGE
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
-from gateway.events import CommandError
-from gateway.ledger import Ledger
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.schema import CommandError
 from gateway.metrics import NodeMetrics
-from gateway.operations import (
+from gateway.node.ledger import Ledger
+from gateway.node.operations import (
     MAX_REQUEST_BYTES,
     MAX_VARIABLE_NAME,
     MAX_VARIABLE_VALUE,
@@ -39,8 +40,7 @@ from gateway.operations import (
     MAX_VARIABLES_BYTES,
     run_operation,
 )  # fmt: skip
-from gateway.publisher import MqttSettings, Publisher
-from gateway.store import CallRecord, Store
+from gateway.store.sqlite import CallRecord, Store
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
     warnings.simplefilter("ignore")
@@ -1021,7 +1021,7 @@ def test_openapi_document_validates_and_matches_responses(
 def test_cli_call_and_calls_print_tables_or_json(
     client: TestClient, monkeypatch: Any, capsys: Any
 ) -> None:
-    from gateway import api_client
+    from gateway.cli import client as api_client
     from gateway.cli import main
 
     def via_app(method: str, url: str, **kw: Any) -> httpx.Response:

@@ -6,14 +6,10 @@ import textwrap
 
 import pytest
 
-from gateway.calls import (
-    TRANSITIONS,
-    CallRecord,
-    CallState,
-    EndReason,
+from gateway.calls.model import TRANSITIONS, CallRecord, CallState, EndReason, failure_reason
+from gateway.calls.routing import (
     InboundDecision,
     destination_allowed,
-    failure_reason,
     number_from_uri,
     route_inbound,
 )

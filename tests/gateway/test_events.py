@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from gateway.events import (
+from gateway.events.schema import (
     EVENT_TYPES,
     CallAnswered,
     CallCompleted,

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.ipc import MAX_FRAME, IpcError, encode, read_message
+from gateway.worker.ipc import MAX_FRAME, IpcError, encode, read_message
 
 Link = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Config
-from gateway.media_session import bridge_rate
+from gateway.session.contract import bridge_rate
 
 
 def config(sip_codecs: list[str], *agents: dict[str, Any], **trunk: Any) -> Config:

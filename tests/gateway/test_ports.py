@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.broker import BrokerError, EmbeddedBroker
 from gateway.config import parse_config
-from gateway.ports import PortInUse, check_ports_free, port_holder
+from gateway.node.broker import BrokerError, EmbeddedBroker
+from gateway.node.ports import PortInUse, check_ports_free, port_holder
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.events import (
+from gateway.events.schema import (
     CallAnswered,
     CallDtmf,
     CallIncoming,
@@ -21,7 +21,7 @@ from gateway.events import (
     TrunkRegistered,
     new_call_id,
 )
-from gateway.store import CallNotFound, CallRecord, Store, StoreError
+from gateway.store.sqlite import CallNotFound, CallRecord, Store, StoreError
 
 NODE = "node-a"
 REPO = Path(__file__).resolve().parents[2]
@@ -175,8 +175,8 @@ def test_idempotency_key_is_claimed_once_and_expires_after_24_hours(tmp_path: Pa
 _CRASHER = textwrap.dedent(
     """
     import os, signal, sys
-    from gateway.events import CallDtmf, CallIncoming, Event, new_call_id
-    from gateway.store import CallRecord, Store
+    from gateway.events.schema import CallDtmf, CallIncoming, Event, new_call_id
+    from gateway.store.sqlite import CallRecord, Store
 
     store = Store(sys.argv[1])
     call_id = new_call_id()

@@ -21,7 +21,7 @@ from av import AudioFrame
 from pydantic import ValidationError
 
 from gateway.config import Agent, VadSettings
-from gateway.webrtc_session import WebRtcSession, frame_pcm, ice_addresses
+from gateway.session.webrtc import WebRtcSession, frame_pcm, ice_addresses
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
 from media.agents.webrtc import (
     EventsChannel,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.broker import EmbeddedBroker
+from gateway.node.broker import EmbeddedBroker
 
 
 @pytest.fixture(name="mosquitto")

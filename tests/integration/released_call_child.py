@@ -16,9 +16,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from gateway.calls import CallRecord
+from gateway.calls.model import CallRecord
 from gateway.config import Config
-from gateway.media_session import CallControls, EchoSession, MediaSession
+from gateway.session.contract import CallControls, EchoSession, MediaSession
 from gateway.sip.call import SipCall
 from gateway.sip.engine import SipEngine
 from tests.integration.peers import HOST, Sipp, free_sip_port

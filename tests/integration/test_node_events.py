@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.broker import EmbeddedBroker
+from gateway.node.broker import EmbeddedBroker
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config, trunk_to
 from tests.integration.peers import HOST, RtpSink, Sipp

@@ -17,8 +17,8 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.broker import EmbeddedBroker
-from gateway.events import (
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.schema import (
     CallDtmf,
     CallIncoming,
     CommandError,
@@ -27,8 +27,8 @@ from gateway.events import (
     status_topic,
     trunk_state_topic,
 )
-from gateway.publisher import MqttSettings, Publisher
-from gateway.store import CallRecord, OutboxRow, Store
+from gateway.node.broker import EmbeddedBroker
+from gateway.store.sqlite import CallRecord, OutboxRow, Store
 from tests.integration.mosquitto import (  # noqa: F401 - fixtures
     mosquitto_fixture,
     persistent_mosquitto_fixture,
@@ -352,8 +352,8 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
 
 _PUBLISHER_PROCESS = """
 import asyncio, sys
-from gateway.publisher import MqttSettings, Publisher
-from gateway.store import Store
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.store.sqlite import Store
 
 async def main() -> None:
     settings = MqttSettings(port=int(sys.argv[2]), prefix=sys.argv[3])

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.broker import EmbeddedBroker
+from gateway.node.broker import EmbeddedBroker
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import free_port
 from tests.integration.rawsip import RawUac

@@ -32,7 +32,7 @@ RACE = textwrap.dedent(
     import sys, threading, time
     import pjsua2 as pj
     from gateway.config import SipSettings
-    from gateway.media_session import EchoSession
+    from gateway.session.contract import EchoSession
     from gateway.sip.call import AudioPort
     from gateway.sip.endpoint import create_endpoint
 
@@ -101,7 +101,7 @@ OUTLIVES = textwrap.dedent(
     """
     import pjsua2 as pj
     from gateway.config import SipSettings
-    from gateway.media_session import EchoSession
+    from gateway.session.contract import EchoSession
     from gateway.sip.call import AudioPort
     from gateway.sip.endpoint import create_endpoint
 

@@ -1,11 +1,11 @@
 """The media session of a call answered by an agent: the WebSocket transports (twilio-ws,
-pcm-ws) here, webrtc in gateway/webrtc_session.py through the same AgentChannel seam.
+pcm-ws) here, webrtc in gateway/session/webrtc.py through the same AgentChannel seam.
 
 Three threads touch a session. pjmedia's clock thread calls on_caller_frame/next_frame every
 20 ms: they only append to deques and take one frame from Playout under a lock. The worker's
 asyncio loop owns everything else: the WebSocket, the wire protocol, VAD and barge-in, timing
 and the recorder's frame pairing. A writer thread does the recording's file I/O
-(gateway/call_recording.py); the protocol logic is sans-IO in gateway/agent_link.py.
+(gateway/session/recording.py); the protocol logic is sans-IO in gateway/session/link.py.
 
 Caller frames cross to asyncio as a deque append plus one `call_soon_threadsafe` per frame
 (skipped while a wake is already pending). Measured (bench/media_latency.py): ~9 µs per frame
@@ -30,22 +30,20 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from gateway.agent_link import (
-    Conversation,
-    FrameAligner,
+from gateway.calls.model import CallRecord
+from gateway.config import Agent, VadSettings
+from gateway.errors import SipedgeError
+from gateway.session.contract import CallControls
+from gateway.session.link import (
     MediaTiming,
     Message,
     PlayoutLatency,
-    Speech,
     barge_in_enabled,
     make_link,
 )
-from gateway.call_recording import RecordingWriter
-from gateway.calls import CallRecord
-from gateway.config import Agent, VadSettings
-from gateway.errors import SipedgeError
-from gateway.media_session import CallControls
+from gateway.session.recording import RecordingWriter
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
+from media.conversation import Conversation, FrameAligner, Speech
 from media.errors import PlayoutOverflow, ProtocolError
 from media.frames import bytes_per_frame
 from media.playout import Playout

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.errors import detail, validation_details
-from gateway.events import (
+from gateway.events.schema import (
     CommandError,
     command_name,
     command_topic,
@@ -33,10 +33,10 @@ from gateway.events import (
     trunk_state_topic,
     utc_now,
 )
-from gateway.operations import MAX_REQUEST_BYTES
-from gateway.store import OutboxRow, Store
+from gateway.node.operations import MAX_REQUEST_BYTES
+from gateway.store.sqlite import OutboxRow, Store
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.publisher")  # the name it logged under before the move
 
 CommandHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
 StatusProvider = Callable[[], Mapping[str, Any]]

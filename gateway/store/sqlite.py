@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.errors import SipedgeError
-from gateway.events import Event, iso_z, utc_now
+from gateway.events.schema import Event, iso_z, utc_now
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 SCHEMA_VERSION = 1

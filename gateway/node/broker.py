@@ -20,7 +20,7 @@ from typing import Self
 
 from gateway.errors import SipedgeError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.broker")  # the name it logged under before the move
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.events import (
+from gateway.events.schema import (
     AgentConnected,
     AgentDisconnected,
     CallAnswered,
@@ -32,7 +32,7 @@ from gateway.events import (
     TrunkRegistrationFailed,
     TrunkUnregistered,
 )
-from gateway.store import CallRecord, Store
+from gateway.store.sqlite import CallRecord, Store
 
 log = logging.getLogger("sipedge.ledger")
 

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
-    from gateway.supervisor import run_node
+    from gateway.node.supervisor import run_node
 
     return run_node(config, args.config)
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a node")
     run.add_argument("--config", required=True)
     run.set_defaults(func=_run)
-    from gateway.api_client import add_commands
+    from gateway.cli.client import add_commands
 
     add_commands(sub)
     args = parser.parse_args(argv)

@@ -40,15 +40,15 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
-from gateway.agent_link import Message
-from gateway.agent_session import (
+from gateway.config import Agent
+from gateway.session.agent import (
     CLOSE_TIMEOUT_S,
     AgentChannel,
     AgentSession,
     AgentUnavailable,
     ChannelClosed,
 )
-from gateway.config import Agent
+from gateway.session.link import Message
 from media.agents.webrtc import EVENTS_CHANNEL, TRACK_RATE, WebRtcLink, answer_codec, prefer_codecs
 from media.timing import LatencyStats
 

@@ -14,15 +14,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 from pydantic_core import PydanticCustomError
 
-from gateway.api_models import ErrorEnvelope, Meta
+from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
-from gateway.events import iso_z
-from gateway.ledger import Ledger
+from gateway.events.publisher import Publisher
+from gateway.events.schema import iso_z
 from gateway.metrics import NodeMetrics
-from gateway.operations import PATTERN_HINTS
-from gateway.publisher import Publisher
-from gateway.store import Store
+from gateway.node.ledger import Ledger
+from gateway.node.operations import PATTERN_HINTS
+from gateway.store.sqlite import Store
 
 T = TypeVar("T")
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.agent_link import link_rate
 from gateway.config import Config
+from gateway.session.link import link_rate
 from media.agents.echo import EchoAgent
 
 NARROWBAND_HZ = 8000

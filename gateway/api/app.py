@@ -1,7 +1,7 @@
 """The node's HTTP API: FastAPI app (auth, rate limit, error envelope, operational endpoints)
 and the uvicorn server the supervisor runs on its own event loop.
 
-Resource routes live in `api_calls` (calls, events, recordings) and `api_resources` (trunks,
+Resource routes live in `calls` (calls, events, recordings) and `resources` (trunks,
 numbers, agents); both reach the node through `request.app.state.node`.
 """
 
@@ -27,14 +27,14 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.api_auth import ApiKeys, RateLimiter, bearer_token
-from gateway.api_common import ApiNode, error_response, request_errors, trunk_states
-from gateway.api_models import Health, Version
+from gateway.api.auth import ApiKeys, RateLimiter, bearer_token
+from gateway.api.common import ApiNode, error_response, request_errors, trunk_states
+from gateway.api.models import Health, Version
 from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
-from gateway.events import CommandError
+from gateway.events.schema import CommandError
 from gateway.metrics import NodeSnapshot, render
-from gateway.operations import MAX_REQUEST_BYTES
+from gateway.node.operations import MAX_REQUEST_BYTES
 
 log = logging.getLogger("sipedge.api")
 
@@ -64,8 +64,8 @@ and recordings, see trunks, numbers and agents, and watch the node's health and 
 def create_app(
     node: ApiNode, settings: ApiSettings, clock: Callable[[], float] = time.time
 ) -> FastAPI:
-    from gateway.api_calls import router as calls_router
-    from gateway.api_resources import router as resources_router
+    from gateway.api.calls import router as calls_router
+    from gateway.api.resources import router as resources_router
 
     app = FastAPIOffline(
         title="sipedge", version=__version__, description=DESCRIPTION,

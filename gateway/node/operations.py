@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import (
     AfterValidator,
@@ -20,13 +20,33 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from gateway.calls import destination_allowed
+from gateway.calls.routing import destination_allowed
 from gateway.config import E164
 from gateway.errors import detail, validation_details
-from gateway.events import CommandError, new_call_id
+from gateway.events.schema import CommandError, new_call_id
 
 if TYPE_CHECKING:
-    from gateway.supervisor import Node
+    from gateway.config import Config
+    from gateway.store.sqlite import Store
+
+
+class WorkerRequests(Protocol):
+    async def request(self, op: str, args: dict[str, Any] | None = None) -> Any: ...
+
+
+class OperationsNode(Protocol):
+    """The parts of `supervisor.Node` the operations use, so this module needs no import of the
+    supervisor (which runs them: that import was a circle)."""
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def worker(self) -> WorkerRequests: ...
+
 
 # --- limits on what a request may carry (HTTP bodies and MQTT command payloads alike) ------
 
@@ -135,7 +155,7 @@ def invalid(name: str, exc: ValidationError) -> CommandError:
     return CommandError("invalid_parameter", message, details)
 
 
-def call_view(node: Node, call_id: str) -> dict[str, Any]:
+def call_view(node: OperationsNode, call_id: str) -> dict[str, Any]:
     record = node.store.get_call(call_id)
     if record is None:
         message = f"no call {call_id}"
@@ -150,7 +170,7 @@ def call_view(node: Node, call_id: str) -> dict[str, Any]:
     return view
 
 
-async def originate(node: Node, args: Originate) -> dict[str, Any]:
+async def originate(node: OperationsNode, args: Originate) -> dict[str, Any]:
     config = node.config
     if config.agent(args.agent) is None:
         raise _invalid_field("agent", f"agent {args.agent!r} is not configured", "not_configured")
@@ -224,7 +244,7 @@ def parse_args(name: str, raw: dict[str, Any]) -> _Args:
         raise invalid(name, exc) from None
 
 
-async def run_operation(node: Node, name: str, raw: dict[str, Any]) -> Any:
+async def run_operation(node: OperationsNode, name: str, raw: dict[str, Any]) -> Any:
     parsed = parse_args(name, raw)
     if isinstance(parsed, Originate):
         return await originate(node, parsed)

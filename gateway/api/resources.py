@@ -11,8 +11,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends
 from fastapi.security import HTTPBearer
 
-from gateway.api_calls import _ERRORS
-from gateway.api_common import (
+from gateway.api.calls import _ERRORS
+from gateway.api.common import (
     ApiNode,
     PageNumber,
     PerPage,
@@ -24,7 +24,7 @@ from gateway.api_common import (
     refuse_unknown_query,
     trunk_states,
 )  # fmt: skip
-from gateway.api_models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
+from gateway.api.models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
 from gateway.config import Agent, Trunk, public_url
 
 router = APIRouter(prefix="/v1", responses=_ERRORS,

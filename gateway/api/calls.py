@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 
-from gateway.api_common import (
+from gateway.api.common import (
     SORT_PATTERN,
     ApiNode,
     PageNumber,
@@ -29,7 +29,7 @@ from gateway.api_common import (
     path_error,
     refuse_unknown_query,
 )  # fmt: skip
-from gateway.api_models import (
+from gateway.api.models import (
     Call,
     CallAction,
     CallCreate,
@@ -43,8 +43,8 @@ from gateway.api_models import (
     Page,
 )  # fmt: skip
 from gateway.errors import detail
-from gateway.operations import ConfigId, E164Number
-from gateway.store import CallFilter, CallRecord
+from gateway.node.operations import ConfigId, E164Number
+from gateway.store.sqlite import CallFilter, CallRecord
 
 CHUNK = 64 * 1024
 ENDED = frozenset({"completed", "failed"})

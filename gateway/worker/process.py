@@ -14,44 +14,16 @@ import time
 import weakref
 from typing import Any
 
-from gateway.agent_session import AgentSession
-from gateway.calls import CallRecord
 from gateway.config import Config, load_config
 from gateway.errors import CallRefused, ConfigError
-from gateway.ipc import IpcError, encode, read_message
-from gateway.media_session import CallControls, EchoSession, MediaSession, bridge_rate
+from gateway.session.agent import AgentSession
+from gateway.session.factory import make_session_factory
 from gateway.sip.engine import OriginateRequest, SipEngine
-from gateway.webrtc_session import WebRtcSession
+from gateway.worker.ipc import IpcError, encode, read_message
 
 log = logging.getLogger("sipedge.worker")
 
 SESSION_CLOSE_TIMEOUT = 8.0
-
-
-def make_session_factory(
-    config: Config,
-    loop: asyncio.AbstractEventLoop,
-    streaming: weakref.WeakSet[AgentSession] | None = None,
-) -> Any:
-    """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
-    on `loop` and are remembered in `streaming` so a stopping worker can let them finish."""
-    echo_rate = bridge_rate(config)  # echo needs no resampling at all
-
-    def make(record: CallRecord, controls: CallControls) -> MediaSession:
-        agent = config.agent(record.agent)
-        wanted = config.recording.enabled if record.record is None else record.record
-        recordings = config.storage.recordings_dir if wanted else None
-        if agent is None or agent.type == "echo":
-            return EchoSession(agent.delay_ms if agent is not None else 200, echo_rate)
-        kind = WebRtcSession if agent.type == "webrtc" else AgentSession
-        session = kind(
-            agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
-        )
-        if streaming is not None:
-            streaming.add(session)
-        return session
-
-    return make
 
 
 class Worker:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.calls import InboundDecision, route_inbound
+from gateway.calls.routing import InboundDecision, route_inbound
 from gateway.config import Config
 
 

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.broker import EmbeddedBroker
 from gateway.config import Config, capacity_warning, public_url
 from gateway.errors import detail, refusal_code
-from gateway.events import CommandError
-from gateway.ipc import IpcError, encode, read_message
-from gateway.ledger import Ledger
+from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.schema import CommandError
 from gateway.metrics import NodeMetrics
-from gateway.ports import check_ports_free
-from gateway.publisher import MqttSettings, Publisher
-from gateway.store import Store
+from gateway.node.broker import EmbeddedBroker
+from gateway.node.ledger import Ledger
+from gateway.node.ports import check_ports_free
+from gateway.store.sqlite import Store
+from gateway.worker.ipc import IpcError, encode, read_message
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer
@@ -203,7 +203,7 @@ class Node:
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         """One implementation of each operation, shared by MQTT commands and the HTTP API."""
-        from gateway.operations import run_operation
+        from gateway.node.operations import run_operation
 
         return await run_operation(self, name, args)
 

@@ -1,0 +1,1 @@
+"""The node's SQLite store (`sqlite`): call records, the event outbox, idempotency keys."""
