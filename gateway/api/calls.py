@@ -44,7 +44,7 @@ from gateway.api.models import (
 )  # fmt: skip
 from gateway.errors import detail
 from gateway.node.operations import ConfigId, E164Number
-from gateway.store.sqlite import CallFilter, CallRecord
+from gateway.store.sqlite import CallFilter, StoredCall
 
 CHUNK = 64 * 1024
 ENDED = frozenset({"completed", "failed"})
@@ -79,7 +79,7 @@ router = APIRouter(prefix="/v1/calls", tags=["calls"], responses=_ERRORS,
 NodeDep = Annotated[ApiNode, Depends(node_of)]
 
 
-def recording_file(node: ApiNode, record: CallRecord) -> Path | None:
+def recording_file(node: ApiNode, record: StoredCall) -> Path | None:
     """The call's WAV, once call.recording.ready has recorded its path, if the file exists."""
     path = record.recording_path
     if path is None or not Path(path).is_file():
@@ -87,7 +87,7 @@ def recording_file(node: ApiNode, record: CallRecord) -> Path | None:
     return Path(path)
 
 
-def call_out(node: ApiNode, record: CallRecord, **extra: Any) -> Call:
+def call_out(node: ApiNode, record: StoredCall, **extra: Any) -> Call:
     view: dict[str, Any] = {
         "id": record.id, "status": record.status, "direction": record.direction,
         "from": record.from_number, "to": record.to_number, "trunk": record.trunk,
@@ -104,7 +104,7 @@ def call_out(node: ApiNode, record: CallRecord, **extra: Any) -> Call:
     return Call.model_validate(view)
 
 
-def _record(node: ApiNode, call_id: str) -> CallRecord:
+def _record(node: ApiNode, call_id: str) -> StoredCall:
     record = node.store.get_call(call_id)
     if record is None:
         message = f"no call {call_id}"

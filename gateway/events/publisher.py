@@ -43,7 +43,7 @@ StatusProvider = Callable[[], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
-class MqttSettings:
+class BrokerConnection:
     """Connection settings; TLS is on when `tls` or any tls_* option is set."""
 
     host: str = "127.0.0.1"
@@ -64,7 +64,7 @@ class MqttSettings:
         return self.tls or bool(self.tls_ca or self.tls_cert or self.tls_insecure)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> MqttSettings:
+    def from_config(cls, cfg: Any) -> BrokerConnection:
         """From `gateway.config.MqttSettings` (a SecretStr password, an optional tls block)."""
         password = cfg.password
         if password is not None and hasattr(password, "get_secret_value"):
@@ -103,7 +103,7 @@ class Publisher:
     def __init__(
         self,
         store: Store,
-        settings: MqttSettings,
+        settings: BrokerConnection,
         node: str,
         prefix: str | None = None,
         *,

@@ -161,11 +161,11 @@ class _Speech(EventData):
     duration_ms: int | None = Field(default=None, ge=0)
 
 
-class SpeechStarted(_Speech):
+class CallSpeechStarted(_Speech):
     event_type: ClassVar[str] = "call.speech.started"
 
 
-class SpeechStopped(_Speech):
+class CallSpeechStopped(_Speech):
     event_type: ClassVar[str] = "call.speech.stopped"
 
 
@@ -242,7 +242,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
     m.event_type: m
     for m in (
         CallIncoming, CallPlaced, CallRinging, CallAnswered, CallCompleted, CallFailed,
-        CallDtmf, SpeechStarted, SpeechStopped, AgentConnected, AgentDisconnected,
+        CallDtmf, CallSpeechStarted, CallSpeechStopped, AgentConnected, AgentDisconnected,
         RecordingReady, CallQuality, CallTransfer,
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
     )

@@ -22,17 +22,17 @@ from gateway.events.schema import (
     CallIncoming,
     CallPlaced,
     CallRinging,
+    CallSpeechStarted,
+    CallSpeechStopped,
     CallTransfer,
     Event,
     EventData,
     RecordingReady,
-    SpeechStarted,
-    SpeechStopped,
     TrunkRegistered,
     TrunkRegistrationFailed,
     TrunkUnregistered,
 )
-from gateway.store.sqlite import CallRecord, Store
+from gateway.store.sqlite import Store, StoredCall
 
 log = logging.getLogger("sipedge.ledger")
 
@@ -46,7 +46,13 @@ _TRUNK_EVENTS: dict[str, type[TrunkRegistered | TrunkRegistrationFailed | TrunkU
 # Media events are appended to the call's history as they are, validated by their model.
 _MEDIA_EVENTS: dict[str, type[EventData]] = {
     m.event_type: m
-    for m in (SpeechStarted, SpeechStopped, AgentConnected, AgentDisconnected, RecordingReady)
+    for m in (
+        CallSpeechStarted,
+        CallSpeechStopped,
+        AgentConnected,
+        AgentDisconnected,
+        RecordingReady,
+    )
 }
 
 
@@ -98,7 +104,7 @@ class Ledger:
                 "agent": data["agent"],
                 "variables": data["variables"],
             }
-            record = CallRecord(
+            record = StoredCall(
                 id=call_id,
                 direction=data["direction"],
                 status="ringing" if inbound else "dialing",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.config import Config, capacity_warning, public_url
 from gateway.errors import detail, refusal_code
-from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
@@ -213,7 +213,7 @@ class Node:
         check_ports_free(self.config)  # name the busy port rather than fail half-way
         log_routing(self.config)
         mqtt = self.config.mqtt
-        settings = MqttSettings.from_config(mqtt)
+        settings = BrokerConnection.from_config(mqtt)
         if mqtt.embedded:
             self.broker = EmbeddedBroker(mqtt.port, host=mqtt.host)
             await asyncio.to_thread(self.broker.start)

@@ -74,7 +74,7 @@ class CallNotFound(StoreError):
 
 
 @dataclass
-class CallRecord:
+class StoredCall:
     id: str
     direction: str  # "inbound" | "outbound"
     status: str
@@ -98,7 +98,7 @@ class CallRecord:
     recording_path: str | None = None
 
 
-CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(CallRecord))
+CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredCall))
 _TIME_COLUMNS = frozenset({"created_at", "ringing_at", "answered_at", "ended_at"})
 _SORTABLE = frozenset({"created_at", "answered_at", "ended_at", "duration", "status"})
 
@@ -155,8 +155,8 @@ def _from_db(name: str, value: Any) -> Any:
     return value
 
 
-def _record(row: sqlite3.Row) -> CallRecord:
-    return CallRecord(**{name: _from_db(name, row[name]) for name in CALL_COLUMNS})
+def _record(row: sqlite3.Row) -> StoredCall:
+    return StoredCall(**{name: _from_db(name, row[name]) for name in CALL_COLUMNS})
 
 
 def _as_list(events: Event | Sequence[Event] | None) -> list[Event]:
@@ -217,7 +217,7 @@ class Store:
     # --- calls ---------------------------------------------------------------------------
 
     def create_call(
-        self, record: CallRecord, events: Event | Sequence[Event] | None = None
+        self, record: StoredCall, events: Event | Sequence[Event] | None = None
     ) -> list[Event]:
         """Insert the call and its first event(s) atomically; returns the events with seq."""
         values = [_to_db(name, getattr(record, name)) for name in CALL_COLUMNS]
@@ -251,12 +251,12 @@ class Store:
                 raise CallNotFound(call_id)
             return self._append(db, _as_list(events), call_id)
 
-    def get_call(self, call_id: str) -> CallRecord | None:
+    def get_call(self, call_id: str) -> StoredCall | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM calls WHERE id=?", (call_id,)).fetchone()
         return _record(row) if row else None
 
-    def open_calls(self) -> list[CallRecord]:
+    def open_calls(self) -> list[StoredCall]:
         """Calls with no end recorded: live ones, or ones a crashed worker or node left open."""
         with self._lock:
             rows = self._db.execute(
@@ -270,7 +270,7 @@ class Store:
         page: int = 1,
         per_page: int = 50,
         sort: str = "-created_at",
-    ) -> tuple[list[CallRecord], int]:
+    ) -> tuple[list[StoredCall], int]:
         """One page of calls and the total matching `filters`; sort `col` or `-col`."""
         if isinstance(filters, Mapping):
             filters = CallFilter(**filters)

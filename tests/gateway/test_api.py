@@ -28,7 +28,7 @@ from gateway.api.calls import byte_range
 from gateway.api.common import MAX_PAGE
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
-from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
@@ -40,7 +40,7 @@ from gateway.node.operations import (
     MAX_VARIABLES_BYTES,
     run_operation,
 )  # fmt: skip
-from gateway.store.sqlite import CallRecord, Store
+from gateway.store.sqlite import Store, StoredCall
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
     warnings.simplefilter("ignore")
@@ -170,8 +170,8 @@ def originate(client: TestClient, **body: Any) -> httpx.Response:
     return client.post("/v1/calls", json=payload, headers=AUTH)
 
 
-def add_call(node: FakeNode, call_id: str, **fields: Any) -> CallRecord:
-    record = CallRecord(id=call_id, **{"direction": "inbound", "status": "completed", **fields})
+def add_call(node: FakeNode, call_id: str, **fields: Any) -> StoredCall:
+    record = StoredCall(id=call_id, **{"direction": "inbound", "status": "completed", **fields})
     node.store.create_call(record)
     return record
 
@@ -794,7 +794,7 @@ def test_one_vocabulary_maps_codes_to_statuses() -> None:
 def mqtt(node: FakeNode) -> Publisher:
     """The node's MQTT command side, answering through the same operations (no broker needed:
     execute() is what a command message runs)."""
-    return Publisher(node.store, MqttSettings(), "api-node", command_handler=node.command)
+    return Publisher(node.store, BrokerConnection(), "api-node", command_handler=node.command)
 
 
 @pytest.mark.parametrize("body", [

@@ -14,9 +14,9 @@ from gateway.events.schema import (
     CallDtmf,
     CallIncoming,
     CallRinging,
+    CallSpeechStarted,
     CommandError,
     Event,
-    SpeechStarted,
     TrunkRegistrationFailed,
     call_events_topic,
     command_name,
@@ -117,7 +117,7 @@ def test_every_contract_event_type_has_a_data_model() -> None:
 
 def test_speech_and_dtmf_models_name_their_types() -> None:
     call_id = new_call_id()
-    speech = Event.of(SpeechStarted(party="caller", offset_ms=1200), node=NODE, call_id=call_id)
+    speech = Event.of(CallSpeechStarted(party="caller", offset_ms=1200), node=NODE, call_id=call_id)
     dtmf = Event.of(CallDtmf(digit="#", duration_ms=80), node=NODE, call_id=call_id)
     assert (speech.type, dtmf.type) == ("call.speech.started", "call.dtmf")
 

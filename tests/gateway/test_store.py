@@ -21,7 +21,7 @@ from gateway.events.schema import (
     TrunkRegistered,
     new_call_id,
 )
-from gateway.store.sqlite import CallNotFound, CallRecord, Store, StoreError
+from gateway.store.sqlite import CallNotFound, Store, StoredCall, StoreError
 
 NODE = "node-a"
 REPO = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def store(tmp_path: Path) -> Store:
 
 def incoming(store: Store, **record: object) -> str:
     call_id = new_call_id()
-    rec = CallRecord(id=call_id, direction="inbound", status="incoming",  # type: ignore[arg-type]
+    rec = StoredCall(id=call_id, direction="inbound", status="incoming",  # type: ignore[arg-type]
                      from_number="+15550001", to_number="+15550002", **record)  # fmt: skip
     store.create_call(rec, Event.of(CallIncoming(from_="+15550001", to="+15550002"),
                                     node=NODE, call_id=call_id))  # fmt: skip
@@ -140,7 +140,7 @@ def test_list_calls_filters_pages_and_sorts(tmp_path: Path) -> None:
     for i in range(5):
         call_id = new_call_id()
         ids.append(call_id)
-        store.create_call(CallRecord(id=call_id, direction="outbound" if i % 2 else "inbound",
+        store.create_call(StoredCall(id=call_id, direction="outbound" if i % 2 else "inbound",
                                      status="completed", trunk="t1",
                                      created_at=next(clock)))  # fmt: skip
     rows, total = store.list_calls({"direction": "inbound"}, page=1, per_page=2)
@@ -176,12 +176,12 @@ _CRASHER = textwrap.dedent(
     """
     import os, signal, sys
     from gateway.events.schema import CallDtmf, CallIncoming, Event, new_call_id
-    from gateway.store.sqlite import CallRecord, Store
+    from gateway.store.sqlite import StoredCall, Store
 
     store = Store(sys.argv[1])
     call_id = new_call_id()
     store.create_call(
-        CallRecord(id=call_id, direction="inbound", status="incoming"),
+        StoredCall(id=call_id, direction="inbound", status="incoming"),
         Event.of(CallIncoming(from_="+1", to="+2"), node="n", call_id=call_id),
     )
     for _ in range(49):

@@ -17,7 +17,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import (
     CallDtmf,
     CallIncoming,
@@ -28,7 +28,7 @@ from gateway.events.schema import (
     trunk_state_topic,
 )
 from gateway.node.broker import EmbeddedBroker
-from gateway.store.sqlite import CallRecord, OutboxRow, Store
+from gateway.store.sqlite import OutboxRow, Store, StoredCall
 from tests.integration.mosquitto import (  # noqa: F401 - fixtures
     mosquitto_fixture,
     persistent_mosquitto_fixture,
@@ -40,8 +40,8 @@ PREFIX = "it"
 EVENTS = f"{PREFIX}/{NODE}/calls/+/events"
 
 
-def settings(broker: EmbeddedBroker) -> MqttSettings:
-    return MqttSettings(host=broker.host, port=broker.port, prefix=PREFIX)
+def settings(broker: EmbeddedBroker) -> BrokerConnection:
+    return BrokerConnection(host=broker.host, port=broker.port, prefix=PREFIX)
 
 
 def new_publisher(store: Store, broker: EmbeddedBroker, **kw: Any) -> Publisher:
@@ -127,7 +127,7 @@ def start_calls(store: Store, n: int) -> list[str]:
     ids = []
     for _ in range(n):
         call_id = new_call_id()
-        store.create_call(CallRecord(id=call_id, direction="inbound", status="incoming"),
+        store.create_call(StoredCall(id=call_id, direction="inbound", status="incoming"),
                           Event.of(CallIncoming(from_="+1", to="+2"), node=NODE,
                                    call_id=call_id))  # fmt: skip
         ids.append(call_id)
@@ -341,7 +341,7 @@ async def test_status_and_trunk_state_are_retained_and_stop_says_offline(
 
 
 async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> None:
-    publisher = Publisher(store, MqttSettings(), NODE, command_handler=handler,
+    publisher = Publisher(store, BrokerConnection(), NODE, command_handler=handler,
                           commands={"echo", "explode"})  # fmt: skip
     assert await publisher.execute("echo", b'{"a": [1]}') == {"data": {"echo": {"a": [1]}}}
     assert (await publisher.execute("echo", b"[1]"))["error"]["code"] == "invalid_parameter"
@@ -352,11 +352,11 @@ async def test_execute_never_raises_and_maps_errors_to_codes(store: Store) -> No
 
 _PUBLISHER_PROCESS = """
 import asyncio, sys
-from gateway.events.publisher import MqttSettings, Publisher
+from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.store.sqlite import Store
 
 async def main() -> None:
-    settings = MqttSettings(port=int(sys.argv[2]), prefix=sys.argv[3])
+    settings = BrokerConnection(port=int(sys.argv[2]), prefix=sys.argv[3])
     publisher = Publisher(Store(sys.argv[1], prefix=sys.argv[3]), settings, sys.argv[4])
     await publisher.start()
     await asyncio.Event().wait()
