@@ -16,7 +16,6 @@ import json
 import os
 import re
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from tests.integration.test_media_agents import (
     free_rtp_port,
     media_config,
     sipp_call,
+    stored_events_by_call,
 )
 
 pytestmark = pytest.mark.integration
@@ -150,17 +150,6 @@ def calls_hung_up_by_the_agent(
     by_call = stored_events_by_call(tmp_path / "sipedge.db")
     assert len(by_call) == calls
     return EndedCalls(log, bot, [sorted(e, key=lambda e: e["seq"]) for e in by_call.values()])
-
-
-def stored_events_by_call(db: Path) -> dict[str, list[dict[str, Any]]]:
-    with contextlib.closing(sqlite3.connect(db)) as con:
-        rows = con.execute(
-            "SELECT call_id, payload FROM events WHERE call_id IS NOT NULL ORDER BY rowid"
-        ).fetchall()
-    by_call: dict[str, list[dict[str, Any]]] = {}
-    for call_id, payload in rows:
-        by_call.setdefault(call_id, []).append(json.loads(payload))
-    return by_call
 
 
 def test_completed_is_the_last_event_even_after_speech_cut_off_and_a_recording(

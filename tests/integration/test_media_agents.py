@@ -399,8 +399,8 @@ def media_config(
     }
 
 
-def stored_events(db: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every stored call event, grouped by the dialled number of its call."""
+def stored_events_by_call(db: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every stored call event, grouped by call id, in the order they were stored."""
     with contextlib.closing(sqlite3.connect(db)) as con:
         rows = con.execute(
             "SELECT call_id, payload FROM events WHERE call_id IS NOT NULL ORDER BY rowid"
@@ -408,8 +408,13 @@ def stored_events(db: Path) -> dict[str, list[dict[str, Any]]]:
     by_call: dict[str, list[dict[str, Any]]] = {}
     for call_id, payload in rows:
         by_call.setdefault(call_id, []).append(json.loads(payload))
+    return by_call
+
+
+def stored_events(db: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every stored call event, grouped by the dialled number of its call."""
     by_number: dict[str, list[dict[str, Any]]] = {}
-    for events in by_call.values():
+    for events in stored_events_by_call(db).values():
         incoming = [e for e in events if e["type"] == "call.incoming"]
         if incoming:
             by_number[incoming[0]["data"]["to"]] = events
