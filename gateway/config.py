@@ -34,6 +34,9 @@ ALL_CODECS: tuple[Codec, ...] = ("PCMU", "PCMA", "G722")
 ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 
 
+MAX_WORKERS = 64
+
+
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -49,8 +52,24 @@ class RtpPorts(Model):
         return self
 
 
+class FrontSettings(Model):
+    """The SIP front (Kamailio) that faces the network for the node's workers."""
+
+    mode: Literal["none", "embedded", "external"] = Field(
+        "none",
+        description="none: the worker faces the network itself (one worker only); embedded: "
+        "sipedge renders and runs Kamailio; external: Kamailio is run by the operator "
+        "(`sipedge front-config` prints its config)",
+    )
+    worker_host: str = Field("127.0.0.1", description="address the workers' SIP listens on")
+    worker_ports_start: int = Field(
+        0, ge=0, le=65535, description="first worker's SIP port (0: sip.port + 100)"
+    )
+
+
 class SipSettings(Model):
     listen: str = Field("0.0.0.0", description="IP address to bind SIP and RTP on")
+    rtp_listen: str | None = Field(None, description="IP address to bind RTP on (default: listen)")
     port: int = Field(5060, ge=1, le=65535)
     transports: list[Transport] = Field(default_factory=lambda: list(ALL_TRANSPORTS))
     public_address: str | None = Field(None, description="address advertised in Contact/SDP")
@@ -58,6 +77,7 @@ class SipSettings(Model):
     codecs: list[Codec] = Field(default_factory=lambda: list(ALL_CODECS))
     user_agent: str = "sipedge"
     log_level: int = Field(1, ge=0, le=6, description="pjsip log level (0-6)")
+    front: FrontSettings = Field(default_factory=FrontSettings)
 
     @field_validator("listen", "public_address")
     @classmethod
@@ -301,7 +321,11 @@ class Limits(Model):
 
 class NodeSettings(Model):
     id: str = Field("node-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    workers: int = Field(1, ge=1, le=1, description="SIP worker processes (1 for now)")
+    workers: int | Literal["auto"] = Field(
+        1,
+        description="SIP worker processes: a number (1-64), or auto (enough 4-call workers for "
+        "limits.max_concurrent_calls); more than 1 needs sip.front",
+    )
     drain_timeout: float = Field(30.0, ge=0)
 
 
@@ -336,6 +360,26 @@ class Config(Model):
         return self
 
     @model_validator(mode="after")
+    def _workers(self) -> Config:
+        workers = self.node.workers
+        if isinstance(workers, int) and not 1 <= workers <= MAX_WORKERS:
+            raise ValueError(f"node.workers: {workers} is not between 1 and {MAX_WORKERS}")
+        if workers != 1 and self.sip.front.mode == "none":
+            raise ValueError(
+                f"node.workers: {workers} workers need a SIP front in front of them; "
+                "set sip.front.mode to embedded or external, or node.workers to 1"
+            )
+        rtp = self.sip.rtp_ports
+        per_worker = (rtp.end - rtp.start + 1) // worker_count(self)
+        if per_worker < 2 * 2 * CALLS_PER_WORKER:
+            raise ValueError(
+                f"sip.rtp_ports: {rtp.start}-{rtp.end} gives each of the {worker_count(self)} "
+                f"workers {per_worker} ports; each needs at least {4 * CALLS_PER_WORKER} "
+                "(RTP and RTCP for its calls, and room for sockets still closing)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ports(self) -> Config:
         clash = port_clash(listeners(self))
         if clash is not None:
@@ -364,10 +408,74 @@ class Listener:
         return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
 
 
+@dataclass(frozen=True)
+class WorkerSlot:
+    """Where one SIP worker listens: its SIP address (behind the front, on worker_host) and
+    its slice of sip.rtp_ports (RTP goes straight to the far end on sip.listen)."""
+
+    index: int  # 1-based, as in logs and metrics
+    sip_host: str
+    sip_port: int
+    rtp_host: str
+    rtp_start: int
+    rtp_end: int
+
+
+def worker_count(config: Config) -> int:
+    workers = config.node.workers
+    if workers == "auto":
+        return min(MAX_WORKERS, -(-config.limits.max_concurrent_calls // CALLS_PER_WORKER))
+    return workers
+
+
+def worker_slots(config: Config) -> list[WorkerSlot]:
+    """One slot per worker. Without a front the single worker faces the network on sip.listen
+    and sip.port; with one, worker i listens on front.worker_host, port start + i - 1, and
+    the RTP range is split evenly between the workers."""
+    sip = config.sip
+    rtp_host = sip.rtp_listen or sip.listen
+    if sip.front.mode == "none":
+        return [WorkerSlot(1, sip.listen, sip.port, rtp_host, sip.rtp_ports.start,
+                           sip.rtp_ports.end)]  # fmt: skip
+    count = worker_count(config)
+    first_port = sip.front.worker_ports_start or sip.port + 100
+    span = (sip.rtp_ports.end - sip.rtp_ports.start + 1) // count
+    span -= span % 2  # RTP on even ports, RTCP on the odd one after it
+    return [
+        WorkerSlot(
+            index=i + 1,
+            sip_host=sip.front.worker_host,
+            sip_port=first_port + i,
+            rtp_host=rtp_host,
+            rtp_start=sip.rtp_ports.start + i * span,
+            rtp_end=sip.rtp_ports.start + (i + 1) * span - 1,
+        )
+        for i in range(count)
+    ]
+
+
+def slot_config(config: Config, slot: WorkerSlot) -> Config:
+    """The config one worker runs with: the node's, bound to the slot's addresses."""
+    sip = config.sip
+    update = {
+        "listen": slot.sip_host,
+        "port": slot.sip_port,
+        "rtp_listen": slot.rtp_host,
+        "rtp_ports": RtpPorts(start=slot.rtp_start, end=slot.rtp_end),
+    }
+    return config.model_copy(update={"sip": sip.model_copy(update=update)})
+
+
 def listeners(config: Config) -> list[Listener]:
     """Every port this node binds, by the key that sets it."""
     sip = config.sip
     out = [Listener("sip.port", t, sip.listen, sip.port, sip.port) for t in sip.transports]
+    if sip.front.mode != "none":
+        slots = worker_slots(config)
+        first, last = slots[0].sip_port, slots[-1].sip_port
+        host = sip.front.worker_host
+        out += [Listener("sip.front.worker_ports_start", t, host, first, last)
+                for t in sip.transports]  # fmt: skip
     out.append(Listener("sip.rtp_ports", "udp", sip.listen, sip.rtp_ports.start, sip.rtp_ports.end))
     if config.api.enabled:
         out.append(Listener("api.port", "tcp", config.api.listen, config.api.port, config.api.port))
@@ -579,7 +687,7 @@ CALLS_PER_WORKER = 4
 
 def engine_capacity(config: Config) -> int:
     """Calls the node's SIP workers can hold at once."""
-    return config.node.workers * CALLS_PER_WORKER
+    return worker_count(config) * CALLS_PER_WORKER
 
 
 def capacity_warning(config: Config, capacity: int | None = None) -> str | None:
@@ -589,7 +697,7 @@ def capacity_warning(config: Config, capacity: int | None = None) -> str | None:
     most = engine_capacity(config) if capacity is None else capacity
     if "max_concurrent_calls" not in limits.model_fields_set or limits.max_concurrent_calls <= most:
         return None
-    workers = config.node.workers
+    workers = worker_count(config)
     return (
         f"limits.max_concurrent_calls: {limits.max_concurrent_calls} is more than this node "
         f"holds: {workers} SIP worker{'s' if workers > 1 else ''} x {CALLS_PER_WORKER} calls "

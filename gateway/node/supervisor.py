@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import Config, capacity_warning, public_url
+from gateway.config import Config, capacity_warning, public_url, worker_count
 from gateway.errors import detail, refusal_code
 from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
@@ -65,6 +65,8 @@ class WorkerLink:
             str(self.node.config_path),
             "--fd",
             str(child.fileno()),
+            "--slot",
+            str(self.index),
             "--log-level",
             logging.getLevelName(log.getEffectiveLevel()),
         ]
@@ -253,7 +255,7 @@ class Node:
                 "engine_call_limit=%s calls_over_capacity=503",
                 self.config.limits.max_concurrent_calls,
                 capacity,
-                self.config.node.workers,
+                worker_count(self.config),
                 self.worker.status.get("engine_call_limit"),
             )
 

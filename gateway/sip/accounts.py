@@ -57,7 +57,7 @@ def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:
     tp = cfg.mediaConfig.transportConfig
     tp.port = sip.rtp_ports.start
     tp.portRange = sip.rtp_ports.end - sip.rtp_ports.start
-    tp.boundAddress = sip.listen
+    tp.boundAddress = sip.rtp_listen or sip.listen
     if sip.public_address:
         tp.publicAddress = sip.public_address
     cfg.natConfig.iceEnabled = False

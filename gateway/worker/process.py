@@ -14,7 +14,7 @@ import time
 import weakref
 from typing import Any
 
-from gateway.config import Config, load_config
+from gateway.config import Config, load_config, slot_config, worker_slots
 from gateway.errors import CallRefused, ConfigError
 from gateway.session.agent import AgentSession
 from gateway.session.factory import make_session_factory
@@ -165,11 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipedge-worker")
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--slot", type=int, default=1, help="which worker of the node (1-based)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s worker=1 %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s worker={args.slot} %(message)s",
         stream=sys.stderr,
     )
     # A crash in pjsua2's threads (SIGSEGV, SIGABRT from an assertion) leaves every thread's
@@ -186,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
+    slots = worker_slots(config)
+    if not 1 <= args.slot <= len(slots):
+        print(f"--slot {args.slot}: the config has {len(slots)} worker slot(s)", file=sys.stderr)
+        return 2
+    config = slot_config(config, slots[args.slot - 1])
     asyncio.run(_main(config, args.fd))
     return 0
 

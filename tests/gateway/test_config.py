@@ -766,3 +766,52 @@ def test_summary_shows_agent_urls_without_credentials_or_query() -> None:
     text = summary(config)
     assert "bot: pcm-ws wss://agents.example.com:8443/pcm" in text
     assert "pa55word" not in text and "t0ken" not in text and "bob" not in text
+
+
+# --- worker layout behind the SIP front ---------------------------------------------------
+
+
+def _front(workers: object, **sip: object) -> Config:
+    return Config.model_validate(
+        {
+            "node": {"workers": workers},
+            "sip": {"front": {"mode": "embedded"}, **sip},
+            "limits": {"max_concurrent_calls": 12},
+        }  # fmt: skip
+    )
+
+
+def test_without_a_front_the_one_worker_faces_the_network() -> None:
+    from gateway.config import worker_slots
+
+    config = Config.model_validate({"sip": {"listen": "127.0.0.9", "port": 5099}})
+    [slot] = worker_slots(config)
+    assert (slot.sip_host, slot.sip_port) == ("127.0.0.9", 5099)
+    assert (slot.rtp_start, slot.rtp_end) == (20000, 20999)
+
+
+def test_auto_workers_hold_max_concurrent_calls_on_disjoint_rtp_slices() -> None:
+    from gateway.config import slot_config, worker_slots
+
+    slots = worker_slots(_front("auto", port=5070, rtp_ports={"start": 30000, "end": 30099}))
+    assert [s.sip_port for s in slots] == [5170, 5171, 5172]
+    assert all(s.sip_host == "127.0.0.1" for s in slots)
+    ranges = [range(s.rtp_start, s.rtp_end + 1) for s in slots]
+    assert all(r.start % 2 == 0 and r.stop <= 30100 for r in ranges)
+    assert not set(ranges[0]) & set(ranges[1]) and not set(ranges[1]) & set(ranges[2])
+    sip = slot_config(_front(3, port=5070), slots[1]).sip
+    assert (sip.listen, sip.port, sip.rtp_listen) == ("127.0.0.1", 5171, "0.0.0.0")
+
+
+def test_many_workers_need_a_front_and_enough_rtp_ports() -> None:
+    with pytest.raises(ValueError, match="need a SIP front"):
+        Config.model_validate({"node": {"workers": 3}})
+    with pytest.raises(ValueError, match="each needs at least 16"):
+        _front(4, rtp_ports={"start": 30000, "end": 30040})
+    with pytest.raises(ValueError, match="between 1 and 64"):
+        _front(65)
+
+
+def test_worker_ports_clash_with_other_listeners() -> None:
+    with pytest.raises(ValueError, match="worker_ports_start"):
+        _front(2, port=5070, front={"mode": "embedded", "worker_ports_start": 8080})
