@@ -6,6 +6,7 @@ Secrets are `SecretStr` and must come from `${VAR}` references; their values are
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -63,7 +64,14 @@ class FrontSettings(Model):
     )
     worker_host: str = Field("127.0.0.1", description="address the workers' SIP listens on")
     worker_ports_start: int = Field(
-        0, ge=0, le=65535, description="first worker's SIP port (0: sip.port + 100)"
+        0,
+        ge=0,
+        le=65535,
+        description="first worker's SIP port (0: sip.port + 100); the front's own socket for "
+        "the workers is the port below it",
+    )
+    worker_invites_per_second: float = Field(
+        20.0, gt=0, description="new INVITEs the front sends one worker per second at most"
     )
 
 
@@ -369,6 +377,13 @@ class Config(Model):
                 f"node.workers: {workers} workers need a SIP front in front of them; "
                 "set sip.front.mode to embedded or external, or node.workers to 1"
             )
+        sip = self.sip
+        if sip.front.mode != "none" and _wildcard(sip.listen) and sip.public_address is None:
+            raise ValueError(
+                f"sip.front: the front names its address in Record-Route and REGISTER "
+                f"Contacts; set sip.public_address, or sip.listen to an address other than "
+                f"{sip.listen}"
+            )
         rtp = self.sip.rtp_ports
         per_worker = (rtp.end - rtp.start + 1) // worker_count(self)
         if per_worker < 2 * 2 * CALLS_PER_WORKER:
@@ -454,16 +469,70 @@ def worker_slots(config: Config) -> list[WorkerSlot]:
     ]
 
 
+def front_worker_side(config: Config) -> tuple[str, int]:
+    """Where the workers reach the front (its outbound proxy for them, and the address it
+    dispatches and probes from): front.worker_host, on the port below the first worker's."""
+    front = config.sip.front
+    return front.worker_host, (front.worker_ports_start or config.sip.port + 100) - 1
+
+
+def sip_advertised_host(sip: SipSettings) -> str | None:
+    """What a worker's own SIP transport advertises in Via and Contact: sip.public_address
+    when it faces the network itself; behind a front nothing but its own address, which the
+    front forwards in-dialog requests to (SDP still advertises sip.public_address: RTP goes
+    straight between the worker and the far end)."""
+    return sip.public_address if sip.front.mode == "none" else None
+
+
+def hostport(host: str, port: int) -> str:
+    """host:port as a SIP URI writes it ([v6]:port)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def front_public_host(config: Config) -> str:
+    """The address the front advertises to carriers (Record-Route, REGISTER Contacts)."""
+    return config.sip.public_address or config.sip.listen
+
+
 def slot_config(config: Config, slot: WorkerSlot) -> Config:
-    """The config one worker runs with: the node's, bound to the slot's addresses."""
+    """The config one worker runs with: the node's, bound to the slot's addresses.
+
+    Behind a front every request reaches the worker from the front's worker-side address:
+    the front has applied the trunks' allowed_ips and the limits per source by then, so
+    trunks that take inbound calls also allow that address, and the per-source INVITE
+    limits become the front's per-worker cap (the front is the worker's only source)."""
     sip = config.sip
-    update = {
+    update: dict[str, Any] = {
         "listen": slot.sip_host,
         "port": slot.sip_port,
         "rtp_listen": slot.rtp_host,
         "rtp_ports": RtpPorts(start=slot.rtp_start, end=slot.rtp_end),
     }
-    return config.model_copy(update={"sip": sip.model_copy(update=update)})
+    if sip.front.mode != "none":
+        # Pinned: derived from sip.port it would move with the worker's own port.
+        first = sip.front.worker_ports_start or sip.port + 100
+        update["front"] = sip.front.model_copy(update={"worker_ports_start": first})
+    changes: dict[str, Any] = {"sip": sip.model_copy(update=update)}
+    if sip.front.mode != "none":
+        front_host, _ = front_worker_side(config)
+        changes["trunks"] = [
+            t.model_copy(update={"allowed_ips": [*t.allowed_ips, f"{front_host}/32"]})
+            if t.allowed_ips
+            else t
+            for t in config.trunks
+        ]
+        cap = sip.front.worker_invites_per_second
+        limits = config.limits
+        changes["limits"] = limits.model_copy(
+            update={
+                "invites_per_second_per_source": max(limits.invites_per_second_per_source,
+                                                     2 * cap),
+                "invite_burst_per_source": max(limits.invite_burst_per_source,
+                                               math.ceil(4 * cap)),
+                "max_unconfirmed_per_source": CALLS_PER_WORKER,
+            }
+        )  # fmt: skip
+    return config.model_copy(update=changes)
 
 
 def listeners(config: Config) -> list[Listener]:
@@ -472,7 +541,7 @@ def listeners(config: Config) -> list[Listener]:
     out = [Listener("sip.port", t, sip.listen, sip.port, sip.port) for t in sip.transports]
     if sip.front.mode != "none":
         slots = worker_slots(config)
-        first, last = slots[0].sip_port, slots[-1].sip_port
+        first, last = front_worker_side(config)[1], slots[-1].sip_port
         host = sip.front.worker_host
         out += [Listener("sip.front.worker_ports_start", t, host, first, last)
                 for t in sip.transports]  # fmt: skip

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pjsua2 as pj
 
 from gateway.backoff import Backoff
-from gateway.config import SipSettings, Trunk
+from gateway.config import SipSettings, Trunk, front_worker_side, hostport, sip_advertised_host
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -65,6 +65,18 @@ def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:
     cfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
 
 
+def outbound_proxies(config: Config, trunk: Trunk) -> list[str]:
+    """The Route set of a trunk's requests: the SIP front first when there is one (carriers
+    then see the front's address, never a worker's), then the trunk's proxy when it registers
+    with a registrar elsewhere (requests go to the registrar's domain by way of the proxy)."""
+    proxies = []
+    if config.sip.front.mode != "none":
+        proxies.append(f"sip:{hostport(*front_worker_side(config))};transport=udp;lr")
+    if trunk.proxy and trunk.registrar:
+        proxies.append(f"{trunk.proxy};transport={trunk.transport};lr")
+    return proxies
+
+
 def host_of(uri: str) -> str:
     return uri.split(":", 1)[1].split(";", 1)[0]
 
@@ -95,7 +107,7 @@ class LocalAccount(pj.Account):  # type: ignore[misc]
         self.engine = engine
         cfg = pj.AccountConfig()
         sip = engine.config.sip
-        host = sip.public_address or sip.listen
+        host = sip_advertised_host(sip) or sip.listen
         cfg.idUri = f"sip:sipedge@{host}:{sip.port}"
         _media_config(cfg, sip)
         self.create(cfg, True)
@@ -138,9 +150,8 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
             cfg.regConfig.timeoutSec = trunk.expires
             cfg.regConfig.retryIntervalSec = 0  # our Backoff decides
             cfg.regConfig.registerOnAdd = False
-        if trunk.proxy and trunk.registrar:
-            # Requests go to the registrar's domain by way of the proxy.
-            cfg.sipConfig.proxies.append(trunk.proxy + transport + ";lr")
+        for proxy in outbound_proxies(self.engine.config, trunk):
+            cfg.sipConfig.proxies.append(proxy)
         if trunk.username and trunk.password is not None:
             cfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo(

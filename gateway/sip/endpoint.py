@@ -12,7 +12,7 @@ from typing import Any
 
 import pjsua2 as pj
 
-from gateway.config import SipSettings
+from gateway.config import SipSettings, sip_advertised_host
 
 log = logging.getLogger("sipedge.sip")
 
@@ -62,8 +62,9 @@ def create_endpoint(sip: SipSettings, clock_rate: int) -> tuple[pj.Endpoint, pj.
         tc = pj.TransportConfig()
         tc.port = sip.port
         tc.boundAddress = sip.listen
-        if sip.public_address:
-            tc.publicAddress = sip.public_address
+        advertised = sip_advertised_host(sip)
+        if advertised:
+            tc.publicAddress = advertised
         kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
         ep.transportCreate(kind, tc)
     ep.libStart()

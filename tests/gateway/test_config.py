@@ -775,7 +775,7 @@ def _front(workers: object, **sip: object) -> Config:
     return Config.model_validate(
         {
             "node": {"workers": workers},
-            "sip": {"front": {"mode": "embedded"}, **sip},
+            "sip": {"front": {"mode": "embedded"}, "public_address": "192.0.2.10", **sip},
             "limits": {"max_concurrent_calls": 12},
         }  # fmt: skip
     )

@@ -1,0 +1,95 @@
+"""What a worker runs with behind the front: its own address in SIP, the public one in SDP,
+the front as its outbound proxy, and trunks that let the front's calls in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.config import (
+    Config,
+    front_worker_side,
+    sip_advertised_host,
+    slot_config,
+    worker_slots,
+)
+from gateway.sip.accounts import outbound_proxies
+
+
+def config(mode: str = "embedded", **sip: Any) -> Config:
+    return Config.model_validate(
+        {
+            "node": {"workers": 1 if mode == "none" else 2},
+            "sip": {
+                "listen": "192.0.2.10",
+                "port": 5060,
+                "public_address": "203.0.113.50",
+                "front": {"mode": mode},
+                **sip,
+            },  # fmt: skip
+            "trunks": [
+                {
+                    "id": "carrier",
+                    "allowed_ips": ["198.51.100.0/24"],
+                    "proxy": "sip:sbc.carrier.example:5060",
+                    "registrar": "sip:reg.example",
+                    "register": True,
+                    "username": "u",
+                    "password": "${PW}",
+                },
+                {"id": "dialout", "proxy": "sip:198.51.100.9"},
+            ],
+        }  # fmt: skip
+    )
+
+
+def worker(c: Config, index: int = 1) -> Config:
+    return slot_config(c, worker_slots(c)[index - 1])
+
+
+def test_behind_a_front_sip_advertises_the_worker_and_sdp_the_public_address() -> None:
+    sip = worker(config()).sip
+    assert (sip.listen, sip.port) == ("127.0.0.1", 5160)
+    assert sip_advertised_host(sip) is None  # Via and Contact: 127.0.0.1:5160, the front's way
+    assert sip.public_address == "203.0.113.50"  # media (SDP c=) still advertises it
+    alone = worker(config("none")).sip
+    assert sip_advertised_host(alone) == "203.0.113.50"
+
+
+def test_the_front_is_every_trunks_first_hop() -> None:
+    c = worker(config())
+    carrier, dialout = c.trunks
+    assert outbound_proxies(c, carrier) == [
+        "sip:127.0.0.1:5159;transport=udp;lr",
+        "sip:sbc.carrier.example:5060;transport=udp;lr",
+    ]
+    assert outbound_proxies(c, dialout) == ["sip:127.0.0.1:5159;transport=udp;lr"]
+    alone = worker(config("none"))
+    assert outbound_proxies(alone, alone.trunks[1]) == []
+
+
+def test_trunks_taking_inbound_calls_let_in_the_front_and_per_source_limits_widen() -> None:
+    c = worker(config())
+    carrier, dialout = c.trunks
+    assert carrier.allowed_ips == ["198.51.100.0/24", "127.0.0.1/32"]
+    assert carrier.allow_ips_match("127.0.0.1") and not dialout.allow_ips_match("127.0.0.1")
+    # The front is the worker's one source: its per-worker cap, not a caller's limits.
+    assert c.limits.invites_per_second_per_source >= 2 * c.sip.front.worker_invites_per_second
+    assert c.limits.max_unconfirmed_per_source == 4
+    alone = worker(config("none"))
+    assert alone.trunks[0].allowed_ips == ["198.51.100.0/24"]
+    assert alone.limits == Config().limits
+
+
+def test_the_front_sits_on_the_port_below_the_first_worker() -> None:
+    assert front_worker_side(config()) == ("127.0.0.1", 5159)
+    assert front_worker_side(
+        config(front={"mode": "external", "worker_ports_start": 7000, "worker_host": "10.0.0.5"})
+    ) == ("10.0.0.5", 6999)
+
+
+def test_a_front_on_every_address_must_be_told_the_address_it_advertises() -> None:
+    with pytest.raises(ValueError, match="set sip.public_address"):
+        config(listen="0.0.0.0", public_address=None)
+    assert config(listen="0.0.0.0").sip.public_address == "203.0.113.50"
