@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import Config, capacity_warning, public_url, worker_count
+from gateway.config import Config, capacity_warning, public_url, worker_count, worker_slots
 from gateway.errors import detail, refusal_code
 from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
+from gateway.front.health import FrontHealth
+from gateway.front.process import FrontError, FrontProcess
+from gateway.front.render import worker_uri
+from gateway.front.rpc import FrontRpcError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
@@ -38,6 +42,7 @@ WORKER_START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
 WORKER_RESTART_MAX = 30.0
 HEARTBEAT_S = 2.0
+FRONT_RESTART_MAX = 30.0
 
 
 class WorkerLink:
@@ -166,6 +171,7 @@ class Node:
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
         self.worker = WorkerLink(self, 1)
+        self.front: FrontProcess | None = None
         self.metrics = NodeMetrics()
         self.api: ApiServer | None = None
         self.draining = False
@@ -240,7 +246,9 @@ class Node:
         # Calls a previous run left open (killed mid-call) ended with it, at its last heartbeat.
         self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
         self.store.beat(time.time())
+        await self._start_front()
         await self.worker.start()
+        await self.front_worker_state(self.worker.index, up=True)
         self._worker_started()
 
     def _worker_started(self) -> None:
@@ -271,8 +279,10 @@ class Node:
             return 1
         log.info("event=node_running node=%s pid=%d", self.config.node.id, os.getpid())
         heartbeat = asyncio.create_task(self._heartbeat())
+        front = asyncio.create_task(self._watch_front())
         await self._supervise()
         heartbeat.cancel()
+        front.cancel()
         await self.shutdown()
         return 0
 
@@ -298,6 +308,7 @@ class Node:
             died.cancel()
             if self._stop.is_set():
                 return
+            await self.front_worker_state(self.worker.index, up=False)
             closed = self.ledger.close_orphans("worker_lost", alive_until=time.time())
             self.ledger.active.clear()
             if time.monotonic() - started > 60:
@@ -319,6 +330,7 @@ class Node:
             started = time.monotonic()
             try:
                 await self.worker.start()
+                await self.front_worker_state(self.worker.index, up=True)
                 if self.publisher is not None:
                     self.publisher.refresh_status()
             except RuntimeError as exc:
@@ -328,6 +340,7 @@ class Node:
         self.draining = True
         if self.publisher is not None:
             self.publisher.refresh_status()  # draining: true now, not after the hang-ups
+        await self._drain_front()
         if not self.worker.exited.is_set() and self.worker.writer is not None:
             try:
                 await self.worker.request("drain", timeout=5)
@@ -342,6 +355,7 @@ class Node:
             except (TimeoutError, CommandError):
                 log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
             await self.worker.stop(timeout=15)
+        await self._stop_front()
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)
             await self.publisher.stop(timeout=3)
@@ -351,6 +365,89 @@ class Node:
             await asyncio.to_thread(self.broker.stop)
         self.store.close()
         log.info("event=node_stopped")
+
+    # -- the SIP front (sip.front.mode embedded) ----------------------------------------------
+
+    async def _start_front(self) -> None:
+        """Before the workers: the front owns the public SIP port and dispatches to them as
+        they come up (its OPTIONS probes put each in rotation once it answers)."""
+        if self.config.sip.front.mode != "embedded":
+            return
+        self.front = FrontProcess(
+            self.config,
+            worker_slots(self.config),
+            log_level=logging.getLevelName(log.getEffectiveLevel()),
+        )
+        try:
+            await self.front.start()
+        except FrontError:
+            self.front.close()
+            self.front = None
+            raise
+
+    async def _watch_front(self) -> None:
+        """When the front dies, restart it, with backoff. Calls in progress survive a restart:
+        their in-dialog requests are routed by the Record-Route set they carry, not by state
+        the front kept (only transactions in flight and the call-load counts are lost)."""
+        restarts = 0
+        while self.front is not None:
+            front = self.front
+            up_since = time.monotonic()
+            await front.exited.wait()
+            if front.stopping or self._stop.is_set():
+                return
+            if time.monotonic() - up_since > 60:
+                restarts = 0  # it had been running fine: not a crash loop
+            delay = min(FRONT_RESTART_MAX, 0.5 * 2**restarts)
+            restarts += 1
+            log.error("event=front_died restart_in=%.1f restarts=%d", delay, restarts)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await front.start()
+                log.info("event=front_restarted pid=%s restarts=%d", front.pid, restarts)
+            except FrontError as exc:
+                log.error("event=front_restart_failed error=%s", exc)
+
+    async def front_worker_state(self, index: int, up: bool) -> None:
+        """Tell the front at once that worker `index` is ready or gone, rather than letting
+        its next OPTIONS probe find out (up to 2 s of INVITEs to a dead worker, or 503s while
+        a new one waits for its first probe)."""
+        if self.front is None or not self.front.running:
+            return
+        slot = next((s for s in worker_slots(self.config) if s.index == index), None)
+        if slot is None:
+            return
+        try:
+            await self.front.rpc.set_worker(worker_uri(slot), up)
+        except FrontRpcError as exc:
+            log.warning("event=front_worker_state_failed worker=%d up=%s error=%s", index, up, exc)
+
+    async def _drain_front(self) -> None:
+        """New INVITEs get 503 at the front at once; in-dialog requests keep passing."""
+        if self.front is not None and self.front.running:
+            try:
+                await self.front.rpc.drain()
+            except FrontRpcError as exc:
+                log.warning("event=front_drain_failed error=%s", exc)
+
+    async def _stop_front(self) -> None:
+        """After the workers: their last BYEs and unREGISTERs went out through it."""
+        if self.front is not None:
+            await self.front.stop()
+            self.front.close()
+
+    async def front_health(self) -> FrontHealth | None:
+        """The front's state for /health and /metrics; None without a front."""
+        mode = self.config.sip.front.mode
+        if mode == "none":
+            return None
+        if self.front is None or not self.front.running:
+            return FrontHealth(mode=mode, up=mode == "external")
+        return await self.front.rpc.health(mode)
 
     async def _flush_outbox(self, timeout: float) -> None:
         """Give the publisher a moment to deliver the last events; what it cannot deliver
