@@ -33,6 +33,7 @@ from gateway.api.models import Health, Version
 from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
 from gateway.events.schema import CommandError
+from gateway.front.health import prometheus
 from gateway.metrics import NodeSnapshot, render
 from gateway.node.operations import MAX_REQUEST_BYTES
 
@@ -261,6 +262,23 @@ def _health(node: ApiNode) -> tuple[dict[str, str], list[str]]:
     return checks, reasons
 
 
+async def _front_health(node: ApiNode, checks: dict[str, str], reasons: list[str]) -> None:
+    """The SIP front's part of /health: down is unhealthy (nothing reaches the workers); how
+    many workers it dispatches to is reported. An external front is the operator's to watch."""
+    front = await node.front_health()
+    if front is None:
+        return
+    if front.mode == "external":
+        checks["sip_front"] = "external"
+        return
+    checks["sip_front"] = "ok" if front.up else "down"
+    if not front.up:
+        reasons.append("SIP front is down")
+        return
+    active = sum(1 for w in front.workers if w.active)
+    checks["sip_front_workers"] = f"{active}/{len(front.workers)} active"
+
+
 def _install_operations(app: FastAPI) -> None:
     node: ApiNode = app.state.node
 
@@ -273,6 +291,7 @@ def _install_operations(app: FastAPI) -> None:
     )
     async def health() -> Response:
         checks, reasons = _health(node)
+        await _front_health(node, checks, reasons)
         body = Health(status="unhealthy" if reasons else "ok", checks=checks, reasons=reasons)
         return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
 
@@ -285,6 +304,7 @@ def _install_operations(app: FastAPI) -> None:
     )
     async def readiness() -> Response:
         checks, reasons = _health(node)
+        await _front_health(node, checks, reasons)
         if node.draining:
             reasons.insert(0, "node is draining")
         if not node.worker.ready.is_set():
@@ -314,6 +334,9 @@ def _install_operations(app: FastAPI) -> None:
     )
     async def metrics() -> Response:
         text = render(snapshot(node), node.metrics)
+        front = await node.front_health()
+        if front is not None and front.mode == "embedded":
+            text += prometheus(front)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

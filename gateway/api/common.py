@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
 from gateway.events.publisher import Publisher
 from gateway.events.schema import iso_z
+from gateway.front.health import FrontHealth
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
 from gateway.node.operations import PATTERN_HINTS
@@ -52,6 +53,8 @@ class ApiNode(Protocol):
     def worker(self) -> WorkerView: ...
 
     async def command(self, name: str, args: dict[str, Any]) -> Any: ...
+
+    async def front_health(self) -> FrontHealth | None: ...
 
 
 def node_of(request: Request) -> ApiNode:

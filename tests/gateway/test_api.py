@@ -30,6 +30,7 @@ from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
 from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
+from gateway.front.health import FrontHealth, FrontWorker
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
 from gateway.node.operations import (
@@ -129,9 +130,13 @@ class FakeNode:
         self.metrics = NodeMetrics()
         self.draining = False
         self.started_at = time.time()
+        self.front: FrontHealth | None = None
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         return await run_operation(self, name, args)  # type: ignore[arg-type]
+
+    async def front_health(self) -> FrontHealth | None:
+        return self.front
 
     def event(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:
         self.ledger.record(kind, call_id, data, time.time())
@@ -1045,3 +1050,22 @@ def test_cli_call_and_calls_print_tables_or_json(
     assert main(["calls", "--api-key", "wrong"]) == 1
     assert "HTTP 401: unauthorized" in capsys.readouterr().err
     assert main(["call", "--to", "+15551234567", "--agent", "echo", "--var", "novalue"]) == 2
+
+
+def test_health_and_metrics_report_the_sip_front(client: TestClient, node: FakeNode) -> None:
+    worker = FrontWorker("sip:127.0.0.1:5160", "worker-1", active=True, probing=True, calls=2)
+    node.front = FrontHealth("embedded", True, [worker], {"script:front_flood_dropped": 7})
+    health = client.get("/health").json()
+    assert health["checks"]["sip_front"] == "ok"
+    assert health["checks"]["sip_front_workers"] == "1/1 active"
+    text = client.get("/metrics").text
+    assert "sipedge_front_up 1" in text and "sipedge_front_flood_dropped_total 7" in text
+    assert 'sipedge_front_worker_calls{worker="1"} 2' in text
+    node.front = FrontHealth("embedded", False)
+    down = client.get("/health")
+    assert down.status_code == 503 and "SIP front is down" in down.json()["reasons"]
+    assert client.get("/readiness").status_code == 503
+    assert "sipedge_front_up 0" in client.get("/metrics").text
+    node.front = FrontHealth("external", True)
+    assert client.get("/health").json()["checks"]["sip_front"] == "external"
+    assert "sipedge_front_up" not in client.get("/metrics").text
