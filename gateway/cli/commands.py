@@ -39,6 +39,37 @@ def _run(args: argparse.Namespace) -> int:
     return run_node(config, args.config)
 
 
+def _front_config(args: argparse.Namespace) -> int:
+    """The SIP front's Kamailio files for an operator who runs Kamailio (sip.front external)."""
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from gateway.config import worker_slots
+    from gateway.front.render import FrontPaths, render
+
+    if config.sip.front.mode == "none":
+        print(f"{args.file}: sip.front.mode is none: this node has no SIP front", file=sys.stderr)
+        return 2
+    paths = FrontPaths(Path(args.out or args.dir).resolve())
+    files = render(config, worker_slots(config), paths, args.front_log_level)
+    if args.out is None:
+        print(files.kamailio_cfg, end="")
+        print(f"# dispatcher.list ({paths.dispatcher_list}): `--out {args.dir}` writes it",
+              file=sys.stderr)  # fmt: skip
+        return 0
+    paths.directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.by_name().items():
+        (paths.directory / name).write_text(text)
+        print(paths.directory / name)
+    print(f"run: kamailio -DD -E -f {paths.config}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sipedge", description="SIP edge gateway for voice AI")
     parser.add_argument("--version", action="version", version=f"sipedge {__version__}")
@@ -56,6 +87,26 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a node")
     run.add_argument("--config", required=True)
     run.set_defaults(func=_run)
+    front = sub.add_parser(
+        "front-config",
+        help="print the SIP front's Kamailio config (for sip.front.mode external)",
+    )
+    front.add_argument("file", help="the node's config file")
+    front.add_argument(
+        "--dir",
+        default="/etc/kamailio/sipedge",
+        help="where Kamailio will find dispatcher.list and put its control socket "
+        "(default %(default)s)",
+    )
+    front.add_argument("--out", help="write kamailio.cfg and dispatcher.list into this directory")
+    front.add_argument(
+        "--front-log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="Kamailio's log level, as a sipedge level (default %(default)s)",
+    )
+    front.set_defaults(func=_front_config)
     from gateway.cli.client import add_commands
 
     add_commands(sub)

@@ -1,0 +1,65 @@
+"""`sipedge front-config FILE`: the front's Kamailio files for an operator who runs Kamailio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+
+CONFIG = """\
+sip: {listen: 192.0.2.10, port: 5060, front: {mode: external}}
+node: {workers: 2}
+trunks:
+  - id: carrier
+    register: true
+    registrar: sip:registrar.example.com
+    username: "4420700000"
+    password: ${FRONT_TEST_PASSWORD}
+    allowed_ips: [198.51.100.0/24]
+numbers:
+  - {number: "+15550100", agent: echo}
+agents:
+  - {id: echo, type: echo}
+"""
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("FRONT_TEST_PASSWORD", "supersecret")
+    path = tmp_path / "node.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_front_config_prints_the_kamailio_config_without_secrets(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["front-config", str(config_file), "--dir", "/etc/kamailio/edge"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("#!KAMAILIO")
+    assert 'modparam("dispatcher", "list_file", "/etc/kamailio/edge/dispatcher.list")' in out
+    assert 'is_in_subnet("$si", "198.51.100.0/24")' in out
+    assert "supersecret" not in out + err and "4420700000" not in out
+    assert "--out /etc/kamailio/edge" in err
+
+
+def test_front_config_out_writes_both_files(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_dir = tmp_path / "front"
+    assert main(["front-config", str(config_file), "--out", str(out_dir)]) == 0
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["dispatcher.list", "kamailio.cfg"]
+    assert "duid=worker-2" in (out_dir / "dispatcher.list").read_text()
+    assert str(out_dir / "kamailio.cfg") in capsys.readouterr().out
+
+
+def test_front_config_of_a_node_without_a_front_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "plain.yaml"
+    path.write_text("agents: [{id: echo, type: echo}]\n")
+    assert main(["front-config", str(path)]) == 2
+    assert "sip.front.mode is none" in capsys.readouterr().err
