@@ -3,6 +3,7 @@ never ACK, send no RTP, flood, or read exactly what the node put in a BYE."""
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -37,6 +38,15 @@ class SipMessage:
     def header(self, name: str) -> str:
         return header(self.text, name)
 
+    def record_route(self) -> list[str]:
+        """Every Record-Route entry, top first (a proxy such as the SIP front adds them)."""
+        entries: list[str] = []
+        for line in self.text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "record-route":
+                entries += [e.strip() for e in re.findall(r"<[^>]*>[^,]*", value)]
+        return entries
+
 
 @dataclass
 class Dialog:
@@ -46,6 +56,7 @@ class Dialog:
     to: str
     ruri: str
     to_header: str = ""  # with the tag, once a final answer came
+    route_set: list[str] = field(default_factory=list)  # from the 2xx's Record-Route
     received: list[SipMessage] = field(default_factory=list)
 
 
@@ -138,6 +149,8 @@ class RawUac:
             dialog.received.append(message)
             if message.status >= 200:
                 dialog.to_header = message.header("to")
+                if message.status < 300:
+                    dialog.route_set = list(reversed(message.record_route()))
                 return message
 
     def wait_request(self, method: str, dialog: Dialog, timeout: float = 15.0) -> SipMessage:
@@ -154,8 +167,9 @@ class RawUac:
         )  # a non-2xx ACK is part of the INVITE transaction; a 2xx ACK is its own
         contact = final.header("contact").strip("<>").split(">", 1)[0] or dialog.ruri
         target = dialog.ruri if final.status >= 300 else contact
+        routes = "" if final.status >= 300 else _routes(dialog)
         self.send(
-            f"ACK {target} SIP/2.0\r\n"
+            f"ACK {target} SIP/2.0\r\n{routes}"
             f"Via: SIP/2.0/UDP {self.host}:{self.port};branch={branch};rport\r\n"
             f"From: <sip:+15557770000@{self.host}>;tag={dialog.from_tag}\r\n"
             f"To: {dialog.to_header}\r\nCall-ID: {dialog.call_id}\r\nCSeq: 1 ACK\r\n"
@@ -175,7 +189,7 @@ class RawUac:
     def bye(self, dialog: Dialog, final: SipMessage) -> None:
         contact = final.header("contact").strip("<>").split(">", 1)[0]
         self.send(
-            f"BYE {contact} SIP/2.0\r\n"
+            f"BYE {contact} SIP/2.0\r\n{_routes(dialog)}"
             f"Via: SIP/2.0/UDP {self.host}:{self.port};"
             f"branch=z9hG4bK{uuid.uuid4().hex[:16]};rport\r\n"
             f"From: <sip:+15557770000@{self.host}>;tag={dialog.from_tag}\r\n"
@@ -190,3 +204,8 @@ class RawUac:
             if line.split(":", 1)[0].strip().lower() in ("via", "from", "to", "call-id", "cseq"):
                 lines.append(line)
         self.send("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n")
+
+
+def _routes(dialog: Dialog) -> str:
+    """The Route header lines of an in-dialog request (none without a Record-Route)."""
+    return "".join(f"Route: {entry}\r\n" for entry in dialog.route_set)
