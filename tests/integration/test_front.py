@@ -5,6 +5,7 @@ strangers, floods) so the worker never sees it."""
 from __future__ import annotations
 
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -19,9 +20,10 @@ import pytest
 from gateway.config import parse_config, worker_slots
 from gateway.front.process import find_kamailio
 from gateway.front.render import FrontPaths, render
-from tests.integration.node import NodeProcess, base_config
-from tests.integration.peers import free_port
-from tests.integration.rawsip import RawUac
+from tests.integration.mqtt_watch import MqttWatch
+from tests.integration.node import NodeProcess, base_config, trunk_to
+from tests.integration.peers import Kamailio, free_port
+from tests.integration.rawsip import RawUac, SipMessage
 from tests.integration.test_robustness import call_row
 
 pytestmark = pytest.mark.integration
@@ -209,3 +211,59 @@ def test_a_flooding_source_is_dropped_at_the_front_while_another_is_answered(
         health = httpx.get(f"http://{HOST}:{api_port}/health", timeout=5).json()
         assert health["checks"]["sip_front"] == "ok"
         assert health["checks"]["sip_front_workers"] == "1/1 active"
+
+
+def test_registration_and_calls_for_the_aor_go_through_the_front(tmp_path: Path) -> None:
+    """REGISTER leaves through the front with the front's address in Contact, so the
+    registrar's INVITEs for the AOR come to the front, which dispatches them."""
+    kam = Kamailio(users={"alice": "secret"}, workdir=tmp_path / "kam").start()
+    try:
+        trunks = [{"id": "carrier", "register": True, "registrar": f"sip:{HOST}:{kam.port}",
+                   "username": "alice", "password": "${ALICE_PW}", "expires": 60,
+                   "allowed_ips": ["127.0.0.0/8"]}]  # fmt: skip
+        config = front_config(tmp_path, trunks=trunks)
+        db = config["storage"]["path"]
+        node = NodeProcess(tmp_path, config, env={"ALICE_PW": "secret"})
+        with node, MqttWatch(node.mqtt_port) as mq:
+            mq.wait(
+                lambda: (mq.retained("/trunks/carrier/state") or {}).get("state") == "registered",
+                what="trunk registered through the front",
+            )
+            with RawUac(kam.port) as caller:  # to the registrar, for alice's AOR
+                dialog = caller.invite(to="+15550100", ruri_user="alice")
+                final = caller.wait_final(dialog)
+                assert final.status == 200, final.first_line
+                caller.ack(dialog, final)
+                assert any(f"{HOST}:{node.sip_port}" in rr for rr in dialog.route_set)
+                wait_answered(db, dialog.call_id)
+                caller.bye(dialog, final)
+            assert call_row(db, dialog.call_id)["trunk"] == "carrier"
+    finally:
+        kam.stop()
+
+
+def test_outbound_calls_leave_from_the_fronts_address(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as carrier:
+        carrier.bind((HOST, 0))
+        carrier.settimeout(10)
+        port = carrier.getsockname()[1]
+        config = front_config(tmp_path, trunks=trunk_to(port))
+        db = config["storage"]["path"]
+        with NodeProcess(tmp_path, config) as node, MqttWatch(node.mqtt_port) as mq:
+            reply = mq.command("call.originate", {"to": "+15551230000", "agent": "echo"})
+            data, source = carrier.recvfrom(65535)
+            invite = SipMessage(data.decode())
+            assert invite.method == "INVITE"
+            assert source == (HOST, node.sip_port)  # the carrier sees the front, not a worker
+            assert invite.header("via").startswith(f"SIP/2.0/UDP {HOST}:{node.sip_port};")
+            assert invite.header("record-route")  # in-dialog requests come back the same way
+            busy = ["SIP/2.0 486 Busy Here"] + [
+                line
+                for line in invite.text.split("\r\n\r\n")[0].split("\r\n")[1:]
+                if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
+            ]
+            carrier.sendto(("\r\n".join(busy) + "\r\nContent-Length: 0\r\n\r\n").encode(), source)
+            call_id = reply["data"]["id"]
+            failed = mq.wait_event("call.failed", call_id)
+            assert failed["data"]["sip_code"] == 486
+            assert call_row(db, invite.header("call-id"))["end_reason"] == "busy"
