@@ -92,9 +92,10 @@ def front_limits(config: Config) -> FrontLimits:
         rate_window=window,
         source_invites=max(1, math.ceil(rate * window)),
         worker_invites=max(1, math.ceil(config.sip.front.worker_invites_per_second * window)),
-        # INVITE, ACK and BYE of each call at the INVITE rate, over pike's 2 s unit (pike
-        # blocks a source somewhere between this and 3 times it: a flood, not a busy trunk).
-        pike_density=max(30, math.ceil(3 * 2 * max(rate, burst / 2))),
+        # Twice what a source at its INVITE rate sends (INVITE, ACK and BYE of each call)
+        # over pike's 2 s unit: a flood, not a busy trunk (pike blocks a source somewhere
+        # between this and 3 times it, and then drops all it sends until it calms down).
+        pike_density=max(30, math.ceil(2 * 3 * 2 * max(rate, burst / 2))),
         worker_calls=min(CALLS_PER_WORKER, limits.max_concurrent_calls),
         setup_expire=math.ceil(ring + connect + limits.ack_timeout + limits.ring_timeout) + 10,
         call_expire=limits.max_call_duration + 60,
@@ -114,7 +115,6 @@ def render(
         "CHILDREN": "2",
         "TCP": _tcp(config),
         "SERVER": _quoted(sip.user_agent),
-        "MAX_WORKERS": str(max(len(slots), 1) + 1),
         "PUBLIC_LISTEN": "\n".join(_public_listen(config)),
         "INNER_SOCKET": inner_socket,
         "INNER_HOST": hostport(inner_host, inner_port),

@@ -177,7 +177,7 @@ def test_a_flooding_source_is_dropped_at_the_front_while_another_is_answered(
         worker = re.findall(r"event=worker_ready worker=1 pid=(\d+)", node.log())
         result: dict[str, Any] = {}
         flood = threading.Thread(
-            target=lambda: result.update(flood=blast("127.0.0.7", node.sip_port, 300, 4.0))
+            target=lambda: result.update(flood=blast("127.0.0.7", node.sip_port, 300, 6.0))
         )
         flood.start()
         answered = []
@@ -193,10 +193,10 @@ def test_a_flooding_source_is_dropped_at_the_front_while_another_is_answered(
                 time.sleep(max(0.0, began + 0.25 - time.monotonic()))
         flood.join()
         sent, finals = result["flood"]
-        assert sent >= 1000
+        assert sent >= 1500
         # Most of the flood got no answer at all: pike dropped it once the source was hot.
         # What got through was rate-limited (503) or held at most 2 calls awaiting ACK.
-        assert sum(finals.values()) < sent / 4, finals
+        assert sum(finals.values()) < sent / 2, finals
         assert finals[200] <= 4, finals
         assert len(answered) >= 3  # every call of the other source went through (call asserts)
         for call_id in answered:
