@@ -8,9 +8,12 @@ it answers an OPTIONS on the public SIP port; its log lines become the node's (l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -84,6 +87,7 @@ class FrontProcess:
         self.stopping = False
         self.started_in: float | None = None  # seconds from spawn to the first answer
         self._reader: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._tail: list[str] = []
 
     @property
@@ -120,6 +124,7 @@ class FrontProcess:
             process_group=0,
         )
         self._reader = asyncio.create_task(self._read_log(self.proc))
+        self._watcher = asyncio.create_task(self._watch(self.proc))
         deadline = began + self.start_timeout
         while time.monotonic() < deadline and not self.exited.is_set():
             if await asyncio.to_thread(self._answers_options):
@@ -160,19 +165,29 @@ class FrontProcess:
 
     async def _read_log(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
-        try:
-            while line := await proc.stderr.readline():
-                text = line.decode(errors="replace").rstrip()
-                if not text:
-                    continue
-                self._tail = [*self._tail[-40:], text]
-                level, message = log_line(text)
-                log.log(level, "%s", message)
-        finally:
-            code = await proc.wait()
-            if not self.stopping:
-                log.error("event=front_exited pid=%d code=%s", proc.pid, code)
-            self.exited.set()
+        while line := await proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            if not text:
+                continue
+            self._tail = [*self._tail[-40:], text]
+            level, message = log_line(text)
+            log.log(level, "%s", message)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        # Not proc.wait(): before Python 3.12 it also waits for the log pipe to close, which
+        # Kamailio's children keep open when the main process was killed.
+        await process_exit(proc.pid)
+        # Those children outlive it, holding the SIP ports: end the rest of its process
+        # group, ours (started with process_group=0).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        code = await proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 2.0)  # its last lines
+        if not self.stopping:
+            log.error("event=front_exited pid=%d code=%s", proc.pid, code)
+        self.exited.set()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM (Kamailio's main process ends its children), SIGKILL after `timeout`."""
@@ -192,6 +207,27 @@ class FrontProcess:
 
     def close(self) -> None:
         self._dir.cleanup()
+
+
+async def process_exit(pid: int) -> None:
+    """Until process `pid` has ended (a pidfd becomes readable then; Linux 5.3+)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ended.done():
+            ended.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 def options_request(host: str, port: int, local_port: int, transport: str) -> bytes:

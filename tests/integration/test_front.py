@@ -4,7 +4,9 @@ strangers, floods) so the worker never sees it."""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -267,3 +269,56 @@ def test_outbound_calls_leave_from_the_fronts_address(tmp_path: Path) -> None:
             failed = mq.wait_event("call.failed", call_id)
             assert failed["data"]["sip_code"] == 486
             assert call_row(db, invite.header("call-id"))["end_reason"] == "busy"
+
+
+def kamailio_pids(node: NodeProcess) -> list[int]:
+    """The front's main process: the node's child running kamailio."""
+    assert node.proc is not None
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+    main = [int(c) for c in children if b"kamailio" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return main
+
+
+def test_a_killed_front_is_restarted_and_a_call_in_progress_still_ends(tmp_path: Path) -> None:
+    config = front_config(tmp_path)
+    db = config["storage"]["path"]
+    with NodeProcess(tmp_path, config, log_level="INFO") as node, RawUac(node.sip_port) as uac:
+        dialog, final = uac.call()
+        wait_answered(db, dialog.call_id)
+        [front] = kamailio_pids(node)
+        os.kill(front, signal.SIGKILL)
+        node.wait_log("event=front_restarted", timeout=20)
+        [again] = kamailio_pids(node)
+        assert again != front
+        # The BYE finds its way by the Record-Route set it carries, not by the front's state.
+        uac.bye(dialog, final)
+        row = call_row(db, dialog.call_id)
+        assert (row["end_reason"], row["hangup_by"]) == ("normal", "caller")
+        next_call, next_ok = uac.call()
+        wait_answered(db, next_call.call_id)
+        uac.bye(next_call, next_ok)
+        assert "event=front_died" in node.log() and "worker_died" not in node.log()
+
+
+def test_sigterm_makes_the_front_refuse_new_calls_while_the_worker_drains(tmp_path: Path) -> None:
+    config = front_config(tmp_path, node={"id": "test-node", "drain_timeout": 3})
+    db = config["storage"]["path"]
+    node = NodeProcess(tmp_path, config, log_level="INFO").start()
+    try:
+        with RawUac(node.sip_port) as uac:
+            dialog, final = uac.call()
+            wait_answered(db, dialog.call_id)
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGTERM)
+            node.wait_log("event=draining")
+            refused = uac.invite()
+            answer = uac.wait_final(refused)
+            uac.ack(refused, answer)
+            assert answer.status == 503 and answer.header("retry-after") == "5"
+            node.wait_log("reason=draining")
+            uac.bye(dialog, final)  # in-dialog requests still reach the worker
+            assert call_row(db, dialog.call_id)["end_reason"] == "normal"
+            assert node.proc.wait(30) == 0
+    finally:
+        node.stop()
+    assert "event=front_stopped" in node.log()
