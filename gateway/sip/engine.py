@@ -26,7 +26,7 @@ from gateway.session.contract import CallControls, MediaSession, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
-from gateway.sip.executor import SipExecutor
+from gateway.sip.executor import DatagramWaker, SipExecutor
 from gateway.sip.ioqueue import IoQueueGauge, media_ioqueue
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
@@ -105,6 +105,7 @@ class SipEngine:
         self._executor = SipExecutor(on_timer_error=(pj.Error, SipedgeError))
         self.submit = self._executor.submit
         self.schedule = self._executor.schedule
+        self._waker: DatagramWaker | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -152,6 +153,10 @@ class SipEngine:
             sip.listen, sip.port, self.ep.libHandleEvents
         )
         self.engine_limit = probe_call_limit(self.ep, sip.listen)
+        if "udp" in sip.transports:
+            # An idle SIP thread sleeps in its poll until work comes (not 100 times a second).
+            self._waker = DatagramWaker(sip.listen, sip.port)
+            self._executor.set_waker(self._waker)
         # At the compiled limit pjsua itself answers 486 Busy Here (the wrong signal to a
         # carrier). The request gate answers 503 + Retry-After before pjsua sees the INVITE,
         # so every slot can carry a call; without the gate one slot stays free for refusing.
@@ -174,7 +179,7 @@ class SipEngine:
 
     def _loop(self) -> None:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
-            self.ep.libHandleEvents(self._executor.poll_ms())
+            self.ep.libHandleEvents(self._executor.begin_poll())
             self._executor.run_due()
             self._released.clear()  # husks: each C++ Call died in its DISCONNECTED callback
 
@@ -215,6 +220,9 @@ class SipEngine:
         self._released.clear()
         self.trunks.clear()
         del self.local_account
+        self._executor.set_waker(None)
+        if self._waker is not None:
+            self._waker.close()
         self.ep.libDestroy()
         log.info("event=sip_stopped")
 

@@ -65,6 +65,8 @@ class Worker:
         reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
         await asyncio.to_thread(self.engine.start)
         status = await self._on_sip(self.engine.status)
+        # What an idle worker costs grows with what it imported (bench/worker_idle.py).
+        log.info("event=sip_worker_ready modules=%d", len(sys.modules))
         self._send({"kind": "ready", "status": status})
         try:
             while not self.stopped.is_set():
