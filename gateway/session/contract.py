@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import Config
-from gateway.session.link import link_rate
 from media.agents.echo import EchoAgent
 
 NARROWBAND_HZ = 8000
@@ -36,8 +35,14 @@ def bridge_rate(config: Config) -> int:
     codecs = set(config.sip.codecs).union(*(t.codecs or () for t in config.trunks))
     if codecs & WIDEBAND_CODECS:
         return WIDEBAND_HZ
-    rates = [link_rate(a.type, a.sample_rate) for a in config.agents if a.type != "echo"]
-    return max(rates, default=NARROWBAND_HZ)  # echo sessions run at the bridge's rate
+    streaming = [a for a in config.agents if a.type != "echo"]
+    if not streaming:
+        return NARROWBAND_HZ  # echo sessions run at the bridge's rate
+    # The wire adapters (and numpy, webrtcvad with them) only where an agent needs them: an
+    # echo-only worker does not import them at all.
+    from gateway.session.link import link_rate
+
+    return max(link_rate(a.type, a.sample_rate) for a in streaming)
 
 
 class MediaSession(Protocol):

@@ -12,14 +12,16 @@ import socket
 import sys
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Config, load_config, slot_config, worker_slots
 from gateway.errors import CallRefused, ConfigError
-from gateway.session.agent import AgentSession
 from gateway.session.factory import make_session_factory
 from gateway.sip.engine import OriginateRequest, SipEngine
 from gateway.worker.ipc import IpcError, encode, read_message
+
+if TYPE_CHECKING:
+    from gateway.session.agent import AgentSession
 
 log = logging.getLogger("sipedge.worker")
 
