@@ -105,7 +105,11 @@ class LocalAccount(pj.Account):  # type: ignore[misc]
 
 
 class TrunkAccount(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: AccountHooks, trunk: Trunk) -> None:
+    """One trunk in one worker. Every worker loads every trunk (inbound calls and dial-out),
+    but a registering trunk is registered by one worker of the node only (`register`; the
+    node picks it, and moves it with `start_registering` if that worker is lost)."""
+
+    def __init__(self, engine: AccountHooks, trunk: Trunk, register: bool = True) -> None:
         super().__init__()
         self.engine = engine
         self.trunk = trunk
@@ -113,13 +117,27 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
             trunk.id, trunk.registers, max_concurrent_calls=trunk.max_concurrent_calls
         )
         self.backoff = Backoff(trunk.retry_min, trunk.retry_max)
+        self.registering = False  # this worker sends the trunk's REGISTERs
         self.unregistering = False
         self.retry_timer: object | None = None
         self.caller_user = self._default_user()
         self.create(self._config(self.caller_user), False)
         if trunk.registers:
-            self._set("registering")
+            if register:
+                self.start_registering()
+            else:
+                self.state.state = "unregistered"  # by this worker: another one registers it
+
+    def start_registering(self) -> None:
+        """Register the trunk from this worker from now on (no-op if it does already)."""
+        if not self.trunk.registers or self.registering or self.unregistering:
+            return
+        self.registering = True
+        self._set("registering")
+        try:
             self.setRegistration(True)
+        except pj.Error as exc:  # retried with backoff, like a refused REGISTER
+            self.onRegState(_Failure(503, exc.reason))
 
     def _default_user(self) -> str:
         if self.trunk.registers and self.trunk.username:

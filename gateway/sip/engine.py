@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +83,17 @@ def reason_header(reason: EndReason) -> pj.SipHeader:
 
 
 class SipEngine:
-    def __init__(self, config: Config, emit: Emit, make_session: SessionFactory) -> None:
+    def __init__(
+        self,
+        config: Config,
+        emit: Emit,
+        make_session: SessionFactory,
+        registers: Collection[str] | None = None,
+    ) -> None:
         self.config = config
+        # The registering trunks this worker registers (None: all). A node with many workers
+        # has each trunk registered by one of them; the others load it without registering.
+        self._registers = None if registers is None else frozenset(registers)
         self._emit = emit
         self.make_session = make_session
         self.capacity = 0  # effective concurrent calls, known after start()
@@ -172,7 +181,8 @@ class SipEngine:
         )
         self.local_account = LocalAccount(self)
         for trunk in self.config.trunks:
-            self.trunks[trunk.id] = TrunkAccount(self, trunk)
+            register = self._registers is None or trunk.id in self._registers
+            self.trunks[trunk.id] = TrunkAccount(self, trunk, register=register)
             if not trunk.registers:
                 self.on_trunk_state(self.trunks[trunk.id].state)
         self.schedule(RECONCILE_S, self._reconcile)
@@ -233,6 +243,16 @@ class SipEngine:
             self._emit(kind, record.id if record else None, data)
         except Exception:  # the engine must keep running whatever a listener does
             log.exception("event=emit_failed type=%s", kind)
+
+    def register(self, trunk_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        """SIP thread: register these trunks from this worker from now on (the worker that
+        registered them was lost); their states as they are now."""
+        unknown = sorted(set(trunk_ids) - set(self.trunks))
+        if unknown:
+            raise CallRefused("unknown_trunk", f"trunk {unknown[0]!r} is not configured")
+        for trunk_id in trunk_ids:
+            self.trunks[trunk_id].start_registering()
+        return {tid: self.trunks[tid].state.as_dict() for tid in trunk_ids}
 
     def on_trunk_state(self, state: TrunkState) -> None:
         self.emit("trunk.state", None, state.as_dict())
