@@ -101,6 +101,17 @@ def _direction(kind: str) -> str:
 
 
 @dataclass(frozen=True)
+class WorkerGauge:
+    """One SIP worker, for one scrape."""
+
+    index: int
+    running: bool
+    active_calls: int
+    capacity: int
+    restarts: int
+
+
+@dataclass(frozen=True)
 class NodeSnapshot:
     """What the node looks like right now, for one scrape."""
 
@@ -114,6 +125,7 @@ class NodeSnapshot:
     outbox_backlog: int
     mqtt_connected: bool
     trunks: Mapping[str, Mapping[str, Any]]  # trunk id -> last state
+    workers: tuple[WorkerGauge, ...] = ()
 
 
 def _labels(**labels: str) -> str:
@@ -139,7 +151,7 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
     out += _metric(
         "sipedge_up",
         "gauge",
-        "1 while the SIP worker is running.",
+        "1 while a SIP worker is running.",
         [f"sipedge_up {int(snap.worker_up)}"],
     )
     out += _metric(
@@ -167,6 +179,7 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
             "Concurrent calls the node can hold.",
             [f"sipedge_call_capacity {snap.capacity}"],
         )
+    out += _worker_metrics(snap.workers)
     out += _metric(
         "sipedge_calls_total", "counter",
         "Ended calls by direction and result (completed, or the failure reason).",
@@ -229,6 +242,25 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
         _histogram_samples("sipedge_media_latency_milliseconds", metrics.latency),
     )
     return "\n".join(out) + "\n"
+
+
+def _worker_metrics(workers: Iterable[WorkerGauge]) -> list[str]:
+    def samples(value: Any) -> list[str]:
+        return [f"{_labels(worker=str(w.index))} {value(w)}" for w in workers]
+
+    out: list[str] = []
+    for name, kind, help_text, value in (
+        ("sipedge_worker_up", "gauge", "1 while the SIP worker is running.",
+         lambda w: int(w.running)),
+        ("sipedge_worker_active_calls", "gauge", "Calls the SIP worker holds.",
+         lambda w: w.active_calls),
+        ("sipedge_worker_call_capacity", "gauge", "Calls the SIP worker can hold at once.",
+         lambda w: w.capacity),
+        ("sipedge_worker_restarts_total", "counter",
+         "Times the node restarted the SIP worker after it died.", lambda w: w.restarts),
+    ):  # fmt: skip
+        out += _metric(name, kind, help_text, [name + s for s in samples(value)])
+    return out
 
 
 def _histogram_samples(name: str, hists: Mapping[tuple[str, str], Histogram]) -> list[str]:

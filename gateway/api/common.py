@@ -22,6 +22,7 @@ from gateway.events.schema import iso_z
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
 from gateway.node.operations import PATTERN_HINTS
+from gateway.node.placement import WorkerState
 from gateway.store.sqlite import Store
 
 T = TypeVar("T")
@@ -31,10 +32,14 @@ MAX_PAGE = 1_000_000  # keeps (page - 1) * per_page far inside SQLite's 64-bit i
 DEFAULT_PER_PAGE = 20
 
 
-class WorkerView(Protocol):
-    status: dict[str, Any]
-    ready: asyncio.Event
-    exited: asyncio.Event
+class WorkersView(Protocol):
+    """The node's SIP workers as the API reports them (gateway/node/pool.py)."""
+
+    ready: asyncio.Event  # every worker has started once: the trunks are loaded
+
+    def states(self) -> Sequence[WorkerState]: ...
+
+    def trunk_status(self) -> dict[str, dict[str, Any]]: ...
 
 
 class ApiNode(Protocol):
@@ -49,7 +54,7 @@ class ApiNode(Protocol):
     started_at: float
 
     @property
-    def worker(self) -> WorkerView: ...
+    def workers(self) -> WorkersView: ...
 
     async def command(self, name: str, args: dict[str, Any]) -> Any: ...
 
@@ -62,7 +67,7 @@ def node_of(request: Request) -> ApiNode:
 def trunk_states(node: ApiNode) -> dict[str, dict[str, Any]]:
     """Each configured trunk's last known state: the worker's start status, then its events;
     active calls counted now (trunk state events only come with registration changes)."""
-    initial = node.worker.status.get("trunks") or {}
+    initial = node.workers.trunk_status()
     active: dict[str, int] = {}
     for record in node.store.open_calls():
         if record.id in node.ledger.active and record.trunk:

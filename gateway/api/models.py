@@ -183,6 +183,24 @@ class Health(_Response):
     reasons: list[str] = Field(default_factory=list)
 
 
+class WorkerHealth(_Response):
+    worker: int = Field(description="1-based, as in logs and metrics")
+    state: Literal["starting", "running", "restarting", "stopped"]
+    pid: int | None
+    active_calls: int
+    capacity: int = Field(description="calls it holds at once (0 until it is ready)")
+    free_slots: int
+    restarts: int = Field(description="times the node restarted it since the node started")
+    trunks: list[str] = Field(description="trunks it registers (or reports the state of)")
+
+
+class NodeHealth(Health):
+    active_calls: int = 0
+    capacity: int = Field(0, description="calls the running workers hold at once, within "
+                          "limits.max_concurrent_calls")  # fmt: skip
+    workers: list[WorkerHealth] = Field(default_factory=list)
+
+
 class Version(_Response):
     version: str
     node: str

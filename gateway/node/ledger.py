@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -213,14 +213,16 @@ class Ledger:
         reason: str,
         alive_until: float | None = None,
         keep: set[str] | frozenset[str] = frozenset(),
+        only: Collection[str] | None = None,
     ) -> int:
-        """End every open call except `keep`: after a worker crash or a node killed mid-call,
-        those calls are gone on the SIP side, and the control plane must hear that they ended.
+        """End every open call except `keep` (of those in `only`, if given: the calls of one
+        worker): after a worker crash or a node killed mid-call, those calls are gone on the
+        SIP side, and the control plane must hear that they ended.
         A call ends at the last moment it is known to have been alive: `alive_until` (when the
         worker was seen to die, or the node's last heartbeat), never before its last event."""
         closed = 0
         for record in self.store.open_calls():
-            if record.id in keep:
+            if record.id in keep or (only is not None and record.id not in only):
                 continue
             events = self.store.call_events(record.id)
             last = events[-1].ts.timestamp() if events else record.created_at.timestamp()

@@ -7,11 +7,13 @@ import itertools
 import logging
 import socket
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.errors import detail, refusal_code
 from gateway.events.schema import CommandError
+from gateway.node.placement import WorkerPhase
 from gateway.worker.ipc import IpcError, encode, read_message
 
 log = logging.getLogger("sipedge.node")
@@ -20,21 +22,33 @@ WORKER_START_TIMEOUT = 30.0
 REQUEST_TIMEOUT = 15.0
 
 
-class LinkOwner(Protocol):
-    """What a link needs of the node (`supervisor.Node`), without importing it (a circle)."""
+class WorkerRefused(CommandError):
+    """The worker refused a request; `reason` is its own (capacity_exceeded, call_not_found,
+    draining, ...), `code` the API's code for it."""
 
-    @property
-    def config_path(self) -> Path: ...
-
-    def on_worker_event(self, message: dict[str, Any]) -> None: ...
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(refusal_code(reason), message,
+                         [detail(message, type=reason or "internal_error")])  # fmt: skip
+        self.reason = reason
 
 
 class WorkerLink:
-    """The supervisor's end of one SIP worker process."""
+    """The supervisor's end of one SIP worker process (worker `index` of the node, 1-based).
 
-    def __init__(self, node: LinkOwner, index: int) -> None:
-        self.node = node
+    `on_event(link, message)` gets every event the worker sends, in order; `registers` are
+    the trunks it registers from its start."""
+
+    def __init__(
+        self,
+        index: int,
+        config_path: Path,
+        on_event: Callable[[WorkerLink, dict[str, Any]], None],
+        registers: Sequence[str] = (),
+    ) -> None:
         self.index = index
+        self.config_path = config_path
+        self.on_event = on_event
+        self.registers = list(registers)
         self.proc: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.status: dict[str, Any] = {}
@@ -44,6 +58,25 @@ class WorkerLink:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader_task: asyncio.Task[None] | None = None
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def phase(self) -> WorkerPhase:
+        if self.exited.is_set():
+            return "stopped"
+        return "running" if self.ready.is_set() else "starting"
+
+    @property
+    def running(self) -> bool:
+        return self.phase == "running"
+
+    @property
+    def capacity(self) -> int:
+        capacity = self.status.get("capacity")
+        return capacity if isinstance(capacity, int) else 0
+
     async def start(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [
@@ -51,11 +84,13 @@ class WorkerLink:
             "-m",
             "gateway.worker",
             "--config",
-            str(self.node.config_path),
+            str(self.config_path),
             "--fd",
             str(child.fileno()),
             "--slot",
             str(self.index),
+            "--registers",
+            ",".join(self.registers),
             "--log-level",
             logging.getLevelName(log.getEffectiveLevel()),
         ]
@@ -70,9 +105,10 @@ class WorkerLink:
         if self.exited.is_set():
             raise RuntimeError("SIP worker exited during start (see its log above)")
         log.info(
-            "event=worker_ready worker=%d pid=%d status=%s",
+            "event=worker_ready worker=%d pid=%d registers=%s status=%s",
             self.index,
             self.proc.pid,
+            ",".join(self.registers) or "-",
             {k: v for k, v in self.status.items() if k != "trunks"},
         )
 
@@ -88,7 +124,7 @@ class WorkerLink:
                     break
                 kind = message.get("kind")
                 if kind == "event":
-                    self.node.on_worker_event(message)
+                    self.on_event(self, message)
                 elif kind == "reply":
                     future = self._pending.pop(int(message["id"]), None)
                     if future is not None and not future.done():
@@ -126,9 +162,13 @@ class WorkerLink:
         if reply.get("ok"):
             return reply.get("result")
         error = reply.get("error") or {}
-        reason, message = str(error.get("code") or ""), str(error.get("message") or "failed")
-        raise CommandError(refusal_code(reason), message,
-                           [detail(message, type=reason or "internal_error")])  # fmt: skip
+        raise WorkerRefused(str(error.get("code") or ""), str(error.get("message") or "failed"))
+
+    async def kill(self) -> None:
+        """SIGKILL a worker that failed to start (it may hang), and wait for its end."""
+        if self.proc is not None and not self.exited.is_set():
+            self.proc.kill()
+            await self.exited.wait()
 
     async def stop(self, timeout: float) -> None:
         if self.proc is None or self.exited.is_set():

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 
 class WorkerRequests(Protocol):
+    """The node's SIP workers as one: an outbound call goes to the worker with the most free
+    slots, a call's command to the worker that owns it (gateway/node/pool.py)."""
+
     async def request(self, op: str, args: dict[str, Any] | None = None) -> Any: ...
 
 
@@ -45,7 +48,7 @@ class OperationsNode(Protocol):
     def store(self) -> Store: ...
 
     @property
-    def worker(self) -> WorkerRequests: ...
+    def workers(self) -> WorkerRequests: ...
 
 
 # --- limits on what a request may carry (HTTP bodies and MQTT command payloads alike) ------
@@ -196,7 +199,7 @@ async def originate(node: OperationsNode, args: Originate) -> dict[str, Any]:
             if claim.call_id and node.store.get_call(claim.call_id) is not None:
                 return {**call_view(node, claim.call_id), "replayed": True}
             call_id = claim.call_id or call_id
-    await node.worker.request(
+    await node.workers.request(
         "originate",
         {
             "to": args.to,
@@ -249,7 +252,7 @@ async def run_operation(node: OperationsNode, name: str, raw: dict[str, Any]) ->
     if isinstance(parsed, Originate):
         return await originate(node, parsed)
     if isinstance(parsed, Hangup):
-        await node.worker.request("hangup", {"call_id": parsed.call_id, "by": "control_plane"})
+        await node.workers.request("hangup", {"call_id": parsed.call_id, "by": "control_plane"})
         return {"id": parsed.call_id, "status": "hanging_up"}
     if isinstance(parsed, Transfer):
         target = parsed.target
@@ -258,11 +261,11 @@ async def run_operation(node: OperationsNode, name: str, raw: dict[str, Any]) ->
             trunk = node.config.trunk(record.trunk) if record and record.trunk else None
             host = (trunk.proxy or trunk.registrar or "") if trunk else ""
             target = f"sip:{target}@{host.split(':', 1)[1]}" if host else target
-        await node.worker.request("transfer", {"call_id": parsed.call_id, "target": target})
+        await node.workers.request("transfer", {"call_id": parsed.call_id, "target": target})
         return {"id": parsed.call_id, "target": target, "status": "requested"}
     if isinstance(parsed, SendDtmf):
         digits = parsed.digits
-        await node.worker.request("send_dtmf", {"call_id": parsed.call_id, "digits": digits})
+        await node.workers.request("send_dtmf", {"call_id": parsed.call_id, "digits": digits})
         return {"id": parsed.call_id, "digits": digits}
     raise AssertionError(f"no implementation of {name}")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 WorkerPhase = Literal["starting", "running", "restarting", "stopped"]
 
@@ -33,6 +33,19 @@ class WorkerState:
     @property
     def free_slots(self) -> int:
         return max(0, self.capacity - self.active_calls) if self.running else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the node's status (MQTT `status`) and /health list it."""
+        return {"worker": self.index, "state": self.phase, "pid": self.pid,
+                "active_calls": self.active_calls, "capacity": self.capacity,
+                "free_slots": self.free_slots, "restarts": self.restarts,
+                "trunks": list(self.trunks)}  # fmt: skip
+
+
+def node_capacity(workers: Iterable[WorkerState], limit: int) -> int:
+    """Calls the node holds at once: what its running workers hold, within `limit`
+    (limits.max_concurrent_calls)."""
+    return min(limit, sum(w.capacity for w in workers if w.running))
 
 
 def pick_worker(workers: Iterable[WorkerState], tried: Collection[int] = ()) -> int | None:
@@ -62,6 +75,9 @@ class CallOwners:
     def drop(self, call_id: str) -> None:
         self._worker.pop(call_id, None)
         self._trunk.pop(call_id, None)
+
+    def __len__(self) -> int:
+        return len(self._worker)
 
     def worker_of(self, call_id: str) -> int | None:
         return self._worker.get(call_id)

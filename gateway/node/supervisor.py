@@ -1,4 +1,5 @@
-"""The node process: config, store, MQTT, and the SIP worker process it supervises.
+"""The node process: config, store, MQTT, and the SIP worker processes it supervises
+(gateway/node/pool.py).
 
 SIGTERM/SIGINT drain the node: new calls get 503, active calls may finish for up to
 `node.drain_timeout` seconds, the rest are hung up, trunks unregister, and the process exits 0.
@@ -17,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from gateway import __version__
 from gateway.config import Config, capacity_warning, public_url, worker_count
 from gateway.events.publisher import BrokerConnection, Publisher
-from gateway.events.schema import CommandError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
-from gateway.node.link import WorkerLink
+from gateway.node.placement import node_capacity
+from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
 from gateway.store.sqlite import Store
 
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipedge.node")
 
-WORKER_RESTART_MAX = 30.0
 HEARTBEAT_S = 2.0
 
 
@@ -43,7 +43,9 @@ class Node:
         self.store = Store(config.storage.path, prefix=config.mqtt.prefix)
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
-        self.worker = WorkerLink(self, 1)
+        self.workers = WorkerPool(
+            config, self.config_path, self.on_worker_event, self._calls_lost, self._refresh_status
+        )
         self.metrics = NodeMetrics()
         self.api: ApiServer | None = None
         self.draining = False
@@ -60,6 +62,20 @@ class Node:
         if self.publisher is not None:
             self.publisher.publish_trunk_state(trunk, state)
 
+    def _refresh_status(self) -> None:
+        if self.publisher is not None:
+            self.publisher.refresh_status()
+
+    def _calls_lost(self, worker: int, call_ids: set[str]) -> int:
+        """A worker died: its calls are gone on the SIP side, and the control plane must hear
+        that they ended. The calls of the other workers go on."""
+        closed = self.ledger.close_orphans("worker_lost", alive_until=time.time(), only=call_ids)
+        self.ledger.active.difference_update(call_ids)
+        if not self.ledger.active:
+            self._idle.set()
+        self._refresh_status()
+        return closed
+
     def on_worker_event(self, message: dict[str, Any]) -> None:
         before = len(self.ledger.active)
         self.ledger.record(message["type"], message.get("call_id"), message["data"], message["ts"])
@@ -75,11 +91,15 @@ class Node:
         return {
             "version": __version__,
             "active_calls": len(self.ledger.active),
-            "capacity": self.worker.status.get("capacity"),
-            "engine_call_limit": self.worker.status.get("engine_call_limit"),
+            "capacity": self.capacity(),
+            "engine_call_limit": self.workers.engine_call_limit,
             "draining": self.draining,
             "uptime": round(time.time() - self.started_at, 1),
+            "workers": [w.as_dict() for w in self.workers.states()],
         }
+
+    def capacity(self) -> int:
+        return node_capacity(self.workers.states(), self.config.limits.max_concurrent_calls)
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         """One implementation of each operation, shared by MQTT commands and the HTTP API."""
@@ -118,23 +138,22 @@ class Node:
         # Calls a previous run left open (killed mid-call) ended with it, at its last heartbeat.
         self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
         self.store.beat(time.time())
-        await self.worker.start()
-        self._worker_started()
+        await self.workers.start()
+        self._workers_started()
 
-    def _worker_started(self) -> None:
-        """The worker knows the real capacity: publish it, and say when it is below the
+    def _workers_started(self) -> None:
+        """The workers know the real capacity: publish it, and say when it is below the
         configured limit."""
-        if self.publisher is not None:
-            self.publisher.refresh_status()
-        capacity = self.worker.status.get("capacity")
-        if isinstance(capacity, int) and capacity_warning(self.config, capacity):
+        self._refresh_status()
+        capacity = self.workers.capacity
+        if capacity_warning(self.config, capacity):
             log.warning(
                 "event=capacity_capped max_concurrent_calls=%d capacity=%d workers=%d "
                 "engine_call_limit=%s calls_over_capacity=503",
                 self.config.limits.max_concurrent_calls,
                 capacity,
                 worker_count(self.config),
-                self.worker.status.get("engine_call_limit"),
+                self.workers.engine_call_limit,
             )
 
     async def run(self) -> int:
@@ -164,62 +183,28 @@ class Node:
                 log.exception("event=heartbeat_failed")
 
     async def _supervise(self) -> None:
-        """Until asked to stop: when the SIP worker dies, end its calls in the ledger (the
-        control plane must hear they ended) and start a new worker, with backoff."""
-        restarts = 0
-        started = time.monotonic()
-        while not self._stop.is_set():
-            stop = asyncio.create_task(self._stop.wait())
-            died = asyncio.create_task(self.worker.exited.wait())
-            await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            died.cancel()
-            if self._stop.is_set():
-                return
-            closed = self.ledger.close_orphans("worker_lost", alive_until=time.time())
-            self.ledger.active.clear()
-            if time.monotonic() - started > 60:
-                restarts = 0  # it had been running fine: not a crash loop
-            delay = min(WORKER_RESTART_MAX, 0.5 * 2**restarts)
-            restarts += 1
-            log.error(
-                "event=worker_died calls_closed=%d restart_in=%.1f restarts=%d",
-                closed,
-                delay,
-                restarts,
-            )
-            try:
-                await asyncio.wait_for(self._stop.wait(), delay)
-                return
-            except TimeoutError:
-                pass
-            self.worker = WorkerLink(self, 1)
-            started = time.monotonic()
-            try:
-                await self.worker.start()
-                if self.publisher is not None:
-                    self.publisher.refresh_status()
-            except RuntimeError as exc:
-                log.error("event=worker_restart_failed error=%s", exc)
+        """Until asked to stop: each SIP worker that dies is restarted (gateway/node/pool.py)."""
+        await self.workers.supervise(self._stop)
 
     async def shutdown(self) -> None:
         self.draining = True
         if self.publisher is not None:
             self.publisher.refresh_status()  # draining: true now, not after the hang-ups
-        if not self.worker.exited.is_set() and self.worker.writer is not None:
+        if self.workers.running:
+            await self.workers.drain()  # every worker at once
+            log.info(
+                "event=draining active_calls=%d timeout=%s workers=%d",
+                len(self.ledger.active),
+                self.config.node.drain_timeout,
+                len(self.workers.running),
+            )
             try:
-                await self.worker.request("drain", timeout=5)
-                log.info(
-                    "event=draining active_calls=%d timeout=%s",
-                    len(self.ledger.active),
-                    self.config.node.drain_timeout,
-                )
                 if self.ledger.active:
                     self._idle.clear()
                     await asyncio.wait_for(self._idle.wait(), self.config.node.drain_timeout)
-            except (TimeoutError, CommandError):
+            except TimeoutError:
                 log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
-            await self.worker.stop(timeout=15)
+        await self.workers.stop(timeout=15)
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)
             await self.publisher.stop(timeout=3)

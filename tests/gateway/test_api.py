@@ -40,6 +40,7 @@ from gateway.node.operations import (
     MAX_VARIABLES_BYTES,
     run_operation,
 )  # fmt: skip
+from gateway.node.placement import WorkerPhase, WorkerState
 from gateway.store.sqlite import Store, StoredCall
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
@@ -118,6 +119,18 @@ class FakeWorker:
             raise CommandError("resource_not_found", "no such call")
         return {}
 
+    def states(self) -> list[WorkerState]:
+        """The one worker as the node's pool reports it."""
+        phase: WorkerPhase = (
+            "stopped" if self.exited.is_set() else "running" if self.ready.is_set() else "starting"
+        )
+        calls = len(self.ledger.active)
+        return [WorkerState(1, phase, 4242, self.status["capacity"], calls, 0, ("carrier",))]
+
+    def trunk_status(self) -> dict[str, dict[str, Any]]:
+        trunks: dict[str, dict[str, Any]] = self.status["trunks"]
+        return trunks
+
 
 class FakeNode:
     def __init__(self, tmp: Path) -> None:
@@ -125,6 +138,7 @@ class FakeNode:
         self.store = Store(str(tmp / "api.db"))
         self.ledger = Ledger(self.store, "api-node")
         self.worker = FakeWorker(self.ledger, self.event)
+        self.workers = self.worker  # one worker: the pool and the worker are the same here
         self.publisher = None
         self.metrics = NodeMetrics()
         self.draining = False
