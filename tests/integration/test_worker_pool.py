@@ -264,3 +264,30 @@ def test_each_trunk_is_registered_by_one_worker_and_taken_over_when_it_dies(
         assert events[("second", "trunk.unregistered")] == 1
     finally:
         kam.stop()
+
+
+def test_sigterm_drains_every_worker_and_their_calls_finish(tmp_path: Path) -> None:
+    config = workers_config(tmp_path, 3, node={"id": "test-node", "drain_timeout": 20},
+                            limits={"max_concurrent_calls": 12})  # fmt: skip
+    with NodeProcess(tmp_path, config) as node, MqttWatch(node.mqtt_port) as mq:
+        callers = {
+            i: Sipp("uac_pcap.xml", remote=(HOST, node.worker_port(i)), service=NUMBER,
+                    duration_ms=4000, workdir=tmp_path / f"call{i}").start()
+            for i in (1, 3)
+        }  # fmt: skip
+        calls = answered(mq, 2)
+        node.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        node.wait_log("event=draining")
+        # Every worker refuses new calls, the one without a call too.
+        for i in (1, 2, 3):
+            late = Sipp("uac_pcap.xml", remote=(HOST, node.worker_port(i)), service=NUMBER,
+                        workdir=tmp_path / f"late{i}").run(20)  # fmt: skip
+            assert late.failed == 1 and "503" in late.errors, late.errors
+        for caller in callers.values():
+            result = caller.wait(30)
+            assert result.successful == 1, result.errors
+        for call_id in calls:
+            done = ended(mq, call_id)
+            assert done["data"]["reason"] == "normal" and done["data"]["hangup_by"] == "caller"
+        assert node.stop() == 0
+    assert "event=drain_timeout" not in node.log()
