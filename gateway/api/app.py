@@ -189,7 +189,7 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(CommandError)
     async def command_error(request: Request, exc: CommandError) -> Response:
         headers = None
-        if exc.code == "capacity_exceeded":
+        if exc.retryable:
             headers = {"Retry-After": str(request.app.state.node.config.limits.retry_after)}
         return error_response(exc.code, exc.message, exc.details, headers)
 
