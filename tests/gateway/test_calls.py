@@ -48,20 +48,14 @@ PBX_IP = "192.0.2.20"
 def route(
     source_ip: str = CARRIER_IP,
     dialled: list[str] | None = None,
-    active_total: int = 0,
-    capacity: int = 4,
     active_by_trunk: dict[str, int] | None = None,
-    draining: bool = False,
     config: Config = CONFIG,
 ) -> InboundDecision:
     return route_inbound(
         config,
         source_ip,
         ["+442070000000"] if dialled is None else dialled,
-        active_total,
-        capacity,
         active_by_trunk or {},
-        draining,
     )
 
 
@@ -74,18 +68,6 @@ def test_accepts_a_routed_number_from_a_trunk_address() -> None:
     assert decision.trunk is not None and decision.trunk.id == "carrier"
     assert decision.route is not None and decision.route.agent == "bot"
     assert decision.route.variables == {"queue": "sales"}
-
-
-def test_draining_node_refuses_with_503_before_anything_else() -> None:
-    decision = route(source_ip="203.0.113.1", dialled=["+19999999999"], draining=True)
-    assert (decision.accept, decision.sip_code, decision.reason) == (False, 503, "draining")
-    assert decision.trunk is None
-
-
-def test_node_at_capacity_refuses_with_503() -> None:
-    decision = route(active_total=4, capacity=4)
-    assert (decision.accept, decision.sip_code, decision.reason) == (False, 503, "node at capacity")
-    assert route(active_total=3, capacity=4).accept
 
 
 def test_source_outside_every_trunk_is_forbidden() -> None:
