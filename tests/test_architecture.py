@@ -27,14 +27,14 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.errors": set(),
     "gateway.config": {"gateway.errors"},
     "gateway.backoff": set(),
-    "gateway.metrics": set(),
+    "gateway.metrics": {"gateway.calls"},
     "gateway.calls": COMMON,
     "gateway.store": COMMON | {"gateway.events"},
     "gateway.events": COMMON | {"gateway.store", "gateway.node"},
     "gateway.session": COMMON | {"gateway.calls", "media"},
     "gateway.sip": COMMON
     | {"gateway.backoff", "gateway.calls", "gateway.events", "gateway.session"},
-    "gateway.worker": COMMON | {"gateway.session", "gateway.sip"},
+    "gateway.worker": COMMON | {"gateway.calls", "gateway.session", "gateway.sip"},
     "gateway.node": COMMON
     | {
         "gateway.api",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.calls.events import WorkerEvent
 from gateway.config import Config, capacity_warning, public_url, worker_count
 from gateway.errors import detail, refusal_code
 from gateway.events.publisher import BrokerConnection, Publisher
@@ -27,7 +28,7 @@ from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
 from gateway.node.ports import check_ports_free
 from gateway.store.sqlite import Store
-from gateway.worker.ipc import IpcError, encode, read_message
+from gateway.worker.ipc import IpcError, encode, event_from, read_message
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer
@@ -99,7 +100,12 @@ class WorkerLink:
                     break
                 kind = message.get("kind")
                 if kind == "event":
-                    self.node.on_worker_event(message)
+                    try:
+                        event, ts = event_from(message)
+                    except IpcError as exc:
+                        log.error("event=worker_event_dropped worker=%d error=%s", self.index, exc)
+                        continue
+                    self.node.on_worker_event(event, ts)
                 elif kind == "reply":
                     future = self._pending.pop(int(message["id"]), None)
                     if future is not None and not future.done():
@@ -182,10 +188,10 @@ class Node:
         if self.publisher is not None:
             self.publisher.publish_trunk_state(trunk, state)
 
-    def on_worker_event(self, message: dict[str, Any]) -> None:
+    def on_worker_event(self, event: WorkerEvent, ts: float) -> None:
         before = len(self.ledger.active)
-        self.ledger.record(message["type"], message.get("call_id"), message["data"], message["ts"])
-        self.metrics.observe(message["type"], message.get("call_id"), message["data"])
+        self.ledger.record(event, ts)
+        self.metrics.observe(event)
         if len(self.ledger.active) != before and self.publisher is not None:
             self.publisher.refresh_status()
         if not self.ledger.active:

@@ -13,6 +13,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pjsua2 as pj
 
+from gateway.calls.events import (
+    DtmfReceived,
+    EarlyMedia,
+    Ringing,
+    TransferProgress,
+    WorkerEvent,
+)
 from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
 from gateway.session.contract import MediaSession
 from gateway.sip.executor import Timer
@@ -111,7 +118,7 @@ class CallHooks(Protocol):
     @property
     def make_session(self) -> Callable[[CallRecord, CallControls], MediaSession]: ...
 
-    def emit(self, kind: str, record: CallRecord | None, data: dict[str, Any]) -> None: ...
+    def emit(self, event: WorkerEvent) -> None: ...
 
     def hangup(self, call_id: str, by: str = "control_plane") -> None: ...
 
@@ -188,7 +195,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if state == pj.PJSIP_INV_STATE_EARLY and rec.direction == "outbound":
             rec.got_provisional = True
             if rec.advance(CallState.RINGING):
-                self.engine.emit("call.ringing", rec, {"sip_code": info.lastStatusCode})
+                self.engine.emit(Ringing(call_id=rec.id, sip_code=info.lastStatusCode))
         elif state == pj.PJSIP_INV_STATE_CONFIRMED:
             if rec.advance(CallState.ANSWERED):
                 self.answered_at = time.time()
@@ -221,7 +228,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
                     self.engine.schedule(0, lambda: self.engine.hangup(self.record.id, "gateway"))
                     return
                 if info.state == pj.PJSIP_INV_STATE_EARLY and self.record.direction == "outbound":
-                    self.engine.emit("call.early_media", self.record, {})
+                    self.engine.emit(EarlyMedia(call_id=self.record.id))
             break
         try:
             stream = self.getStreamInfo(0)
@@ -235,18 +242,21 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if self.session is not None:
             self.session.on_dtmf(prm.digit)
         self.engine.emit(
-            "call.dtmf",
-            self.record,
-            {"digit": prm.digit, "method": method, "duration_ms": duration},
+            DtmfReceived(
+                call_id=self.record.id, digit=prm.digit, method=method, duration_ms=duration
+            )
         )
 
     def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
         final, code = bool(prm.finalNotify), int(prm.statusCode)
         status = "accepted" if not final else "completed" if 200 <= code < 300 else "failed"
         self.engine.emit(
-            "call.transfer",
-            self.record,
-            {"target": self.transfer_target or "", "status": status, "sip_code": code},
+            TransferProgress(
+                call_id=self.record.id,
+                target=self.transfer_target or "",
+                status=status,
+                sip_code=code,
+            )
         )
         prm.cont = not final
         if status == "completed":

@@ -17,8 +17,21 @@ from typing import Any
 import pjsua2 as pj
 
 from gateway.calls.admission import Admission, NodeLoad, RefusalLog, SocketBudget
+from gateway.calls.events import (
+    AgentLinkDown,
+    AgentLinkUp,
+    Answered,
+    CallDialed,
+    CallEvent,
+    CallOffered,
+    Completed,
+    Failed,
+    InvitesRefused,
+    TransferProgress,
+    WorkerEvent,
+)
 from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
-from gateway.calls.routing import destination_allowed, number_from_uri, route_inbound
+from gateway.calls.routing import number_from_uri, route_inbound
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
@@ -48,7 +61,7 @@ _Q850 = {
     EndReason.MEDIA_TIMEOUT: 102,
 }
 
-Emit = Callable[[str, str | None, dict[str, Any]], None]
+Emit = Callable[[WorkerEvent], None]
 SessionFactory = Callable[[CallRecord, CallControls], MediaSession]
 
 
@@ -220,14 +233,14 @@ class SipEngine:
 
     # -- events -------------------------------------------------------------------------------
 
-    def emit(self, kind: str, record: CallRecord | None, data: dict[str, Any]) -> None:
+    def emit(self, event: WorkerEvent) -> None:
         try:
-            self._emit(kind, record.id if record else None, data)
+            self._emit(event)
         except Exception:  # the engine must keep running whatever a listener does
-            log.exception("event=emit_failed type=%s", kind)
+            log.exception("event=emit_failed type=%s", type(event).__name__)
 
     def on_trunk_state(self, state: TrunkState) -> None:
-        self.emit("trunk.state", None, state.as_dict())
+        self.emit(state.as_event())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -240,7 +253,7 @@ class SipEngine:
             "media_sockets_free": self._gauge.free
             if self._gauge and self._gauge.available
             else None,
-            "trunks": {tid: acc.state.as_dict() for tid, acc in self.trunks.items()},
+            "trunks": {tid: acc.state.as_event().as_status() for tid, acc in self.trunks.items()},
         }
 
     def _active_by_trunk(self) -> dict[str, int]:
@@ -263,14 +276,7 @@ class SipEngine:
         if header(text, "call-id") in self._live_sip_call_ids():
             return None  # a retransmission: the transaction layer absorbs it
         now = time.monotonic()
-        load = NodeLoad(
-            active_calls=len(self.calls) + len(self._refusing),
-            capacity=self.capacity,
-            active_by_trunk=self._active_by_trunk(),
-            unconfirmed_by_source=self._unconfirmed_by_source(),
-            draining=self.draining,
-            room_for_media=self._room_for_media(),
-        )
+        load = self._load(unconfirmed=True)
         dialled = [number_from_uri(request_uri(text)), number_from_uri(header(text, "to"))]
         _, refusal = self.admission.decide(source, [d for d in dialled if d], load, now)
         if refusal is None:
@@ -301,10 +307,21 @@ class SipEngine:
             )
         return GateAnswer(refusal.code, refusal.retry_after)
 
+    def _load(self, unconfirmed: bool = False) -> NodeLoad:
+        """What admission needs to know of this worker now (SIP thread)."""
+        return NodeLoad(
+            active_calls=len(self.calls) + len(self._refusing),
+            capacity=self.capacity,
+            active_by_trunk=self._active_by_trunk(),
+            unconfirmed_by_source=self._unconfirmed_by_source() if unconfirmed else {},
+            draining=self.draining,
+            room_for_media=self._room_for_media(),
+        )
+
     def _report_refusals(self) -> None:
         """Refusal counts go to the node's metrics batched, not one message per INVITE."""
         counts, self._refused_unreported = self._refused_unreported, {}
-        self.emit("worker.refused", None, {"counts": counts})
+        self.emit(InvitesRefused(counts=counts))
 
     def _room_for_media(self) -> bool:
         gauge = self._gauge
@@ -327,14 +344,9 @@ class SipEngine:
         src = source_ip(prm.rdata.srcAddress)
         dialled = [number_from_uri(request_uri(message)), number_from_uri(header(message, "to"))]
         caller = number_from_uri(header(message, "from"))
+        # Admitted by the request gate just before (same thread): this only finds the route.
         decision = route_inbound(
-            self.config,
-            src,
-            [d for d in dialled if d],
-            len(self.calls),
-            self.capacity,
-            self._active_by_trunk(),
-            self.draining,
+            self.config, src, [d for d in dialled if d], self._active_by_trunk()
         )
         route = decision.route
         record = CallRecord(
@@ -377,7 +389,7 @@ class SipEngine:
             record.agent,
             src,
         )
-        self.emit("call.incoming", record, self._call_data(record))
+        self.emit(CallOffered(**self._parties(record)))
         ringing = pj.CallOpParam()
         ringing.statusCode = 180
         call.answer(ringing)
@@ -421,12 +433,12 @@ class SipEngine:
         log.info("event=ack_timeout call_id=%s source=%s", call_id, call.source)
         self._hangup(call, "gateway", EndReason.ACK_TIMEOUT)
 
-    def _on_agent_link(self, call_id: str, kind: str) -> None:
+    def _on_agent_link(self, call_id: str, up: bool) -> None:
         """An agent connected or failed while its inbound call rings (SIP thread)."""
         call = self.calls.get(call_id)
         if call is None or "agent" not in call.answer_waits_for or call.ending:
             return
-        if kind == "call.agent.connected" or self._keeps_calls_without_agent(call):
+        if up or self._keeps_calls_without_agent(call):
             self._answer(call_id, "agent")
         else:
             self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
@@ -470,11 +482,11 @@ class SipEngine:
         call.answer(op)  # a final answer carries txOption headers; hangup() drops them
 
     @staticmethod
-    def _call_data(record: CallRecord) -> dict[str, Any]:
+    def _parties(record: CallRecord) -> dict[str, Any]:
         return {
-            "direction": record.direction,
-            "from": record.from_number,
-            "to": record.to_number,
+            "call_id": record.id,
+            "from_number": record.from_number,
+            "to_number": record.to_number,
             "trunk": record.trunk,
             "agent": record.agent,
             "variables": record.variables,
@@ -485,25 +497,10 @@ class SipEngine:
 
     def originate(self, req: OriginateRequest) -> str:
         """SIP thread: send the INVITE or raise CallRefused before anything goes out."""
-        account = self.trunks.get(req.trunk)
-        if account is None:
-            raise CallRefused("unknown_trunk", f"trunk {req.trunk!r} is not configured")
-        if self.config.agent(req.agent) is None:
-            raise CallRefused("unknown_agent", f"agent {req.agent!r} is not configured")
-        if not destination_allowed(account.trunk, req.to):
-            raise CallRefused(
-                "destination_not_allowed",
-                f"{req.to} is outside trunk {req.trunk}'s allowed_destinations "
-                f"({', '.join(account.trunk.allowed_destinations)})",
-            )
-        if self.draining:
-            raise CallRefused("draining", "the node is draining and takes no new calls")
-        if len(self.calls) >= self.capacity:
-            raise CallRefused("capacity_exceeded", f"node at capacity ({self.capacity} calls)")
-        if not self._room_for_media():
-            raise CallRefused("capacity_exceeded", "no free media sockets in this worker")
-        if self._active_by_trunk().get(req.trunk, 0) >= account.trunk.max_concurrent_calls:
-            raise CallRefused("capacity_exceeded", f"trunk {req.trunk} at max_concurrent_calls")
+        refusal = self.admission.decide_outbound(req.trunk, req.to, req.agent, self._load())
+        if refusal is not None:
+            raise CallRefused(refusal.reason, refusal.detail)
+        account = self.trunks[req.trunk]
         caller_id = req.caller_id or account.trunk.caller_id or ""
         record = CallRecord(
             id=req.call_id or new_call_id(),
@@ -545,7 +542,7 @@ class SipEngine:
             record.to_number,
             record.agent,
         )
-        self.emit("call.placed", record, self._call_data(record))
+        self.emit(CallDialed(**self._parties(record)))
         return record.id
 
     def _ring_timeout(self, call_id: str) -> None:
@@ -590,13 +587,14 @@ class SipEngine:
             raise CallRefused("conflict", f"call {call_id} is not answered; cannot transfer")
         call.transfer_target = target
         call.xfer(target, pj.CallOpParam(True))
-        self.emit("call.transfer", call.record, {"target": target, "status": "requested"})
+        self.emit(TransferProgress(call_id=call.record.id, target=target, status="requested"))
 
     def controls(self, record: CallRecord) -> CallControls:
-        def emit(kind: str, data: dict[str, Any]) -> None:
-            self.emit(kind, record, data)
-            if kind in ("call.agent.connected", "call.agent.disconnected"):
-                self.submit(lambda: self._on_agent_link(record.id, kind))
+        def emit(event: CallEvent) -> None:
+            self.emit(event)
+            if isinstance(event, AgentLinkUp | AgentLinkDown):
+                up = isinstance(event, AgentLinkUp)
+                self.submit(lambda: self._on_agent_link(record.id, up))
 
         def hangup(by: str) -> None:
             def run() -> None:
@@ -619,7 +617,8 @@ class SipEngine:
     def on_answered(self, call: SipCall) -> None:
         rec = call.record
         log.info("event=call_answered call_id=%s codec=%s", rec.id, call.codec)
-        self.emit("call.answered", rec, {"codec": call.codec, "answered_at": call.answered_at})
+        answered_at = call.answered_at or time.time()
+        self.emit(Answered(call_id=rec.id, codec=call.codec, answered_at=answered_at))
         limit = self.config.limits.max_call_duration
         call_id = rec.id
         call.timers.append(self.schedule(limit, lambda: self._duration_exceeded(call_id)))
@@ -691,35 +690,34 @@ class SipEngine:
             summary = getattr(call.session, "latency_summary", None)
             self._emit_final(
                 call,
-                "call.completed",
-                {
-                    "duration": round(duration, 3),
-                    "reason": end,
-                    "sip_code": code,
-                    "hangup_by": rec.hangup_by,
-                    "codec": call.codec,
-                    "latency": (summary() or None) if summary else None,
-                },
+                Completed(
+                    call_id=rec.id,
+                    duration=round(duration, 3),
+                    reason=end,
+                    sip_code=code,
+                    hangup_by=rec.hangup_by,
+                    latency=(summary() or None) if summary else None,
+                ),
             )
         else:
             log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
             self._emit_final(
                 call,
-                "call.failed",
-                {
-                    "reason": end,
-                    "sip_code": code,
-                    "sip_reason": reason,
-                    "hangup_by": rec.hangup_by,
-                },
+                Failed(
+                    call_id=rec.id,
+                    reason=end,
+                    sip_code=code,
+                    sip_reason=reason,
+                    hangup_by=rec.hangup_by,
+                ),
             )
 
-    def _emit_final(self, call: SipCall, kind: str, data: dict[str, Any]) -> None:
+    def _emit_final(self, call: SipCall, event: Completed | Failed) -> None:
         """call.completed/call.failed, the last event of a call: sent once the call's media
         session has emitted its own last events (speech cut off by the hang-up, the
         recording), from whichever thread that finishes on. Never blocks the SIP thread."""
-        session, record = call.session, call.record
+        session = call.session
         if session is None:
-            self.emit(kind, record, data)
+            self.emit(event)
         else:
-            session.when_closed(lambda: self.emit(kind, record, data))
+            session.when_closed(lambda: self.emit(event))
