@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
+from gateway.config import Config, NumberRoute
 
 
 class Limit(enum.StrEnum):
@@ -53,6 +54,27 @@ class LegSettings:
     answer_delay: float = 0.0  # inbound: ring at least this long before answering
     agent_wait: float | None = None  # inbound: answer once the agent is connected, or after this
     keep_without_agent: bool = False  # ...and then answer anyway (on_agent_failure: keep), no 480
+
+
+def leg_settings(
+    config: Config, route: NumberRoute | None = None, ring_timeout: int | None = None
+) -> LegSettings:
+    """A leg's settings from the config, the inbound call's route (None: outbound, or refused)
+    and an outbound call's own ring timeout."""
+    limits = config.limits
+    agent = config.agent(route.agent) if route else None
+    agent_wait = None
+    if route and route.answer_after_agent and agent is not None and agent.type != "echo":
+        agent_wait = agent.connect_timeout + 1.0  # a streaming agent connects while ringing
+    return LegSettings(
+        max_call_duration=limits.max_call_duration,
+        media_timeout=limits.media_timeout,
+        ring_timeout=ring_timeout or limits.ring_timeout,
+        ack_timeout=limits.ack_timeout,
+        answer_delay=route.answer_delay_ms / 1000 if route else 0.0,
+        agent_wait=agent_wait,
+        keep_without_agent=agent is not None and agent.on_agent_failure == "keep",
+    )
 
 
 # -- happenings: what the adapter saw ----------------------------------------------------------

@@ -52,9 +52,11 @@ from gateway.calls.leg import (
     StartTimer,
     TimedOut,
     TransferCompleted,
+    leg_settings,
     reason_header_value,
 )
 from gateway.calls.model import TRANSITIONS, CallRecord, CallState, EndReason
+from gateway.config import Config
 
 R = EndReason
 SETTINGS = LegSettings(max_call_duration=3600, ring_timeout=30, ack_timeout=5)
@@ -601,3 +603,48 @@ def test_a_call_always_ends_on_disconnected_or_lost_in_any_live_state() -> None:
             actions = call.handle(end)
             assert len(actions) == 1 and isinstance(actions[0], Ended), (direction, state)
             assert call.state is CallState.ENDED
+
+
+# -- settings from the config --------------------------------------------------------------------
+
+CONFIG = Config.model_validate(
+    {
+        "agents": [
+            {"id": "echo", "type": "echo"},
+            {"id": "bot", "type": "pcm-ws", "url": "ws://127.0.0.1:9/", "connect_timeout": 3},
+            {"id": "keeper", "type": "twilio-ws", "url": "ws://127.0.0.1:9/",
+             "on_agent_failure": "keep"},
+        ],
+        "numbers": [
+            {"number": "+15550100", "agent": "echo", "answer_delay_ms": 1500},
+            {"number": "+15550101", "agent": "bot"},
+            {"number": "+15550102", "agent": "bot", "answer_after_agent": False},
+            {"number": "+15550103", "agent": "keeper"},
+        ],
+        "limits": {"max_call_duration": 600, "ring_timeout": 40, "ack_timeout": 4,
+                   "media_timeout": 12},
+    }
+)  # fmt: skip
+
+
+def route(number: str) -> Any:
+    return next(r for r in CONFIG.numbers if r.number == number)
+
+
+def test_an_outbound_leg_takes_the_limits_and_its_own_ring_timeout() -> None:
+    assert leg_settings(CONFIG) == LegSettings(
+        max_call_duration=600, media_timeout=12, ring_timeout=40, ack_timeout=4
+    )
+    assert leg_settings(CONFIG, ring_timeout=7).ring_timeout == 7
+
+
+def test_an_inbound_leg_takes_its_routes_answer_delay() -> None:
+    settings = leg_settings(CONFIG, route("+15550100"))
+    assert settings.answer_delay == 1.5 and settings.agent_wait is None  # an echo: no wait
+
+
+def test_a_streaming_agent_is_waited_for_its_connect_timeout_and_a_second() -> None:
+    assert leg_settings(CONFIG, route("+15550101")).agent_wait == 4.0
+    assert leg_settings(CONFIG, route("+15550102")).agent_wait is None  # the route says no
+    keeper = leg_settings(CONFIG, route("+15550103"))
+    assert keeper.agent_wait == 6.0 and keeper.keep_without_agent
