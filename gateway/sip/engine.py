@@ -27,10 +27,42 @@ from gateway.calls.events import (
     Completed,
     Failed,
     InvitesRefused,
+    Ringing,
     TransferProgress,
     WorkerEvent,
 )
-from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
+from gateway.calls.leg import (
+    Action,
+    AgentConnected,
+    AgentFailed,
+    AnswerSent,
+    CallLeg,
+    ConnectAgent,
+    Dialled,
+    Ended,
+    Final,
+    Hangup,
+    HangupRequested,
+    Happening,
+    Invited,
+    InviteRefused,
+    Limit,
+    Lost,
+    MediaProbed,
+    ProbeMedia,
+    RefuseInvite,
+    RefuseRinging,
+    ReportAnswered,
+    ReportRinging,
+    ScheduleHangup,
+    SendAnswer,
+    SendRinging,
+    StartTimer,
+    TimedOut,
+    leg_settings,
+    reason_header_value,
+)
+from gateway.calls.model import CallRecord, CallState, EndReason
 from gateway.calls.routing import number_from_uri, route_inbound
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
@@ -50,17 +82,6 @@ log = logging.getLogger("sipedge.sip")
 RECONCILE_S = 5.0  # how often the engine checks its calls against pjsua's
 REFUSALS_REPORT_S = 1.0  # refused INVITEs are counted to the node at most this often
 
-# RFC 3326 Reason header on the BYE/CANCEL we send, by why we end the call (Q.850 causes).
-_Q850 = {
-    EndReason.NORMAL: 16,  # normal call clearing
-    EndReason.DRAIN: 16,
-    EndReason.TRANSFERRED: 16,
-    EndReason.TIMEOUT: 16,
-    EndReason.NO_ANSWER: 19,  # no answer from user
-    EndReason.ACK_TIMEOUT: 102,  # recovery on timer expiry
-    EndReason.MEDIA_TIMEOUT: 102,
-}
-
 Emit = Callable[[WorkerEvent], None]
 SessionFactory = Callable[[CallRecord, CallControls], MediaSession]
 
@@ -77,21 +98,11 @@ class OriginateRequest:
     record: bool | None = None
 
 
-# Reasons that stay the call's reason even when it ends before it was answered.
-_UNANSWERED_REASONS = {
-    EndReason.NO_ANSWER,
-    EndReason.UNREACHABLE,
-    EndReason.ACK_TIMEOUT,
-    EndReason.DRAIN,
-    EndReason.AGENT_UNAVAILABLE,
-}
-
-
 def reason_header(reason: EndReason) -> pj.SipHeader:
     """RFC 3326 `Reason` for a BYE or CANCEL we send: Q.850 cause and our end reason."""
     value = pj.SipHeader()
     value.hName = "Reason"
-    value.hValue = f'Q.850;cause={_Q850.get(reason, 41)};text="{reason.value}"'
+    value.hValue = reason_header_value(reason)
     return value
 
 
@@ -203,7 +214,7 @@ class SipEngine:
         self.stopping = True
         self._stop_at = time.monotonic() + 3.0
         for call in list(self.calls.values()):
-            self._hangup(call, "gateway", EndReason.DRAIN)
+            self.feed(call, HangupRequested("gateway", EndReason.DRAIN))
         waiting = [acc for acc in self.trunks.values() if acc.unregister()]
         if waiting:
             log.info("event=unregistering trunks=%s", ",".join(a.trunk.id for a in waiting))
@@ -361,7 +372,8 @@ class SipEngine:
             variables=dict(route.variables) if route else {},
             sip_call_id=header(message, "call-id"),
         )
-        call = SipCall(self, account, record, prm.callId)
+        leg = CallLeg(record, leg_settings(self.config, route))
+        call = SipCall(self, account, leg, prm.callId)
         call.source = src
         if not decision.accept or route is None:
             log.info(
@@ -373,8 +385,7 @@ class SipEngine:
                 decision.sip_code,
                 decision.reason,
             )
-            record.end_reason = EndReason.REJECTED
-            self._refuse(call, decision.sip_code)
+            self.feed(call, InviteRefused(decision.sip_code))
             self._refusing[record.id] = call  # holds a pjsua slot until DISCONNECTED
             return
         self.calls[record.id] = call
@@ -390,86 +401,7 @@ class SipEngine:
             src,
         )
         self.emit(CallOffered(**self._parties(record)))
-        ringing = pj.CallOpParam()
-        ringing.statusCode = 180
-        call.answer(ringing)
-        record.advance(CallState.RINGING)
-        call_id = record.id
-        agent = self.config.agent(record.agent)
-        if route.answer_after_agent and agent is not None and agent.type != "echo":
-            # Connect the agent while ringing; answer once it is connected (_on_agent_link).
-            call.answer_waits_for.add("agent")
-            call.session = self.make_session(record, self.controls(record))
-            give_up = agent.connect_timeout + 1.0
-            call.timers.append(self.schedule(give_up, lambda: self._agent_never_came(call_id)))
-        delay = route.answer_delay_ms / 1000
-        if delay:
-            call.answer_waits_for.add("delay")
-            call.timers.append(self.schedule(delay, lambda: self._answer(call_id, "delay")))
-        self._answer(call_id, None)
-
-    def _answer(self, call_id: str, ready: str | None) -> None:
-        """Answer with 200 once nothing the answer waits for (ring delay, agent) is pending."""
-        call = self.calls.get(call_id)
-        if call is None or call.record.state != CallState.RINGING or call.ending:
-            return  # cancelled or refused while ringing
-        call.answer_waits_for.discard(ready or "")
-        if call.answer_waits_for:
-            return
-        ok = pj.CallOpParam()
-        ok.statusCode = 200
-        try:
-            call.answer(ok)
-        except pj.Error as exc:
-            log.warning("event=answer_failed call_id=%s error=%s", call_id, exc.reason)
-            return
-        limit = self.config.limits.ack_timeout
-        call.timers.append(self.schedule(limit, lambda: self._ack_timeout(call_id)))
-
-    def _ack_timeout(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is None or call.record.state == CallState.ANSWERED or call.ending:
-            return
-        log.info("event=ack_timeout call_id=%s source=%s", call_id, call.source)
-        self._hangup(call, "gateway", EndReason.ACK_TIMEOUT)
-
-    def _on_agent_link(self, call_id: str, up: bool) -> None:
-        """An agent connected or failed while its inbound call rings (SIP thread)."""
-        call = self.calls.get(call_id)
-        if call is None or "agent" not in call.answer_waits_for or call.ending:
-            return
-        if up or self._keeps_calls_without_agent(call):
-            self._answer(call_id, "agent")
-        else:
-            self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
-
-    def _keeps_calls_without_agent(self, call: SipCall) -> bool:
-        """on_agent_failure: keep means the operator wants the call up even with no agent."""
-        agent = self.config.agent(call.record.agent)
-        return agent is not None and agent.on_agent_failure == "keep"
-
-    def _agent_never_came(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is not None and "agent" in call.answer_waits_for and not call.ending:
-            log.warning("event=agent_connect_timeout call_id=%s", call_id)
-            if self._keeps_calls_without_agent(call):
-                self._answer(call_id, "agent")
-            else:
-                self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
-
-    def _refuse_ringing(self, call: SipCall, code: int, reason: EndReason) -> None:
-        """Final non-2xx to an inbound call we have not answered yet."""
-        rec = call.record
-        rec.end_reason = rec.end_reason or reason
-        rec.hangup_by = rec.hangup_by or "gateway"
-        call.ending = True
-        log.info("event=call_refused call_id=%s code=%d reason=%s", rec.id, code, reason.value)
-        op = pj.CallOpParam()
-        op.statusCode = code
-        try:
-            call.hangup(op)
-        except pj.Error as exc:
-            log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
+        self.feed(call, Invited())
 
     def _refuse(self, call: SipCall, code: int) -> None:
         op = pj.CallOpParam()
@@ -514,7 +446,8 @@ class SipEngine:
             record=req.record,
         )
         account.use_caller_id(req.caller_id)
-        call = SipCall(self, account, record)
+        settings = leg_settings(self.config, ring_timeout=req.ring_timeout)
+        call = SipCall(self, account, CallLeg(record, settings))
         op = pj.CallOpParam(True)
         if caller_id and account.trunk.registers:
             pai = pj.SipHeader()
@@ -532,9 +465,7 @@ class SipEngine:
         self.calls[record.id] = call
         self.calls_total += 1
         self._count_trunk_calls()
-        ring_timeout = req.ring_timeout or self.config.limits.ring_timeout
-        call_id = record.id
-        call.timers.append(self.schedule(ring_timeout, lambda: self._ring_timeout(call_id)))
+        self.feed(call, Dialled())
         log.info(
             "event=call_placed call_id=%s trunk=%s to=%s agent=%s",
             record.id,
@@ -545,35 +476,10 @@ class SipEngine:
         self.emit(CallDialed(**self._parties(record)))
         return record.id
 
-    def _ring_timeout(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is None or call.record.state not in (CallState.DIALING, CallState.RINGING):
-            return
-        call.timed_out = True
-        # Nobody answered, or (nothing ever rang) the destination was never reached.
-        self._hangup(call, "gateway", failure_reason(0, call.record.got_provisional, True))
-
     # -- call control -------------------------------------------------------------------------
 
     def hangup(self, call_id: str, by: str = "control_plane") -> None:
-        call = self._get(call_id)
-        self._hangup(call, by, EndReason.NORMAL)
-
-    def _hangup(self, call: SipCall, by: str, reason: EndReason) -> None:
-        rec = call.record
-        if call.ending and rec.end_reason is not None:
-            return  # already ending: the first reason is the true one
-        rec.hangup_by = rec.hangup_by or by
-        if rec.state != CallState.ANSWERED and reason not in _UNANSWERED_REASONS:
-            reason = EndReason.CANCELLED  # e.g. the control plane hung up a ringing call
-        rec.end_reason = rec.end_reason or reason
-        call.ending = True
-        op = pj.CallOpParam(True)
-        op.txOption.headers.append(reason_header(rec.end_reason or reason))
-        try:
-            call.hangup(op)
-        except pj.Error as exc:
-            log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
+        self.feed(self._get(call_id), HangupRequested(by))
 
     def send_dtmf(self, call_id: str, digits: str) -> None:
         call = self._get(call_id)
@@ -593,16 +499,11 @@ class SipEngine:
         def emit(event: CallEvent) -> None:
             self.emit(event)
             if isinstance(event, AgentLinkUp | AgentLinkDown):
-                up = isinstance(event, AgentLinkUp)
-                self.submit(lambda: self._on_agent_link(record.id, up))
+                news = AgentConnected() if isinstance(event, AgentLinkUp) else AgentFailed()
+                self.submit(lambda: self._feed_live(record.id, news))
 
         def hangup(by: str) -> None:
-            def run() -> None:
-                call = self.calls.get(record.id)
-                if call is not None:
-                    self._hangup(call, by, EndReason.NORMAL)
-
-            self.submit(run)
+            self.submit(lambda: self._feed_live(record.id, HangupRequested(by)))
 
         return CallControls(record.id, emit, hangup)
 
@@ -612,34 +513,81 @@ class SipEngine:
             raise CallRefused("call_not_found", f"no active call {call_id}")
         return call
 
-    # -- call lifecycle (from SipCall) --------------------------------------------------------
+    # -- call lifecycle: what each call's leg decides, done ------------------------------------
 
-    def on_answered(self, call: SipCall) -> None:
+    def feed(self, call: SipCall, happening: Happening) -> None:
+        """SIP thread: tell the call's leg what happened and do what it says, in order."""
+        for action in call.leg.handle(happening):
+            self._perform(call, action)
+
+    def _feed_live(self, call_id: str, happening: Happening) -> None:
+        """As feed, for a call that may have ended since (a timer, another thread's news)."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            self.feed(call, happening)
+
+    def _perform(self, call: SipCall, action: Action) -> None:
+        rec = call.record
+        match action:
+            case SendRinging():
+                ringing = pj.CallOpParam()
+                ringing.statusCode = 180
+                call.answer(ringing)
+            case ConnectAgent():
+                call.session = self.make_session(rec, self.controls(rec))
+            case SendAnswer():
+                ok = pj.CallOpParam()
+                ok.statusCode = 200
+                try:
+                    call.answer(ok)
+                except pj.Error as exc:
+                    log.warning("event=answer_failed call_id=%s error=%s", rec.id, exc.reason)
+                    return
+                self.feed(call, AnswerSent())
+            case RefuseInvite(sip_code=code):
+                self._refuse(call, code)
+            case RefuseRinging(sip_code=code, reason=reason):
+                log.info("event=call_refused call_id=%s code=%d reason=%s", rec.id, code, reason)
+                op = pj.CallOpParam()
+                op.statusCode = code
+                self._end(call, op)
+            case Hangup(reason=reason):
+                op = pj.CallOpParam(True)
+                op.txOption.headers.append(reason_header(reason))
+                self._end(call, op)
+            case ScheduleHangup(by=by):  # not from inside the pjsua callback now running
+                self.schedule(0, lambda: self.hangup(rec.id, by))
+            case StartTimer(after=after, then=then):
+                call.timers.append(self.schedule(after, lambda: self._feed_live(rec.id, then)))
+            case ProbeMedia(after=after):
+                call.timers.append(self.schedule(after, lambda: self._probe_media(rec.id)))
+            case ReportRinging(sip_code=code):
+                self.emit(Ringing(call_id=rec.id, sip_code=code))
+            case ReportAnswered(at=at):
+                self.on_answered(call, at)
+            case TimedOut(limit=limit):
+                level = logging.WARNING if limit is Limit.AGENT_CONNECT else logging.INFO
+                where = f" source={call.source}" if call.source else ""
+                log.log(level, "event=%s call_id=%s%s", limit, rec.id, where)
+            case Ended(final=final):
+                call.release_media()  # the port leaves the bridge before its session closes
+                self.on_ended(call, final)
+
+    def _end(self, call: SipCall, op: pj.CallOpParam) -> None:
+        try:
+            call.hangup(op)
+        except pj.Error as exc:
+            log.warning("event=hangup_failed call_id=%s error=%s", call.record.id, exc.reason)
+
+    def _probe_media(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:
+            self.feed(call, MediaProbed(time.monotonic(), call.rx_packets(), call.on_hold))
+
+    def on_answered(self, call: SipCall, at: float) -> None:
         rec = call.record
         log.info("event=call_answered call_id=%s codec=%s", rec.id, call.codec)
-        answered_at = call.answered_at or time.time()
-        self.emit(Answered(call_id=rec.id, codec=call.codec, answered_at=answered_at))
-        limit = self.config.limits.max_call_duration
-        call_id = rec.id
-        call.timers.append(self.schedule(limit, lambda: self._duration_exceeded(call_id)))
-        timeout = self.config.limits.media_timeout
-        if timeout:
-            call.media_seen(time.monotonic())
-            every = max(0.5, min(5.0, timeout / 4))
-            call.timers.append(self.schedule(every, lambda: self._watch_media(call_id, every)))
-
-    def _watch_media(self, call_id: str, every: float) -> None:
-        """Hang up an answered call whose far end sent no RTP for limits.media_timeout (a
-        caller gone without a BYE); hold is not silence. Re-arms itself while the call lives."""
-        call = self.calls.get(call_id)
-        if call is None or call.ending:
-            return
-        now = time.monotonic()
-        if call.media_silent_for(now) >= self.config.limits.media_timeout:
-            log.info("event=media_timeout call_id=%s", call_id)
-            self._hangup(call, "gateway", EndReason.MEDIA_TIMEOUT)
-            return
-        call.timers.append(self.schedule(every, lambda: self._watch_media(call_id, every)))
+        self.emit(Answered(call_id=rec.id, codec=call.codec, answered_at=at))
 
     def _reconcile(self) -> None:
         """The live-call count must be the calls really up: end calls pjsua no longer has (a
@@ -652,21 +600,12 @@ class SipEngine:
             call.__disown__()  # its pjsua slot may hold another call now: never hang that up
             if self._refusing.pop(rec.id, None) is not None:
                 continue
-            rec.end_reason = rec.end_reason or EndReason.FAILED
-            rec.advance(CallState.ENDED)
-            call._release_media()  # the port leaves the bridge before its session closes
-            self.on_ended(call, call.answered_at is not None, 0, "call lost by pjsua")
+            self.feed(call, Lost(time.time()))
             if self._released and self._released[-1] is call:
                 self._released.pop()  # disowned: the Python object may go, the C++ one stays
         self.schedule(RECONCILE_S, self._reconcile)
 
-    def _duration_exceeded(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is not None:
-            log.info("event=max_call_duration call_id=%s", call_id)
-            self._hangup(call, "gateway", EndReason.TIMEOUT)
-
-    def on_ended(self, call: SipCall, answered: bool, code: int, reason: str) -> None:
+    def on_ended(self, call: SipCall, final: Final | None) -> None:
         rec = call.record
         for timer in call.timers:
             timer.cancel()
@@ -677,38 +616,41 @@ class SipEngine:
             return  # a refused INVITE, already logged
         self._count_trunk_calls()
         self._released.append(call)
-        end = rec.end_reason.value if rec.end_reason else "normal"
-        if answered:
-            duration = call.duration()
+        if final is None:
+            return
+        end = final.reason.value
+        if final.completed:
             log.info(
                 "event=call_completed call_id=%s duration=%.1f reason=%s hangup_by=%s",
                 rec.id,
-                duration,
+                final.duration,
                 end,
-                rec.hangup_by,
+                final.hangup_by,
             )
             summary = getattr(call.session, "latency_summary", None)
             self._emit_final(
                 call,
                 Completed(
                     call_id=rec.id,
-                    duration=round(duration, 3),
+                    duration=round(final.duration, 3),
                     reason=end,
-                    sip_code=code,
-                    hangup_by=rec.hangup_by,
+                    sip_code=final.sip_code,
+                    hangup_by=final.hangup_by,
                     latency=(summary() or None) if summary else None,
                 ),
             )
         else:
-            log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
+            log.info(
+                "event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, final.sip_code
+            )
             self._emit_final(
                 call,
                 Failed(
                     call_id=rec.id,
                     reason=end,
-                    sip_code=code,
-                    sip_reason=reason,
-                    hangup_by=rec.hangup_by,
+                    sip_code=final.sip_code,
+                    sip_reason=final.sip_reason,
+                    hangup_by=final.hangup_by,
                 ),
             )
 

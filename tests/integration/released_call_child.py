@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 from gateway.calls.events import Answered, Completed, Failed, WorkerEvent
+from gateway.calls.leg import Final
 from gateway.calls.model import CallRecord
 from gateway.config import Config
 from gateway.session.contract import CallControls, EchoSession, MediaSession
@@ -58,9 +59,9 @@ def main(workdir: Path) -> None:
     engine = SipEngine(config, emit, make_session)
     on_ended = engine.on_ended
 
-    def keep(call: SipCall, answered: bool, code: int, reason: str) -> None:
+    def keep(call: SipCall, final: Final | None) -> None:
         ended[call.getId()] = call
-        on_ended(call, answered, code, reason)
+        on_ended(call, final)
 
     engine.on_ended = keep  # type: ignore[method-assign]
     engine.start()
