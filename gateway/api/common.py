@@ -17,11 +17,11 @@ from pydantic_core import PydanticCustomError
 from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
+from gateway.events.commands import PATTERN_HINTS
 from gateway.events.publisher import Publisher
 from gateway.events.schema import iso_z
 from gateway.metrics import NodeMetrics
 from gateway.node.ledger import Ledger
-from gateway.node.operations import PATTERN_HINTS
 from gateway.store.sqlite import Store
 
 T = TypeVar("T")
