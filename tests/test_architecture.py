@@ -44,14 +44,14 @@ ALLOWED: dict[str, set[str]] = {
         "gateway.store",
         "gateway.worker",
     },
-    "gateway.api": COMMON | {"gateway.events", "gateway.metrics", "gateway.node", "gateway.store"},
+    "gateway.api": COMMON | {"gateway.events", "gateway.metrics", "gateway.store"},
     "gateway.cli": COMMON | {"gateway.node"},
 }
-# Package-level circles left (module level they are not circles), each as its back edge:
-# node -> api: node/supervisor.py starts the ApiServer, while api/ reads node/ledger.py.
-KNOWN_PACKAGE_BACK_EDGES = {
-    ("gateway.node", "gateway.api"),
-}
+# Package-level circles left, each as its back edge (none left: events -> node went when the
+# command contract moved to events/commands.py, events -> store with the events/outbox.py
+# Outbox contract, api -> node with api/common.py's LedgerView). A circle that cannot be broken
+# at once goes here, with why, so the next session sees it.
+KNOWN_PACKAGE_BACK_EDGES: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:
