@@ -32,9 +32,9 @@ from gateway.api.common import ApiNode, error_response, request_errors, trunk_st
 from gateway.api.models import Health, Version
 from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
+from gateway.events.commands import MAX_REQUEST_BYTES
 from gateway.events.schema import CommandError
 from gateway.metrics import NodeSnapshot, render
-from gateway.node.operations import MAX_REQUEST_BYTES
 
 log = logging.getLogger("sipedge.api")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -17,11 +17,10 @@ from pydantic_core import PydanticCustomError
 from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
+from gateway.events.commands import PATTERN_HINTS
 from gateway.events.publisher import Publisher
 from gateway.events.schema import iso_z
 from gateway.metrics import NodeMetrics
-from gateway.node.ledger import Ledger
-from gateway.node.operations import PATTERN_HINTS
 from gateway.store.sqlite import Store
 
 T = TypeVar("T")
@@ -37,16 +36,29 @@ class WorkerView(Protocol):
     exited: asyncio.Event
 
 
+class LedgerView(Protocol):
+    """What the API reads of the node's ledger (node/ledger.py): the calls in progress and each
+    trunk's last reported state; a contract, so api/ needs no import of node/."""
+
+    @property
+    def active(self) -> Collection[str]: ...
+
+    @property
+    def trunks(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+
 class ApiNode(Protocol):
     """The parts of `supervisor.Node` the API uses (a fake one serves the unit tests)."""
 
     config: Config
     store: Store
-    ledger: Ledger
     publisher: Publisher | None
     metrics: NodeMetrics
     draining: bool
     started_at: float
+
+    @property
+    def ledger(self) -> LedgerView: ...
 
     @property
     def worker(self) -> WorkerView: ...

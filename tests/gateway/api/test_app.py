@@ -29,18 +29,18 @@ from gateway.api.common import MAX_PAGE
 from gateway.calls import events as ev
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
-from gateway.events.publisher import BrokerConnection, Publisher
-from gateway.events.schema import CommandError
-from gateway.metrics import NodeMetrics
-from gateway.node.ledger import Ledger
-from gateway.node.operations import (
+from gateway.events.commands import (
     MAX_REQUEST_BYTES,
     MAX_VARIABLE_NAME,
     MAX_VARIABLE_VALUE,
     MAX_VARIABLES,
     MAX_VARIABLES_BYTES,
-    run_operation,
 )  # fmt: skip
+from gateway.events.publisher import BrokerConnection, Publisher
+from gateway.events.schema import CommandError
+from gateway.metrics import NodeMetrics
+from gateway.node.ledger import Ledger
+from gateway.node.operations import run_operation
 from gateway.store.sqlite import Store, StoredCall
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
