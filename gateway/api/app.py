@@ -32,10 +32,9 @@ from gateway.api.common import ApiNode, error_response, request_errors, trunk_st
 from gateway.api.models import Health, NodeHealth, Version, WorkerHealth
 from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
+from gateway.events.commands import MAX_REQUEST_BYTES
 from gateway.events.schema import CommandError
 from gateway.metrics import NodeSnapshot, WorkerGauge, render
-from gateway.node.operations import MAX_REQUEST_BYTES
-from gateway.node.placement import node_capacity
 
 log = logging.getLogger("sipedge.api")
 
@@ -190,7 +189,7 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(CommandError)
     async def command_error(request: Request, exc: CommandError) -> Response:
         headers = None
-        if exc.code == "capacity_exceeded":
+        if exc.retryable:
             headers = {"Retry-After": str(request.app.state.node.config.limits.retry_after)}
         return error_response(exc.code, exc.message, exc.details, headers)
 
@@ -285,7 +284,7 @@ def _install_operations(app: FastAPI) -> None:
         body = NodeHealth(
             status="unhealthy" if reasons else "ok", checks=checks, reasons=reasons,
             active_calls=len(node.ledger.active),
-            capacity=node_capacity(workers, node.config.limits.max_concurrent_calls),
+            capacity=node.workers.capacity,
             workers=[WorkerHealth.model_validate(w.as_dict()) for w in workers],
         )  # fmt: skip
         return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
@@ -336,7 +335,7 @@ def snapshot(node: ApiNode) -> NodeSnapshot:
     workers = node.workers.states()
     return NodeSnapshot(
         node=node.config.node.id, version=__version__, active_calls=len(node.ledger.active),
-        capacity=node_capacity(workers, node.config.limits.max_concurrent_calls),
+        capacity=node.workers.capacity,
         draining=node.draining, worker_up=any(w.running for w in workers),
         uptime=time.time() - node.started_at, outbox_backlog=node.store.backlog(),
         mqtt_connected=publisher is not None and publisher.connected,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -17,12 +17,10 @@ from pydantic_core import PydanticCustomError
 from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
+from gateway.events.commands import PATTERN_HINTS
 from gateway.events.publisher import Publisher
 from gateway.events.schema import iso_z
 from gateway.metrics import NodeMetrics
-from gateway.node.ledger import Ledger
-from gateway.node.operations import PATTERN_HINTS
-from gateway.node.placement import WorkerState
 from gateway.store.sqlite import Store
 
 T = TypeVar("T")
@@ -32,14 +30,50 @@ MAX_PAGE = 1_000_000  # keeps (page - 1) * per_page far inside SQLite's 64-bit i
 DEFAULT_PER_PAGE = 20
 
 
+class WorkerRow(Protocol):
+    """One SIP worker as the node describes it (node/placement.py: WorkerState)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def active_calls(self) -> int: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
 class WorkersView(Protocol):
-    """The node's SIP workers as the API reports them (gateway/node/pool.py)."""
+    """The node's SIP workers as the API reports them (node/pool.py), a contract like
+    LedgerView."""
 
     ready: asyncio.Event  # every worker has started once: the trunks are loaded
 
-    def states(self) -> Sequence[WorkerState]: ...
+    @property
+    def capacity(self) -> int: ...  # calls the node holds at once, within its limit
+
+    def states(self) -> Sequence[WorkerRow]: ...
 
     def trunk_status(self) -> dict[str, dict[str, Any]]: ...
+
+
+class LedgerView(Protocol):
+    """What the API reads of the node's ledger (node/ledger.py): the calls in progress and each
+    trunk's last reported state; a contract, so api/ needs no import of node/."""
+
+    @property
+    def active(self) -> Collection[str]: ...
+
+    @property
+    def trunks(self) -> Mapping[str, Mapping[str, Any]]: ...
 
 
 class ApiNode(Protocol):
@@ -47,11 +81,13 @@ class ApiNode(Protocol):
 
     config: Config
     store: Store
-    ledger: Ledger
     publisher: Publisher | None
     metrics: NodeMetrics
     draining: bool
     started_at: float
+
+    @property
+    def ledger(self) -> LedgerView: ...
 
     @property
     def workers(self) -> WorkersView: ...

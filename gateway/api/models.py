@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.errors import ErrorCode, Location
-from gateway.node.operations import (
+from gateway.events.commands import (
     ConfigId,
     DtmfDigits,
     E164Number,

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.calls.events import WorkerEvent
 from gateway.errors import detail, refusal_code
 from gateway.events.schema import CommandError
 from gateway.node.placement import WorkerPhase
-from gateway.worker.ipc import IpcError, encode, read_message
+from gateway.worker.ipc import IpcError, encode, event_from, read_message
 
 log = logging.getLogger("sipedge.node")
 
@@ -35,14 +36,14 @@ class WorkerRefused(CommandError):
 class WorkerLink:
     """The supervisor's end of one SIP worker process (worker `index` of the node, 1-based).
 
-    `on_event(link, message)` gets every event the worker sends, in order; `registers` are
-    the trunks it registers from its start."""
+    `on_event(link, event, ts)` gets every event the worker sends, in order; `registers`
+    are the trunks it registers from its start."""
 
     def __init__(
         self,
         index: int,
         config_path: Path,
-        on_event: Callable[[WorkerLink, dict[str, Any]], None],
+        on_event: Callable[[WorkerLink, WorkerEvent, float], None],
         registers: Sequence[str] = (),
     ) -> None:
         self.index = index
@@ -124,7 +125,12 @@ class WorkerLink:
                     break
                 kind = message.get("kind")
                 if kind == "event":
-                    self.on_event(self, message)
+                    try:
+                        event, ts = event_from(message)
+                    except IpcError as exc:
+                        log.error("event=worker_event_dropped worker=%d error=%s", self.index, exc)
+                        continue
+                    self.on_event(self, event, ts)
                 elif kind == "reply":
                     future = self._pending.pop(int(message["id"]), None)
                     if future is not None and not future.done():

@@ -17,6 +17,14 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from gateway.calls.events import (
+    CallDialed,
+    CallOffered,
+    Completed,
+    Failed,
+    TrunkStateChanged,
+    WorkerEvent,
+)
 from gateway.config import Config, worker_slots
 from gateway.events.schema import CommandError
 from gateway.node.link import WorkerLink, WorkerRefused
@@ -25,6 +33,7 @@ from gateway.node.placement import (
     WorkerState,
     assign_trunks,
     claim,
+    node_capacity,
     pick_worker,
     take_over,
 )
@@ -38,15 +47,15 @@ CALL_OPERATIONS = frozenset({"hangup", "send_dtmf", "transfer"})
 
 
 class WorkerPool:
-    """`on_event(message)` gets each worker event the node records (a trunk's state only from
-    the worker that reports the trunk); `on_lost(worker, call_ids)` is told the calls of a
-    worker that died, returns how many it closed; `on_change()` when capacity changes."""
+    """`on_event(event, ts)` gets each worker event the node records (a trunk's state only
+    from the worker that reports the trunk); `on_lost(worker, call_ids)` is told the calls of
+    a worker that died, returns how many it closed; `on_change()` when capacity changes."""
 
     def __init__(
         self,
         config: Config,
         config_path: Path,
-        on_event: Callable[[dict[str, Any]], None],
+        on_event: Callable[[WorkerEvent, float], None],
         on_lost: Callable[[int, set[str]], int],
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
@@ -91,8 +100,9 @@ class WorkerPool:
 
     @property
     def capacity(self) -> int:
-        """Calls the running workers hold at once."""
-        return sum(link.capacity for link in self.running)
+        """Calls the node holds at once: what its running workers hold, within
+        limits.max_concurrent_calls."""
+        return node_capacity(self.states(), self.config.limits.max_concurrent_calls)
 
     @property
     def engine_call_limit(self) -> int | None:
@@ -197,16 +207,14 @@ class WorkerPool:
 
     # -- events -------------------------------------------------------------------------------
 
-    def _event(self, link: WorkerLink, message: dict[str, Any]) -> None:
-        kind, call_id = message.get("type"), message.get("call_id")
-        data = message.get("data") or {}
-        if kind == "trunk.state" and self.trunk_owner.get(str(data.get("trunk"))) != link.index:
+    def _event(self, link: WorkerLink, event: WorkerEvent, ts: float) -> None:
+        if isinstance(event, TrunkStateChanged) and self.trunk_owner.get(event.trunk) != link.index:
             return  # one voice per trunk: the worker that registers (or reports) it
-        if call_id and kind in ("call.incoming", "call.placed"):
-            self.calls.add(str(call_id), link.index, data.get("trunk"))
-        elif call_id and kind in ("call.completed", "call.failed"):
-            self.calls.drop(str(call_id))
-        self._on_event(message)
+        if isinstance(event, CallOffered | CallDialed):
+            self.calls.add(event.call_id, link.index, event.trunk)
+        elif isinstance(event, Completed | Failed):
+            self.calls.drop(event.call_id)
+        self._on_event(event, ts)
 
     # -- workers coming and going -------------------------------------------------------------
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.calls.events import WorkerEvent
 from gateway.config import Config, capacity_warning, public_url, worker_count
 from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
-from gateway.node.placement import node_capacity
 from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
 from gateway.store.sqlite import Store
@@ -76,10 +76,10 @@ class Node:
         self._refresh_status()
         return closed
 
-    def on_worker_event(self, message: dict[str, Any]) -> None:
+    def on_worker_event(self, event: WorkerEvent, ts: float) -> None:
         before = len(self.ledger.active)
-        self.ledger.record(message["type"], message.get("call_id"), message["data"], message["ts"])
-        self.metrics.observe(message["type"], message.get("call_id"), message["data"])
+        self.ledger.record(event, ts)
+        self.metrics.observe(event)
         if len(self.ledger.active) != before and self.publisher is not None:
             self.publisher.refresh_status()
         if not self.ledger.active:
@@ -91,15 +91,12 @@ class Node:
         return {
             "version": __version__,
             "active_calls": len(self.ledger.active),
-            "capacity": self.capacity(),
+            "capacity": self.workers.capacity,
             "engine_call_limit": self.workers.engine_call_limit,
             "draining": self.draining,
             "uptime": round(time.time() - self.started_at, 1),
             "workers": [w.as_dict() for w in self.workers.states()],
         }
-
-    def capacity(self) -> int:
-        return node_capacity(self.workers.states(), self.config.limits.max_concurrent_calls)
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         """One implementation of each operation, shared by MQTT commands and the HTTP API."""

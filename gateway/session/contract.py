@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from gateway.calls.events import CallEvent
 from gateway.config import Config
 from media.agents.echo import EchoAgent
 
@@ -23,7 +24,7 @@ class CallControls:
     """What a media session may do to its call, from any thread."""
 
     call_id: str
-    emit: Callable[[str, dict[str, Any]], None]  # a call event, e.g. "call.speech.started"
+    emit: Callable[[CallEvent], None]  # one of gateway/calls/events.py, for this call
     hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pjsua2 as pj
 
 from gateway.backoff import Backoff
+from gateway.calls.events import TrunkStateChanged
 from gateway.config import SipSettings, Trunk
 
 if TYPE_CHECKING:
@@ -38,19 +39,10 @@ class TrunkState:
     attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "trunk": self.trunk,
-            "registers": self.registers,
-            "state": self.state,
-            "sip_code": self.sip_code,
-            "reason": self.reason,
-            "expires": self.expires,
-            "next_retry_at": self.next_retry_at,
-            "registered_at": self.registered_at,
-            "active_calls": self.active_calls,
-            "max_concurrent_calls": self.max_concurrent_calls,
-        }
+    def as_event(self) -> TrunkStateChanged:
+        """This state as the worker reports it (every field the event has, by name)."""
+        names = (f.name for f in fields(TrunkStateChanged) if f.name != "call_id")
+        return TrunkStateChanged(**{name: getattr(self, name) for name in names})
 
 
 def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:

@@ -15,11 +15,12 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from gateway.calls.events import WorkerEvent
 from gateway.config import Config, load_config, slot_config, worker_slots
 from gateway.errors import CallRefused, ConfigError
 from gateway.session.factory import make_session_factory
 from gateway.sip.engine import OriginateRequest, SipEngine
-from gateway.worker.ipc import IpcError, encode, read_message
+from gateway.worker.ipc import IpcError, encode, event_message, read_message
 
 if TYPE_CHECKING:
     from gateway.session.agent import AgentSession
@@ -42,15 +43,8 @@ class Worker:
         self.engine = SipEngine(config, self._emit_threadsafe, sessions, registers)
         self.stopped = asyncio.Event()
 
-    def _emit_threadsafe(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:
-        message = {
-            "kind": "event",
-            "type": kind,
-            "call_id": call_id,
-            "data": data,
-            "ts": time.time(),
-        }
-        self.loop.call_soon_threadsafe(self._send, message)
+    def _emit_threadsafe(self, event: WorkerEvent) -> None:
+        self.loop.call_soon_threadsafe(self._send, event_message(event, time.time()))
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():

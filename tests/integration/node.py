@@ -39,8 +39,8 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
             "port": free_sip_port(),
             "transports": ["udp", "tcp"],
             "rtp_ports": {
-                "start": 30000 + (os.getpid() % 200) * 100,
-                "end": 30000 + (os.getpid() % 200) * 100 + 99,
+                "start": 10000 + (os.getpid() % 200) * 100,
+                "end": 10000 + (os.getpid() % 200) * 100 + 99,
             },
         },
         "trunks": [

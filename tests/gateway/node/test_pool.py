@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from gateway.calls import events as ev
 from gateway.config import Config
 from gateway.errors import CommandError
 from gateway.node.link import WorkerLink, WorkerRefused
@@ -62,11 +63,11 @@ class FakeLink:
 
 class Recorder:
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events: list[ev.WorkerEvent] = []
         self.lost: list[tuple[int, set[str]]] = []
 
-    def on_event(self, message: dict[str, Any]) -> None:
-        self.events.append(message)
+    def on_event(self, event: ev.WorkerEvent, ts: float) -> None:
+        self.events.append(event)
 
     def on_lost(self, worker: int, calls: set[str]) -> int:
         self.lost.append((worker, calls))
@@ -93,9 +94,17 @@ def link(pool: WorkerPool, index: int) -> FakeLink:
     return fake
 
 
-def event(pool: WorkerPool, worker: int, kind: str, call_id: str | None, **data: Any) -> None:
-    message = {"kind": "event", "type": kind, "call_id": call_id, "data": data, "ts": 0.0}
-    pool._event(pool.links[worker], message)  # noqa: SLF001 - what a link's reader calls
+def event(pool: WorkerPool, worker: int, happening: ev.WorkerEvent) -> None:
+    pool._event(pool.links[worker], happening, 0.0)  # noqa: SLF001 - what a link's reader calls
+
+
+def offered(call_id: str) -> ev.CallOffered:
+    return ev.CallOffered(call_id=call_id, from_number="+15557654321", to_number="+15550100",
+                          trunk="static", agent="echo")  # fmt: skip
+
+
+def trunk_state(trunk: str, state: str) -> ev.TrunkStateChanged:
+    return ev.TrunkStateChanged(trunk=trunk, registers=trunk == "carrier", state=state)
 
 
 def originate(call_id: str, trunk: str = "static") -> dict[str, Any]:
@@ -155,15 +164,15 @@ async def test_a_trunks_limit_holds_over_all_workers(pool: WorkerPool) -> None:
 async def test_an_inbound_calls_commands_reach_the_worker_that_announced_it(
     pool: WorkerPool, recorder: Recorder
 ) -> None:
-    event(pool, 2, "call.incoming", "call_in", trunk="static", direction="inbound")
+    event(pool, 2, offered("call_in"))
     await pool.request("hangup", {"call_id": "call_in", "by": "control_plane"})
     assert link(pool, 2).requests == [("hangup", {"call_id": "call_in", "by": "control_plane"})]
     assert [s.active_calls for s in pool.states()] == [0, 1, 0]
-    event(pool, 2, "call.completed", "call_in", duration=1.0, reason="normal")
+    event(pool, 2, ev.Completed(call_id="call_in", duration=1.0, reason="normal"))
     with pytest.raises(WorkerRefused) as gone:
         await pool.request("hangup", {"call_id": "call_in"})
     assert gone.value.code == "resource_not_found"
-    assert [e["type"] for e in recorder.events] == ["call.incoming", "call.completed"]
+    assert [type(e) for e in recorder.events] == [ev.CallOffered, ev.Completed]
 
 
 async def test_a_trunks_state_is_heard_from_its_reporting_worker_only(
@@ -171,9 +180,9 @@ async def test_a_trunks_state_is_heard_from_its_reporting_worker_only(
 ) -> None:
     assert pool.trunk_owner == {"carrier": 1, "static": 2}
     for worker in (1, 2, 3):
-        event(pool, worker, "trunk.state", None, trunk="carrier", state="registered")
-        event(pool, worker, "trunk.state", None, trunk="static", state="static")
-    heard = [(e["data"]["trunk"], e["data"]["state"]) for e in recorder.events]
+        event(pool, worker, trunk_state("carrier", "registered"))
+        event(pool, worker, trunk_state("static", "static"))
+    heard = [(e.trunk, e.state) for e in recorder.events if isinstance(e, ev.TrunkStateChanged)]
     assert heard == [("carrier", "registered"), ("static", "static")]
 
 
@@ -190,8 +199,8 @@ async def test_only_the_first_owner_of_a_registering_trunk_registers_it(
 async def test_a_lost_worker_ends_only_its_calls_and_its_trunks_go_to_a_running_worker(
     pool: WorkerPool, recorder: Recorder
 ) -> None:
-    event(pool, 1, "call.incoming", "call_one", trunk="static")
-    event(pool, 2, "call.incoming", "call_two", trunk="static")
+    event(pool, 1, offered("call_one"))
+    event(pool, 2, offered("call_two"))
     await pool.request("originate", originate("call_three"))  # worker 3: the most free slots
     stop = asyncio.Event()
     supervising = asyncio.ensure_future(pool.supervise(stop))
