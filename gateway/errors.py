@@ -12,11 +12,29 @@ from typing import Any, Literal
 
 
 class SipedgeError(Exception):
-    """Base of every sipedge error."""
+    """Base of every sipedge error. Each one has a `code` of the shared vocabulary (below),
+    and through it the HTTP status the API answers with, the SIP status a SIP request gets
+    for the same reason, and whether trying again later may succeed."""
+
+    code: str = "internal_error"
+
+    @property
+    def http_status(self) -> int:
+        return http_status(self.code)
+
+    @property
+    def sip_status(self) -> int:
+        return sip_status(self.code)
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
 
 
 class ConfigError(SipedgeError):
     """The configuration file is invalid; `problems` holds one line per problem."""
+
+    code = "invalid_parameter"
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
@@ -38,6 +56,16 @@ HTTP_STATUS: Mapping[str, int] = {
     "range_not_satisfiable": 416, "invalid_parameter": 422, "rate_limit_exceeded": 429,
     "internal_error": 500, "capacity_exceeded": 503,
 }  # fmt: skip
+# The same reasons as SIP answers (RFC 3261 21.x): what a SIP request refused for that reason
+# gets, e.g. a call the edge cannot take is 503 either way; a missing dialog is 481.
+SIP_STATUS: Mapping[str, int] = {
+    "invalid_json": 400, "unauthorized": 403, "resource_not_found": 481,
+    "method_not_allowed": 405, "conflict": 491, "payload_too_large": 513,
+    "range_not_satisfiable": 416, "invalid_parameter": 400, "rate_limit_exceeded": 503,
+    "internal_error": 500, "capacity_exceeded": 503,
+}  # fmt: skip
+# Codes for which the same request may succeed later (HTTP and SIP answer with Retry-After).
+RETRYABLE = frozenset({"rate_limit_exceeded", "capacity_exceeded"})
 
 # Why the SIP worker refused an operation (CallRefused.reason) -> the API's code.
 _REFUSALS: Mapping[str, str] = {
@@ -55,6 +83,10 @@ Location = Literal["body", "query", "path", "header"]
 
 def http_status(code: str) -> int:
     return HTTP_STATUS.get(code, 500)
+
+
+def sip_status(code: str) -> int:
+    return SIP_STATUS.get(code, 500)
 
 
 def refusal_code(reason: str) -> str:
@@ -91,24 +123,18 @@ class CommandError(SipedgeError):
         # Entries missing a key get its default, so every reply has the one shape.
         self.details = [{**detail(message), **d} for d in details or ()]
 
-    @property
-    def http_status(self) -> int:
-        return http_status(self.code)
-
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
 
 class CallRefused(SipedgeError):
-    """An outbound call was refused before any INVITE was sent."""
+    """The worker refused an operation (an outbound call before any INVITE was sent, a
+    command on a call); `reason` says why in the worker's words, `code` in the API's."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-    @property
-    def code(self) -> str:
-        return refusal_code(self.reason)
+        self.code = refusal_code(reason)
 
 
 # --- validation errors (pydantic / FastAPI) as details ------------------------------------

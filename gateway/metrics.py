@@ -12,6 +12,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.calls.events import (
+    AgentLinkDown,
+    CallDialed,
+    CallOffered,
+    Completed,
+    Failed,
+    InvitesRefused,
+    WorkerEvent,
+)
+
 # Milliseconds; media latency on a healthy loopback is a few ms, over the internet 20-300 ms.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     5,
@@ -69,35 +79,36 @@ class NodeMetrics:
         self.latency: dict[tuple[str, str], Histogram] = {}  # (path, stat)
         self._direction: dict[str, str] = {}
 
-    def observe(self, kind: str, call_id: str | None, data: Mapping[str, Any]) -> None:
-        if kind == "worker.refused":
-            counts = data.get("counts")
-            for reason, count in counts.items() if isinstance(counts, Mapping) else ():
-                if isinstance(count, int):
-                    self.invites_refused[str(reason)] += count
-            return
-        if call_id is None:
-            return
-        if kind in ("call.incoming", "call.placed"):
-            self._direction[call_id] = str(data.get("direction") or _direction(kind))
-        elif kind in ("call.completed", "call.failed"):
-            direction = self._direction.pop(call_id, "unknown")
-            result = "completed" if kind == "call.completed" else str(data.get("reason"))
+    def observe(self, event: WorkerEvent) -> None:
+        if isinstance(event, InvitesRefused):
+            for reason, count in event.counts.items():
+                self.invites_refused[str(reason)] += int(count)
+        elif isinstance(event, CallOffered | CallDialed):
+            self._direction[event.call_id] = event.direction
+        elif isinstance(event, Completed | Failed):
+            direction = self._direction.pop(event.call_id, "unknown")
+            result = "completed" if isinstance(event, Completed) else event.reason
             self.calls[(direction, result)] += 1
-            latency = data.get("latency")
-            for name, value in latency.items() if isinstance(latency, Mapping) else ():
+            latency = event.latency if isinstance(event, Completed) else None
+            for name, value in (latency or {}).items():
                 path, _, stat = str(name).removesuffix("_ms").rpartition("_")
                 if path and isinstance(value, int | float):
                     self.latency.setdefault((path, stat), Histogram()).observe(float(value))
-        elif kind == "call.agent.disconnected":
-            reason = str(data.get("reason") or "")
-            kind_of = reason.split(":", 1)[0].split(" ", 1)[0]
+        elif isinstance(event, AgentLinkDown):
+            kind_of = event.reason.split(":", 1)[0].split(" ", 1)[0]
             if kind_of in _CONNECT_FAILURES:
-                self.agent_connect_failures[(str(data.get("agent")), kind_of)] += 1
+                self.agent_connect_failures[(event.agent, kind_of)] += 1
 
 
-def _direction(kind: str) -> str:
-    return "inbound" if kind == "call.incoming" else "outbound"
+@dataclass(frozen=True)
+class WorkerGauge:
+    """One SIP worker, for one scrape."""
+
+    index: int
+    running: bool
+    active_calls: int
+    capacity: int
+    restarts: int
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,7 @@ class NodeSnapshot:
     outbox_backlog: int
     mqtt_connected: bool
     trunks: Mapping[str, Mapping[str, Any]]  # trunk id -> last state
+    workers: tuple[WorkerGauge, ...] = ()
 
 
 def _labels(**labels: str) -> str:
@@ -139,7 +151,7 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
     out += _metric(
         "sipedge_up",
         "gauge",
-        "1 while the SIP worker is running.",
+        "1 while a SIP worker is running.",
         [f"sipedge_up {int(snap.worker_up)}"],
     )
     out += _metric(
@@ -167,6 +179,7 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
             "Concurrent calls the node can hold.",
             [f"sipedge_call_capacity {snap.capacity}"],
         )
+    out += _worker_metrics(snap.workers)
     out += _metric(
         "sipedge_calls_total", "counter",
         "Ended calls by direction and result (completed, or the failure reason).",
@@ -229,6 +242,25 @@ def render(snap: NodeSnapshot, metrics: NodeMetrics) -> str:
         _histogram_samples("sipedge_media_latency_milliseconds", metrics.latency),
     )
     return "\n".join(out) + "\n"
+
+
+def _worker_metrics(workers: Iterable[WorkerGauge]) -> list[str]:
+    def samples(value: Any) -> list[str]:
+        return [f"{_labels(worker=str(w.index))} {value(w)}" for w in workers]
+
+    out: list[str] = []
+    for name, kind, help_text, value in (
+        ("sipedge_worker_up", "gauge", "1 while the SIP worker is running.",
+         lambda w: int(w.running)),
+        ("sipedge_worker_active_calls", "gauge", "Calls the SIP worker holds.",
+         lambda w: w.active_calls),
+        ("sipedge_worker_call_capacity", "gauge", "Calls the SIP worker can hold at once.",
+         lambda w: w.capacity),
+        ("sipedge_worker_restarts_total", "counter",
+         "Times the node restarted the SIP worker after it died.", lambda w: w.restarts),
+    ):  # fmt: skip
+        out += _metric(name, kind, help_text, [name + s for s in samples(value)])
+    return out
 
 
 def _histogram_samples(name: str, hists: Mapping[tuple[str, str], Histogram]) -> list[str]:

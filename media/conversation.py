@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from media.frames import FRAME_MS, SAMPLE_WIDTH, bytes_per_frame
 from media.timing import TurnLatency
@@ -34,19 +34,14 @@ class VadParams(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Speech:
-    """A speech event of one party, ready to become call.speech.started/stopped."""
+    """A speech event of one party: it started, or it stopped (with its duration)."""
 
     party: Party
     event: SpeechEvent
 
     @property
-    def event_type(self) -> str:
-        started = isinstance(self.event, SpeechStarted)
-        return "call.speech.started" if started else "call.speech.stopped"
-
-    def as_data(self) -> dict[str, Any]:
-        duration = None if isinstance(self.event, SpeechStarted) else self.event.duration_ms
-        return {"party": self.party, "offset_ms": self.event.offset_ms, "duration_ms": duration}
+    def started(self) -> bool:
+        return isinstance(self.event, SpeechStarted)
 
 
 class PartySpeech:

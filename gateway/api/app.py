@@ -29,13 +29,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway import __version__
 from gateway.api.auth import ApiKeys, RateLimiter, bearer_token
 from gateway.api.common import ApiNode, error_response, request_errors, trunk_states
-from gateway.api.models import Health, Version
+from gateway.api.models import Health, NodeHealth, Version, WorkerHealth
 from gateway.config import ApiSettings
 from gateway.errors import HTTP_STATUS, detail
+from gateway.events.commands import MAX_REQUEST_BYTES
 from gateway.events.schema import CommandError
 from gateway.front.health import prometheus
-from gateway.metrics import NodeSnapshot, render
-from gateway.node.operations import MAX_REQUEST_BYTES
+from gateway.metrics import NodeSnapshot, WorkerGauge, render
 
 log = logging.getLogger("sipedge.api")
 
@@ -190,7 +190,7 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(CommandError)
     async def command_error(request: Request, exc: CommandError) -> Response:
         headers = None
-        if exc.code == "capacity_exceeded":
+        if exc.retryable:
             headers = {"Retry-After": str(request.app.state.node.config.limits.retry_after)}
         return error_response(exc.code, exc.message, exc.details, headers)
 
@@ -241,15 +241,22 @@ def _install_guard(app: FastAPI) -> None:
 _HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"model": Health, "description": "not healthy or not ready; `reasons` says why"},
 }
+_NODE_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": NodeHealth, "description": "not healthy; `reasons` says why"},
+}
 
 
 def _health(node: ApiNode) -> tuple[dict[str, str], list[str]]:
     checks: dict[str, str] = {}
     reasons: list[str] = []
-    worker_up = node.worker.ready.is_set() and not node.worker.exited.is_set()
-    checks["sip_worker"] = "ok" if worker_up else "down"
-    if not worker_up:
-        reasons.append("SIP worker is down")
+    # One worker down is not unhealthy: the others take calls while the node restarts it
+    # (an orchestrator restarting the whole node would end every call). None up is.
+    workers = node.workers.states()
+    up = sum(1 for w in workers if w.running)
+    checks["sip_worker"] = "ok" if up == len(workers) else "degraded" if up else "down"
+    if not up:
+        many = len(workers) > 1
+        reasons.append(f"all {len(workers)} SIP workers are down" if many else "SIP worker is down")
     writable = node.store.writable()
     checks["store"] = "ok" if writable else "unwritable"
     if not writable:
@@ -285,14 +292,20 @@ def _install_operations(app: FastAPI) -> None:
     @app.get(
         "/health",
         tags=["operations"],
-        response_model=Health,
-        responses=_HEALTH_RESPONSES,
-        summary="200 when the SIP worker runs and the store is writable, else 503",
+        response_model=NodeHealth,
+        responses=_NODE_HEALTH_RESPONSES,
+        summary="200 when a SIP worker runs and the store is writable, else 503; the workers",
     )
     async def health() -> Response:
         checks, reasons = _health(node)
         await _front_health(node, checks, reasons)
-        body = Health(status="unhealthy" if reasons else "ok", checks=checks, reasons=reasons)
+        workers = node.workers.states()
+        body = NodeHealth(
+            status="unhealthy" if reasons else "ok", checks=checks, reasons=reasons,
+            active_calls=len(node.ledger.active),
+            capacity=node.workers.capacity,
+            workers=[WorkerHealth.model_validate(w.as_dict()) for w in workers],
+        )  # fmt: skip
         return JSONResponse(body.model_dump(), status_code=503 if reasons else 200)
 
     @app.get(
@@ -307,7 +320,7 @@ def _install_operations(app: FastAPI) -> None:
         await _front_health(node, checks, reasons)
         if node.draining:
             reasons.insert(0, "node is draining")
-        if not node.worker.ready.is_set():
+        if not node.workers.ready.is_set():
             reasons.insert(0, "trunks are not loaded yet (SIP worker starting)")
         checks["draining"] = "yes" if node.draining else "no"
         body = Health(status="not_ready" if reasons else "ready", checks=checks, reasons=reasons)
@@ -342,13 +355,16 @@ def _install_operations(app: FastAPI) -> None:
 
 def snapshot(node: ApiNode) -> NodeSnapshot:
     publisher = node.publisher
+    workers = node.workers.states()
     return NodeSnapshot(
         node=node.config.node.id, version=__version__, active_calls=len(node.ledger.active),
-        capacity=node.worker.status.get("capacity"), draining=node.draining,
-        worker_up=node.worker.ready.is_set() and not node.worker.exited.is_set(),
+        capacity=node.workers.capacity,
+        draining=node.draining, worker_up=any(w.running for w in workers),
         uptime=time.time() - node.started_at, outbox_backlog=node.store.backlog(),
         mqtt_connected=publisher is not None and publisher.connected,
         trunks=trunk_states(node),
+        workers=tuple(WorkerGauge(index=w.index, running=w.running, active_calls=w.active_calls,
+                                  capacity=w.capacity, restarts=w.restarts) for w in workers),
     )  # fmt: skip
 
 

@@ -43,7 +43,7 @@ from gateway.api.models import (
     Page,
 )  # fmt: skip
 from gateway.errors import detail
-from gateway.node.operations import ConfigId, E164Number
+from gateway.events.commands import ConfigId, E164Number
 from gateway.store.sqlite import CallFilter, StoredCall
 
 CHUNK = 64 * 1024

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -17,12 +17,11 @@ from pydantic_core import PydanticCustomError
 from gateway.api.models import ErrorEnvelope, Meta
 from gateway.config import Config
 from gateway.errors import CommandError, detail, validation_details
+from gateway.events.commands import PATTERN_HINTS
 from gateway.events.publisher import Publisher
 from gateway.events.schema import iso_z
 from gateway.front.health import FrontHealth
 from gateway.metrics import NodeMetrics
-from gateway.node.ledger import Ledger
-from gateway.node.operations import PATTERN_HINTS
 from gateway.store.sqlite import Store
 
 T = TypeVar("T")
@@ -32,10 +31,50 @@ MAX_PAGE = 1_000_000  # keeps (page - 1) * per_page far inside SQLite's 64-bit i
 DEFAULT_PER_PAGE = 20
 
 
-class WorkerView(Protocol):
-    status: dict[str, Any]
-    ready: asyncio.Event
-    exited: asyncio.Event
+class WorkerRow(Protocol):
+    """One SIP worker as the node describes it (node/placement.py: WorkerState)."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def active_calls(self) -> int: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class WorkersView(Protocol):
+    """The node's SIP workers as the API reports them (node/pool.py), a contract like
+    LedgerView."""
+
+    ready: asyncio.Event  # every worker has started once: the trunks are loaded
+
+    @property
+    def capacity(self) -> int: ...  # calls the node holds at once, within its limit
+
+    def states(self) -> Sequence[WorkerRow]: ...
+
+    def trunk_status(self) -> dict[str, dict[str, Any]]: ...
+
+
+class LedgerView(Protocol):
+    """What the API reads of the node's ledger (node/ledger.py): the calls in progress and each
+    trunk's last reported state; a contract, so api/ needs no import of node/."""
+
+    @property
+    def active(self) -> Collection[str]: ...
+
+    @property
+    def trunks(self) -> Mapping[str, Mapping[str, Any]]: ...
 
 
 class ApiNode(Protocol):
@@ -43,14 +82,16 @@ class ApiNode(Protocol):
 
     config: Config
     store: Store
-    ledger: Ledger
     publisher: Publisher | None
     metrics: NodeMetrics
     draining: bool
     started_at: float
 
     @property
-    def worker(self) -> WorkerView: ...
+    def ledger(self) -> LedgerView: ...
+
+    @property
+    def workers(self) -> WorkersView: ...
 
     async def command(self, name: str, args: dict[str, Any]) -> Any: ...
 
@@ -65,7 +106,7 @@ def node_of(request: Request) -> ApiNode:
 def trunk_states(node: ApiNode) -> dict[str, dict[str, Any]]:
     """Each configured trunk's last known state: the worker's start status, then its events;
     active calls counted now (trunk state events only come with registration changes)."""
-    initial = node.worker.status.get("trunks") or {}
+    initial = node.workers.trunk_status()
     active: dict[str, int] = {}
     for record in node.store.open_calls():
         if record.id in node.ledger.active and record.trunk:

@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.errors import ErrorCode, Location
-from gateway.node.operations import (
+from gateway.events.commands import (
     ConfigId,
     DtmfDigits,
     E164Number,
@@ -181,6 +181,24 @@ class Health(_Response):
     status: Literal["ok", "unhealthy", "ready", "not_ready", "alive"]
     checks: dict[str, str] = Field(default_factory=dict)
     reasons: list[str] = Field(default_factory=list)
+
+
+class WorkerHealth(_Response):
+    worker: int = Field(description="1-based, as in logs and metrics")
+    state: Literal["starting", "running", "restarting", "stopped"]
+    pid: int | None
+    active_calls: int
+    capacity: int = Field(description="calls it holds at once (0 until it is ready)")
+    free_slots: int
+    restarts: int = Field(description="times the node restarted it since the node started")
+    trunks: list[str] = Field(description="trunks it registers (or reports the state of)")
+
+
+class NodeHealth(Health):
+    active_calls: int = 0
+    capacity: int = Field(0, description="calls the running workers hold at once, within "
+                          "limits.max_concurrent_calls")  # fmt: skip
+    workers: list[WorkerHealth] = Field(default_factory=list)
 
 
 class Version(_Response):

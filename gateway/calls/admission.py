@@ -1,5 +1,6 @@
-"""Admission of new inbound INVITEs: whether the node takes a call, decided before pjsua
-creates anything for it (a call slot, RTP/RTCP sockets), so a refused INVITE costs nothing.
+"""Admission of new calls: whether the node takes one, inbound or outbound. An inbound INVITE
+is decided before pjsua creates anything for it (a call slot, RTP/RTCP sockets), so a refused
+INVITE costs nothing; an outbound call before any INVITE is sent.
 
 Pure logic with no I/O: the SIP engine's request gate feeds it what it sees and answers the
 INVITE statelessly with the refusal it returns. Time is passed in, so tests need no clock.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gateway.calls.routing import InboundDecision, route_inbound
+from gateway.calls.routing import InboundDecision, destination_allowed, route_inbound
 from gateway.config import Config
 
 
@@ -103,8 +104,11 @@ class NodeLoad:
 
 
 class Admission:
-    """One decision per new INVITE, in the order a real edge applies them: cheap policy that
-    needs no state first (rate per source), then the node's state, then routing."""
+    """The one place that decides whether the node takes a new call, inbound or outbound.
+
+    Inbound, in the order a real edge applies them: cheap policy that needs no state first
+    (rate per source), then the node's load, then routing. Outbound: the request's trunk,
+    agent and destination, then the same load checks and the trunk's own limit."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -120,27 +124,62 @@ class Admission:
             return _refused(
                 Refusal(503, "rate_limited", f"source {source} over its INVITE rate", retry)
             )
-        if load.draining:
-            return _refused(Refusal(503, "draining", "the node is draining", retry))
-        if load.active_calls >= load.capacity:
-            return _refused(
-                Refusal(503, "capacity", f"node at capacity ({load.capacity} calls)", retry)
-            )
-        if not load.room_for_media:
-            return _refused(Refusal(503, "sockets", "no free media sockets in this worker", retry))
+        refusal = self._load_refusal(load)
+        if refusal is not None:
+            return _refused(refusal)
         if load.unconfirmed_by_source.get(source, 0) >= limits.max_unconfirmed_per_source:
             return _refused(
                 Refusal(503, "unconfirmed", f"source {source} has calls awaiting ACK", retry)
             )
-        decision = route_inbound(
-            self.config, source, dialled, load.active_calls, load.capacity,
-            load.active_by_trunk, load.draining,
-        )  # fmt: skip
+        decision = route_inbound(self.config, source, dialled, load.active_by_trunk)
         if decision.accept:
             return decision, None
         label = _ROUTE_REASONS.get(decision.sip_code, "trunk_capacity")
         after = retry if decision.sip_code == 503 else None
         return decision, Refusal(decision.sip_code, label, decision.reason, after)
+
+    def decide_outbound(self, trunk_id: str, to: str, agent: str, load: NodeLoad) -> Refusal | None:
+        """None when the call may be placed; else why not, `reason` being the CallRefused
+        reason the API and MQTT answer with (gateway/errors.py)."""
+        trunk = self.config.trunk(trunk_id)
+        if trunk is None:
+            return Refusal(404, "unknown_trunk", f"trunk {trunk_id!r} is not configured")
+        if self.config.agent(agent) is None:
+            return Refusal(404, "unknown_agent", f"agent {agent!r} is not configured")
+        if not destination_allowed(trunk, to):
+            allowed = ", ".join(trunk.allowed_destinations)
+            return Refusal(
+                403,
+                "destination_not_allowed",
+                f"{to} is outside trunk {trunk_id}'s allowed_destinations ({allowed})",
+            )
+        refusal = self._load_refusal(load)
+        if refusal is not None:
+            reason = "draining" if refusal.reason == "draining" else "capacity_exceeded"
+            detail = {
+                "draining": "the node is draining and takes no new calls",
+                "capacity": f"node at capacity ({load.capacity} calls)",
+            }.get(refusal.reason, refusal.detail)
+            return Refusal(refusal.code, reason, detail, refusal.retry_after)
+        if load.active_by_trunk.get(trunk_id, 0) >= trunk.max_concurrent_calls:
+            return Refusal(
+                503,
+                "capacity_exceeded",
+                f"trunk {trunk_id} at max_concurrent_calls",
+                self.config.limits.retry_after,
+            )
+        return None
+
+    def _load_refusal(self, load: NodeLoad) -> Refusal | None:
+        """Draining, the node's capacity, the worker's media sockets: the same for every call."""
+        retry = self.config.limits.retry_after
+        if load.draining:
+            return Refusal(503, "draining", "the node is draining", retry)
+        if load.active_calls >= load.capacity:
+            return Refusal(503, "capacity", f"node at capacity ({load.capacity} calls)", retry)
+        if not load.room_for_media:
+            return Refusal(503, "sockets", "no free media sockets in this worker", retry)
+        return None
 
 
 def _refused(refusal: Refusal) -> tuple[InboundDecision, Refusal]:

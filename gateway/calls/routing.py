@@ -45,17 +45,11 @@ def route_inbound(
     config: Config,
     source_ip: str,
     dialled: list[str],
-    active_total: int,
-    capacity: int,
     active_by_trunk: dict[str, int],
-    draining: bool,
 ) -> InboundDecision:
-    """Decide an inbound INVITE: 503 when full or draining, 403 from an unknown source,
-    404 for a number nobody answers, otherwise accept with the trunk and route."""
-    if draining:
-        return InboundDecision(False, 503, "draining")
-    if active_total >= capacity:
-        return InboundDecision(False, 503, "node at capacity")
+    """Route an inbound INVITE: 403 from an unknown source, 404 for a number nobody answers,
+    503 when its trunk is at max_concurrent_calls, otherwise accept with the trunk and route.
+    Whether the node takes a call at all (draining, capacity) is admission's decision."""
     candidates = [t for t in config.trunks if t.allow_ips_match(source_ip)]
     if not candidates:
         return InboundDecision(False, 403, f"source {source_ip} is not allowed by any trunk")

@@ -1,4 +1,5 @@
-"""`sipedge call` and `sipedge calls`: talk to a running node's HTTP API, print tables.
+"""`sipedge call`, `sipedge calls` and `sipedge status`: talk to a running node's HTTP API,
+print tables.
 
 URL and key come from `--url`/`--api-key` or SIPEDGE_API_URL/SIPEDGE_API_KEY; the key is
 never printed.
@@ -7,6 +8,7 @@ never printed.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -21,6 +23,11 @@ CALL_COLUMNS = (
     ("ID", "id"), ("STATUS", "status"), ("DIR", "direction"), ("FROM", "from"), ("TO", "to"),
     ("TRUNK", "trunk"), ("AGENT", "agent"), ("CREATED", "created_at"), ("SECS", "duration"),
     ("REASON", "end_reason"),
+)  # fmt: skip
+WORKER_COLUMNS = (
+    ("WORKER", "worker"), ("STATE", "state"), ("PID", "pid"), ("CALLS", "active_calls"),
+    ("FREE", "free_slots"), ("CAPACITY", "capacity"), ("RESTARTS", "restarts"),
+    ("TRUNKS", "trunks"),
 )  # fmt: skip
 
 
@@ -152,8 +159,44 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def status_text(health: dict[str, Any]) -> str:
+    """/health as `sipedge status` prints it: the node, its checks, one row per SIP worker."""
+    workers = health.get("workers") or []
+    up = sum(1 for w in workers if w.get("state") == "running")
+    lines = [
+        f"node: {health.get('status')}, {health.get('active_calls', 0)} active calls, capacity "
+        f"{health.get('capacity', 0)}, {up} of {len(workers)} SIP workers running",
+        "checks: " + " ".join(f"{k}={v}" for k, v in (health.get("checks") or {}).items()),
+    ]
+    lines += [f"reason: {reason}" for reason in health.get("reasons") or ()]
+    out = io.StringIO()
+    if workers:
+        rows = [tuple(title for title, _ in WORKER_COLUMNS)]
+        rows += [
+            tuple((",".join(w[k]) or "-") if k == "trunks" else _cell(w.get(k))
+                  for _, k in WORKER_COLUMNS)
+            for w in workers
+        ]  # fmt: skip
+        table(rows, out)
+    return "\n".join(lines) + "\n" + out.getvalue()
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        health = request(args, "GET", "/health")
+    except ApiError as exc:  # 503 still says why: print it
+        if exc.status != 503 or not isinstance(exc.body, dict) or "status" not in exc.body:
+            raise
+        health = exc.body
+    if args.json:
+        print(json.dumps(health, indent=2))
+    else:
+        sys.stdout.write(status_text(health))
+    return 0 if health.get("status") == "ok" else 1
+
+
 def add_commands(sub: Any) -> None:
-    """Add `call` and `calls` to the `sipedge` subcommands."""
+    """Add `call`, `calls` and `status` to the `sipedge` subcommands."""
     call = sub.add_parser("call", help="place an outbound call through a running node's API")
     call.add_argument("--to", required=True, help="E.164 number to dial")
     call.add_argument("--agent", required=True, help="agent id")
@@ -179,3 +222,6 @@ def add_commands(sub: Any) -> None:
     calls.add_argument("--per-page", type=int)
     add_connection_args(calls)
     calls.set_defaults(func=lambda a: _run(a, _calls))
+    status = sub.add_parser("status", help="a running node's health and its SIP workers")
+    add_connection_args(status)
+    status.set_defaults(func=lambda a: _run(a, _status))

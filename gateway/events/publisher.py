@@ -24,6 +24,8 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.errors import detail, validation_details
+from gateway.events.commands import MAX_REQUEST_BYTES
+from gateway.events.outbox import Outbox, OutboxRow
 from gateway.events.schema import (
     CommandError,
     command_name,
@@ -33,8 +35,6 @@ from gateway.events.schema import (
     trunk_state_topic,
     utc_now,
 )
-from gateway.node.operations import MAX_REQUEST_BYTES
-from gateway.store.sqlite import OutboxRow, Store
 
 log = logging.getLogger("gateway.publisher")  # the name it logged under before the move
 
@@ -102,7 +102,7 @@ class Publisher:
 
     def __init__(
         self,
-        store: Store,
+        store: Outbox,
         settings: BrokerConnection,
         node: str,
         prefix: str | None = None,

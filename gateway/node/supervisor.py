@@ -1,4 +1,5 @@
-"""The node process: config, store, MQTT, and the SIP worker process it supervises.
+"""The node process: config, store, MQTT, and the SIP worker processes it supervises
+(gateway/node/pool.py).
 
 SIGTERM/SIGINT drain the node: new calls get 503, active calls may finish for up to
 `node.drain_timeout` seconds, the rest are hung up, trunks unregister, and the process exits 0.
@@ -7,21 +8,18 @@ SIGTERM/SIGINT drain the node: new calls get 503, active calls may finish for up
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import signal
-import socket
-import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
+from gateway.calls.events import WorkerEvent
 from gateway.config import Config, capacity_warning, public_url, worker_count, worker_slots
-from gateway.errors import detail, refusal_code
 from gateway.events.publisher import BrokerConnection, Publisher
-from gateway.events.schema import CommandError
 from gateway.front.health import FrontHealth
 from gateway.front.process import FrontError, FrontProcess
 from gateway.front.render import worker_uri
@@ -29,136 +27,17 @@ from gateway.front.rpc import FrontRpcError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
+from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
 from gateway.store.sqlite import Store
-from gateway.worker.ipc import IpcError, encode, read_message
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer
 
 log = logging.getLogger("sipedge.node")
 
-WORKER_START_TIMEOUT = 30.0
-REQUEST_TIMEOUT = 15.0
-WORKER_RESTART_MAX = 30.0
 HEARTBEAT_S = 2.0
 FRONT_RESTART_MAX = 30.0
-
-
-class WorkerLink:
-    """The supervisor's end of one SIP worker process."""
-
-    def __init__(self, node: Node, index: int) -> None:
-        self.node = node
-        self.index = index
-        self.proc: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.status: dict[str, Any] = {}
-        self.ready = asyncio.Event()
-        self.exited = asyncio.Event()
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._reader_task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [
-            sys.executable,
-            "-m",
-            "gateway.worker",
-            "--config",
-            str(self.node.config_path),
-            "--fd",
-            str(child.fileno()),
-            "--slot",
-            str(self.index),
-            "--log-level",
-            logging.getLevelName(log.getEffectiveLevel()),
-        ]
-        self.proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(child.fileno(),))
-        child.close()
-        reader, self.writer = await asyncio.open_unix_connection(sock=parent)
-        self._reader_task = asyncio.create_task(self._read(reader))
-        try:
-            await asyncio.wait_for(self.ready.wait(), WORKER_START_TIMEOUT)
-        except TimeoutError:
-            raise RuntimeError("SIP worker did not become ready") from None
-        if self.exited.is_set():
-            raise RuntimeError("SIP worker exited during start (see its log above)")
-        log.info(
-            "event=worker_ready worker=%d pid=%d status=%s",
-            self.index,
-            self.proc.pid,
-            {k: v for k, v in self.status.items() if k != "trunks"},
-        )
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                try:
-                    message = await read_message(reader)
-                except IpcError as exc:  # one bad frame is dropped; the link stays in step
-                    log.error("event=worker_frame_dropped worker=%d error=%s", self.index, exc)
-                    continue
-                if message is None:
-                    break
-                kind = message.get("kind")
-                if kind == "event":
-                    self.node.on_worker_event(message)
-                elif kind == "reply":
-                    future = self._pending.pop(int(message["id"]), None)
-                    if future is not None and not future.done():
-                        future.set_result(message)
-                elif kind == "ready":
-                    self.status = message["status"]
-                    self.ready.set()
-        except (ConnectionError, ValueError) as exc:
-            log.error("event=worker_link_broken worker=%d error=%s", self.index, exc)
-        finally:
-            if self.proc is not None:
-                code = await self.proc.wait()
-                level = logging.INFO if code == 0 else logging.ERROR
-                log.log(level, "event=worker_exited worker=%d code=%s", self.index, code)
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(CommandError("internal_error", "SIP worker exited"))
-            self.exited.set()
-            self.ready.set()
-
-    async def request(
-        self, op: str, args: dict[str, Any] | None = None, timeout: float = REQUEST_TIMEOUT
-    ) -> Any:
-        if self.writer is None or self.exited.is_set():
-            raise CommandError("internal_error", "SIP worker is not running")
-        rid = next(self._ids)
-        frame = encode({"kind": "request", "id": rid, "op": op, "args": args or {}})
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = future
-        self.writer.write(frame)
-        try:
-            reply = await asyncio.wait_for(future, timeout)
-        finally:
-            self._pending.pop(rid, None)
-        if reply.get("ok"):
-            return reply.get("result")
-        error = reply.get("error") or {}
-        reason, message = str(error.get("code") or ""), str(error.get("message") or "failed")
-        raise CommandError(refusal_code(reason), message,
-                           [detail(message, type=reason or "internal_error")])  # fmt: skip
-
-    async def stop(self, timeout: float) -> None:
-        if self.proc is None or self.exited.is_set():
-            return
-        try:
-            await self.request("stop", timeout=5)
-        except (CommandError, TimeoutError):
-            self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.exited.wait(), timeout)
-        except TimeoutError:
-            log.error("event=worker_kill worker=%d reason=stop_timeout", self.index)
-            self.proc.kill()
-            await self.exited.wait()
 
 
 class Node:
@@ -170,13 +49,16 @@ class Node:
         self.store = Store(config.storage.path, prefix=config.mqtt.prefix)
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
-        self.worker = WorkerLink(self, 1)
+        self.workers = WorkerPool(
+            config, self.config_path, self.on_worker_event, self._calls_lost, self._workers_changed
+        )
         self.front: FrontProcess | None = None
         self.metrics = NodeMetrics()
         self.api: ApiServer | None = None
         self.draining = False
         self._idle = asyncio.Event()
         self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -188,10 +70,29 @@ class Node:
         if self.publisher is not None:
             self.publisher.publish_trunk_state(trunk, state)
 
-    def on_worker_event(self, message: dict[str, Any]) -> None:
+    def _refresh_status(self) -> None:
+        if self.publisher is not None:
+            self.publisher.refresh_status()
+
+    def _workers_changed(self) -> None:
+        """A worker died or came back: capacity changed, and the front must know at once."""
+        self._refresh_status()
+        self._background(self._front_follows_workers())
+
+    def _calls_lost(self, worker: int, call_ids: set[str]) -> int:
+        """A worker died: its calls are gone on the SIP side, and the control plane must hear
+        that they ended. The calls of the other workers go on."""
+        closed = self.ledger.close_orphans("worker_lost", alive_until=time.time(), only=call_ids)
+        self.ledger.active.difference_update(call_ids)
+        if not self.ledger.active:
+            self._idle.set()
+        self._refresh_status()
+        return closed
+
+    def on_worker_event(self, event: WorkerEvent, ts: float) -> None:
         before = len(self.ledger.active)
-        self.ledger.record(message["type"], message.get("call_id"), message["data"], message["ts"])
-        self.metrics.observe(message["type"], message.get("call_id"), message["data"])
+        self.ledger.record(event, ts)
+        self.metrics.observe(event)
         if len(self.ledger.active) != before and self.publisher is not None:
             self.publisher.refresh_status()
         if not self.ledger.active:
@@ -203,10 +104,11 @@ class Node:
         return {
             "version": __version__,
             "active_calls": len(self.ledger.active),
-            "capacity": self.worker.status.get("capacity"),
-            "engine_call_limit": self.worker.status.get("engine_call_limit"),
+            "capacity": self.workers.capacity,
+            "engine_call_limit": self.workers.engine_call_limit,
             "draining": self.draining,
             "uptime": round(time.time() - self.started_at, 1),
+            "workers": [w.as_dict() for w in self.workers.states()],
         }
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
@@ -247,24 +149,23 @@ class Node:
         self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
         self.store.beat(time.time())
         await self._start_front()
-        await self.worker.start()
-        await self.front_worker_state(self.worker.index, up=True)
-        self._worker_started()
+        await self.workers.start()
+        await self._front_follows_workers()
+        self._workers_started()
 
-    def _worker_started(self) -> None:
-        """The worker knows the real capacity: publish it, and say when it is below the
+    def _workers_started(self) -> None:
+        """The workers know the real capacity: publish it, and say when it is below the
         configured limit."""
-        if self.publisher is not None:
-            self.publisher.refresh_status()
-        capacity = self.worker.status.get("capacity")
-        if isinstance(capacity, int) and capacity_warning(self.config, capacity):
+        self._refresh_status()
+        capacity = self.workers.capacity
+        if capacity_warning(self.config, capacity):
             log.warning(
                 "event=capacity_capped max_concurrent_calls=%d capacity=%d workers=%d "
                 "engine_call_limit=%s calls_over_capacity=503",
                 self.config.limits.max_concurrent_calls,
                 capacity,
                 worker_count(self.config),
-                self.worker.status.get("engine_call_limit"),
+                self.workers.engine_call_limit,
             )
 
     async def run(self) -> int:
@@ -296,65 +197,29 @@ class Node:
                 log.exception("event=heartbeat_failed")
 
     async def _supervise(self) -> None:
-        """Until asked to stop: when the SIP worker dies, end its calls in the ledger (the
-        control plane must hear they ended) and start a new worker, with backoff."""
-        restarts = 0
-        started = time.monotonic()
-        while not self._stop.is_set():
-            stop = asyncio.create_task(self._stop.wait())
-            died = asyncio.create_task(self.worker.exited.wait())
-            await asyncio.wait({stop, died}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            died.cancel()
-            if self._stop.is_set():
-                return
-            await self.front_worker_state(self.worker.index, up=False)
-            closed = self.ledger.close_orphans("worker_lost", alive_until=time.time())
-            self.ledger.active.clear()
-            if time.monotonic() - started > 60:
-                restarts = 0  # it had been running fine: not a crash loop
-            delay = min(WORKER_RESTART_MAX, 0.5 * 2**restarts)
-            restarts += 1
-            log.error(
-                "event=worker_died calls_closed=%d restart_in=%.1f restarts=%d",
-                closed,
-                delay,
-                restarts,
-            )
-            try:
-                await asyncio.wait_for(self._stop.wait(), delay)
-                return
-            except TimeoutError:
-                pass
-            self.worker = WorkerLink(self, 1)
-            started = time.monotonic()
-            try:
-                await self.worker.start()
-                await self.front_worker_state(self.worker.index, up=True)
-                if self.publisher is not None:
-                    self.publisher.refresh_status()
-            except RuntimeError as exc:
-                log.error("event=worker_restart_failed error=%s", exc)
+        """Until asked to stop: each SIP worker that dies is restarted (gateway/node/pool.py)."""
+        await self.workers.supervise(self._stop)
 
     async def shutdown(self) -> None:
         self.draining = True
         if self.publisher is not None:
             self.publisher.refresh_status()  # draining: true now, not after the hang-ups
         await self._drain_front()
-        if not self.worker.exited.is_set() and self.worker.writer is not None:
+        if self.workers.running:
+            await self.workers.drain()  # every worker at once
+            log.info(
+                "event=draining active_calls=%d timeout=%s workers=%d",
+                len(self.ledger.active),
+                self.config.node.drain_timeout,
+                len(self.workers.running),
+            )
             try:
-                await self.worker.request("drain", timeout=5)
-                log.info(
-                    "event=draining active_calls=%d timeout=%s",
-                    len(self.ledger.active),
-                    self.config.node.drain_timeout,
-                )
                 if self.ledger.active:
                     self._idle.clear()
                     await asyncio.wait_for(self._idle.wait(), self.config.node.drain_timeout)
-            except (TimeoutError, CommandError):
+            except TimeoutError:
                 log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
-            await self.worker.stop(timeout=15)
+        await self.workers.stop(timeout=15)
         await self._stop_front()
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)
@@ -409,22 +274,27 @@ class Node:
             try:
                 await front.start()
                 log.info("event=front_restarted pid=%s restarts=%d", front.pid, restarts)
+                await self._front_follows_workers()
             except FrontError as exc:
                 log.error("event=front_restart_failed error=%s", exc)
 
-    async def front_worker_state(self, index: int, up: bool) -> None:
-        """Tell the front at once that worker `index` is ready or gone, rather than letting
-        its next OPTIONS probe find out (up to 2 s of INVITEs to a dead worker, or 503s while
-        a new one waits for its first probe)."""
+    async def _front_follows_workers(self) -> None:
+        """Tell the front at once which workers run, rather than letting its next OPTIONS
+        probe find out (up to 2 s of INVITEs to a dead worker, or 503s while a new one waits
+        for its first probe)."""
         if self.front is None or not self.front.running:
             return
-        slot = next((s for s in worker_slots(self.config) if s.index == index), None)
-        if slot is None:
-            return
-        try:
-            await self.front.rpc.set_worker(worker_uri(slot), up)
-        except FrontRpcError as exc:
-            log.warning("event=front_worker_state_failed worker=%d up=%s error=%s", index, up, exc)
+        running = {state.index for state in self.workers.states() if state.running}
+        for slot in worker_slots(self.config):
+            try:
+                await self.front.rpc.set_worker(worker_uri(slot), slot.index in running)
+            except FrontRpcError as exc:
+                log.warning("event=front_worker_state_failed worker=%d error=%s", slot.index, exc)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _drain_front(self) -> None:
         """New INVITEs get 503 at the front at once; in-dialog requests keep passing."""

@@ -30,6 +30,14 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from gateway.calls.events import (
+    AgentLinkDown,
+    AgentLinkUp,
+    CallEvent,
+    RecordingFinished,
+    SpeechBegan,
+    SpeechEnded,
+)
 from gateway.calls.model import CallRecord
 from gateway.config import Agent, VadSettings
 from gateway.errors import SipedgeError
@@ -49,6 +57,7 @@ from media.frames import bytes_per_frame
 from media.playout import Playout
 from media.recorder import Recording
 from media.timing import LatencyStats
+from media.vad import SpeechStarted
 
 log = logging.getLogger("sipedge.agent")
 
@@ -313,10 +322,14 @@ class AgentSession:
             self.link.transport,
             f" codec={channel.codec}" if channel.codec else "",
         )
-        connected: dict[str, Any] = {"agent": agent.id, "transport": self.link.transport}
-        if channel.codec:
-            connected["codec"] = channel.codec
-        self._emit("call.agent.connected", connected)
+        self._emit(
+            AgentLinkUp(
+                call_id=self.call_id,
+                agent=agent.id,
+                transport=self.link.transport,
+                codec=channel.codec or None,
+            )
+        )
         for message in self.link.opening():
             self._outgoing.append((message, 0))
         self._streaming = True
@@ -338,8 +351,12 @@ class AgentSession:
                 return False
             self._link_state = "disconnected"
         self._emit(
-            "call.agent.disconnected",
-            {"agent": self.agent.id, "transport": self.link.transport, "reason": reason},
+            AgentLinkDown(
+                call_id=self.call_id,
+                agent=self.agent.id,
+                transport=self.link.transport,
+                reason=reason,
+            )
         )
         return True
 
@@ -432,12 +449,12 @@ class AgentSession:
             recording.size_bytes,
         )
         self._emit(
-            "call.recording.ready",
-            {
-                "path": str(recording.path),
-                "duration": round(recording.duration_s, 3),
-                "bytes": recording.size_bytes,
-            },
+            RecordingFinished(
+                call_id=self.call_id,
+                path=str(recording.path),
+                duration=round(recording.duration_s, 3),
+                bytes=recording.size_bytes,
+            )
         )
 
     # -- asyncio: the agent's channel --------------------------------------------------------
@@ -580,17 +597,24 @@ class AgentSession:
         self._send(self.link.barge_in(dropped))
 
     def _emit_speech(self, speech: Speech) -> None:
-        self._emit(speech.event_type, speech.as_data())
+        event, party, call_id = speech.event, speech.party, self.call_id
+        if isinstance(event, SpeechStarted):
+            self._emit(SpeechBegan(call_id=call_id, party=party, offset_ms=event.offset_ms))
+        else:
+            self._emit(SpeechEnded(call_id=call_id, party=party, offset_ms=event.offset_ms,
+                                   duration_ms=event.duration_ms))  # fmt: skip
 
-    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+    def _emit(self, event: CallEvent) -> None:
         # After _events_finished the engine may have sent the call's final event: nothing of
         # this call may follow it. The lock makes check and emit one step for every thread
         # (emit only queues the event, it never blocks).
         with self._link_lock:
             if not self._events_done:
-                self.controls.emit(kind, data)
+                self.controls.emit(event)
                 return
-        log.warning("event=late_call_event_dropped call_id=%s type=%s", self.call_id, kind)
+        log.warning(
+            "event=late_call_event_dropped call_id=%s type=%s", self.call_id, type(event).__name__
+        )
 
     def _events_finished(self) -> None:
         with self._link_lock:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
+from gateway.calls.events import CallEvent
 from gateway.config import Config
-from gateway.session.link import link_rate
 from media.agents.echo import EchoAgent
 
 NARROWBAND_HZ = 8000
@@ -24,7 +24,7 @@ class CallControls:
     """What a media session may do to its call, from any thread."""
 
     call_id: str
-    emit: Callable[[str, dict[str, Any]], None]  # a call event, e.g. "call.speech.started"
+    emit: Callable[[CallEvent], None]  # one of gateway/calls/events.py, for this call
     hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
 
 
@@ -36,8 +36,14 @@ def bridge_rate(config: Config) -> int:
     codecs = set(config.sip.codecs).union(*(t.codecs or () for t in config.trunks))
     if codecs & WIDEBAND_CODECS:
         return WIDEBAND_HZ
-    rates = [link_rate(a.type, a.sample_rate) for a in config.agents if a.type != "echo"]
-    return max(rates, default=NARROWBAND_HZ)  # echo sessions run at the bridge's rate
+    streaming = [a for a in config.agents if a.type != "echo"]
+    if not streaming:
+        return NARROWBAND_HZ  # echo sessions run at the bridge's rate
+    # The wire adapters (and numpy, webrtcvad with them) only where an agent needs them: an
+    # echo-only worker does not import them at all.
+    from gateway.session.link import link_rate
+
+    return max(link_rate(a.type, a.sample_rate) for a in streaming)
 
 
 class MediaSession(Protocol):

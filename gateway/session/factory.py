@@ -1,19 +1,23 @@
 """The session factory the SIP engine calls for every call: echo, an agent WebSocket session,
 or a WebRTC session, as the call's agent is configured.
 
-The WebRTC session (aiortc, av, httpx: about 0.4 s and 15 MB per worker) is imported only when
-the config has a WebRTC agent, and then when the factory is made, not on the SIP thread."""
+A worker imports only the sessions its agents need, when the factory is made (not on the SIP
+thread): the WebSocket session (websockets, numpy, webrtcvad: about 15 MB per worker) only when
+the config has a twilio-ws or pcm-ws agent, the WebRTC session (aiortc, av, httpx: about 0.4 s
+and 15 MB more) only when it has a WebRTC agent. An echo-only worker imports neither."""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.calls.model import CallRecord
 from gateway.config import Config
-from gateway.session.agent import AgentSession
 from gateway.session.contract import CallControls, EchoSession, MediaSession, bridge_rate
+
+if TYPE_CHECKING:
+    from gateway.session.agent import AgentSession
 
 
 def make_session_factory(
@@ -24,11 +28,16 @@ def make_session_factory(
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
     on `loop` and are remembered in `streaming` so a stopping worker can let them finish."""
     echo_rate = bridge_rate(config)  # echo needs no resampling at all
-    webrtc: type[AgentSession] = AgentSession
-    if any(agent.type == "webrtc" for agent in config.agents):
+    types = {agent.type for agent in config.agents} - {"echo"}
+    sessions: dict[str, type[AgentSession]] = {}
+    if types:
+        from gateway.session.agent import AgentSession
+
+        sessions = dict.fromkeys(types, AgentSession)
+    if "webrtc" in types:
         from gateway.session.webrtc import WebRtcSession
 
-        webrtc = WebRtcSession
+        sessions["webrtc"] = WebRtcSession
 
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
@@ -36,8 +45,7 @@ def make_session_factory(
         recordings = config.storage.recordings_dir if wanted else None
         if agent is None or agent.type == "echo":
             return EchoSession(agent.delay_ms if agent is not None else 200, echo_rate)
-        kind = webrtc if agent.type == "webrtc" else AgentSession
-        session = kind(
+        session = sessions[agent.type](
             agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
         )
         if streaming is not None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pjsua2 as pj
 
 from gateway.backoff import Backoff
+from gateway.calls.events import TrunkStateChanged
 from gateway.config import SipSettings, Trunk, front_worker_side, hostport, sip_advertised_host
 
 if TYPE_CHECKING:
@@ -38,19 +39,10 @@ class TrunkState:
     attempts: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "trunk": self.trunk,
-            "registers": self.registers,
-            "state": self.state,
-            "sip_code": self.sip_code,
-            "reason": self.reason,
-            "expires": self.expires,
-            "next_retry_at": self.next_retry_at,
-            "registered_at": self.registered_at,
-            "active_calls": self.active_calls,
-            "max_concurrent_calls": self.max_concurrent_calls,
-        }
+    def as_event(self) -> TrunkStateChanged:
+        """This state as the worker reports it (every field the event has, by name)."""
+        names = (f.name for f in fields(TrunkStateChanged) if f.name != "call_id")
+        return TrunkStateChanged(**{name: getattr(self, name) for name in names})
 
 
 def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:
@@ -117,7 +109,11 @@ class LocalAccount(pj.Account):  # type: ignore[misc]
 
 
 class TrunkAccount(pj.Account):  # type: ignore[misc]
-    def __init__(self, engine: AccountHooks, trunk: Trunk) -> None:
+    """One trunk in one worker. Every worker loads every trunk (inbound calls and dial-out),
+    but a registering trunk is registered by one worker of the node only (`register`; the
+    node picks it, and moves it with `start_registering` if that worker is lost)."""
+
+    def __init__(self, engine: AccountHooks, trunk: Trunk, register: bool = True) -> None:
         super().__init__()
         self.engine = engine
         self.trunk = trunk
@@ -125,13 +121,27 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
             trunk.id, trunk.registers, max_concurrent_calls=trunk.max_concurrent_calls
         )
         self.backoff = Backoff(trunk.retry_min, trunk.retry_max)
+        self.registering = False  # this worker sends the trunk's REGISTERs
         self.unregistering = False
         self.retry_timer: object | None = None
         self.caller_user = self._default_user()
         self.create(self._config(self.caller_user), False)
         if trunk.registers:
-            self._set("registering")
+            if register:
+                self.start_registering()
+            else:
+                self.state.state = "unregistered"  # by this worker: another one registers it
+
+    def start_registering(self) -> None:
+        """Register the trunk from this worker from now on (no-op if it does already)."""
+        if not self.trunk.registers or self.registering or self.unregistering:
+            return
+        self.registering = True
+        self._set("registering")
+        try:
             self.setRegistration(True)
+        except pj.Error as exc:  # retried with backoff, like a refused REGISTER
+            self.onRegState(_Failure(503, exc.reason))
 
     def _default_user(self) -> str:
         if self.trunk.registers and self.trunk.username:

@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pjsua2 as pj
 
-from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
+from gateway.calls.events import DtmfReceived, EarlyMedia, TransferProgress, WorkerEvent
+from gateway.calls.leg import (
+    CallLeg,
+    Confirmed,
+    Disconnected,
+    Happening,
+    MediaFailed,
+    Provisional,
+    TransferCompleted,
+)
+from gateway.calls.model import CallRecord
 from gateway.session.contract import MediaSession
 from gateway.sip.executor import Timer
 from gateway.sip.vectors import fit_frame, read_vector, write_vector
@@ -106,64 +116,47 @@ class CallHooks(Protocol):
     engine (that import was a circle)."""
 
     @property
-    def schedule(self) -> Callable[[float, Callable[[], None]], Timer]: ...
-
-    @property
     def make_session(self) -> Callable[[CallRecord, CallControls], MediaSession]: ...
 
-    def emit(self, kind: str, record: CallRecord | None, data: dict[str, Any]) -> None: ...
-
-    def hangup(self, call_id: str, by: str = "control_plane") -> None: ...
+    def emit(self, event: WorkerEvent) -> None: ...
 
     def controls(self, record: CallRecord) -> CallControls: ...
 
-    def on_answered(self, call: SipCall) -> None: ...
-
-    def on_ended(self, call: SipCall, answered: bool, code: int, reason: str) -> None: ...
+    def feed(self, call: SipCall, happening: Happening) -> None: ...
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
+    """A pjsua2 call: its callbacks tell the call's leg (gateway/calls/leg.py) what happened,
+    through the engine, which does what the leg decides."""
+
     def __init__(
         self,
         engine: CallHooks,
         account: pj.Account,
-        record: CallRecord,
+        leg: CallLeg,
         pj_call_id: int = pj.PJSUA_INVALID_ID,
     ) -> None:
         super().__init__(account, pj_call_id)
         self.engine = engine
-        self.record = record
+        self.leg = leg
+        self.record = leg.record
         self.session: MediaSession | None = None
         self.port: AudioPort | None = None
         self.bridged_slot: int | None = None
         self.codec = ""
-        self.timed_out = False
         self.transfer_target: str | None = None
         self.timers: list[Timer] = []  # this call's limits; cancelled when it ends
-        self.answered_at: float | None = None
-        self.started_at = time.time()
         self.source = ""  # the IP an inbound INVITE came from
-        self.answer_waits_for: set[str] = set()  # "agent", "delay": what our 200 waits for
-        self.ending = False  # we sent BYE/CANCEL/final answer; the first end reason holds
         self.on_hold = False
-        self._rx_packets = -1
-        self._rx_changed_at = 0.0
 
     # -- liveness (SIP thread) ------------------------------------------------------------------
 
-    def media_seen(self, now: float) -> None:
-        self._rx_changed_at = now
-
-    def media_silent_for(self, now: float) -> float:
-        """Seconds since RTP last arrived from the far end (0 while on hold)."""
+    def rx_packets(self) -> int | None:
+        """RTP packets received from the far end so far (None: no stream to read)."""
         try:
-            packets = int(self.getStreamStat(0).rtcp.rxStat.pkt)
+            return int(self.getStreamStat(0).rtcp.rxStat.pkt)
         except pj.Error:
-            return 0.0  # no stream (yet, or any more): nothing to judge
-        if packets != self._rx_packets or self.on_hold:
-            self._rx_packets = packets
-            self._rx_changed_at = now
-        return now - self._rx_changed_at
+            return None  # no stream (yet, or any more)
 
     def is_gone(self) -> bool:
         """True if pjsua no longer has this call (its slot is free or holds another call)."""
@@ -184,18 +177,15 @@ class SipCall(pj.Call):  # type: ignore[misc]
             log.warning("event=call_info_failed call_id=%s error=%s", self.record.id, exc.info())
             return
         state = info.state
-        rec = self.record
-        if state == pj.PJSIP_INV_STATE_EARLY and rec.direction == "outbound":
-            rec.got_provisional = True
-            if rec.advance(CallState.RINGING):
-                self.engine.emit("call.ringing", rec, {"sip_code": info.lastStatusCode})
+        if state == pj.PJSIP_INV_STATE_EARLY:
+            self.engine.feed(self, Provisional(info.lastStatusCode))
         elif state == pj.PJSIP_INV_STATE_CONFIRMED:
-            if rec.advance(CallState.ANSWERED):
-                self.answered_at = time.time()
-                self.engine.on_answered(self)
+            self.engine.feed(self, Confirmed(time.time()))
         elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
             try:
-                self._ended(info)
+                self.engine.feed(
+                    self, Disconnected(info.lastStatusCode, info.lastReason, time.time())
+                )
             finally:
                 self._release_pjsua()
 
@@ -215,13 +205,12 @@ class SipCall(pj.Call):  # type: ignore[misc]
             if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 try:
                     self._bridge(index)
-                except Exception:  # no agent without media: end the call rather than sit silent
+                except Exception:  # the leg ends the call: no agent without media
                     log.exception("event=media_bridge_failed call_id=%s", self.record.id)
-                    self.record.end_reason = EndReason.FAILED
-                    self.engine.schedule(0, lambda: self.engine.hangup(self.record.id, "gateway"))
+                    self.engine.feed(self, MediaFailed())
                     return
                 if info.state == pj.PJSIP_INV_STATE_EARLY and self.record.direction == "outbound":
-                    self.engine.emit("call.early_media", self.record, {})
+                    self.engine.emit(EarlyMedia(call_id=self.record.id))
             break
         try:
             stream = self.getStreamInfo(0)
@@ -235,24 +224,25 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if self.session is not None:
             self.session.on_dtmf(prm.digit)
         self.engine.emit(
-            "call.dtmf",
-            self.record,
-            {"digit": prm.digit, "method": method, "duration_ms": duration},
+            DtmfReceived(
+                call_id=self.record.id, digit=prm.digit, method=method, duration_ms=duration
+            )
         )
 
     def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
         final, code = bool(prm.finalNotify), int(prm.statusCode)
         status = "accepted" if not final else "completed" if 200 <= code < 300 else "failed"
         self.engine.emit(
-            "call.transfer",
-            self.record,
-            {"target": self.transfer_target or "", "status": status, "sip_code": code},
+            TransferProgress(
+                call_id=self.record.id,
+                target=self.transfer_target or "",
+                status=status,
+                sip_code=code,
+            )
         )
         prm.cont = not final
         if status == "completed":
-            # The far end now talks to the transfer target; our leg of the call is done.
-            self.record.end_reason = EndReason.TRANSFERRED
-            self.engine.schedule(0, lambda: self.engine.hangup(self.record.id, "control_plane"))
+            self.engine.feed(self, TransferCompleted())
 
     # -- media --------------------------------------------------------------------------------
 
@@ -274,24 +264,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.port.startTransmit(audio)
         self.bridged_slot = slot
 
-    def _ended(self, info: Any) -> None:
-        rec = self.record
-        was_answered = rec.state == CallState.ANSWERED
-        code = info.lastStatusCode
-        if was_answered:
-            if rec.hangup_by is None:
-                rec.hangup_by = "caller" if rec.direction == "inbound" else "callee"
-            rec.end_reason = rec.end_reason or EndReason.NORMAL
-        elif rec.end_reason is None:
-            if rec.direction == "inbound":
-                rec.end_reason = EndReason.CANCELLED if code == 487 else EndReason.REJECTED
-            else:
-                rec.end_reason = failure_reason(code, rec.got_provisional, self.timed_out)
-        rec.advance(CallState.ENDED)
-        self._release_media()
-        self.engine.on_ended(self, was_answered, code, info.lastReason)
-
-    def _release_media(self) -> None:
+    def release_media(self) -> None:
         """The port leaves the bridge before the session closes: no clock-thread callback can
         reach a closed session, and the port is gone before this Python object can be freed
         (whenever the engine drops it)."""
@@ -317,6 +290,3 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if "this" in self.__dict__:
             pj.Call.__swig_destroy__(self)  # disowns: deallocation will not destroy again
             del self.this  # a pjsua2 call on the ended call raises TypeError
-
-    def duration(self) -> float:
-        return 0.0 if self.answered_at is None else max(0.0, time.time() - self.answered_at)

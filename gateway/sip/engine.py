@@ -10,15 +10,60 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import pjsua2 as pj
 
 from gateway.calls.admission import Admission, NodeLoad, RefusalLog, SocketBudget
-from gateway.calls.model import CallRecord, CallState, EndReason, failure_reason
-from gateway.calls.routing import destination_allowed, number_from_uri, route_inbound
+from gateway.calls.events import (
+    AgentLinkDown,
+    AgentLinkUp,
+    Answered,
+    CallDialed,
+    CallEvent,
+    CallOffered,
+    Completed,
+    Failed,
+    InvitesRefused,
+    Ringing,
+    TransferProgress,
+    WorkerEvent,
+)
+from gateway.calls.leg import (
+    Action,
+    AgentConnected,
+    AgentFailed,
+    AnswerSent,
+    CallLeg,
+    ConnectAgent,
+    Dialled,
+    Ended,
+    Final,
+    Hangup,
+    HangupRequested,
+    Happening,
+    Invited,
+    InviteRefused,
+    Limit,
+    Lost,
+    MediaProbed,
+    ProbeMedia,
+    RefuseInvite,
+    RefuseRinging,
+    ReportAnswered,
+    ReportRinging,
+    ScheduleHangup,
+    SendAnswer,
+    SendRinging,
+    StartTimer,
+    TimedOut,
+    leg_settings,
+    reason_header_value,
+)
+from gateway.calls.model import CallRecord, CallState, EndReason
+from gateway.calls.routing import number_from_uri, route_inbound
 from gateway.config import Config
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
@@ -26,7 +71,7 @@ from gateway.session.contract import CallControls, MediaSession, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
-from gateway.sip.executor import SipExecutor
+from gateway.sip.executor import DatagramWaker, SipExecutor
 from gateway.sip.ioqueue import IoQueueGauge, media_ioqueue
 from gateway.sip.message import header, request_uri, source_ip
 from gateway.sip.probe import probe_call_limit
@@ -37,18 +82,7 @@ log = logging.getLogger("sipedge.sip")
 RECONCILE_S = 5.0  # how often the engine checks its calls against pjsua's
 REFUSALS_REPORT_S = 1.0  # refused INVITEs are counted to the node at most this often
 
-# RFC 3326 Reason header on the BYE/CANCEL we send, by why we end the call (Q.850 causes).
-_Q850 = {
-    EndReason.NORMAL: 16,  # normal call clearing
-    EndReason.DRAIN: 16,
-    EndReason.TRANSFERRED: 16,
-    EndReason.TIMEOUT: 16,
-    EndReason.NO_ANSWER: 19,  # no answer from user
-    EndReason.ACK_TIMEOUT: 102,  # recovery on timer expiry
-    EndReason.MEDIA_TIMEOUT: 102,
-}
-
-Emit = Callable[[str, str | None, dict[str, Any]], None]
+Emit = Callable[[WorkerEvent], None]
 SessionFactory = Callable[[CallRecord, CallControls], MediaSession]
 
 
@@ -64,27 +98,26 @@ class OriginateRequest:
     record: bool | None = None
 
 
-# Reasons that stay the call's reason even when it ends before it was answered.
-_UNANSWERED_REASONS = {
-    EndReason.NO_ANSWER,
-    EndReason.UNREACHABLE,
-    EndReason.ACK_TIMEOUT,
-    EndReason.DRAIN,
-    EndReason.AGENT_UNAVAILABLE,
-}
-
-
 def reason_header(reason: EndReason) -> pj.SipHeader:
     """RFC 3326 `Reason` for a BYE or CANCEL we send: Q.850 cause and our end reason."""
     value = pj.SipHeader()
     value.hName = "Reason"
-    value.hValue = f'Q.850;cause={_Q850.get(reason, 41)};text="{reason.value}"'
+    value.hValue = reason_header_value(reason)
     return value
 
 
 class SipEngine:
-    def __init__(self, config: Config, emit: Emit, make_session: SessionFactory) -> None:
+    def __init__(
+        self,
+        config: Config,
+        emit: Emit,
+        make_session: SessionFactory,
+        registers: Collection[str] | None = None,
+    ) -> None:
         self.config = config
+        # The registering trunks this worker registers (None: all). A node with many workers
+        # has each trunk registered by one of them; the others load it without registering.
+        self._registers = None if registers is None else frozenset(registers)
         self._emit = emit
         self.make_session = make_session
         self.capacity = 0  # effective concurrent calls, known after start()
@@ -105,6 +138,7 @@ class SipEngine:
         self._executor = SipExecutor(on_timer_error=(pj.Error, SipedgeError))
         self.submit = self._executor.submit
         self.schedule = self._executor.schedule
+        self._waker: DatagramWaker | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -152,6 +186,10 @@ class SipEngine:
             sip.listen, sip.port, self.ep.libHandleEvents
         )
         self.engine_limit = probe_call_limit(self.ep, sip.listen)
+        if "udp" in sip.transports:
+            # An idle SIP thread sleeps in its poll until work comes (not 100 times a second).
+            self._waker = DatagramWaker(sip.listen, sip.port)
+            self._executor.set_waker(self._waker)
         # At the compiled limit pjsua itself answers 486 Busy Here (the wrong signal to a
         # carrier). The request gate answers 503 + Retry-After before pjsua sees the INVITE,
         # so every slot can carry a call; without the gate one slot stays free for refusing.
@@ -167,14 +205,15 @@ class SipEngine:
         )
         self.local_account = LocalAccount(self)
         for trunk in self.config.trunks:
-            self.trunks[trunk.id] = TrunkAccount(self, trunk)
+            register = self._registers is None or trunk.id in self._registers
+            self.trunks[trunk.id] = TrunkAccount(self, trunk, register=register)
             if not trunk.registers:
                 self.on_trunk_state(self.trunks[trunk.id].state)
         self.schedule(RECONCILE_S, self._reconcile)
 
     def _loop(self) -> None:
         while not (self.stopping and not self.calls and self._stop_deadline_passed()):
-            self.ep.libHandleEvents(self._executor.poll_ms())
+            self.ep.libHandleEvents(self._executor.begin_poll())
             self._executor.run_due()
             self._released.clear()  # husks: each C++ Call died in its DISCONNECTED callback
 
@@ -190,7 +229,7 @@ class SipEngine:
         self.stopping = True
         self._stop_at = time.monotonic() + 3.0
         for call in list(self.calls.values()):
-            self._hangup(call, "gateway", EndReason.DRAIN)
+            self.feed(call, HangupRequested("gateway", EndReason.DRAIN))
         waiting = [acc for acc in self.trunks.values() if acc.unregister()]
         if waiting:
             log.info("event=unregistering trunks=%s", ",".join(a.trunk.id for a in waiting))
@@ -215,19 +254,32 @@ class SipEngine:
         self._released.clear()
         self.trunks.clear()
         del self.local_account
+        self._executor.set_waker(None)
+        if self._waker is not None:
+            self._waker.close()
         self.ep.libDestroy()
         log.info("event=sip_stopped")
 
     # -- events -------------------------------------------------------------------------------
 
-    def emit(self, kind: str, record: CallRecord | None, data: dict[str, Any]) -> None:
+    def emit(self, event: WorkerEvent) -> None:
         try:
-            self._emit(kind, record.id if record else None, data)
+            self._emit(event)
         except Exception:  # the engine must keep running whatever a listener does
-            log.exception("event=emit_failed type=%s", kind)
+            log.exception("event=emit_failed type=%s", type(event).__name__)
+
+    def register(self, trunk_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        """SIP thread: register these trunks from this worker from now on (the worker that
+        registered them was lost); their states as they are now."""
+        unknown = sorted(set(trunk_ids) - set(self.trunks))
+        if unknown:
+            raise CallRefused("unknown_trunk", f"trunk {unknown[0]!r} is not configured")
+        for trunk_id in trunk_ids:
+            self.trunks[trunk_id].start_registering()
+        return {tid: self.trunks[tid].state.as_event().as_status() for tid in trunk_ids}
 
     def on_trunk_state(self, state: TrunkState) -> None:
-        self.emit("trunk.state", None, state.as_dict())
+        self.emit(state.as_event())
 
     def status(self) -> dict[str, Any]:
         return {
@@ -240,7 +292,7 @@ class SipEngine:
             "media_sockets_free": self._gauge.free
             if self._gauge and self._gauge.available
             else None,
-            "trunks": {tid: acc.state.as_dict() for tid, acc in self.trunks.items()},
+            "trunks": {tid: acc.state.as_event().as_status() for tid, acc in self.trunks.items()},
         }
 
     def _active_by_trunk(self) -> dict[str, int]:
@@ -263,14 +315,7 @@ class SipEngine:
         if header(text, "call-id") in self._live_sip_call_ids():
             return None  # a retransmission: the transaction layer absorbs it
         now = time.monotonic()
-        load = NodeLoad(
-            active_calls=len(self.calls) + len(self._refusing),
-            capacity=self.capacity,
-            active_by_trunk=self._active_by_trunk(),
-            unconfirmed_by_source=self._unconfirmed_by_source(),
-            draining=self.draining,
-            room_for_media=self._room_for_media(),
-        )
+        load = self._load(unconfirmed=True)
         dialled = [number_from_uri(request_uri(text)), number_from_uri(header(text, "to"))]
         _, refusal = self.admission.decide(source, [d for d in dialled if d], load, now)
         if refusal is None:
@@ -301,10 +346,21 @@ class SipEngine:
             )
         return GateAnswer(refusal.code, refusal.retry_after)
 
+    def _load(self, unconfirmed: bool = False) -> NodeLoad:
+        """What admission needs to know of this worker now (SIP thread)."""
+        return NodeLoad(
+            active_calls=len(self.calls) + len(self._refusing),
+            capacity=self.capacity,
+            active_by_trunk=self._active_by_trunk(),
+            unconfirmed_by_source=self._unconfirmed_by_source() if unconfirmed else {},
+            draining=self.draining,
+            room_for_media=self._room_for_media(),
+        )
+
     def _report_refusals(self) -> None:
         """Refusal counts go to the node's metrics batched, not one message per INVITE."""
         counts, self._refused_unreported = self._refused_unreported, {}
-        self.emit("worker.refused", None, {"counts": counts})
+        self.emit(InvitesRefused(counts=counts))
 
     def _room_for_media(self) -> bool:
         gauge = self._gauge
@@ -327,14 +383,9 @@ class SipEngine:
         src = source_ip(prm.rdata.srcAddress)
         dialled = [number_from_uri(request_uri(message)), number_from_uri(header(message, "to"))]
         caller = number_from_uri(header(message, "from"))
+        # Admitted by the request gate just before (same thread): this only finds the route.
         decision = route_inbound(
-            self.config,
-            src,
-            [d for d in dialled if d],
-            len(self.calls),
-            self.capacity,
-            self._active_by_trunk(),
-            self.draining,
+            self.config, src, [d for d in dialled if d], self._active_by_trunk()
         )
         route = decision.route
         record = CallRecord(
@@ -349,7 +400,8 @@ class SipEngine:
             variables=dict(route.variables) if route else {},
             sip_call_id=header(message, "call-id"),
         )
-        call = SipCall(self, account, record, prm.callId)
+        leg = CallLeg(record, leg_settings(self.config, route))
+        call = SipCall(self, account, leg, prm.callId)
         call.source = src
         if not decision.accept or route is None:
             log.info(
@@ -361,8 +413,7 @@ class SipEngine:
                 decision.sip_code,
                 decision.reason,
             )
-            record.end_reason = EndReason.REJECTED
-            self._refuse(call, decision.sip_code)
+            self.feed(call, InviteRefused(decision.sip_code))
             self._refusing[record.id] = call  # holds a pjsua slot until DISCONNECTED
             return
         self.calls[record.id] = call
@@ -377,87 +428,8 @@ class SipEngine:
             record.agent,
             src,
         )
-        self.emit("call.incoming", record, self._call_data(record))
-        ringing = pj.CallOpParam()
-        ringing.statusCode = 180
-        call.answer(ringing)
-        record.advance(CallState.RINGING)
-        call_id = record.id
-        agent = self.config.agent(record.agent)
-        if route.answer_after_agent and agent is not None and agent.type != "echo":
-            # Connect the agent while ringing; answer once it is connected (_on_agent_link).
-            call.answer_waits_for.add("agent")
-            call.session = self.make_session(record, self.controls(record))
-            give_up = agent.connect_timeout + 1.0
-            call.timers.append(self.schedule(give_up, lambda: self._agent_never_came(call_id)))
-        delay = route.answer_delay_ms / 1000
-        if delay:
-            call.answer_waits_for.add("delay")
-            call.timers.append(self.schedule(delay, lambda: self._answer(call_id, "delay")))
-        self._answer(call_id, None)
-
-    def _answer(self, call_id: str, ready: str | None) -> None:
-        """Answer with 200 once nothing the answer waits for (ring delay, agent) is pending."""
-        call = self.calls.get(call_id)
-        if call is None or call.record.state != CallState.RINGING or call.ending:
-            return  # cancelled or refused while ringing
-        call.answer_waits_for.discard(ready or "")
-        if call.answer_waits_for:
-            return
-        ok = pj.CallOpParam()
-        ok.statusCode = 200
-        try:
-            call.answer(ok)
-        except pj.Error as exc:
-            log.warning("event=answer_failed call_id=%s error=%s", call_id, exc.reason)
-            return
-        limit = self.config.limits.ack_timeout
-        call.timers.append(self.schedule(limit, lambda: self._ack_timeout(call_id)))
-
-    def _ack_timeout(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is None or call.record.state == CallState.ANSWERED or call.ending:
-            return
-        log.info("event=ack_timeout call_id=%s source=%s", call_id, call.source)
-        self._hangup(call, "gateway", EndReason.ACK_TIMEOUT)
-
-    def _on_agent_link(self, call_id: str, kind: str) -> None:
-        """An agent connected or failed while its inbound call rings (SIP thread)."""
-        call = self.calls.get(call_id)
-        if call is None or "agent" not in call.answer_waits_for or call.ending:
-            return
-        if kind == "call.agent.connected" or self._keeps_calls_without_agent(call):
-            self._answer(call_id, "agent")
-        else:
-            self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
-
-    def _keeps_calls_without_agent(self, call: SipCall) -> bool:
-        """on_agent_failure: keep means the operator wants the call up even with no agent."""
-        agent = self.config.agent(call.record.agent)
-        return agent is not None and agent.on_agent_failure == "keep"
-
-    def _agent_never_came(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is not None and "agent" in call.answer_waits_for and not call.ending:
-            log.warning("event=agent_connect_timeout call_id=%s", call_id)
-            if self._keeps_calls_without_agent(call):
-                self._answer(call_id, "agent")
-            else:
-                self._refuse_ringing(call, 480, EndReason.AGENT_UNAVAILABLE)
-
-    def _refuse_ringing(self, call: SipCall, code: int, reason: EndReason) -> None:
-        """Final non-2xx to an inbound call we have not answered yet."""
-        rec = call.record
-        rec.end_reason = rec.end_reason or reason
-        rec.hangup_by = rec.hangup_by or "gateway"
-        call.ending = True
-        log.info("event=call_refused call_id=%s code=%d reason=%s", rec.id, code, reason.value)
-        op = pj.CallOpParam()
-        op.statusCode = code
-        try:
-            call.hangup(op)
-        except pj.Error as exc:
-            log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
+        self.emit(CallOffered(**self._parties(record)))
+        self.feed(call, Invited())
 
     def _refuse(self, call: SipCall, code: int) -> None:
         op = pj.CallOpParam()
@@ -470,11 +442,11 @@ class SipEngine:
         call.answer(op)  # a final answer carries txOption headers; hangup() drops them
 
     @staticmethod
-    def _call_data(record: CallRecord) -> dict[str, Any]:
+    def _parties(record: CallRecord) -> dict[str, Any]:
         return {
-            "direction": record.direction,
-            "from": record.from_number,
-            "to": record.to_number,
+            "call_id": record.id,
+            "from_number": record.from_number,
+            "to_number": record.to_number,
             "trunk": record.trunk,
             "agent": record.agent,
             "variables": record.variables,
@@ -485,25 +457,10 @@ class SipEngine:
 
     def originate(self, req: OriginateRequest) -> str:
         """SIP thread: send the INVITE or raise CallRefused before anything goes out."""
-        account = self.trunks.get(req.trunk)
-        if account is None:
-            raise CallRefused("unknown_trunk", f"trunk {req.trunk!r} is not configured")
-        if self.config.agent(req.agent) is None:
-            raise CallRefused("unknown_agent", f"agent {req.agent!r} is not configured")
-        if not destination_allowed(account.trunk, req.to):
-            raise CallRefused(
-                "destination_not_allowed",
-                f"{req.to} is outside trunk {req.trunk}'s allowed_destinations "
-                f"({', '.join(account.trunk.allowed_destinations)})",
-            )
-        if self.draining:
-            raise CallRefused("draining", "the node is draining and takes no new calls")
-        if len(self.calls) >= self.capacity:
-            raise CallRefused("capacity_exceeded", f"node at capacity ({self.capacity} calls)")
-        if not self._room_for_media():
-            raise CallRefused("capacity_exceeded", "no free media sockets in this worker")
-        if self._active_by_trunk().get(req.trunk, 0) >= account.trunk.max_concurrent_calls:
-            raise CallRefused("capacity_exceeded", f"trunk {req.trunk} at max_concurrent_calls")
+        refusal = self.admission.decide_outbound(req.trunk, req.to, req.agent, self._load())
+        if refusal is not None:
+            raise CallRefused(refusal.reason, refusal.detail)
+        account = self.trunks[req.trunk]
         caller_id = req.caller_id or account.trunk.caller_id or ""
         record = CallRecord(
             id=req.call_id or new_call_id(),
@@ -517,7 +474,8 @@ class SipEngine:
             record=req.record,
         )
         account.use_caller_id(req.caller_id)
-        call = SipCall(self, account, record)
+        settings = leg_settings(self.config, ring_timeout=req.ring_timeout)
+        call = SipCall(self, account, CallLeg(record, settings))
         op = pj.CallOpParam(True)
         if caller_id and account.trunk.registers:
             pai = pj.SipHeader()
@@ -535,9 +493,7 @@ class SipEngine:
         self.calls[record.id] = call
         self.calls_total += 1
         self._count_trunk_calls()
-        ring_timeout = req.ring_timeout or self.config.limits.ring_timeout
-        call_id = record.id
-        call.timers.append(self.schedule(ring_timeout, lambda: self._ring_timeout(call_id)))
+        self.feed(call, Dialled())
         log.info(
             "event=call_placed call_id=%s trunk=%s to=%s agent=%s",
             record.id,
@@ -545,38 +501,13 @@ class SipEngine:
             record.to_number,
             record.agent,
         )
-        self.emit("call.placed", record, self._call_data(record))
+        self.emit(CallDialed(**self._parties(record)))
         return record.id
-
-    def _ring_timeout(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is None or call.record.state not in (CallState.DIALING, CallState.RINGING):
-            return
-        call.timed_out = True
-        # Nobody answered, or (nothing ever rang) the destination was never reached.
-        self._hangup(call, "gateway", failure_reason(0, call.record.got_provisional, True))
 
     # -- call control -------------------------------------------------------------------------
 
     def hangup(self, call_id: str, by: str = "control_plane") -> None:
-        call = self._get(call_id)
-        self._hangup(call, by, EndReason.NORMAL)
-
-    def _hangup(self, call: SipCall, by: str, reason: EndReason) -> None:
-        rec = call.record
-        if call.ending and rec.end_reason is not None:
-            return  # already ending: the first reason is the true one
-        rec.hangup_by = rec.hangup_by or by
-        if rec.state != CallState.ANSWERED and reason not in _UNANSWERED_REASONS:
-            reason = EndReason.CANCELLED  # e.g. the control plane hung up a ringing call
-        rec.end_reason = rec.end_reason or reason
-        call.ending = True
-        op = pj.CallOpParam(True)
-        op.txOption.headers.append(reason_header(rec.end_reason or reason))
-        try:
-            call.hangup(op)
-        except pj.Error as exc:
-            log.warning("event=hangup_failed call_id=%s error=%s", rec.id, exc.reason)
+        self.feed(self._get(call_id), HangupRequested(by))
 
     def send_dtmf(self, call_id: str, digits: str) -> None:
         call = self._get(call_id)
@@ -590,21 +521,17 @@ class SipEngine:
             raise CallRefused("conflict", f"call {call_id} is not answered; cannot transfer")
         call.transfer_target = target
         call.xfer(target, pj.CallOpParam(True))
-        self.emit("call.transfer", call.record, {"target": target, "status": "requested"})
+        self.emit(TransferProgress(call_id=call.record.id, target=target, status="requested"))
 
     def controls(self, record: CallRecord) -> CallControls:
-        def emit(kind: str, data: dict[str, Any]) -> None:
-            self.emit(kind, record, data)
-            if kind in ("call.agent.connected", "call.agent.disconnected"):
-                self.submit(lambda: self._on_agent_link(record.id, kind))
+        def emit(event: CallEvent) -> None:
+            self.emit(event)
+            if isinstance(event, AgentLinkUp | AgentLinkDown):
+                news = AgentConnected() if isinstance(event, AgentLinkUp) else AgentFailed()
+                self.submit(lambda: self._feed_live(record.id, news))
 
         def hangup(by: str) -> None:
-            def run() -> None:
-                call = self.calls.get(record.id)
-                if call is not None:
-                    self._hangup(call, by, EndReason.NORMAL)
-
-            self.submit(run)
+            self.submit(lambda: self._feed_live(record.id, HangupRequested(by)))
 
         return CallControls(record.id, emit, hangup)
 
@@ -614,33 +541,81 @@ class SipEngine:
             raise CallRefused("call_not_found", f"no active call {call_id}")
         return call
 
-    # -- call lifecycle (from SipCall) --------------------------------------------------------
+    # -- call lifecycle: what each call's leg decides, done ------------------------------------
 
-    def on_answered(self, call: SipCall) -> None:
+    def feed(self, call: SipCall, happening: Happening) -> None:
+        """SIP thread: tell the call's leg what happened and do what it says, in order."""
+        for action in call.leg.handle(happening):
+            self._perform(call, action)
+
+    def _feed_live(self, call_id: str, happening: Happening) -> None:
+        """As feed, for a call that may have ended since (a timer, another thread's news)."""
+        call = self.calls.get(call_id)
+        if call is not None:
+            self.feed(call, happening)
+
+    def _perform(self, call: SipCall, action: Action) -> None:
+        rec = call.record
+        match action:
+            case SendRinging():
+                ringing = pj.CallOpParam()
+                ringing.statusCode = 180
+                call.answer(ringing)
+            case ConnectAgent():
+                call.session = self.make_session(rec, self.controls(rec))
+            case SendAnswer():
+                ok = pj.CallOpParam()
+                ok.statusCode = 200
+                try:
+                    call.answer(ok)
+                except pj.Error as exc:
+                    log.warning("event=answer_failed call_id=%s error=%s", rec.id, exc.reason)
+                    return
+                self.feed(call, AnswerSent())
+            case RefuseInvite(sip_code=code):
+                self._refuse(call, code)
+            case RefuseRinging(sip_code=code, reason=reason):
+                log.info("event=call_refused call_id=%s code=%d reason=%s", rec.id, code, reason)
+                op = pj.CallOpParam()
+                op.statusCode = code
+                self._end(call, op)
+            case Hangup(reason=reason):
+                op = pj.CallOpParam(True)
+                op.txOption.headers.append(reason_header(reason))
+                self._end(call, op)
+            case ScheduleHangup(by=by):  # not from inside the pjsua callback now running
+                self.schedule(0, lambda: self.hangup(rec.id, by))
+            case StartTimer(after=after, then=then):
+                call.timers.append(self.schedule(after, lambda: self._feed_live(rec.id, then)))
+            case ProbeMedia(after=after):
+                call.timers.append(self.schedule(after, lambda: self._probe_media(rec.id)))
+            case ReportRinging(sip_code=code):
+                self.emit(Ringing(call_id=rec.id, sip_code=code))
+            case ReportAnswered(at=at):
+                self.on_answered(call, at)
+            case TimedOut(limit=limit):
+                level = logging.WARNING if limit is Limit.AGENT_CONNECT else logging.INFO
+                where = f" source={call.source}" if call.source else ""
+                log.log(level, "event=%s call_id=%s%s", limit, rec.id, where)
+            case Ended(final=final):
+                call.release_media()  # the port leaves the bridge before its session closes
+                self.on_ended(call, final)
+
+    def _end(self, call: SipCall, op: pj.CallOpParam) -> None:
+        try:
+            call.hangup(op)
+        except pj.Error as exc:
+            log.warning("event=hangup_failed call_id=%s error=%s", call.record.id, exc.reason)
+
+    def _probe_media(self, call_id: str) -> None:
+        call = self.calls.get(call_id)
+        if call is not None:
+            self.feed(call, MediaProbed(time.monotonic(), call.rx_packets(), call.on_hold))
+
+    def on_answered(self, call: SipCall, at: float) -> None:
         rec = call.record
         log.info("event=call_answered call_id=%s codec=%s", rec.id, call.codec)
-        self.emit("call.answered", rec, {"codec": call.codec, "answered_at": call.answered_at})
-        limit = self.config.limits.max_call_duration
-        call_id = rec.id
-        call.timers.append(self.schedule(limit, lambda: self._duration_exceeded(call_id)))
-        timeout = self.config.limits.media_timeout
-        if timeout:
-            call.media_seen(time.monotonic())
-            every = max(0.5, min(5.0, timeout / 4))
-            call.timers.append(self.schedule(every, lambda: self._watch_media(call_id, every)))
-
-    def _watch_media(self, call_id: str, every: float) -> None:
-        """Hang up an answered call whose far end sent no RTP for limits.media_timeout (a
-        caller gone without a BYE); hold is not silence. Re-arms itself while the call lives."""
-        call = self.calls.get(call_id)
-        if call is None or call.ending:
-            return
-        now = time.monotonic()
-        if call.media_silent_for(now) >= self.config.limits.media_timeout:
-            log.info("event=media_timeout call_id=%s", call_id)
-            self._hangup(call, "gateway", EndReason.MEDIA_TIMEOUT)
-            return
-        call.timers.append(self.schedule(every, lambda: self._watch_media(call_id, every)))
+        self.emit(Answered(call_id=rec.id, codec=call.codec, answered_at=at))
 
     def _reconcile(self) -> None:
         """The live-call count must be the calls really up: end calls pjsua no longer has (a
@@ -653,21 +628,12 @@ class SipEngine:
             call.__disown__()  # its pjsua slot may hold another call now: never hang that up
             if self._refusing.pop(rec.id, None) is not None:
                 continue
-            rec.end_reason = rec.end_reason or EndReason.FAILED
-            rec.advance(CallState.ENDED)
-            call._release_media()  # the port leaves the bridge before its session closes
-            self.on_ended(call, call.answered_at is not None, 0, "call lost by pjsua")
+            self.feed(call, Lost(time.time()))
             if self._released and self._released[-1] is call:
                 self._released.pop()  # disowned: the Python object may go, the C++ one stays
         self.schedule(RECONCILE_S, self._reconcile)
 
-    def _duration_exceeded(self, call_id: str) -> None:
-        call = self.calls.get(call_id)
-        if call is not None:
-            log.info("event=max_call_duration call_id=%s", call_id)
-            self._hangup(call, "gateway", EndReason.TIMEOUT)
-
-    def on_ended(self, call: SipCall, answered: bool, code: int, reason: str) -> None:
+    def on_ended(self, call: SipCall, final: Final | None) -> None:
         rec = call.record
         for timer in call.timers:
             timer.cancel()
@@ -678,48 +644,50 @@ class SipEngine:
             return  # a refused INVITE, already logged
         self._count_trunk_calls()
         self._released.append(call)
-        end = rec.end_reason.value if rec.end_reason else "normal"
-        if answered:
-            duration = call.duration()
+        if final is None:
+            return
+        end = final.reason.value
+        if final.completed:
             log.info(
                 "event=call_completed call_id=%s duration=%.1f reason=%s hangup_by=%s",
                 rec.id,
-                duration,
+                final.duration,
                 end,
-                rec.hangup_by,
+                final.hangup_by,
             )
             summary = getattr(call.session, "latency_summary", None)
             self._emit_final(
                 call,
-                "call.completed",
-                {
-                    "duration": round(duration, 3),
-                    "reason": end,
-                    "sip_code": code,
-                    "hangup_by": rec.hangup_by,
-                    "codec": call.codec,
-                    "latency": (summary() or None) if summary else None,
-                },
+                Completed(
+                    call_id=rec.id,
+                    duration=round(final.duration, 3),
+                    reason=end,
+                    sip_code=final.sip_code,
+                    hangup_by=final.hangup_by,
+                    latency=(summary() or None) if summary else None,
+                ),
             )
         else:
-            log.info("event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, code)
+            log.info(
+                "event=call_failed call_id=%s reason=%s sip_code=%d", rec.id, end, final.sip_code
+            )
             self._emit_final(
                 call,
-                "call.failed",
-                {
-                    "reason": end,
-                    "sip_code": code,
-                    "sip_reason": reason,
-                    "hangup_by": rec.hangup_by,
-                },
+                Failed(
+                    call_id=rec.id,
+                    reason=end,
+                    sip_code=final.sip_code,
+                    sip_reason=final.sip_reason,
+                    hangup_by=final.hangup_by,
+                ),
             )
 
-    def _emit_final(self, call: SipCall, kind: str, data: dict[str, Any]) -> None:
+    def _emit_final(self, call: SipCall, event: Completed | Failed) -> None:
         """call.completed/call.failed, the last event of a call: sent once the call's media
         session has emitted its own last events (speech cut off by the hang-up, the
         recording), from whichever thread that finishes on. Never blocks the SIP thread."""
-        session, record = call.session, call.record
+        session = call.session
         if session is None:
-            self.emit(kind, record, data)
+            self.emit(event)
         else:
-            session.when_closed(lambda: self.emit(kind, record, data))
+            session.when_closed(lambda: self.emit(event))

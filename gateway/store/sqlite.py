@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.errors import SipedgeError
+from gateway.events.outbox import OutboxRow
 from gateway.events.schema import Event, iso_z, utc_now
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
@@ -101,17 +102,6 @@ class StoredCall:
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredCall))
 _TIME_COLUMNS = frozenset({"created_at", "ringing_at", "answered_at", "ended_at"})
 _SORTABLE = frozenset({"created_at", "answered_at", "ended_at", "duration", "status"})
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxRow:
-    rowid: int
-    id: str
-    call_id: str | None
-    seq: int
-    type: str
-    topic: str
-    payload: str
 
 
 @dataclass(frozen=True, slots=True)

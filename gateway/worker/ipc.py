@@ -3,8 +3,9 @@
 A frame is a 4-byte big-endian length, then that many bytes of UTF-8 JSON (one object).
 Requests `{"kind": "request", "id", "op", "args"}` get exactly one
 `{"kind": "reply", "id", "ok", "result" | "error": {"code", "message"}}`.
-The worker also sends `{"kind": "event", "type", "call_id", "data", "ts"}` and
-`{"kind": "ready", "status"}` once its engine is up.
+The worker also sends `{"kind": "event", "type", "data", "ts"}`, one typed happening of
+gateway/calls/events.py (`type` is its class name, `data` its fields: `event_message` and
+`event_from`), and `{"kind": "ready", "status"}` once its engine is up.
 
 Framing by length (not by newline) means no message size breaks the reader's buffer. A frame
 above MAX_FRAME, or one that is not a JSON object, is a protocol error: read_message skips it
@@ -15,10 +16,12 @@ stays in step, so the reader logs it and reads on; no call depends on the bad fr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import struct
 from typing import Any
 
+from gateway.calls.events import EVENT_TYPES, WorkerEvent
 from gateway.errors import SipedgeError
 
 MAX_FRAME = 16 * 1024 * 1024
@@ -36,6 +39,23 @@ def encode(message: dict[str, Any]) -> bytes:
     if len(body) > MAX_FRAME:
         raise IpcError(f"IPC message of {len(body)} bytes exceeds the {MAX_FRAME}-byte frame limit")
     return _HEADER.pack(len(body)) + body
+
+
+def event_message(event: WorkerEvent, ts: float) -> dict[str, Any]:
+    return {"kind": "event", "type": type(event).__name__, "data": dataclasses.asdict(event),
+            "ts": ts}  # fmt: skip
+
+
+def event_from(message: dict[str, Any]) -> tuple[WorkerEvent, float]:
+    """The happening an event message carries, and when; IpcError if it is not one."""
+    cls = EVENT_TYPES.get(str(message.get("type")))
+    data = message.get("data")
+    if cls is None or not isinstance(data, dict):
+        raise IpcError(f"IPC event of unknown type {message.get('type')!r}")
+    try:
+        return cls(**data), float(message["ts"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise IpcError(f"IPC event {cls.__name__} does not fit its type: {exc}") from None
 
 
 def decode(body: bytes) -> dict[str, Any]:

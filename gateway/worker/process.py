@@ -1,5 +1,6 @@
 """A SIP worker process: one pjsua2 endpoint, the media of its calls, and the IPC link to
-the supervisor. Started by the supervisor as `python -m gateway.worker --config F --fd N`."""
+the supervisor. Started by the supervisor as
+`python -m gateway.worker --config F --fd N --slot I --registers TRUNK,...`."""
 
 from __future__ import annotations
 
@@ -12,14 +13,17 @@ import socket
 import sys
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gateway.calls.events import WorkerEvent
 from gateway.config import Config, load_config, slot_config, worker_slots
 from gateway.errors import CallRefused, ConfigError
-from gateway.session.agent import AgentSession
 from gateway.session.factory import make_session_factory
 from gateway.sip.engine import OriginateRequest, SipEngine
-from gateway.worker.ipc import IpcError, encode, read_message
+from gateway.worker.ipc import IpcError, encode, event_message, read_message
+
+if TYPE_CHECKING:
+    from gateway.session.agent import AgentSession
 
 log = logging.getLogger("sipedge.worker")
 
@@ -27,26 +31,20 @@ SESSION_CLOSE_TIMEOUT = 8.0
 
 
 class Worker:
-    def __init__(self, config: Config, sock: socket.socket) -> None:
+    def __init__(
+        self, config: Config, sock: socket.socket, registers: list[str] | None = None
+    ) -> None:
         self.config = config
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.writer: asyncio.StreamWriter | None = None
         self.streaming: weakref.WeakSet[AgentSession] = weakref.WeakSet()
-        self.engine = SipEngine(
-            config, self._emit_threadsafe, make_session_factory(config, self.loop, self.streaming)
-        )
+        sessions = make_session_factory(config, self.loop, self.streaming)
+        self.engine = SipEngine(config, self._emit_threadsafe, sessions, registers)
         self.stopped = asyncio.Event()
 
-    def _emit_threadsafe(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:
-        message = {
-            "kind": "event",
-            "type": kind,
-            "call_id": call_id,
-            "data": data,
-            "ts": time.time(),
-        }
-        self.loop.call_soon_threadsafe(self._send, message)
+    def _emit_threadsafe(self, event: WorkerEvent) -> None:
+        self.loop.call_soon_threadsafe(self._send, event_message(event, time.time()))
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -65,6 +63,8 @@ class Worker:
         reader, self.writer = await asyncio.open_unix_connection(sock=self.sock)
         await asyncio.to_thread(self.engine.start)
         status = await self._on_sip(self.engine.status)
+        # What an idle worker costs grows with what it imported (bench/worker_idle.py).
+        log.info("event=sip_worker_ready modules=%d", len(sys.modules))
         self._send({"kind": "ready", "status": status})
         try:
             while not self.stopped.is_set():
@@ -129,6 +129,9 @@ class Worker:
         if op == "transfer":
             await self._on_sip(lambda: engine.transfer(args["call_id"], args["target"]))
             return {"call_id": args["call_id"], "target": args["target"]}
+        if op == "register":
+            trunks = [str(t) for t in args["trunks"]]
+            return await self._on_sip(lambda: engine.register(trunks))
         if op == "drain":
             await self._on_sip(engine.drain)
             return await self._on_sip(engine.status)
@@ -155,9 +158,9 @@ class Worker:
             self.writer.close()
 
 
-async def _main(config: Config, fd: int) -> None:
+async def _main(config: Config, fd: int, registers: list[str] | None) -> None:
     sock = socket.socket(fileno=fd)
-    worker = Worker(config, sock)
+    worker = Worker(config, sock, registers)
     await worker.run()
 
 
@@ -166,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--slot", type=int, default=1, help="which worker of the node (1-based)")
+    parser.add_argument(
+        "--registers",
+        default=None,
+        help="comma-separated trunks this worker registers (default: every registering trunk)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -192,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--slot {args.slot}: the config has {len(slots)} worker slot(s)", file=sys.stderr)
         return 2
     config = slot_config(config, slots[args.slot - 1])
-    asyncio.run(_main(config, args.fd))
+    registers = None if args.registers is None else [t for t in args.registers.split(",") if t]
+    asyncio.run(_main(config, args.fd, registers))
     return 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tests.integration.peers import free_port, free_sip_port, sip_options
+from tests.integration.peers import free_port, free_sip_port, free_udp_port_run, sip_options
 
 
 def trunk_to(port: int, **extra: Any) -> list[dict[str, Any]]:
@@ -39,8 +39,8 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
             "port": free_sip_port(),
             "transports": ["udp", "tcp"],
             "rtp_ports": {
-                "start": 30000 + (os.getpid() % 200) * 100,
-                "end": 30000 + (os.getpid() % 200) * 100 + 99,
+                "start": 10000 + (os.getpid() % 200) * 100,
+                "end": 10000 + (os.getpid() % 200) * 100 + 99,
             },
         },
         "trunks": [
@@ -67,6 +67,16 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def workers_config(tmp: Path, workers: int, **overrides: Any) -> dict[str, Any]:
+    """base_config with `workers` SIP workers behind an external front (nothing runs it: tests
+    reach each worker on its own port, `NodeProcess.worker_port(i)`)."""
+    config = base_config(tmp, **overrides)
+    first = free_udp_port_run(workers)
+    config["sip"] = {**config["sip"], "front": {"mode": "external", "worker_ports_start": first}}
+    config["node"] = {**config["node"], "workers": workers}
+    return config
+
+
 class NodeProcess:
     """`python -m gateway.cli run --config FILE` as a child process with its log in a file."""
 
@@ -90,6 +100,20 @@ class NodeProcess:
     @property
     def sip_port(self) -> int:
         return int(self.config["sip"]["port"])
+
+    def worker_port(self, index: int) -> int:
+        """SIP port of worker `index` (1-based) behind a front; the node's port without one."""
+        front = self.config["sip"].get("front") or {}
+        if front.get("mode", "none") == "none":
+            return self.sip_port
+        return int(front.get("worker_ports_start") or self.sip_port + 100) + index - 1
+
+    @property
+    def ready_port(self) -> int:
+        """The port that answers OPTIONS once the node runs: the front's own, else worker 1's
+        (an external front is not started by the node)."""
+        front = self.config["sip"].get("front") or {}
+        return self.worker_port(1) if front.get("mode") == "external" else self.sip_port
 
     @property
     def mqtt_port(self) -> int:
@@ -119,7 +143,8 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            if "event=node_running" in self.log() and sip_options(port=self.sip_port, timeout=0.5):
+            running = "event=node_running" in self.log()
+            if running and sip_options(port=self.ready_port, timeout=0.5):
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"node did not become ready:\n{self.log()[-4000:]}")

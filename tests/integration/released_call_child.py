@@ -14,8 +14,9 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
+from gateway.calls.events import Answered, Completed, Failed, WorkerEvent
+from gateway.calls.leg import Final
 from gateway.calls.model import CallRecord
 from gateway.config import Config
 from gateway.session.contract import CallControls, EchoSession, MediaSession
@@ -41,13 +42,13 @@ def main(workdir: Path) -> None:
     done = threading.Event()
     finished = 0
 
-    def emit(kind: str, call_id: str | None, data: dict[str, Any]) -> None:
+    def emit(event: WorkerEvent) -> None:
         nonlocal finished
-        if kind == "call.answered" and call_id in engine.calls:
-            slot = engine.calls[call_id].getId()
+        if isinstance(event, Answered) and event.call_id in engine.calls:
+            slot = engine.calls[event.call_id].getId()
             if slot in ended:  # a new call in a slot whose old SipCall still lives
                 engine.schedule(0, lambda: dropped.append(str(ended.pop(slot).record.id)))
-        if kind in ("call.completed", "call.failed"):
+        if isinstance(event, Completed | Failed):
             finished += 1
             if finished == CALLS:
                 done.set()
@@ -58,9 +59,9 @@ def main(workdir: Path) -> None:
     engine = SipEngine(config, emit, make_session)
     on_ended = engine.on_ended
 
-    def keep(call: SipCall, answered: bool, code: int, reason: str) -> None:
+    def keep(call: SipCall, final: Final | None) -> None:
         ended[call.getId()] = call
-        on_ended(call, answered, code, reason)
+        on_ended(call, final)
 
     engine.on_ended = keep  # type: ignore[method-assign]
     engine.start()

@@ -17,6 +17,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.events.outbox import OutboxRow
 from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import (
     CallDtmf,
@@ -28,7 +29,7 @@ from gateway.events.schema import (
     trunk_state_topic,
 )
 from gateway.node.broker import EmbeddedBroker
-from gateway.store.sqlite import OutboxRow, Store, StoredCall
+from gateway.store.sqlite import Store, StoredCall
 from tests.integration.mosquitto import (  # noqa: F401 - fixtures
     mosquitto_fixture,
     persistent_mosquitto_fixture,

@@ -1,7 +1,7 @@
 """Call teardown against pjsua2's threads: an audio port that leaves the conference bridge is
 never called again, even when dropped or left past libDestroy; a released call never touches
 the call that took its pjsua slot; workers survive many short calls ending together.
-(Frame sizes handed to the bridge: tests/gateway/test_sip_audio_port.py.)
+(Frame sizes handed to the bridge: tests/gateway/sip/test_audio_port.py.)
 
 The port race is driven deterministically in a child process (a crash must fail the test,
 not kill pytest): with a huge GIL switch interval the main thread keeps the GIL while it

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from media.codecs import ulaw_decode
-from tests.gateway.test_webrtc import AgentPeer, WhipAgent
+from tests.gateway.session.test_webrtc import AgentPeer, WhipAgent
 from tests.integration.test_media_agents import (
     HOST,
     SCENARIOS,

@@ -26,21 +26,23 @@ from gateway.api import create_app
 from gateway.api.auth import ApiKeys, RateLimiter, bearer_token
 from gateway.api.calls import byte_range
 from gateway.api.common import MAX_PAGE
+from gateway.calls import events as ev
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
-from gateway.events.publisher import BrokerConnection, Publisher
-from gateway.events.schema import CommandError
-from gateway.front.health import FrontHealth, FrontWorker
-from gateway.metrics import NodeMetrics
-from gateway.node.ledger import Ledger
-from gateway.node.operations import (
+from gateway.events.commands import (
     MAX_REQUEST_BYTES,
     MAX_VARIABLE_NAME,
     MAX_VARIABLE_VALUE,
     MAX_VARIABLES,
     MAX_VARIABLES_BYTES,
-    run_operation,
 )  # fmt: skip
+from gateway.events.publisher import BrokerConnection, Publisher
+from gateway.events.schema import CommandError
+from gateway.front.health import FrontHealth, FrontWorker
+from gateway.metrics import NodeMetrics
+from gateway.node.ledger import Ledger
+from gateway.node.operations import run_operation
+from gateway.node.placement import WorkerPhase, WorkerState
 from gateway.store.sqlite import Store, StoredCall
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
@@ -88,7 +90,7 @@ SECRETS = ("hunter2-secret", "header-secret", "token=abc", "user:pw", "442070000
 class FakeWorker:
     """Answers the operations like the SIP worker, reporting events through the ledger."""
 
-    def __init__(self, ledger: Ledger, emit: Callable[[str, str | None, dict[str, Any]], None]):
+    def __init__(self, ledger: Ledger, emit: Callable[[ev.WorkerEvent], None]):
         self.ledger = ledger
         self.emit = emit
         self.status: dict[str, Any] = {
@@ -110,14 +112,30 @@ class FakeWorker:
         if self.refuse is not None:
             raise self.refuse
         if op == "originate":
-            self.emit("call.placed", args["call_id"], {
-                "direction": "outbound", "from": args["caller_id"] or "+15550000",
-                "to": args["to"], "trunk": args["trunk"], "agent": args["agent"],
-                "variables": args["variables"]})  # fmt: skip
+            self.emit(ev.CallDialed(
+                call_id=args["call_id"], from_number=args["caller_id"] or "+15550000",
+                to_number=args["to"], trunk=args["trunk"], agent=args["agent"],
+                variables=args["variables"]))  # fmt: skip
             return {"call_id": args["call_id"]}
         if args.get("call_id") not in self.ledger.active:
             raise CommandError("resource_not_found", "no such call")
         return {}
+
+    def states(self) -> list[WorkerState]:
+        """The one worker as the node's pool reports it."""
+        phase: WorkerPhase = (
+            "stopped" if self.exited.is_set() else "running" if self.ready.is_set() else "starting"
+        )
+        calls = len(self.ledger.active)
+        return [WorkerState(1, phase, 4242, self.status["capacity"], calls, 0, ("carrier",))]
+
+    @property
+    def capacity(self) -> int:
+        return sum(w.capacity for w in self.states() if w.running)
+
+    def trunk_status(self) -> dict[str, dict[str, Any]]:
+        trunks: dict[str, dict[str, Any]] = self.status["trunks"]
+        return trunks
 
 
 class FakeNode:
@@ -126,6 +144,7 @@ class FakeNode:
         self.store = Store(str(tmp / "api.db"))
         self.ledger = Ledger(self.store, "api-node")
         self.worker = FakeWorker(self.ledger, self.event)
+        self.workers = self.worker  # one worker: the pool and the worker are the same here
         self.publisher = None
         self.metrics = NodeMetrics()
         self.draining = False
@@ -138,9 +157,9 @@ class FakeNode:
     async def front_health(self) -> FrontHealth | None:
         return self.front
 
-    def event(self, kind: str, call_id: str | None, data: dict[str, Any]) -> None:
-        self.ledger.record(kind, call_id, data, time.time())
-        self.metrics.observe(kind, call_id, data)
+    def event(self, event: ev.WorkerEvent) -> None:
+        self.ledger.record(event, time.time())
+        self.metrics.observe(event)
 
 
 class Clock:
@@ -470,10 +489,10 @@ def test_list_calls_filters_and_sorts(client: TestClient, node: FakeNode) -> Non
 
 def test_call_events_in_order_with_pagination(client: TestClient, node: FakeNode) -> None:
     call_id = originate(client).json()["data"]["id"]
-    node.event("call.ringing", call_id, {})
-    node.event("call.answered", call_id, {"codec": "PCMU", "answered_at": time.time()})
-    node.event("call.completed", call_id, {"duration": 2.5, "reason": "normal",
-                                           "hangup_by": "callee"})  # fmt: skip
+    node.event(ev.Ringing(call_id=call_id))
+    node.event(ev.Answered(call_id=call_id, codec="PCMU", answered_at=time.time()))
+    node.event(ev.Completed(call_id=call_id, duration=2.5, reason="normal",
+                            hangup_by="callee"))  # fmt: skip
     res = client.get(f"/v1/calls/{call_id}/events", headers=AUTH).json()
     assert [e["type"] for e in res["data"]] == [
         "call.placed",
@@ -551,17 +570,16 @@ def test_byte_range_parsing() -> None:
 
 def test_trunks_with_state_and_no_secrets(client: TestClient, node: FakeNode) -> None:
     node.event(
-        "trunk.state",
-        None,
-        {
-            "trunk": "carrier",
-            "state": "failed",
-            "sip_code": 403,
-            "reason": "Forbidden",
-            "next_retry_at": 1_700_000_060.0,
-            "active_calls": 3,  # stale: active calls are counted from the live calls
-            "max_concurrent_calls": 5,
-        },
+        ev.TrunkStateChanged(
+            trunk="carrier",
+            registers=True,
+            state="failed",
+            sip_code=403,
+            reason="Forbidden",
+            next_retry_at=1_700_000_060.0,
+            active_calls=3,  # stale: active calls are counted from the live calls
+            max_concurrent_calls=5,
+        )
     )
     originate(client, trunk="carrier")
     res = client.get("/v1/trunks", headers=AUTH)
@@ -626,17 +644,17 @@ def test_version_and_metrics(client: TestClient, node: FakeNode) -> None:
     assert client.get("/version").json()["node"] == "api-node"
     call_id = originate(client).json()["data"]["id"]
     node.event(
-        "call.agent.disconnected",
-        call_id,
-        {"agent": "echo", "transport": "echo", "reason": "connect_timeout after 5s"},
+        ev.AgentLinkDown(
+            call_id=call_id, agent="echo", transport="echo", reason="connect_timeout after 5s"
+        )
     )
     node.event(
-        "call.completed",
-        call_id,
-        {"duration": 1.0, "reason": "normal", "latency": {"response_p50_ms": 180.0}},
+        ev.Completed(
+            call_id=call_id, duration=1.0, reason="normal", latency={"response_p50_ms": 180.0}
+        )
     )
     other = originate(client).json()["data"]["id"]
-    node.event("call.failed", other, {"reason": "busy", "sip_code": 486})
+    node.event(ev.Failed(call_id=other, reason="busy", sip_code=486))
     text = client.get("/metrics").text
     assert client.get("/metrics").headers["content-type"].startswith("text/plain; version=0.0.4")
     assert 'sipedge_calls_total{direction="outbound",result="completed"} 1' in text

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 VALID = """\
 node: {id: cli-node}

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.worker.ipc import MAX_FRAME, IpcError, encode, read_message
+from gateway.worker.ipc import MAX_FRAME, IpcError, decode, encode, read_message
 
 Link = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
@@ -95,3 +95,30 @@ async def test_frames_that_are_not_json_objects_are_dropped_without_losing_step(
 def test_encoding_a_message_above_the_cap_is_refused_before_sending() -> None:
     with pytest.raises(IpcError, match="exceeds the"):
         encode({"blob": "x" * (MAX_FRAME + 1)})
+
+
+def test_every_worker_event_crosses_the_link_as_the_same_object() -> None:
+    from gateway.calls import events as ev
+    from gateway.worker.ipc import event_from, event_message
+
+    sent = [
+        ev.CallOffered(
+            call_id="c1",
+            from_number="+1555",
+            to_number="+1666",
+            trunk="t",
+            agent="a",
+            variables={"k": "v"},
+            sip_call_id="x@y",
+        ),  # fmt: skip
+        ev.Completed(call_id="c1", duration=1.5, reason="normal", latency={"p50_ms": 3.0}),
+        ev.TrunkStateChanged(trunk="t", registers=True, state="registered", expires=300),
+        ev.InvitesRefused(counts={"rate": 3}),
+    ]
+    for event in sent:
+        frame = encode(event_message(event, 12.5))
+        assert event_from(decode(frame[4:])) == (event, 12.5)
+    with pytest.raises(IpcError, match="unknown type 'call.placed'"):
+        event_from({"kind": "event", "type": "call.placed", "data": {}, "ts": 1.0})
+    with pytest.raises(IpcError, match="Answered does not fit"):
+        event_from({"kind": "event", "type": "Answered", "data": {"codec": "PCMU"}, "ts": 1.0})

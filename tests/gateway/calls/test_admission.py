@@ -55,6 +55,54 @@ def test_full_draining_or_out_of_sockets_is_503_with_retry_after() -> None:
         assert (refusal.code, refusal.reason, refusal.retry_after) == (503, reason, 7)
 
 
+def test_draining_node_refuses_with_503_before_anything_else() -> None:
+    refusal = decide(Admission(config()), source="203.0.113.1", dialled="+19999999999",
+                     load=idle(draining=True))  # fmt: skip
+    assert (refusal.code, refusal.reason) == (503, "draining")
+
+
+def test_node_at_capacity_refuses_with_503() -> None:
+    admission = Admission(config())
+    refusal = decide(admission, load=idle(active_calls=4, capacity=4))
+    assert (refusal.code, refusal.detail) == (503, "node at capacity (4 calls)")
+    assert decide(admission, load=idle(active_calls=3, capacity=4)) is None
+
+
+# --- outbound: the same load checks, then the trunk's limit -------------------------------
+
+
+def outbound(config: Config) -> Config:
+    trunk = {"id": "carrier", "allowed_destinations": ["+44"], "max_concurrent_calls": 2}
+    return config.model_validate({**config.model_dump(by_alias=True), "trunks": [trunk]})
+
+
+def test_an_outbound_call_names_what_is_wrong_with_it_before_the_load() -> None:
+    admission = Admission(outbound(config()))
+    full = idle(active_calls=4)
+    for args, reason in (
+        (("nope", "+442070000000", "echo"), "unknown_trunk"),
+        (("carrier", "+442070000000", "nope"), "unknown_agent"),
+        (("carrier", "+15550100", "echo"), "destination_not_allowed"),
+    ):
+        refusal = admission.decide_outbound(*args, full)
+        assert refusal is not None and refusal.reason == reason
+    assert admission.decide_outbound("carrier", "+442070000000", "echo", idle()) is None
+
+
+def test_an_outbound_call_is_refused_as_inbound_ones_are_when_full_or_draining() -> None:
+    admission = Admission(outbound(config()))
+    call = ("carrier", "+442070000000", "echo")
+    for load, reason, detail in (
+        (idle(active_calls=4), "capacity_exceeded", "node at capacity (4 calls)"),
+        (idle(draining=True), "draining", "the node is draining and takes no new calls"),
+        (idle(room_for_media=False), "capacity_exceeded", "no free media sockets in this worker"),
+        (idle(active_by_trunk={"carrier": 2}), "capacity_exceeded",
+         "trunk carrier at max_concurrent_calls"),
+    ):  # fmt: skip
+        refusal = admission.decide_outbound(*call, load)
+        assert refusal is not None and (refusal.reason, refusal.detail) == (reason, detail)
+
+
 def test_one_source_may_hold_only_so_many_unconfirmed_calls() -> None:
     admission = Admission(config(max_unconfirmed_per_source=2))
     load = idle(unconfirmed_by_source={"10.1.1.1": 2})

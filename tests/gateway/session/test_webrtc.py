@@ -33,7 +33,7 @@ from media.agents.webrtc import (
 from media.errors import ProtocolError
 from media.resample import Resampler
 from media.vad import SpeechStarted, SpeechStopped
-from tests.gateway.test_agent_session import CALL_ID, Clock, FakeControls, frames, record, voiced
+from tests.gateway.session.test_agent import CALL_ID, Clock, FakeControls, frames, record, voiced
 
 HOST = "127.0.0.1"
 

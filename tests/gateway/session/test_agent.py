@@ -1,6 +1,6 @@
-"""AgentSession and its sans-IO parts: wire adapters, speech/barge-in, recorder alignment,
-playout latency; then whole sessions against a real WebSocket agent on 127.0.0.1 with a
-thread standing in for pjmedia's clock."""
+"""AgentSession and the media parts it drives: speech/barge-in and recorder alignment; then
+whole sessions against a real WebSocket agent on 127.0.0.1 with a thread standing in for
+pjmedia's clock. (The agent links' wire formats: test_link.py.)"""
 
 from __future__ import annotations
 
@@ -17,23 +17,14 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
+from gateway.calls.events import CallEvent
 from gateway.calls.model import CallRecord
 from gateway.config import Agent, VadSettings
+from gateway.node.ledger import media_event_data
 from gateway.session.agent import AgentSession
 from gateway.session.contract import CallControls
-from gateway.session.link import (
-    PcmLink,
-    PlayoutLatency,
-    TwilioLink,
-    account_sid,
-    barge_in_enabled,
-    port_rate,
-    stream_sid,
-)
-from media.agents.events import AgentAudio, AgentClear, AgentMark
-from media.codecs import ulaw_decode, ulaw_encode
+from media.codecs import ulaw_encode
 from media.conversation import Conversation, FrameAligner
-from media.vad import SpeechStarted, SpeechStopped
 
 CALL_ID = "call_0123456789abcdef01234567"
 
@@ -68,76 +59,6 @@ def record(**kw: Any) -> CallRecord:
     return CallRecord(**{**base, **kw})
 
 
-# --- wire adapters -------------------------------------------------------------------------
-
-
-def test_twilio_link_opens_with_connected_then_start_carrying_variables_and_parties() -> None:
-    link = TwilioLink(CALL_ID, "+15550111", "+15550100", {"campaign": "x", "to": "spoof"}, "n1")
-    connected, start = (json.loads(m) for m in link.opening())
-    assert connected == {"event": "connected", "protocol": "Call", "version": "1.0.0"}
-    assert start["event"] == "start" and start["sequenceNumber"] == "1"
-    body = start["start"]
-    assert body["customParameters"] == {"campaign": "x", "from": "+15550111", "to": "+15550100"}
-    assert body["callSid"] == CALL_ID
-    assert body["mediaFormat"] == {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
-    assert start["streamSid"] == stream_sid(CALL_ID) and len(start["streamSid"]) == 34
-    assert body["accountSid"] == account_sid("n1") and body["accountSid"].startswith("AC")
-
-
-def test_twilio_link_sends_20ms_mulaw_media_and_decodes_agent_media_to_pcm() -> None:
-    link = TwilioLink(CALL_ID, "a", "b", {})
-    link.opening()
-    pcm = tone(440, 20)
-    message = json.loads(link.caller_frame(pcm, 40))
-    assert message["media"]["timestamp"] == "40" and message["media"]["chunk"] == "1"
-    payload = base64.b64decode(message["media"]["payload"])
-    assert payload == ulaw_encode(pcm) and len(payload) == 160
-    agent_payload = ulaw_encode(tone(1000, 60))
-    event = link.receive(
-        json.dumps(
-            {
-                "event": "media",
-                "streamSid": link.stream.stream_sid,
-                "media": {"payload": base64.b64encode(agent_payload).decode()},
-            }
-        )
-    )
-    assert event == AgentAudio(ulaw_decode(agent_payload))
-    assert link.receive('{"event":"mark","mark":{"name":"m1"}}') == AgentMark("m1")
-    assert link.receive('{"event":"clear"}') == AgentClear()
-
-
-def test_twilio_barge_in_returns_dropped_marks_and_nothing_else() -> None:
-    link = TwilioLink(CALL_ID, "a", "b", {})
-    sent = [json.loads(m) for m in link.barge_in(["a", "b"])]
-    assert [(m["event"], m["mark"]["name"]) for m in sent] == [("mark", "a"), ("mark", "b")]
-    assert link.caller_speech(SpeechStarted(100)) == []
-
-
-def test_pcm_link_24k_agent_runs_the_port_at_16k_and_resamples_both_ways() -> None:
-    link = PcmLink(CALL_ID, "a", "b", {"k": "v"}, sample_rate=24000)
-    assert link.rate == 16000 == port_rate(24000) and port_rate(8000) == 8000
-    start = json.loads(link.opening()[0])
-    assert start["sample_rate"] == 24000 and start["variables"] == {"k": "v"}
-    out = link.caller_frame(tone(440, 20, 16000), 0)
-    assert isinstance(out, bytes) and abs(len(out) - 960) <= 64  # 20 ms at 24 kHz, filter delay
-    back = link.receive(tone(440, 100, 24000))
-    assert isinstance(back, AgentAudio) and abs(len(back.pcm) - 3200) <= 64
-
-
-def test_pcm_link_tells_the_agent_about_barge_in_and_caller_speech() -> None:
-    link = PcmLink(CALL_ID, "a", "b", {}, sample_rate=16000)
-    assert [json.loads(m) for m in link.barge_in(["m"])] == [
-        {"event": "clear"},
-        {"event": "mark", "name": "m"},
-    ]
-    assert json.loads(link.caller_speech(SpeechStopped(900, 500))[0]) == {
-        "event": "speech_stopped",
-        "offset_ms": 900,
-        "duration_ms": 500,
-    }
-
-
 # --- speech, barge-in, turns ---------------------------------------------------------------
 
 
@@ -149,12 +70,9 @@ def test_caller_speech_while_agent_plays_is_a_barge_in_and_starts_a_turn() -> No
         update = conv.caller_audio(f, agent_playing=True)
         events += update.speech
         barge.append(update.barge_in)
-    assert [(s.party, s.event_type) for s in events] == [
-        ("caller", "call.speech.started"),
-        ("caller", "call.speech.stopped"),
-    ]
-    start = events[0].as_data()
-    assert start["party"] == "caller" and 480 <= start["offset_ms"] <= 520
+    assert [(s.party, s.started) for s in events] == [("caller", True), ("caller", False)]
+    start = events[0]
+    assert start.party == "caller" and 480 <= start.event.offset_ms <= 520
     assert barge.count(True) == 1 and conv.barge_ins == 1
     # the agent answers 10 frames after the last one fed: response latency is measured
     for _ in range(10 + len(frames(bytes(8000) + voiced(400) + bytes(6400)))):
@@ -171,22 +89,6 @@ def test_no_barge_in_when_disabled_or_nothing_is_playing() -> None:
         assert not any(conv.caller_audio(f, playing).barge_in for f in frames(voiced(500)))
 
 
-def test_barge_in_is_off_for_twilio_agents_unless_the_agent_or_vad_turns_it_on() -> None:
-    def agent(kind: str, **extra: Any) -> Agent:
-        return Agent.model_validate({"id": "a", "type": kind, "url": "ws://127.0.0.1:9", **extra})
-
-    default = VadSettings()
-    assert default.barge_in is None
-    assert not barge_in_enabled(agent("twilio-ws"), default)
-    assert barge_in_enabled(agent("pcm-ws"), default)
-    assert barge_in_enabled(agent("webrtc", url="http://127.0.0.1:9/whip"), default)
-    assert barge_in_enabled(agent("twilio-ws", barge_in=True), default)
-    assert not barge_in_enabled(agent("pcm-ws", barge_in=False), default)
-    assert barge_in_enabled(agent("twilio-ws"), VadSettings(barge_in=True))
-    assert not barge_in_enabled(agent("pcm-ws"), VadSettings(barge_in=False))
-    assert not barge_in_enabled(agent("pcm-ws", barge_in=False), VadSettings(barge_in=True))
-
-
 def test_vad_frames_of_30ms_are_rechunked_from_20ms_frames_with_exact_offsets() -> None:
     conv = Conversation(
         16000, VadSettings(frame_ms=30, min_speech_ms=90, hangover_ms=90), barge_in=True
@@ -198,7 +100,7 @@ def test_vad_frames_of_30ms_are_rechunked_from_20ms_frames_with_exact_offsets() 
     assert 570 <= speech[0].event.offset_ms <= 660
 
 
-# --- recorder alignment and latency --------------------------------------------------------
+# --- recorder alignment ---------------------------------------------------------------------
 
 
 def test_frame_aligner_pairs_ticks_and_gives_up_on_a_stalled_side() -> None:
@@ -210,19 +112,6 @@ def test_frame_aligner_pairs_ticks_and_gives_up_on_a_stalled_side() -> None:
     assert aligner.flush() == [(b"c3", None), (b"c4", None)]
 
 
-def test_playout_latency_counts_each_chunk_once_and_forgets_cleared_chunks() -> None:
-    lat = PlayoutLatency()
-    lat.received(0, 1_000_000)
-    lat.received(320, 2_000_000)
-    assert lat.played(320, 6_000_000) == [5.0]
-    assert lat.played(640, 9_000_000) == [7.0]
-    lat.received(640, 10_000_000, queued_ahead_ns=40_000_000)  # 40 ms of audio ahead of it
-    assert lat.played(700, 52_000_000) == [2.0]
-    lat.received(960, 60_000_000)
-    lat.cleared()
-    assert lat.played(10_000, 20_000_000) == []
-
-
 # --- whole sessions against a real WebSocket agent -----------------------------------------
 
 
@@ -232,7 +121,13 @@ class FakeControls:
         self.hangups: list[str] = []
 
     def controls(self) -> CallControls:
-        return CallControls(CALL_ID, lambda k, d: self.events.append((k, d)), self.hangups.append)
+        return CallControls(CALL_ID, self._emit, self.hangups.append)
+
+    def _emit(self, event: CallEvent) -> None:
+        """Kept as the public event the node makes of it: (type, data)."""
+        data = media_event_data(event)
+        assert data is not None, event
+        self.events.append((data.event_type, data.model_dump(mode="json", exclude_none=True)))
 
     def types(self) -> list[str]:
         return [k for k, _ in self.events]

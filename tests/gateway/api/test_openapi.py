@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, settings
 
 from gateway.api import create_app
 from gateway.config import Config
-from gateway.node.operations import ID_PATTERN, MAX_ID
-from tests.gateway.test_api import AUTH, CONFIG, FakeNode, seed_calls
+from gateway.events.commands import ID_PATTERN, MAX_ID
+from tests.gateway.api.test_app import AUTH, CONFIG, FakeNode, seed_calls
 
 EXAMPLES_PER_OPERATION = 5
 _ID = ID_PATTERN.removeprefix("^").removesuffix("$")  # for re.fullmatch (no `$` before "\\n")

@@ -24,7 +24,7 @@ from gateway.events.schema import (
 from gateway.store.sqlite import CallNotFound, Store, StoredCall, StoreError
 
 NODE = "node-a"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -1,0 +1,152 @@
+"""The commands a control plane sends (originate, hang up, transfer, send DTMF): their arguments
+as pydantic models, the limits on what a request may carry and the hints a user reads instead
+of a pattern. One contract for MQTT command payloads and HTTP API bodies; no I/O (the node's
+operations carry the commands out)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
+
+from gateway.config import E164
+from gateway.errors import detail, validation_details
+from gateway.events.schema import CommandError
+
+# --- limits on what a request may carry (HTTP bodies and MQTT command payloads alike) ------
+
+MAX_REQUEST_BYTES = 64 * 1024  # a whole HTTP body or MQTT command payload
+MAX_VARIABLES = 64  # entries in `variables`
+MAX_VARIABLE_NAME = 64  # characters of one key
+MAX_VARIABLE_VALUE = 1024  # characters of one value
+MAX_VARIABLES_BYTES = 16 * 1024  # UTF-8 bytes of all keys and values together
+MAX_ID = 64  # agent, trunk ids
+MAX_TARGET = 256  # a transfer target
+
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"  # the config's agent and trunk ids
+DTMF_PATTERN = r"^[0-9*#A-Da-d]{1,64}$"
+TARGET_PATTERN = r"^(\+[1-9][0-9]{1,14}|sips?:\S+)$"
+
+# What a user reads instead of a regex when a value does not match it.
+PATTERN_HINTS = {
+    E164: "must be E.164, e.g. +15551234567",
+    ID_PATTERN: "must be an id of lower-case letters, digits, '-' and '_'",
+    DTMF_PATTERN: "must be 1 to 64 DTMF digits (0-9, *, #, A-D)",
+    TARGET_PATTERN: "must be an E.164 number (e.g. +15551234567) or a sip:/sips: URI",
+}
+
+
+def _variables_fit(value: dict[str, str]) -> dict[str, str]:
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in value.items())
+    if size > MAX_VARIABLES_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "at most {limit} bytes of keys and values in total (got {size})",
+            {"limit": MAX_VARIABLES_BYTES, "size": size},
+        )
+    return value
+
+
+E164Number = Annotated[StrictStr, Field(pattern=E164, examples=["+15551234567"])]
+ConfigId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+VariableName = Annotated[StrictStr, Field(min_length=1, max_length=MAX_VARIABLE_NAME)]
+VariableValue = Annotated[StrictStr, Field(max_length=MAX_VARIABLE_VALUE)]
+Variables = Annotated[
+    dict[VariableName, VariableValue],
+    Field(
+        max_length=MAX_VARIABLES,
+        description=f"custom variables: at most {MAX_VARIABLES} entries, names of 1 to "
+        f"{MAX_VARIABLE_NAME} characters, values of up to {MAX_VARIABLE_VALUE} characters, "
+        f"{MAX_VARIABLES_BYTES} bytes in total",
+    ),
+    AfterValidator(_variables_fit),
+]
+
+
+def _json_integer(value: Any) -> Any:
+    # What JSON Schema calls an integer: 30 or 30.0, never true or "30" (which pydantic's lax
+    # int would take as 1 and 30; StrictInt would also refuse 30.0, which the schema allows).
+    if isinstance(value, bool | str):
+        raise PydanticCustomError("int_type", "must be an integer")
+    return value
+
+
+# The bounds come before the validator, so the JSON schema keeps them (minimum/maximum).
+RingTimeout = Annotated[
+    int, Field(ge=1, le=600, description="seconds"), BeforeValidator(_json_integer)
+]
+DtmfDigits = Annotated[StrictStr, Field(pattern=DTMF_PATTERN, description="sent as RFC 4733")]
+TransferTarget = Annotated[
+    StrictStr,
+    Field(min_length=1, max_length=MAX_TARGET, pattern=TARGET_PATTERN,
+          description="E.164 number (via the call's trunk) or SIP URI"),
+]  # fmt: skip
+CallId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID)]
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Originate(_Args):
+    to: E164Number
+    from_: E164Number | None = Field(None, alias="from")
+    trunk: ConfigId | None = None
+    agent: ConfigId
+    variables: Variables = Field(default_factory=dict)
+    ring_timeout: RingTimeout | None = None
+    record: StrictBool | None = None
+    idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=255)
+
+
+class Hangup(_Args):
+    call_id: CallId
+
+
+class Transfer(_Args):
+    call_id: CallId
+    target: TransferTarget
+
+
+class SendDtmf(_Args):
+    call_id: CallId
+    digits: DtmfDigits
+
+
+def invalid(name: str, exc: ValidationError) -> CommandError:
+    """A command's arguments that failed validation, as the API's invalid_parameter."""
+    details = validation_details(exc.errors(include_url=False), hints=PATTERN_HINTS)
+    message = details[0]["message"] if details else f"invalid {name} parameters"
+    return CommandError("invalid_parameter", message, details)
+
+
+_ARGS: dict[str, type[_Args]] = {
+    "call.originate": Originate, "call.hangup": Hangup, "call.transfer": Transfer,
+    "call.send_dtmf": SendDtmf,
+}  # fmt: skip
+
+
+def parse_args(name: str, raw: dict[str, Any]) -> _Args:
+    """The command's validated arguments; CommandError naming the field and limit if not."""
+    model = _ARGS.get(name)
+    if model is None:
+        message = f"unknown command {name!r}"
+        raise CommandError("resource_not_found", message,
+                           [detail(message, field="command", type="unknown_command")])  # fmt: skip
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid(name, exc) from None
+
+
+COMMANDS = tuple(_ARGS)
