@@ -68,11 +68,13 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def workers_config(tmp: Path, workers: int, **overrides: Any) -> dict[str, Any]:
-    """base_config with `workers` SIP workers behind an external front (nothing runs it: tests
-    reach each worker on its own port, `NodeProcess.worker_port(i)`)."""
+    """base_config with `workers` SIP workers behind the node's own front (Kamailio, on
+    sip.port); tests may also reach each worker on its own port, `NodeProcess.worker_port(i)`.
+    The workers' ports, and the front's own socket for them just below, are checked free."""
     config = base_config(tmp, **overrides)
-    first = free_udp_port_run(workers)
-    config["sip"] = {**config["sip"], "front": {"mode": "external", "worker_ports_start": first}}
+    first = free_udp_port_run(workers + 1) + 1
+    front = {"mode": "embedded", "worker_ports_start": first}
+    config["sip"] = {**config["sip"], "front": front}
     config["node"] = {**config["node"], "workers": workers}
     return config
 

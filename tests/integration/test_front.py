@@ -23,7 +23,7 @@ from gateway.config import parse_config, worker_slots
 from gateway.front.process import find_kamailio
 from gateway.front.render import FrontPaths, render
 from tests.integration.mqtt_watch import MqttWatch
-from tests.integration.node import NodeProcess, base_config, trunk_to
+from tests.integration.node import NodeProcess, trunk_to, workers_config
 from tests.integration.peers import Kamailio, free_port
 from tests.integration.rawsip import RawUac, SipMessage
 from tests.integration.test_robustness import call_row
@@ -34,9 +34,8 @@ HOST = "127.0.0.1"
 
 
 def front_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
-    config = base_config(tmp, **overrides)
-    config["sip"]["front"] = {"mode": "embedded", **config["sip"].get("front", {})}
-    return config
+    """One worker behind the node's front, on ports checked free."""
+    return workers_config(tmp, 1, **overrides)
 
 
 def wait_answered(db: str, sip_call_id: str, timeout: float = 10.0) -> None:
@@ -91,7 +90,7 @@ def test_a_call_through_the_front_reaches_the_worker_and_bye_passes_both_ways(
     db = config["storage"]["path"]
     with NodeProcess(tmp_path, config) as node, RawUac(node.sip_port) as uac:
         front = f"{HOST}:{node.sip_port}"
-        worker = f"{HOST}:{node.sip_port + 100}"
+        worker = f"{HOST}:{node.worker_port(1)}"
         # The caller hangs up: its BYE follows the Record-Route set through the front.
         dialog, final = uac.call()
         assert worker in final.header("contact")  # the dialog belongs to the worker...

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.node import NodeProcess, base_config
+from tests.integration.node import NodeProcess, base_config, workers_config
 from tests.integration.peers import HOST, sip_options
 from tests.torture import RFC4475_DIR as DATA
 
@@ -527,10 +527,8 @@ def _target(factory: pytest.TempPathFactory, via: str) -> Iterator[Target]:
     if not MESSAGES:
         pytest.skip(f"RFC 4475 messages not found in {DATA}")
     tmp = factory.mktemp(f"rfc4475-{via}")
-    sip: dict[str, object] = {"log_level": 4}
-    if via == "front":
-        sip["front"] = {"mode": "embedded"}
-    config = base_config(tmp, sip=sip)
+    sip = {"log_level": 4}
+    config = workers_config(tmp, 1, sip=sip) if via == "front" else base_config(tmp, sip=sip)
     with NodeProcess(tmp, config) as node:
         assert node.proc is not None
         pid = worker_pid(node.proc.pid)

@@ -1,5 +1,5 @@
-"""A node with three SIP workers behind an external front (sip.front.mode external: no
-Kamailio runs, so each test reaches each worker on its own port): every worker answers and
+"""A node with three SIP workers behind its front (sip.front.mode embedded; each test also
+reaches each worker on its own port): every worker answers and
 records calls, commands reach the worker that owns the call, dial-out spreads over the
 workers and skips a full one, a worker killed with -9 ends only its own calls and comes back,
 and each trunk is registered by exactly one worker, taken over when that worker dies."""
@@ -31,7 +31,10 @@ KEY = "sk-pool-7c1e"
 NUMBER = "+15550100"
 _ON_WORKER = re.compile(r"worker=(\d+) event=call_(?:incoming|placed) call_id=(\S+)")
 _READY = re.compile(r"event=worker_ready worker=(\d+) pid=(\d+)")
-_REGISTER = re.compile(r"sipedge-test REGISTER user=(\S+) source=[\d.]+:(\d+) expires=(\S*)")
+# The registering worker's own port: its Via, beneath the front's (the REGISTER's source).
+_REGISTER = re.compile(
+    r"sipedge-test REGISTER user=(\S+) source=\S+ expires=(\S*) via=SIP/2\.0/\w+ [\d.]+:(\d+)"
+)
 
 
 def call_workers(node: NodeProcess) -> dict[str, int]:
@@ -196,8 +199,8 @@ def test_a_killed_worker_ends_only_its_own_calls_and_comes_back(tmp_path: Path) 
 
 
 def registers(kam: Kamailio) -> list[tuple[str, int, str]]:
-    """(user, source port, Expires) of every REGISTER the registrar accepted, in order."""
-    return [(user, int(port), expires) for user, port, expires in _REGISTER.findall(kam.log())]
+    """(user, worker port, Expires) of every REGISTER the registrar accepted, in order."""
+    return [(user, int(port), expires) for user, expires, port in _REGISTER.findall(kam.log())]
 
 
 def wait_register(kam: Kamailio, user: str, port: int, after: int = 0) -> None:
