@@ -2,8 +2,8 @@
 """What an idle SIP worker costs: node start time, CPU and memory per worker with no calls.
 
 Starts a real sipedge node on loopback (the integration tests' `base_config`: echo agent,
-embedded mosquitto, UDP+TCP; with `--workers` above 1 the workers sit behind an external
-front, which nothing runs: idle workers need none), waits until every worker is ready, then
+embedded mosquitto, UDP+TCP; with `--workers` above 1 the workers sit behind the node's
+embedded front, `workers_config`), waits until every worker is ready, then
 for each worker process (the supervisor's `gateway.worker` children):
 
   * start: seconds from spawning `sipedge run` until the node answers SIP (NodeProcess.start
