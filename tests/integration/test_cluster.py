@@ -2,7 +2,8 @@
 by `sipedge front-config` from the nodes' configs) dispatching over the workers of two nodes on
 127.0.0.2 and 127.0.0.3 that share one mosquitto. Calls spread over both nodes, each recorded
 by the node that took it, under its node id; a node killed with -9 leaves rotation and new
-calls go to the other; a node added to the running front takes calls and dials out through it."""
+calls go to the other; a node added to the running front takes calls and dials out through it,
+and a node that drains has its new calls failed over to the other."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.front.health import parse_dispatcher
+from gateway.front.health import parse_dispatcher, parse_statistics
 from gateway.front.process import find_kamailio
 from gateway.front.rpc import FrontRpc
 from gateway.node.broker import EmbeddedBroker
@@ -115,6 +116,11 @@ class ClusterFront:
         while self.workers() != wanted:
             assert time.monotonic() < deadline, (self.workers(), self.log()[-3000:])
             time.sleep(0.1)
+
+    def failovers(self) -> int:
+        """INVITEs the front sent on to another worker after one refused or stayed silent."""
+        stats = parse_statistics(self.rpc.call_now("stats.get_statistics", "all"))
+        return stats.get("script:front_failovers", 0)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -215,8 +221,10 @@ def test_calls_spread_over_two_nodes_and_a_killed_nodes_share_goes_to_the_other(
         calls = [uac.call() for _ in range(4)]
         owners = {d.call_id: owner(nodes, d.call_id) for d, _ in calls}
         assert Counter(owners.values()) == {"node-a": 2, "node-b": 2}
-        for sip_call_id, name in owners.items():
-            call_id = call_id_in(nodes[name], sip_call_id)
+        for dialog, final in calls:
+            name = owners[dialog.call_id]
+            assert f"c=IN IP4 {NODES[name]}\r\n" in final.text  # RTP: straight to the node
+            call_id = call_id_in(nodes[name], dialog.call_id)
             assert call_id is not None
             answered = mq.wait_event("call.answered", call_id)
             assert answered["node"] == name
@@ -256,7 +264,7 @@ def test_calls_spread_over_two_nodes_and_a_killed_nodes_share_goes_to_the_other(
             assert node.stop() == 0, name
 
 
-def test_a_node_added_to_the_running_front_takes_calls_and_dials_out_through_it(
+def test_a_node_added_to_the_running_front_takes_calls_dials_out_and_drains_through_it(
     tmp_path: Path, mosquitto: EmbeddedBroker
 ) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as carrier:
@@ -302,10 +310,29 @@ def test_a_node_added_to_the_running_front_takes_calls_and_dials_out_through_it(
             failed = mq.wait_event("call.failed", reply["data"]["id"])
             assert (failed["node"], failed["data"]["sip_code"]) == ("node-b", 486)
 
-            for dialog, final in placed:
-                hang_up(uac, nodes, dialog, final)
-            for name, node in nodes.items():
-                assert node.stop() == 0, name
+            # Node A drains (SIGTERM) with a call up: its worker, the least loaded (node B is
+            # given a second call while A is out of rotation), answers the next INVITE 503, and
+            # the front fails over to node B.
+            draining = nodes["node-a"]
+            worker_a = f"sip:{NODES['node-a']}:{draining.worker_port(1)}"
+            front.rpc.call_now("dispatcher.set_state", "ip", 1, worker_a)
+            placed.append(uac.call())
+            front.rpc.call_now("dispatcher.set_state", "ap", 1, worker_a)
+            on_a = [c for c in placed if owner(nodes, c[0].call_id) == "node-a"]
+            assert len(on_a) == 1
+            assert draining.proc is not None
+            draining.proc.send_signal(signal.SIGTERM)
+            draining.wait_log("event=draining active_calls=1")
+            failovers = front.failovers()
+            late = uac.call()
+            assert owner(nodes, late[0].call_id) == "node-b"
+            assert front.failovers() == failovers + 1
+            hang_up(uac, nodes, *on_a[0])
+            assert draining.stop() == 0
+            for dialog, final in [*placed, late]:
+                if (dialog, final) not in on_a:
+                    hang_up(uac, nodes, dialog, final)
+            assert nodes["node-b"].stop() == 0
 
 
 def base_trunk() -> dict[str, Any]:
