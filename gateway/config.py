@@ -73,6 +73,21 @@ class FrontSettings(Model):
     worker_invites_per_second: float = Field(
         20.0, gt=0, description="new INVITEs the front sends one worker per second at most"
     )
+    host: str | None = Field(
+        None,
+        description="address of the front's own socket for the workers (default worker_host); "
+        "in a cluster the front's address, the same in every node's config",
+    )
+    port: int = Field(
+        0, ge=0, le=65535, description="port of that socket (0: the port below the first worker's)"
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
 
 
 class SipSettings(Model):
@@ -81,13 +96,18 @@ class SipSettings(Model):
     port: int = Field(5060, ge=1, le=65535)
     transports: list[Transport] = Field(default_factory=lambda: list(ALL_TRANSPORTS))
     public_address: str | None = Field(None, description="address advertised in Contact/SDP")
+    rtp_public_address: str | None = Field(
+        None,
+        description="address SDP advertises for RTP (default public_address); in a cluster each "
+        "node's own, while public_address is the front's",
+    )
     rtp_ports: RtpPorts = Field(default_factory=RtpPorts)
     codecs: list[Codec] = Field(default_factory=lambda: list(ALL_CODECS))
     user_agent: str = "sipedge"
     log_level: int = Field(1, ge=0, le=6, description="pjsip log level (0-6)")
     front: FrontSettings = Field(default_factory=FrontSettings)
 
-    @field_validator("listen", "public_address")
+    @field_validator("listen", "public_address", "rtp_public_address")
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
         if value is not None:
@@ -471,9 +491,11 @@ def worker_slots(config: Config) -> list[WorkerSlot]:
 
 def front_worker_side(config: Config) -> tuple[str, int]:
     """Where the workers reach the front (its outbound proxy for them, and the address it
-    dispatches and probes from): front.worker_host, on the port below the first worker's."""
+    dispatches and probes from): front.host and front.port, by default front.worker_host on
+    the port below the first worker's (a front on the node's own machine)."""
     front = config.sip.front
-    return front.worker_host, (front.worker_ports_start or config.sip.port + 100) - 1
+    first = front.worker_ports_start or config.sip.port + 100
+    return front.host or front.worker_host, front.port or first - 1
 
 
 def sip_advertised_host(sip: SipSettings) -> str | None:
@@ -482,6 +504,12 @@ def sip_advertised_host(sip: SipSettings) -> str | None:
     front forwards in-dialog requests to (SDP still advertises sip.public_address: RTP goes
     straight between the worker and the far end)."""
     return sip.public_address if sip.front.mode == "none" else None
+
+
+def rtp_advertised_host(sip: SipSettings) -> str | None:
+    """What SDP advertises for RTP: rtp_public_address, else public_address (none: the
+    address RTP is bound to)."""
+    return sip.rtp_public_address or sip.public_address
 
 
 def hostport(host: str, port: int) -> str:
@@ -509,9 +537,12 @@ def slot_config(config: Config, slot: WorkerSlot) -> Config:
         "rtp_ports": RtpPorts(start=slot.rtp_start, end=slot.rtp_end),
     }
     if sip.front.mode != "none":
-        # Pinned: derived from sip.port it would move with the worker's own port.
+        # Pinned: derived from sip.port they would move with the worker's own port.
+        front_host, front_port = front_worker_side(config)
         first = sip.front.worker_ports_start or sip.port + 100
-        update["front"] = sip.front.model_copy(update={"worker_ports_start": first})
+        update["front"] = sip.front.model_copy(
+            update={"worker_ports_start": first, "host": front_host, "port": front_port}
+        )
     changes: dict[str, Any] = {"sip": sip.model_copy(update=update)}
     if sip.front.mode != "none":
         front_host, _ = front_worker_side(config)
@@ -541,11 +572,13 @@ def listeners(config: Config) -> list[Listener]:
     out = [Listener("sip.port", t, sip.listen, sip.port, sip.port) for t in sip.transports]
     if sip.front.mode != "none":
         slots = worker_slots(config)
-        first, last = front_worker_side(config)[1], slots[-1].sip_port
-        host = sip.front.worker_host
-        out += [Listener("sip.front.worker_ports_start", t, host, first, last)
+        front_host, front_port = front_worker_side(config)
+        out += [Listener("sip.front.port", "udp", front_host, front_port, front_port)]
+        out += [Listener("sip.front.worker_ports_start", t, sip.front.worker_host,
+                         slots[0].sip_port, slots[-1].sip_port)
                 for t in sip.transports]  # fmt: skip
-    out.append(Listener("sip.rtp_ports", "udp", sip.listen, sip.rtp_ports.start, sip.rtp_ports.end))
+    rtp = sip.rtp_ports
+    out.append(Listener("sip.rtp_ports", "udp", sip.rtp_listen or sip.listen, rtp.start, rtp.end))
     if config.api.enabled:
         out.append(Listener("api.port", "tcp", config.api.listen, config.api.port, config.api.port))
     if config.mqtt.embedded:

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.config import load_config, summary, warnings
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.front.render import FrontPaths
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -40,33 +44,66 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _front_config(args: argparse.Namespace) -> int:
-    """The SIP front's Kamailio files for an operator who runs Kamailio (sip.front external)."""
+    """The SIP front's Kamailio files for an operator who runs Kamailio (sip.front external):
+    from one node's config, or from several nodes' that share the front (a cluster)."""
     try:
-        config = load_config(args.file)
+        configs = [load_config(file) for file in args.files]
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
     from pathlib import Path
 
-    from gateway.config import worker_slots
-    from gateway.front.render import FrontPaths, render
+    from gateway.front.cluster import ClusterNode, render_cluster
+    from gateway.front.render import FrontPaths
 
-    if config.sip.front.mode == "none":
-        print(f"{args.file}: sip.front.mode is none: this node has no SIP front", file=sys.stderr)
+    for file, config in zip(args.files, configs, strict=True):
+        if config.sip.front.mode == "none":
+            print(f"{file}: sip.front.mode is none: this node has no SIP front", file=sys.stderr)
+            return 2
+    if args.reload and args.out is None:
+        print("--reload needs --out DIR, the directory the running front reads", file=sys.stderr)
         return 2
     paths = FrontPaths(Path(args.out or args.dir).resolve())
-    files = render(config, worker_slots(config), paths, args.front_log_level)
+    nodes = [ClusterNode(file, config) for file, config in zip(args.files, configs, strict=True)]
+    try:
+        files = render_cluster(nodes, paths, args.front_log_level)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
     if args.out is None:
         print(files.kamailio_cfg, end="")
         print(f"# dispatcher.list ({paths.dispatcher_list}): `--out {args.dir}` writes it",
               file=sys.stderr)  # fmt: skip
         return 0
     paths.directory.mkdir(parents=True, exist_ok=True)
+    before = paths.config.read_text() if paths.config.exists() else None
     for name, text in files.by_name().items():
         (paths.directory / name).write_text(text)
         print(paths.directory / name)
-    print(f"run: kamailio -DD -E -f {paths.config}", file=sys.stderr)
+    if not args.reload:
+        print(f"run: kamailio -DD -E -f {paths.config}", file=sys.stderr)
+        return 0
+    if before is not None and before != files.kamailio_cfg:
+        print(f"{paths.config} changed: restart Kamailio to apply it (a reload applies "
+              "dispatcher.list only)", file=sys.stderr)  # fmt: skip
+    return _reload_front(paths)
+
+
+def _reload_front(paths: FrontPaths) -> int:
+    """The running front reads dispatcher.list again: nodes added or removed, no restart."""
+    from gateway.front.health import parse_dispatcher
+    from gateway.front.rpc import FrontRpc, FrontRpcError
+
+    rpc = FrontRpc(paths.rpc_socket, timeout=3.0)
+    try:
+        rpc.call_now("dispatcher.reload")
+        workers = parse_dispatcher(rpc.call_now("dispatcher.list"))
+    except FrontRpcError as exc:
+        print(f"the front did not reload: {exc}", file=sys.stderr)
+        return 1
+    print(f"front reloaded: dispatching over {len(workers)} workers", file=sys.stderr)
     return 0
 
 
@@ -91,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         "front-config",
         help="print the SIP front's Kamailio config (for sip.front.mode external)",
     )
-    front.add_argument("file", help="the node's config file")
+    front.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="the node's config file; several: one front for the workers of those nodes",
+    )
     front.add_argument(
         "--dir",
         default="/etc/kamailio/sipedge",
@@ -99,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default %(default)s)",
     )
     front.add_argument("--out", help="write kamailio.cfg and dispatcher.list into this directory")
+    front.add_argument(
+        "--reload",
+        action="store_true",
+        help="then tell the front running on --out to read dispatcher.list again (nodes "
+        "added or removed, without a restart)",
+    )
     front.add_argument(
         "--front-log-level",
         default="INFO",

@@ -31,8 +31,9 @@ class FrontWorker:
 
     @property
     def index(self) -> int | None:
-        """The worker's slot (duid `worker-N`), None for a destination sipedge did not write."""
-        prefix, _, number = self.duid.partition("-")
+        """The worker's slot (duid `worker-N`, or `NODE/worker-N` behind a front several
+        nodes share), None for a destination sipedge did not write."""
+        prefix, _, number = self.duid.rpartition("/")[2].partition("-")
         return int(number) if prefix == "worker" and number.isdigit() else None
 
 

@@ -156,13 +156,17 @@ def fill(text: str, values: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
 
 
-def dispatcher_list(slots: list[WorkerSlot], socket: str, calls: int) -> str:
+def dispatcher_list(
+    slots: list[WorkerSlot], socket: str, calls: int, node: str | None = None
+) -> str:
     """Set 1: one line per worker, probed with OPTIONS (flag 8), at most `calls` calls each
-    (maxload, for the call-load algorithm), reached from the front's worker-side socket."""
+    (maxload, for the call-load algorithm), reached from the front's worker-side socket.
+    Behind a front shared by several nodes each worker's duid names its node too."""
     lines = ["# setid destination flags priority attributes (rendered by sipedge)"]
     for slot in slots:
         uri = f"sip:{hostport(slot.sip_host, slot.sip_port)}"
-        lines.append(f"1 {uri} 8 0 duid=worker-{slot.index};maxload={calls};socket={socket}")
+        duid = f"{node}/worker-{slot.index}" if node else f"worker-{slot.index}"
+        lines.append(f"1 {uri} 8 0 duid={duid};maxload={calls};socket={socket}")
     return "\n".join(lines) + "\n"
 
 

@@ -12,7 +12,7 @@ from gateway.errors import SipedgeError
 
 # Checked in the order the node binds them; RTP ports are taken per call from a range, so a
 # few busy ones are skipped by pjsua and not a reason to refuse the start.
-_ORDER = ("mqtt.port", "sip.port", "sip.front.worker_ports_start", "api.port")
+_ORDER = ("mqtt.port", "sip.port", "sip.front.port", "sip.front.worker_ports_start", "api.port")
 
 
 class PortInUse(SipedgeError):
@@ -25,10 +25,10 @@ class PortInUse(SipedgeError):
 
 def check_ports_free(config: Config) -> None:
     """Raise PortInUse naming each busy listener (key, port, protocol and holder)."""
-    # An external front owns sip.port and the port below the workers' (it may well run on
-    # this machine): not ours to bind. The first worker-side port checked is the front's own.
+    # An external front owns sip.port and its socket for the workers (it may well run on
+    # this machine): not ours to bind. The workers' ports are.
     external = config.sip.front.mode == "external"
-    skip = {"sip.port", "sip.front.worker_ports_start"} if external else set()
+    skip = {"sip.port", "sip.front.port"} if external else set()
     wanted = sorted(
         (b for b in listeners(config) if b.key in _ORDER and b.key not in skip),
         key=lambda b: _ORDER.index(b.key),

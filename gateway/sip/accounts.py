@@ -13,7 +13,14 @@ import pjsua2 as pj
 
 from gateway.backoff import Backoff
 from gateway.calls.events import TrunkStateChanged
-from gateway.config import SipSettings, Trunk, front_worker_side, hostport, sip_advertised_host
+from gateway.config import (
+    SipSettings,
+    Trunk,
+    front_worker_side,
+    hostport,
+    rtp_advertised_host,
+    sip_advertised_host,
+)
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -50,8 +57,9 @@ def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:
     tp.port = sip.rtp_ports.start
     tp.portRange = sip.rtp_ports.end - sip.rtp_ports.start
     tp.boundAddress = sip.rtp_listen or sip.listen
-    if sip.public_address:
-        tp.publicAddress = sip.public_address
+    advertised = rtp_advertised_host(sip)
+    if advertised:
+        tp.publicAddress = advertised
     cfg.natConfig.iceEnabled = False
     cfg.natConfig.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
     cfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED

@@ -111,11 +111,13 @@ class NodeProcess:
         return int(front.get("worker_ports_start") or self.sip_port + 100) + index - 1
 
     @property
-    def ready_port(self) -> int:
-        """The port that answers OPTIONS once the node runs: the front's own, else worker 1's
-        (an external front is not started by the node)."""
+    def ready_address(self) -> tuple[str, int]:
+        """What answers OPTIONS once the node runs: the front, else worker 1 (an external
+        front is not started by the node; its workers may listen on an address of their own)."""
         front = self.config["sip"].get("front") or {}
-        return self.worker_port(1) if front.get("mode") == "external" else self.sip_port
+        if front.get("mode") == "external":
+            return front.get("worker_host", "127.0.0.1"), self.worker_port(1)
+        return "127.0.0.1", self.sip_port
 
     @property
     def mqtt_port(self) -> int:
@@ -146,7 +148,7 @@ class NodeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             running = "event=node_running" in self.log()
-            if running and sip_options(port=self.ready_port, timeout=0.5):
+            if running and sip_options(*self.ready_address, timeout=0.5):
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"node did not become ready:\n{self.log()[-4000:]}")

@@ -63,3 +63,42 @@ def test_front_config_of_a_node_without_a_front_says_so(
     path.write_text("agents: [{id: echo, type: echo}]\n")
     assert main(["front-config", str(path)]) == 2
     assert "sip.front.mode is none" in capsys.readouterr().err
+
+
+def cluster_node(tmp_path: Path, node_id: str, worker_host: str) -> Path:
+    """A node of a cluster: its workers on its own address, the front's socket elsewhere."""
+    path = tmp_path / f"{node_id}.yaml"
+    front = f"front: {{mode: external, worker_host: {worker_host}, host: 192.0.2.10, port: 5159}}"
+    path.write_text(
+        CONFIG.replace("front: {mode: external}", f"rtp_listen: {worker_host}, {front}").replace(
+            "node: {workers: 2}", f"node: {{id: {node_id}, workers: 1}}"
+        )
+    )
+    return path
+
+
+def test_front_config_of_several_nodes_lists_the_workers_of_each(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = cluster_node(tmp_path, "node-a", "10.0.0.2")
+    b = cluster_node(tmp_path, "node-b", "10.0.0.3")
+    out_dir = tmp_path / "front"
+    assert main(["front-config", str(a), str(b), "--out", str(out_dir)]) == 0
+    listed = (out_dir / "dispatcher.list").read_text()
+    assert "sip:10.0.0.2:5160 8 0 duid=node-a/worker-1;" in listed
+    assert "sip:10.0.0.3:5160 8 0 duid=node-b/worker-1;" in listed
+
+
+def test_front_config_says_why_nodes_cannot_share_a_front(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = cluster_node(tmp_path, "node-a", "10.0.0.2")
+    assert main(["front-config", str(a), str(a)]) == 2
+    assert f"{a}: node.id 'node-a' is also {a}'s" in capsys.readouterr().err
+
+
+def test_front_config_reload_needs_the_directory_the_front_reads(
+    config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["front-config", str(config_file), "--reload"]) == 2
+    assert "--reload needs --out DIR" in capsys.readouterr().err

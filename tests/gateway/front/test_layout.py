@@ -10,6 +10,8 @@ import pytest
 from gateway.config import (
     Config,
     front_worker_side,
+    listeners,
+    rtp_advertised_host,
     sip_advertised_host,
     slot_config,
     worker_slots,
@@ -93,3 +95,36 @@ def test_a_front_on_every_address_must_be_told_the_address_it_advertises() -> No
     with pytest.raises(ValueError, match="set sip.public_address"):
         config(listen="0.0.0.0", public_address=None)
     assert config(listen="0.0.0.0").sip.public_address == "203.0.113.50"
+
+
+def cluster_node(worker_host: str) -> Config:
+    """A node of a cluster: its workers on its own address, the front elsewhere."""
+    return config(
+        "external",
+        public_address=None,
+        rtp_listen=worker_host,
+        rtp_public_address="198.51.100.77",
+        front={"mode": "external", "worker_host": worker_host, "host": "192.0.2.10", "port": 5090},
+    )
+
+
+def test_a_front_on_another_machine_is_the_workers_first_hop_and_their_only_source() -> None:
+    c = worker(cluster_node("10.0.0.2"))
+    assert (c.sip.listen, c.sip.port) == ("10.0.0.2", 5160)
+    assert front_worker_side(c) == ("192.0.2.10", 5090)
+    assert outbound_proxies(c, c.trunks[1]) == ["sip:192.0.2.10:5090;transport=udp;lr"]
+    assert c.trunks[0].allowed_ips == ["198.51.100.0/24", "192.0.2.10/32"]
+
+
+def test_sdp_advertises_the_nodes_own_media_address_in_a_cluster() -> None:
+    sip = worker(cluster_node("10.0.0.2")).sip
+    assert rtp_advertised_host(sip) == "198.51.100.77"  # not the front's address
+    assert rtp_advertised_host(worker(config()).sip) == "203.0.113.50"  # one node: public
+
+
+def test_the_front_socket_and_the_workers_are_separate_listeners() -> None:
+    bound = {b.key: b for b in listeners(cluster_node("10.0.0.2"))}
+    assert (bound["sip.front.port"].host, bound["sip.front.port"].ports) == ("192.0.2.10", "5090")
+    workers = bound["sip.front.worker_ports_start"]
+    assert (workers.host, workers.ports) == ("10.0.0.2", "5160-5161")
+    assert bound["sip.rtp_ports"].host == "10.0.0.2"  # RTP binds rtp_listen

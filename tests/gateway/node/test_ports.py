@@ -80,3 +80,25 @@ def test_the_embedded_broker_names_a_busy_fixed_port(tcp_listener: int) -> None:
             broker.start()
     finally:
         broker.close()
+
+
+def test_behind_an_external_front_its_ports_are_not_ours_but_the_workers_are(
+    udp_socket: int,
+) -> None:
+    """The operator's front holds sip.port and its socket for the workers (here on this
+    machine); the workers' ports are the node's to bind."""
+
+    def node(front_port: int, workers: int) -> str:
+        return (
+            f"sip: {{listen: 127.0.0.1, port: {udp_socket}, transports: [udp], front: "
+            f"{{mode: external, port: {front_port}, worker_ports_start: {workers}}}}}\n"
+            "mqtt: {port: 1883}\napi: {enabled: false}\n"
+        )
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as front:
+        front.bind(("127.0.0.1", 0))
+        front_port = front.getsockname()[1]
+        check_ports_free(parse_config(node(front_port, free(socket.SOCK_DGRAM)), "x", {}))
+        taken = parse_config(node(free(socket.SOCK_DGRAM), front_port), "x", {})
+        with pytest.raises(PortInUse, match=rf"^sip.front.worker_ports_start {front_port} is"):
+            check_ports_free(taken)
