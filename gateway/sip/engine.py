@@ -571,7 +571,7 @@ class SipEngine:
                 except pj.Error as exc:
                     log.warning("event=answer_failed call_id=%s error=%s", rec.id, exc.reason)
                     return
-                self.feed(call, AnswerSent())
+                self.feed(call, AnswerSent(time.time()))
             case RefuseInvite(sip_code=code):
                 self._refuse(call, code)
             case RefuseRinging(sip_code=code, reason=reason):
