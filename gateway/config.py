@@ -497,10 +497,12 @@ def front_public_host(config: Config) -> str:
 def slot_config(config: Config, slot: WorkerSlot) -> Config:
     """The config one worker runs with: the node's, bound to the slot's addresses.
 
-    Behind a front every request reaches the worker from the front's worker-side address:
-    the front has applied the trunks' allowed_ips and the limits per source by then, so
-    trunks that take inbound calls also allow that address, and the per-source INVITE
-    limits become the front's per-worker cap (the front is the worker's only source)."""
+    Behind a front every request reaches the worker from the front's worker-side address,
+    which names the caller's own (gateway/sip/message.py caller_source), so the trunks'
+    allowed_ips apply as written. The front has applied the limits per source by then, and
+    sends each worker only part of a source's INVITEs: the worker's per-source limits widen
+    to at least the front's per-worker cap, a backstop that never refuses what the front
+    let through."""
     sip = config.sip
     update: dict[str, Any] = {
         "listen": slot.sip_host,
@@ -514,13 +516,6 @@ def slot_config(config: Config, slot: WorkerSlot) -> Config:
         update["front"] = sip.front.model_copy(update={"worker_ports_start": first})
     changes: dict[str, Any] = {"sip": sip.model_copy(update=update)}
     if sip.front.mode != "none":
-        front_host, _ = front_worker_side(config)
-        changes["trunks"] = [
-            t.model_copy(update={"allowed_ips": [*t.allowed_ips, f"{front_host}/32"]})
-            if t.allowed_ips
-            else t
-            for t in config.trunks
-        ]
         cap = sip.front.worker_invites_per_second
         limits = config.limits
         changes["limits"] = limits.model_copy(

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.sip.message import SOURCE_HEADER
 from tests.integration.node import NodeProcess, workers_config
 from tests.integration.rawsip import RawUac
 from tests.integration.test_robustness import call_row
@@ -35,3 +37,45 @@ def test_a_bye_right_behind_its_ack_ends_an_answered_call(tmp_path: Path) -> Non
         outcomes = {(r["status"], r["end_reason"], r["hangup_by"]) for r in rows}
         assert outcomes == {("completed", "normal", "caller")}, [dict(r) for r in rows]
         assert all(r["answered_at"] is not None for r in rows)
+
+
+def two_carriers(tmp_path: Path, workers: int = 2, **overrides: Any) -> dict[str, Any]:
+    """Two inbound trunks told apart by their source address alone (numbers bound to none)."""
+    trunks = [
+        {"id": "carrier-a", "allowed_ips": ["127.0.0.5/32"]},
+        {"id": "carrier-b", "allowed_ips": ["127.0.0.6/32"]},
+    ]
+    return workers_config(tmp_path, workers, trunks=trunks, **overrides)
+
+
+def test_each_call_through_the_front_is_on_the_trunk_of_its_own_source(tmp_path: Path) -> None:
+    config = two_carriers(tmp_path)
+    db = config["storage"]["path"]
+    spoof = f"{SOURCE_HEADER}: 127.0.0.5:5060;transport=udp\r\n"
+    with NodeProcess(tmp_path, config) as node:
+        trunks = {}
+        for host in ("127.0.0.5", "127.0.0.6", "127.0.0.5", "127.0.0.6"):
+            with RawUac(node.sip_port, host=host) as carrier:
+                dialog, final = carrier.call()
+                carrier.bye(dialog, final)
+                trunks[dialog.call_id] = host
+        for call_id, host in trunks.items():
+            row = call_row(db, call_id)
+            assert row["trunk"] == {"127.0.0.5": "carrier-a", "127.0.0.6": "carrier-b"}[host]
+            assert f"source={host}" in node.wait_log(f"event=call_incoming call_id={row['id']} ")
+        # Carrier b naming carrier a's address: the front strips it and names b's own.
+        with RawUac(node.sip_port, host="127.0.0.6") as liar:
+            dialog = liar.invite(headers=spoof)
+            final = liar.wait_final(dialog)
+            assert final.status == 200, final.first_line
+            liar.ack(dialog, final)
+            liar.bye(dialog, final)
+        assert call_row(db, dialog.call_id)["trunk"] == "carrier-b"
+        # Straight to a worker, not by way of the front: the header counts for nothing, and
+        # the sender (127.0.0.1) is no trunk's.
+        with RawUac(node.worker_port(1)) as bypass:
+            refused = bypass.invite(headers=spoof)
+            answer = bypass.wait_final(refused)
+            bypass.ack(refused, answer)
+        assert answer.status == 403
+        node.wait_log(f"sip_call_id={refused.call_id} source=127.0.0.1 code=403")

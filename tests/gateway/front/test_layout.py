@@ -1,5 +1,6 @@
 """What a worker runs with behind the front: its own address in SIP, the public one in SDP,
-the front as its outbound proxy, and trunks that let the front's calls in."""
+the front as its outbound proxy, and the trunks' allowed_ips as written (the front names
+each caller's address)."""
 
 from __future__ import annotations
 
@@ -69,12 +70,13 @@ def test_the_front_is_every_trunks_first_hop() -> None:
     assert outbound_proxies(alone, alone.trunks[1]) == []
 
 
-def test_trunks_taking_inbound_calls_let_in_the_front_and_per_source_limits_widen() -> None:
+def test_trunks_keep_their_allowed_ips_and_per_source_limits_widen() -> None:
     c = worker(config())
     carrier, dialout = c.trunks
-    assert carrier.allowed_ips == ["198.51.100.0/24", "127.0.0.1/32"]
-    assert carrier.allow_ips_match("127.0.0.1") and not dialout.allow_ips_match("127.0.0.1")
-    # The front is the worker's one source: its per-worker cap, not a caller's limits.
+    # The front names each caller's address (X-Sipedge-Source): not one trunk lets it in.
+    assert carrier.allowed_ips == ["198.51.100.0/24"] and dialout.allowed_ips == []
+    assert not carrier.allow_ips_match("127.0.0.1")
+    # The front limits each source and spreads it over the workers: its per-worker cap.
     assert c.limits.invites_per_second_per_source >= 2 * c.sip.front.worker_invites_per_second
     assert c.limits.max_unconfirmed_per_source == 4
     alone = worker(config("none"))
