@@ -36,6 +36,9 @@ ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 
 
 MAX_WORKERS = 64
+# PJSUA_MAX_CALLS of the only pjsua2 wheel (pjsua2-python 2.15.1.post1): one SIP worker, one
+# pjsua2 endpoint, holds this many calls at once. The engine measures it again at start.
+CALLS_PER_WORKER = 4
 
 
 class Model(BaseModel):
@@ -742,11 +745,6 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read file: {exc.strerror}"]) from None
     return parse_config(text, str(path), env)
-
-
-# PJSUA_MAX_CALLS of the only pjsua2 wheel (pjsua2-python 2.15.1.post1): one SIP worker, one
-# pjsua2 endpoint, holds this many calls at once. The engine measures it again at start.
-CALLS_PER_WORKER = 4
 
 
 def engine_capacity(config: Config) -> int:
