@@ -259,3 +259,15 @@ def test_a_draining_front_refuses_new_invites_and_lets_dialogs_end(stand: Stand)
         uac.bye(dialog, final)
         assert uac.wait_final(dialog).status == 200
         assert stand.owner(dialog.call_id).byes == [dialog.call_id]
+
+
+def test_a_call_every_worker_refused_leaves_no_load_counted(stand: Stand) -> None:
+    a, b = stand.workers
+    a.mode = b.mode = "busy"
+    with RawUac(stand.port) as uac:
+        refused = uac.invite()
+        answer = uac.wait_final(refused)
+        uac.ack(refused, answer)
+        assert answer.status == 503
+        assert refused.call_id in a.invites and refused.call_id in b.invites
+        assert stand.front.workers() == {stand.uri(a): (True, 0), stand.uri(b): (True, 0)}
