@@ -168,7 +168,7 @@ def stand(tmp_path: Path) -> Iterator[Stand]:
             "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
             "numbers": [{"number": "+15550100", "agent": "echo"}],
             "agents": [{"id": "echo", "type": "echo"}],
-            "limits": {"max_concurrent_calls": 2, "retry_after": 9},
+            "limits": {"max_concurrent_calls": 4, "retry_after": 9},
         }  # fmt: skip
     )
     workers = [FakeWorker(first + 1), FakeWorker(first + 2)]
@@ -221,7 +221,7 @@ def test_a_full_worker_503_moves_the_call_to_the_next_and_all_full_is_503_retry_
 
 
 def test_workers_at_their_call_cap_get_no_invite_and_the_caller_503(stand: Stand) -> None:
-    a, b = stand.workers  # limits.max_concurrent_calls 2: each worker holds at most 2
+    a, b = stand.workers  # limits.max_concurrent_calls 4: each worker holds its 2
     with RawUac(stand.port) as uac:
         held = [uac.call() for _ in range(4)]
         refused = uac.invite()

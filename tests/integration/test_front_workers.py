@@ -14,6 +14,7 @@ from gateway.sip.message import SOURCE_HEADER
 from tests.integration.node import NodeProcess, workers_config
 from tests.integration.rawsip import RawUac
 from tests.integration.test_robustness import call_row
+from tests.integration.test_worker_pool import call_workers
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +80,37 @@ def test_each_call_through_the_front_is_on_the_trunk_of_its_own_source(tmp_path:
             bypass.ack(refused, answer)
         assert answer.status == 403
         node.wait_log(f"sip_call_id={refused.call_id} source=127.0.0.1 code=403")
+
+
+def test_the_nodes_limits_hold_over_all_its_workers(tmp_path: Path) -> None:
+    """3 workers of 4 calls each, but the node takes 5 calls at once and carrier a 2."""
+    config = two_carriers(tmp_path, 3, limits={"max_concurrent_calls": 5})
+    config["trunks"][0]["max_concurrent_calls"] = 2
+    with (
+        NodeProcess(tmp_path, config) as node,
+        RawUac(node.sip_port, host="127.0.0.5") as a,
+        RawUac(node.sip_port, host="127.0.0.6") as b,
+    ):
+        held = [(a, *a.call()) for _ in range(2)]
+        assert refused(a) == (503, "5")  # carrier a's third: its trunk is full
+        held += [(b, *b.call()) for _ in range(3)]
+        assert refused(b) == (503, "5")  # the node's sixth
+        assert (
+            len(set(call_workers(node).values())) > 1
+        )  # no one worker holds them all: the limits are the node's
+        uac, dialog, final = held.pop(0)  # one of carrier a's calls ends...
+        uac.bye(dialog, final)
+        assert uac.wait_final(dialog).status == 200
+        held.append((a, *a.call()))  # ...and carrier a has room again, the node too
+        assert refused(b) == (503, "5")
+        for uac, dialog, final in held:
+            uac.bye(dialog, final)
+            assert uac.wait_final(dialog).status == 200
+
+
+def refused(uac: RawUac) -> tuple[int, str]:
+    """The final answer (status, Retry-After) to a new INVITE that is not taken."""
+    dialog = uac.invite()
+    answer = uac.wait_final(dialog)
+    uac.ack(dialog, answer)
+    return answer.status, answer.header("retry-after")

@@ -11,6 +11,7 @@ import pytest
 from gateway.config import (
     Config,
     front_worker_side,
+    share,
     sip_advertised_host,
     slot_config,
     worker_slots,
@@ -95,3 +96,41 @@ def test_a_front_on_every_address_must_be_told_the_address_it_advertises() -> No
     with pytest.raises(ValueError, match="set sip.public_address"):
         config(listen="0.0.0.0", public_address=None)
     assert config(listen="0.0.0.0").sip.public_address == "203.0.113.50"
+
+
+def test_each_worker_takes_its_share_of_the_nodes_call_limits() -> None:
+    c = Config.model_validate(
+        {
+            "node": {"workers": 3},
+            "sip": {"listen": "192.0.2.10", "front": {"mode": "embedded"}},
+            "trunks": [
+                {"id": "a", "max_concurrent_calls": 3},
+                {"id": "b", "max_concurrent_calls": 1},
+                {"id": "c", "max_concurrent_calls": 5},
+                {"id": "d"},
+            ],
+            "limits": {"max_concurrent_calls": 5},
+        }  # fmt: skip
+    )
+    assert [slot.calls for slot in worker_slots(c)] == [2, 2, 1]
+    workers = [worker(c, i) for i in (1, 2, 3)]
+    assert [w.limits.max_concurrent_calls for w in workers] == [2, 2, 1]
+    limits = {t.id: [w.trunk(t.id).max_concurrent_calls for w in workers] for t in c.trunks}
+    # Below the node's limit a trunk is split (one worker takes none of b's calls); at or
+    # above it the node's limit holds the trunk's.
+    assert limits == {"a": [1, 1, 1], "b": [1, 0, 0], "c": [5, 5, 5], "d": [100, 100, 100]}
+
+
+def test_shares_add_up_to_the_whole() -> None:
+    for total in range(1, 30):
+        for parts in range(1, 8):
+            shares = [share(total, parts, i) for i in range(1, parts + 1)]
+            assert sum(shares) == total and max(shares) - min(shares) <= 1
+
+
+def test_a_node_cannot_have_more_workers_than_calls() -> None:
+    with pytest.raises(ValueError, match="3 workers share limits.max_concurrent_calls \\(2\\)"):
+        Config.model_validate(
+            {"node": {"workers": 3}, "sip": {"listen": "192.0.2.10", "front": {"mode": "embedded"}},
+             "limits": {"max_concurrent_calls": 2}}
+        )  # fmt: skip

@@ -73,6 +73,12 @@ def test_the_dispatcher_list_has_every_worker_capped_at_its_call_slots() -> None
     ]
 
 
+def test_each_worker_is_capped_at_its_share_of_the_nodes_calls() -> None:
+    c = config(limits={"max_concurrent_calls": 5})
+    listed = render(c, worker_slots(c), PATHS).dispatcher_list
+    assert re.findall(r";maxload=(\d+);", listed) == ["2", "2", "1"]
+
+
 def test_a_node_limited_below_one_workers_slots_caps_each_worker_at_its_limit() -> None:
     c = config(node={"workers": 1}, limits={"max_concurrent_calls": 2})
     assert ";maxload=2;" in render(c, worker_slots(c), PATHS).dispatcher_list
