@@ -36,6 +36,9 @@ ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 
 
 MAX_WORKERS = 64
+# PJSUA_MAX_CALLS of the only pjsua2 wheel (pjsua2-python 2.15.1.post1): one SIP worker, one
+# pjsua2 endpoint, holds this many calls at once. The engine measures it again at start.
+CALLS_PER_WORKER = 4
 
 
 class Model(BaseModel):
@@ -397,6 +400,13 @@ class Config(Model):
                 f"node.workers: {workers} workers need a SIP front in front of them; "
                 "set sip.front.mode to embedded or external, or node.workers to 1"
             )
+        calls = self.limits.max_concurrent_calls
+        if worker_count(self) > calls:
+            raise ValueError(
+                f"node.workers: {workers} workers share limits.max_concurrent_calls ({calls}) "
+                f"and each takes at least one call; set node.workers to at most {calls}, "
+                "or to auto"
+            )
         sip = self.sip
         if sip.front.mode != "none" and _wildcard(sip.listen) and sip.public_address is None:
             raise ValueError(
@@ -446,7 +456,8 @@ class Listener:
 @dataclass(frozen=True)
 class WorkerSlot:
     """Where one SIP worker listens: its SIP address (behind the front, on worker_host) and
-    its slice of sip.rtp_ports (RTP goes straight to the far end on sip.listen)."""
+    its slice of sip.rtp_ports (RTP goes straight to the far end on sip.listen); and its
+    share of the node's calls."""
 
     index: int  # 1-based, as in logs and metrics
     sip_host: str
@@ -454,6 +465,13 @@ class WorkerSlot:
     rtp_host: str
     rtp_start: int
     rtp_end: int
+    calls: int = CALLS_PER_WORKER  # its share of limits.max_concurrent_calls
+
+
+def share(total: int, parts: int, index: int) -> int:
+    """Part `index` (1-based) of `total` split over `parts` as evenly as whole numbers go,
+    the first parts taking one more: the parts add up to `total`."""
+    return total // parts + (1 if index <= total % parts else 0)
 
 
 def worker_count(config: Config) -> int:
@@ -466,12 +484,13 @@ def worker_count(config: Config) -> int:
 def worker_slots(config: Config) -> list[WorkerSlot]:
     """One slot per worker. Without a front the single worker faces the network on sip.listen
     and sip.port; with one, worker i listens on front.worker_host, port start + i - 1, and
-    the RTP range is split evenly between the workers."""
+    the RTP range and limits.max_concurrent_calls are split evenly between the workers."""
     sip = config.sip
     rtp_host = sip.rtp_listen or sip.listen
+    calls = config.limits.max_concurrent_calls
     if sip.front.mode == "none":
         return [WorkerSlot(1, sip.listen, sip.port, rtp_host, sip.rtp_ports.start,
-                           sip.rtp_ports.end)]  # fmt: skip
+                           sip.rtp_ports.end, calls)]  # fmt: skip
     count = worker_count(config)
     first_port = sip.front.worker_ports_start or sip.port + 100
     span = (sip.rtp_ports.end - sip.rtp_ports.start + 1) // count
@@ -484,6 +503,7 @@ def worker_slots(config: Config) -> list[WorkerSlot]:
             rtp_host=rtp_host,
             rtp_start=sip.rtp_ports.start + i * span,
             rtp_end=sip.rtp_ports.start + (i + 1) * span - 1,
+            calls=share(calls, count, i + 1),
         )
         for i in range(count)
     ]
@@ -525,10 +545,18 @@ def front_public_host(config: Config) -> str:
 def slot_config(config: Config, slot: WorkerSlot) -> Config:
     """The config one worker runs with: the node's, bound to the slot's addresses.
 
-    Behind a front every request reaches the worker from the front's worker-side address:
-    the front has applied the trunks' allowed_ips and the limits per source by then, so
-    trunks that take inbound calls also allow that address, and the per-source INVITE
-    limits become the front's per-worker cap (the front is the worker's only source)."""
+    Behind a front every request reaches the worker from the front's worker-side address,
+    which names the caller's own (gateway/sip/message.py caller_source), so the trunks'
+    allowed_ips apply as written. The front has applied the limits per source by then, and
+    sends each worker only part of a source's INVITEs: the worker's per-source limits widen
+    to at least the front's per-worker cap, a backstop that never refuses what the front
+    let through.
+
+    The node's call limits hold over all its workers, each of which counts only its own
+    calls (both ways): each worker takes its share of limits.max_concurrent_calls
+    (`slot.calls`) and of each trunk's max_concurrent_calls, and answers 503 beyond it, and
+    the front then tries the next worker. A trunk allowed as many calls as the node is not
+    split: the node's limit holds it. See `trunk_shares` for what a split costs."""
     sip = config.sip
     update: dict[str, Any] = {
         "listen": slot.sip_host,
@@ -545,13 +573,6 @@ def slot_config(config: Config, slot: WorkerSlot) -> Config:
         )
     changes: dict[str, Any] = {"sip": sip.model_copy(update=update)}
     if sip.front.mode != "none":
-        front_host, _ = front_worker_side(config)
-        changes["trunks"] = [
-            t.model_copy(update={"allowed_ips": [*t.allowed_ips, f"{front_host}/32"]})
-            if t.allowed_ips
-            else t
-            for t in config.trunks
-        ]
         cap = sip.front.worker_invites_per_second
         limits = config.limits
         changes["limits"] = limits.model_copy(
@@ -561,9 +582,33 @@ def slot_config(config: Config, slot: WorkerSlot) -> Config:
                 "invite_burst_per_source": max(limits.invite_burst_per_source,
                                                math.ceil(4 * cap)),
                 "max_unconfirmed_per_source": CALLS_PER_WORKER,
+                "max_concurrent_calls": slot.calls,
             }
         )  # fmt: skip
+        changes["trunks"] = trunk_shares(config, slot)
     return config.model_copy(update=changes)
+
+
+def trunk_shares(config: Config, slot: WorkerSlot) -> list[Trunk]:
+    """The trunks as worker `slot` takes them: a trunk limited below the node's
+    max_concurrent_calls gets the worker's share of its limit (0 for some workers when it
+    is smaller than the worker count: those refuse the trunk's calls, the others take them).
+
+    Shares are exact for each limit alone: every call the limit allows finds a worker with
+    room, since the front tries them all. When a trunk's limit and the node's both bind, a
+    call may be refused below both: the workers holding the trunk's free share may be full
+    of other calls (e.g. 5 calls over 3 workers as 2+2+1, a trunk's 3 as 1+1+1: with the
+    third worker holding another trunk's call and the trunk's two calls on the first two,
+    its third call finds no worker, at 3 calls of the node's 5)."""
+    workers = worker_count(config)
+    node_limit = config.limits.max_concurrent_calls
+    return [
+        t.model_copy(update={"max_concurrent_calls": share(t.max_concurrent_calls, workers,
+                                                           slot.index)})
+        if t.max_concurrent_calls < node_limit
+        else t
+        for t in config.trunks
+    ]  # fmt: skip
 
 
 def listeners(config: Config) -> list[Listener]:
@@ -780,11 +825,6 @@ def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read file: {exc.strerror}"]) from None
     return parse_config(text, str(path), env)
-
-
-# PJSUA_MAX_CALLS of the only pjsua2 wheel (pjsua2-python 2.15.1.post1): one SIP worker, one
-# pjsua2 endpoint, holds this many calls at once. The engine measures it again at start.
-CALLS_PER_WORKER = 4
 
 
 def engine_capacity(config: Config) -> int:

@@ -108,6 +108,8 @@ class Provisional:
 class AnswerSent:
     """Inbound: our 200 went out."""
 
+    at: float  # wall clock, seconds since the epoch
+
 
 @dataclass(frozen=True)
 class Confirmed:
@@ -452,6 +454,7 @@ class CallLeg:
         self.settings = settings
         self.ending = False  # we sent a BYE, CANCEL or final answer (Rule 2)
         self.answered_at: float | None = None
+        self.answer_sent_at: float | None = None  # inbound: when our 200 went out
         self._refused = False
         self._waits: set[Wait] = set()
         self._rx_packets = -1
@@ -485,7 +488,8 @@ class CallLeg:
             case Provisional(sip_code=code):
                 rec.got_provisional = True
                 return [ReportRinging(code)] if previous is CallState.DIALING else []
-            case AnswerSent():
+            case AnswerSent(at=at):
+                self.answer_sent_at = at
                 return [StartTimer(self.settings.ack_timeout, AckTimeout())]
             case Confirmed(at=at):
                 return self._answered(at)
@@ -519,6 +523,14 @@ class CallLeg:
                 rec.end_reason = EndReason.FAILED
                 return [ScheduleHangup("gateway")]
             case Disconnected(sip_code=code, sip_reason=text, at=at):
+                answered = self._bye_before_ack(previous, code)
+                if answered is not None:
+                    # The caller had our 200 (its BYE names our tag): the call was answered
+                    # when that went out, and ends now. Its ACK was overtaken (a proxy's
+                    # parallel processes, UDP reordering) or lost; it changes nothing later.
+                    self.answered_at = answered
+                    final = self._disconnected(CallState.ANSWERED, code, text, at)
+                    return [ReportAnswered(answered), Ended(final)]
                 return [Ended(self._disconnected(previous, code, text, at))]
             case Lost(at=at):
                 rec.end_reason = rec.end_reason or EndReason.FAILED
@@ -601,6 +613,13 @@ class CallLeg:
         rec.end_reason = rec.end_reason or reason
         self.ending = True
         return [Hangup(rec.end_reason)]
+
+    def _bye_before_ack(self, previous: CallState, code: int) -> float | None:
+        """When our 200 went out, for an inbound call the far end ended with a 2xx (pjsua's
+        code for a BYE it took) before its ACK came, and not after a hang-up of ours."""
+        if previous is CallState.RINGING and not self.ending and 200 <= code < 300:
+            return self.answer_sent_at
+        return None
 
     def _disconnected(self, previous: CallState, code: int, text: str, at: float) -> Final | None:
         rec = self.record

@@ -75,7 +75,7 @@ class FrontLimits:
     source_invites: int  # new INVITEs one source may send per window
     worker_invites: int  # new INVITEs the front sends one worker per window
     pike_density: int  # requests one source may send per 2 s before it is dropped
-    worker_calls: int  # calls one worker holds (dispatcher maxload)
+    worker_calls: int  # calls one worker holds at most (dispatcher maxload, within its share)
     setup_expire: int  # seconds an unanswered dispatched call may take
     call_expire: int  # seconds a call's load stays counted without its BYE
 
@@ -160,13 +160,15 @@ def dispatcher_list(
     slots: list[WorkerSlot], socket: str, calls: int, node: str | None = None
 ) -> str:
     """Set 1: one line per worker, probed with OPTIONS (flag 8), at most `calls` calls each
-    (maxload, for the call-load algorithm), reached from the front's worker-side socket.
-    Behind a front shared by several nodes each worker's duid names its node too."""
+    and no more than its share of the node's (maxload, for the call-load algorithm), reached
+    from the front's worker-side socket. Behind a front shared by several nodes each worker's
+    duid names its node too."""
     lines = ["# setid destination flags priority attributes (rendered by sipedge)"]
     for slot in slots:
         uri = f"sip:{hostport(slot.sip_host, slot.sip_port)}"
         duid = f"{node}/worker-{slot.index}" if node else f"worker-{slot.index}"
-        lines.append(f"1 {uri} 8 0 duid={duid};maxload={calls};socket={socket}")
+        most = min(calls, slot.calls)
+        lines.append(f"1 {uri} 8 0 duid={duid};maxload={most};socket={socket}")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ call.placed), and an outbound call from the moment its INVITE is requested.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -112,14 +113,19 @@ class WorkerPool:
         return max(known) if known else None
 
     def trunk_status(self) -> dict[str, dict[str, Any]]:
-        """Each trunk's state as its reporting worker said when it became ready."""
+        """Each trunk's state as its reporting worker said when it became ready, with the
+        trunk's own limit (a worker knows only its share of it)."""
         out: dict[str, dict[str, Any]] = {}
         for trunk, owner in self.trunk_owner.items():
             link = self.links.get(owner) if owner is not None else None
             state = (link.status.get("trunks") or {}).get(trunk) if link is not None else None
             if isinstance(state, dict):
-                out[trunk] = state
+                out[trunk] = {**state, "max_concurrent_calls": self._trunk_limit(trunk)}
         return out
+
+    def _trunk_limit(self, trunk_id: str) -> int:
+        trunk = self.config.trunk(trunk_id)
+        return 0 if trunk is None else trunk.max_concurrent_calls
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -208,8 +214,10 @@ class WorkerPool:
     # -- events -------------------------------------------------------------------------------
 
     def _event(self, link: WorkerLink, event: WorkerEvent, ts: float) -> None:
-        if isinstance(event, TrunkStateChanged) and self.trunk_owner.get(event.trunk) != link.index:
-            return  # one voice per trunk: the worker that registers (or reports) it
+        if isinstance(event, TrunkStateChanged):
+            if self.trunk_owner.get(event.trunk) != link.index:
+                return  # one voice per trunk: the worker that registers (or reports) it
+            event = dataclasses.replace(event, max_concurrent_calls=self._trunk_limit(event.trunk))
         if isinstance(event, CallOffered | CallDialed):
             self.calls.add(event.call_id, link.index, event.trunk)
         elif isinstance(event, Completed | Failed):

@@ -64,7 +64,7 @@ from gateway.calls.leg import (
 )
 from gateway.calls.model import CallRecord, CallState, EndReason
 from gateway.calls.routing import number_from_uri, route_inbound
-from gateway.config import Config
+from gateway.config import Config, front_worker_side
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
 from gateway.session.contract import CallControls, MediaSession, bridge_rate
@@ -73,7 +73,7 @@ from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import DatagramWaker, SipExecutor
 from gateway.sip.ioqueue import IoQueueGauge, media_ioqueue
-from gateway.sip.message import header, request_uri, source_ip
+from gateway.sip.message import caller_source, header, request_uri, source_address
 from gateway.sip.probe import probe_call_limit
 from gateway.sip.sanity import GateAnswer, RequestGate
 
@@ -115,6 +115,8 @@ class SipEngine:
         registers: Collection[str] | None = None,
     ) -> None:
         self.config = config
+        # Behind a SIP front, where its requests come from: it names each caller's address.
+        self._front = front_worker_side(config) if config.sip.front.mode != "none" else None
         # The registering trunks this worker registers (None: all). A node with many workers
         # has each trunk registered by one of them; the others load it without registering.
         self._registers = None if registers is None else frozenset(registers)
@@ -308,10 +310,11 @@ class SipEngine:
 
     # -- inbound ------------------------------------------------------------------------------
 
-    def _admit_invite(self, message: bytes, source: str) -> GateAnswer | None:
+    def _admit_invite(self, message: bytes, sender: tuple[str, int]) -> GateAnswer | None:
         """Request gate, SIP thread, before pjsua creates anything for a new INVITE: the answer
         that refuses it, or None to let pjsua take it (then on_incoming routes it)."""
         text = message.decode("utf-8", "replace")
+        source = caller_source(text, sender, self._front)
         if header(text, "call-id") in self._live_sip_call_ids():
             return None  # a retransmission: the transaction layer absorbs it
         now = time.monotonic()
@@ -380,7 +383,7 @@ class SipEngine:
 
     def on_incoming(self, account: pj.Account, prm: Any) -> None:
         message = prm.rdata.wholeMsg
-        src = source_ip(prm.rdata.srcAddress)
+        src = caller_source(message, source_address(prm.rdata.srcAddress), self._front)
         dialled = [number_from_uri(request_uri(message)), number_from_uri(header(message, "to"))]
         caller = number_from_uri(header(message, "from"))
         # Admitted by the request gate just before (same thread): this only finds the route.
@@ -571,7 +574,7 @@ class SipEngine:
                 except pj.Error as exc:
                     log.warning("event=answer_failed call_id=%s error=%s", rec.id, exc.reason)
                     return
-                self.feed(call, AnswerSent())
+                self.feed(call, AnswerSent(time.time()))
             case RefuseInvite(sip_code=code):
                 self._refuse(call, code)
             case RefuseRinging(sip_code=code, reason=reason):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 # RFC 3261 section 7.3.3 compact forms, plus the common extension ones (o, r, u, b, x).
@@ -22,6 +23,11 @@ _COMPACT = {
     "b": "referred-by",
     "x": "session-expires",
 }
+
+# Set by the SIP front on each new INVITE it dispatches to a worker: the address it came from
+# (`198.51.100.7:5060;transport=udp`, `[2001:db8::7]:5060;transport=tcp`). The front strips
+# any such header that arrives from outside (gateway/front/kamailio.cfg.tmpl).
+SOURCE_HEADER = "X-Sipedge-Source"
 
 
 def _header_lines(message: str) -> list[str]:
@@ -61,7 +67,37 @@ def request_uri(message: str) -> str:
 
 def source_ip(src_address: str) -> str:
     """'127.0.0.1:5060' or '[::1]:5060' -> the address alone."""
-    match = re.match(r"^\[([^\]]+)\](?::\d+)?$", src_address)
+    return source_address(src_address)[0]
+
+
+def source_address(src_address: str) -> tuple[str, int]:
+    """'127.0.0.1:5060' or '[::1]:5060' -> (address, port); port 0 when none is given."""
+    match = re.match(r"^\[([^\]]+)\](?::(\d+))?$", src_address)
     if match:
-        return match.group(1)
-    return src_address.rsplit(":", 1)[0] if src_address.count(":") == 1 else src_address
+        return match.group(1), int(match.group(2) or 0)
+    if src_address.count(":") == 1:
+        host, port = src_address.rsplit(":", 1)
+        return host, int(port) if port.isdigit() else 0
+    return src_address, 0
+
+
+def caller_source(message: str, sender: tuple[str, int], front: tuple[str, int] | None) -> str:
+    """The IP a request's caller sent it from. Behind a SIP front (`front`: the front's
+    worker-side address and port) the transport sender of a dispatched INVITE is the front
+    itself; what the front saw is in its SOURCE_HEADER, believed only when the front sent the
+    request (anyone else may write the header). Otherwise the sender's IP."""
+    ip = sender[0]
+    if front is None or not _same_address(sender, front):
+        return ip
+    named = source_ip(header(message, SOURCE_HEADER.lower()).split(";", 1)[0].strip())
+    try:
+        return str(ipaddress.ip_address(named))
+    except ValueError:
+        return ip  # a front that sent none (or an older one): the sender is all we know
+
+
+def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    try:
+        return a[1] == b[1] and ipaddress.ip_address(a[0]) == ipaddress.ip_address(b[0])
+    except ValueError:
+        return False

@@ -116,21 +116,23 @@ def unsupported_body(message: bytes) -> bool:
     return kind.group(1).strip().lower() not in (b"application/sdp", b"multipart/mixed")
 
 
-# (message bytes up to the NUL, source IP) -> None to let the INVITE through
-Admit = Callable[[bytes, str], GateAnswer | None]
+# (message bytes up to the NUL, source IP and port) -> None to let the INVITE through
+Admit = Callable[[bytes, tuple[str, int]], GateAnswer | None]
 
 SOCKADDR_BYTES = 28  # pj_sockaddr: a union up to sockaddr_in6
 _AF_INET, _AF_INET6 = 2, 10  # Linux values, as pj_sockaddr stores them
 
 
-def sockaddr_ip(raw: bytes) -> str:
-    """The address in a Linux pj_sockaddr's bytes ('' if it is neither IPv4 nor IPv6)."""
+def sockaddr_address(raw: bytes) -> tuple[str, int]:
+    """The address and port in a Linux pj_sockaddr's bytes (('', 0) if it is neither IPv4
+    nor IPv6)."""
     family = int.from_bytes(raw[0:2], "little")
+    port = int.from_bytes(raw[2:4], "big")
     if family == _AF_INET:
-        return socket.inet_ntop(socket.AF_INET, raw[4:8])
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
     if family == _AF_INET6:
-        return socket.inet_ntop(socket.AF_INET6, raw[8:24])
-    return ""
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    return "", 0
 
 
 def _sockaddr_pattern(host: str, port: int) -> bytes:
@@ -152,8 +154,8 @@ def _library() -> ctypes.CDLL:
 class RequestGate:
     """Owns the module struct and callback: keep the instance alive as long as the endpoint.
 
-    `admit(message, source_ip)` runs on the SIP thread for each new INVITE; it returns the
-    answer to refuse the call with, or None to let it through to pjsua."""
+    `admit(message, (source_ip, source_port))` runs on the SIP thread for each new INVITE;
+    it returns the answer to refuse the call with, or None to let it through to pjsua."""
 
     def __init__(self, admit: Admit = lambda message, source: None) -> None:
         self.admit = admit
@@ -258,7 +260,8 @@ class RequestGate:
             self._respond(self._endpt, rdata, 400, None, None, None)
             return 1  # handled: the transaction layer never sees it
         if is_new_invite(message) and self.source_offset is not None:
-            source = sockaddr_ip(ctypes.string_at(rdata + self.source_offset, SOCKADDR_BYTES))
+            raw = ctypes.string_at(rdata + self.source_offset, SOCKADDR_BYTES)
+            source = sockaddr_address(raw)
             answer = GateAnswer(415) if unsupported_body(message) else self.admit(message, source)
             if answer is not None:
                 self.refused_calls += 1

@@ -89,10 +89,11 @@ class RawUac:
     def send(self, text: str) -> None:
         self.sock.sendto(text.encode(), self.node)
 
-    def invite_text(self, dialog: Dialog, rtp_port: int = 40000) -> str:
+    def invite_text(self, dialog: Dialog, rtp_port: int = 40000, headers: str = "") -> str:
+        """The INVITE of `dialog`; `headers`: extra header lines, each ending in CRLF."""
         body = sdp(rtp_port, self.host)
         return (
-            f"INVITE {dialog.ruri} SIP/2.0\r\n"
+            f"INVITE {dialog.ruri} SIP/2.0\r\n{headers}"
             f"Via: SIP/2.0/UDP {self.host}:{self.port};branch={dialog.branch};rport\r\n"
             f"From: <sip:+15557770000@{self.host}>;tag={dialog.from_tag}\r\n"
             f"To: <sip:{dialog.to}@{self.node[0]}>\r\n"
@@ -101,7 +102,9 @@ class RawUac:
             f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
         )
 
-    def invite(self, to: str = "+15550100", ruri_user: str | None = None) -> Dialog:
+    def invite(
+        self, to: str = "+15550100", ruri_user: str | None = None, headers: str = ""
+    ) -> Dialog:
         dialog = Dialog(
             call_id=uuid.uuid4().hex,
             from_tag=uuid.uuid4().hex[:8],
@@ -109,7 +112,7 @@ class RawUac:
             to=to,
             ruri=f"sip:{ruri_user or to}@{self.node[0]}:{self.node[1]}",
         )
-        self.send(self.invite_text(dialog))
+        self.send(self.invite_text(dialog, headers=headers))
         return dialog
 
     def recv(self, timeout: float = 5.0) -> SipMessage | None:

@@ -168,7 +168,7 @@ def stand(tmp_path: Path) -> Iterator[Stand]:
             "trunks": [{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
             "numbers": [{"number": "+15550100", "agent": "echo"}],
             "agents": [{"id": "echo", "type": "echo"}],
-            "limits": {"max_concurrent_calls": 2, "retry_after": 9},
+            "limits": {"max_concurrent_calls": 4, "retry_after": 9},
         }  # fmt: skip
     )
     workers = [FakeWorker(first + 1), FakeWorker(first + 2)]
@@ -221,7 +221,7 @@ def test_a_full_worker_503_moves_the_call_to_the_next_and_all_full_is_503_retry_
 
 
 def test_workers_at_their_call_cap_get_no_invite_and_the_caller_503(stand: Stand) -> None:
-    a, b = stand.workers  # limits.max_concurrent_calls 2: each worker holds at most 2
+    a, b = stand.workers  # limits.max_concurrent_calls 4: each worker holds its 2
     with RawUac(stand.port) as uac:
         held = [uac.call() for _ in range(4)]
         refused = uac.invite()
@@ -259,3 +259,15 @@ def test_a_draining_front_refuses_new_invites_and_lets_dialogs_end(stand: Stand)
         uac.bye(dialog, final)
         assert uac.wait_final(dialog).status == 200
         assert stand.owner(dialog.call_id).byes == [dialog.call_id]
+
+
+def test_a_call_every_worker_refused_leaves_no_load_counted(stand: Stand) -> None:
+    a, b = stand.workers
+    a.mode = b.mode = "busy"
+    with RawUac(stand.port) as uac:
+        refused = uac.invite()
+        answer = uac.wait_final(refused)
+        uac.ack(refused, answer)
+        assert answer.status == 503
+        assert refused.call_id in a.invites and refused.call_id in b.invites
+        assert stand.front.workers() == {stand.uri(a): (True, 0), stand.uri(b): (True, 0)}

@@ -88,7 +88,7 @@ def final_of(actions: list[Action]) -> Final | None:
     return actions[0].final
 
 
-RINGS = (Invited(), AnswerSent())  # an inbound call that rings, our 200 sent
+RINGS = (Invited(), AnswerSent(at=99.9))  # an inbound call that rings, our 200 sent
 ANSWERS = (*RINGS, Confirmed(at=100.0))  # ... and ACKed at t=100
 
 
@@ -103,7 +103,7 @@ def test_an_invite_rings_and_is_answered_at_once_when_nothing_waits() -> None:
     call = leg()
     assert call.handle(Invited()) == [SendRinging(), SendAnswer()]
     assert call.state is CallState.RINGING
-    assert call.handle(AnswerSent()) == [StartTimer(5, AckTimeout())]
+    assert call.handle(AnswerSent(at=1.0)) == [StartTimer(5, AckTimeout())]
 
 
 def test_the_ack_answers_the_call_and_starts_its_limits() -> None:
@@ -178,7 +178,7 @@ def test_agent_news_means_nothing_to_a_call_that_does_not_wait_for_it() -> None:
     for news in (AgentConnected(), AgentFailed(), AgentTimeout()):
         assert call.handle(news) == []
     answered = leg(agent_wait=6.0)
-    fed(answered, Invited(), AgentConnected(), AnswerSent(), Confirmed(at=1.0))
+    fed(answered, Invited(), AgentConnected(), AnswerSent(at=0.9), Confirmed(at=1.0))
     assert answered.handle(AgentFailed()) == []  # an agent gone later is the session's business
 
 
@@ -188,6 +188,21 @@ def test_a_200_never_acked_is_given_up_on() -> None:
     assert final_of(call.handle(bye(at=106.0))) == Final(
         False, R.ACK_TIMEOUT, 200, "OK", "gateway", 0.0
     )
+
+
+def test_a_bye_that_overtook_the_ack_ends_a_call_answered_when_our_200_went_out() -> None:
+    call = leg()
+    assert fed(call, *RINGS, bye(at=102.4)) == [
+        ReportAnswered(99.9),
+        Ended(Final(True, R.NORMAL, 200, "OK", "caller", 2.5)),
+    ]
+    assert call.state is CallState.ENDED and call.answered_at == 99.9
+    assert call.handle(Confirmed(at=102.5)) == []  # the overtaken ACK, had pjsua reported it
+
+
+def test_a_call_that_ends_with_no_2xx_before_the_ack_was_not_answered() -> None:
+    final = final_of(fed(leg(), *RINGS, Disconnected(408, "Request Timeout", 132.0)))
+    assert final == Final(False, R.REJECTED, 408, "Request Timeout", None, 0.0)
 
 
 def test_the_ack_timer_means_nothing_once_the_ack_came() -> None:
@@ -484,7 +499,7 @@ ONE_OF_EACH: list[Happening] = [
     InviteRefused(404),
     Dialled(),
     Provisional(180),
-    AnswerSent(),
+    AnswerSent(at=1.0),
     Confirmed(at=1.0),
     AgentConnected(),
     AgentFailed(),
@@ -554,7 +569,7 @@ def test_once_ending_only_what_pjsua_reports_and_why_it_ended_still_count(
     happening: Happening,
 ) -> None:
     call = leg(agent_wait=6.0, media_timeout=2.0)
-    fed(call, Invited(), AgentConnected(), AnswerSent(), HangupRequested(CP))
+    fed(call, Invited(), AgentConnected(), AnswerSent(at=1.0), HangupRequested(CP))
     assert call.ending
     if type(happening) in TAKEN_WHILE_ENDING:
         return

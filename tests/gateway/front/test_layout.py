@@ -1,5 +1,6 @@
 """What a worker runs with behind the front: its own address in SIP, the public one in SDP,
-the front as its outbound proxy, and trunks that let the front's calls in."""
+the front as its outbound proxy, and the trunks' allowed_ips as written (the front names
+each caller's address)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from gateway.config import (
     front_worker_side,
     listeners,
     rtp_advertised_host,
+    share,
     sip_advertised_host,
     slot_config,
     worker_slots,
@@ -71,12 +73,13 @@ def test_the_front_is_every_trunks_first_hop() -> None:
     assert outbound_proxies(alone, alone.trunks[1]) == []
 
 
-def test_trunks_taking_inbound_calls_let_in_the_front_and_per_source_limits_widen() -> None:
+def test_trunks_keep_their_allowed_ips_and_per_source_limits_widen() -> None:
     c = worker(config())
     carrier, dialout = c.trunks
-    assert carrier.allowed_ips == ["198.51.100.0/24", "127.0.0.1/32"]
-    assert carrier.allow_ips_match("127.0.0.1") and not dialout.allow_ips_match("127.0.0.1")
-    # The front is the worker's one source: its per-worker cap, not a caller's limits.
+    # The front names each caller's address (X-Sipedge-Source): not one trunk lets it in.
+    assert carrier.allowed_ips == ["198.51.100.0/24"] and dialout.allowed_ips == []
+    assert not carrier.allow_ips_match("127.0.0.1")
+    # The front limits each source and spreads it over the workers: its per-worker cap.
     assert c.limits.invites_per_second_per_source >= 2 * c.sip.front.worker_invites_per_second
     assert c.limits.max_unconfirmed_per_source == 4
     alone = worker(config("none"))
@@ -113,7 +116,7 @@ def test_a_front_on_another_machine_is_the_workers_first_hop_and_their_only_sour
     assert (c.sip.listen, c.sip.port) == ("10.0.0.2", 5160)
     assert front_worker_side(c) == ("192.0.2.10", 5090)
     assert outbound_proxies(c, c.trunks[1]) == ["sip:192.0.2.10:5090;transport=udp;lr"]
-    assert c.trunks[0].allowed_ips == ["198.51.100.0/24", "192.0.2.10/32"]
+    assert c.trunks[0].allowed_ips == ["198.51.100.0/24"]  # the caller's own address counts
 
 
 def test_sdp_advertises_the_nodes_own_media_address_in_a_cluster() -> None:
@@ -128,3 +131,41 @@ def test_the_front_socket_and_the_workers_are_separate_listeners() -> None:
     workers = bound["sip.front.worker_ports_start"]
     assert (workers.host, workers.ports) == ("10.0.0.2", "5160-5161")
     assert bound["sip.rtp_ports"].host == "10.0.0.2"  # RTP binds rtp_listen
+
+
+def test_each_worker_takes_its_share_of_the_nodes_call_limits() -> None:
+    c = Config.model_validate(
+        {
+            "node": {"workers": 3},
+            "sip": {"listen": "192.0.2.10", "front": {"mode": "embedded"}},
+            "trunks": [
+                {"id": "a", "max_concurrent_calls": 3},
+                {"id": "b", "max_concurrent_calls": 1},
+                {"id": "c", "max_concurrent_calls": 5},
+                {"id": "d"},
+            ],
+            "limits": {"max_concurrent_calls": 5},
+        }  # fmt: skip
+    )
+    assert [slot.calls for slot in worker_slots(c)] == [2, 2, 1]
+    workers = [worker(c, i) for i in (1, 2, 3)]
+    assert [w.limits.max_concurrent_calls for w in workers] == [2, 2, 1]
+    limits = {t.id: [w.trunk(t.id).max_concurrent_calls for w in workers] for t in c.trunks}
+    # Below the node's limit a trunk is split (one worker takes none of b's calls); at or
+    # above it the node's limit holds the trunk's.
+    assert limits == {"a": [1, 1, 1], "b": [1, 0, 0], "c": [5, 5, 5], "d": [100, 100, 100]}
+
+
+def test_shares_add_up_to_the_whole() -> None:
+    for total in range(1, 30):
+        for parts in range(1, 8):
+            shares = [share(total, parts, i) for i in range(1, parts + 1)]
+            assert sum(shares) == total and max(shares) - min(shares) <= 1
+
+
+def test_a_node_cannot_have_more_workers_than_calls() -> None:
+    with pytest.raises(ValueError, match="3 workers share limits.max_concurrent_calls \\(2\\)"):
+        Config.model_validate(
+            {"node": {"workers": 3}, "sip": {"listen": "192.0.2.10", "front": {"mode": "embedded"}},
+             "limits": {"max_concurrent_calls": 2}}
+        )  # fmt: skip

@@ -10,6 +10,7 @@ import pytest
 
 from gateway.config import Config, worker_slots
 from gateway.front.render import FrontPaths, dispatcher_list, fill, front_limits, render
+from gateway.sip.message import SOURCE_HEADER
 
 PATHS = FrontPaths(Path("/run/sipedge-front"))
 
@@ -72,6 +73,12 @@ def test_the_dispatcher_list_has_every_worker_capped_at_its_call_slots() -> None
     ]
 
 
+def test_each_worker_is_capped_at_its_share_of_the_nodes_calls() -> None:
+    c = config(limits={"max_concurrent_calls": 5})
+    listed = render(c, worker_slots(c), PATHS).dispatcher_list
+    assert re.findall(r";maxload=(\d+);", listed) == ["2", "2", "1"]
+
+
 def test_a_node_limited_below_one_workers_slots_caps_each_worker_at_its_limit() -> None:
     c = config(node={"workers": 1}, limits={"max_concurrent_calls": 2})
     assert ";maxload=2;" in render(c, worker_slots(c), PATHS).dispatcher_list
@@ -124,3 +131,10 @@ def test_a_missing_value_is_a_renderer_bug_named_by_its_placeholder() -> None:
     with pytest.raises(KeyError, match="PORT"):
         fill("listen={{HOST}}:{{PORT}}", {"HOST": "127.0.0.1"})
     assert fill("a {{B}} c", {"B": "b"}) == "a b c"
+
+
+def test_the_front_alone_names_the_callers_address_to_the_workers() -> None:
+    text = cfg(config())
+    assert f'remove_hf("{SOURCE_HEADER}");' in block(text, "request_route")
+    dispatch = block(text, "route[DISPATCH]")
+    assert f'append_hf("{SOURCE_HEADER}: $siz:$sp;transport=$pr\\r\\n");' in dispatch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,17 @@ async def test_a_trunks_state_is_heard_from_its_reporting_worker_only(
         event(pool, worker, trunk_state("static", "static"))
     heard = [(e.trunk, e.state) for e in recorder.events if isinstance(e, ev.TrunkStateChanged)]
     assert heard == [("carrier", "registered"), ("static", "static")]
+
+
+async def test_a_trunks_state_carries_its_own_limit_not_its_workers_share(
+    pool: WorkerPool, recorder: Recorder
+) -> None:
+    share = dataclasses.replace(trunk_state("carrier", "registered"), max_concurrent_calls=2)
+    event(pool, 1, share)  # carrier's 5 calls over 3 workers: 2, 2 and 1
+    [heard] = [e for e in recorder.events if isinstance(e, ev.TrunkStateChanged)]
+    assert heard.max_concurrent_calls == 5
+    link(pool, 1).status["trunks"] = {"carrier": share.as_status()}
+    assert pool.trunk_status()["carrier"]["max_concurrent_calls"] == 5
 
 
 async def test_only_the_first_owner_of_a_registering_trunk_registers_it(

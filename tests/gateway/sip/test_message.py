@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sip.message import header, request_uri, source_ip
+from gateway.sip.message import (
+    SOURCE_HEADER,
+    caller_source,
+    header,
+    request_uri,
+    source_address,
+    source_ip,
+)
 
 TORTURE = Path("/work/shared/testdata/rfc4475")
 
@@ -233,3 +240,50 @@ def test_no_torture_message_breaks_the_readers(path: Path) -> None:
 )
 def test_source_ip_drops_the_port(address: str, ip: str) -> None:
     assert source_ip(address) == ip
+
+
+# -- caller_source -----------------------------------------------------------------------------
+
+FRONT = ("127.0.0.1", 5159)
+
+
+def vouched(value: str) -> str:
+    return INVITE.replace(
+        "Max-Forwards: 70\r\n", f"Max-Forwards: 70\r\n{SOURCE_HEADER}: {value}\r\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "caller"),
+    [
+        ("198.51.100.7:5060;transport=udp", "198.51.100.7"),
+        ("[2001:db8::7]:5062;transport=tcp", "2001:db8::7"),
+        ("198.51.100.7", "198.51.100.7"),
+    ],
+)
+def test_behind_the_front_the_caller_is_the_address_the_front_names(
+    value: str, caller: str
+) -> None:
+    assert caller_source(vouched(value), FRONT, FRONT) == caller
+
+
+def test_the_header_counts_only_from_the_fronts_own_socket() -> None:
+    message = vouched("198.51.100.7:5060;transport=udp")
+    assert caller_source(message, ("127.0.0.1", 40000), FRONT) == "127.0.0.1"  # not its port
+    assert caller_source(message, ("192.0.2.9", 5159), FRONT) == "192.0.2.9"
+    assert caller_source(message, ("198.51.100.9", 5060), None) == "198.51.100.9"  # no front
+
+
+def test_a_front_that_names_no_valid_address_leaves_the_sender() -> None:
+    assert caller_source(INVITE, FRONT, FRONT) == "127.0.0.1"
+    assert caller_source(vouched("sip.example.com:5060"), FRONT, FRONT) == "127.0.0.1"
+    assert caller_source(vouched("[::1]:5060"), ("::1", 5159), ("0:0::1", 5159)) == "::1"
+
+
+@pytest.mark.parametrize(
+    ("address", "parts"),
+    [("127.0.0.1:5060", ("127.0.0.1", 5060)), ("[::1]:5062", ("::1", 5062)),
+     ("2001:db8::5", ("2001:db8::5", 0)), ("127.0.0.1", ("127.0.0.1", 0))],
+)  # fmt: skip
+def test_source_address_splits_the_port(address: str, parts: tuple[str, int]) -> None:
+    assert source_address(address) == parts
