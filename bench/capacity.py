@@ -1,0 +1,569 @@
+#!/usr/bin/env python3
+"""Capacity: how many concurrent agent-streaming calls one node holds (issue 12's measure).
+
+For each step of concurrent calls (`--steps`, default 25,50,100,150,200,250,300) it starts a
+fresh node (`sipedge run`) with N workers behind the embedded front (N = ceil(calls / 4), or
+`--workers`), an agent server in its own process that echoes every caller frame straight back
+(`--agent twilio-ws`: Twilio Media Streams; `pcm-ws`; or `echo`, the node's built-in agent,
+no server), and one SIPp caller per call (a scenario made from sipp_scenarios/uac_pcap.xml
+playing a PCMU pcap of speech bursts, 400 ms voiced / 200 ms silent, for the whole call).
+Calls start at `--rate` per second; once all are up it measures for `--hold` seconds:
+
+  * calls up (SIPp callers still in their call) and failed calls (SIPp exit status != 0);
+  * speech bursts lost and wire-to-wire latency each way, by onset detection: RTP captured on
+    `lo` (AF_PACKET, needs root) caller -> node, the agent's first voiced frame of each burst
+    (agent process clock: CLOCK_MONOTONIC is one clock for all processes), node -> caller.
+    in = caller RTP -> agent, out = agent -> RTP back to the caller. With `--agent echo`
+    there is no agent on the wire: `out` is the round trip RTP in -> RTP out (echo delay 0)
+    and `in` is null; the step holds if that round trip's p99 is under twice the limit;
+  * sipedge CPU: utime+stime of every process of the node (supervisor, workers, kamailio,
+    embedded mosquitto), % of one core, total and per call; the agent server's apart;
+  * idle CPU per worker (the node before the calls start) and PSS (/proc/PID/smaps_rollup,
+    summed over the node's processes) total and per call.
+
+It stops at the first step that does not hold (0 failed calls, 0 lost bursts, p99 < 40 ms
+each way) and prints the highest step held. `--json` prints one object instead of the table.
+
+    python bench/capacity.py --steps 8,16,24 --hold 15
+    python bench/capacity.py --agent echo --json
+
+Run from the repository root, as root (packet capture).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import ctypes
+import json
+import math
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sipp_scenarios.make_pcap import build_pcap, ulaw_to_linear  # noqa: E402
+from tests.integration.node import NodeProcess, workers_config  # noqa: E402
+from tests.integration.peers import HOST, SCENARIOS, SIPP_BIN, free_port  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+CALLS_PER_WORKER = 4
+VOICED_RMS = 300.0
+MATCH_S = 0.3  # an onset pairs with the first one this soon after it (bursts are 600 ms apart)
+LIMIT_MS = 40.0
+# mu-law byte -> linear sample squared: RMS of a frame without decoding it
+ULAW_SQ = np.array([float(ulaw_to_linear(b)) ** 2 for b in range(256)])
+READY = re.compile(r"event=worker_ready worker=(\d+) pid=(\d+)")
+
+
+def ulaw_voiced(payload: bytes) -> bool:
+    x = np.frombuffer(payload, np.uint8)
+    return bool(len(x)) and float(np.sqrt(ULAW_SQ[x].mean())) > VOICED_RMS
+
+
+def pcm_voiced(pcm: bytes) -> bool:
+    x = np.frombuffer(pcm, "<i2").astype(np.float64)
+    return bool(len(x)) and float(np.sqrt(np.mean(x**2))) > VOICED_RMS
+
+
+# --- the agent server (its own process: `capacity.py agent ...`) ---------------------------
+
+
+def serve_agent(protocol: str, port: int, out: Path) -> None:
+    """Echo every caller frame back; on each stream's end append its burst onsets to `out`."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    sink = out.open("a")
+
+    async def handle(ws: ServerConnection) -> None:
+        onsets: list[float] = []
+        to, sid, was = "", "", False
+        with contextlib.suppress(Exception):  # the node closes streams at hangup
+            async for raw in ws:
+                now = time.monotonic()
+                if isinstance(raw, bytes):  # pcm-ws audio
+                    await ws.send(raw)
+                    voiced = pcm_voiced(raw)
+                else:
+                    message = json.loads(raw)
+                    if message["event"] == "start":
+                        start = message.get("start", message)
+                        to = start.get("customParameters", start).get("to", "")
+                        sid = message.get("streamSid", "")
+                        continue
+                    if message["event"] != "media":
+                        continue
+                    payload = message["media"]["payload"]
+                    reply = {"event": "media", "streamSid": sid, "media": {"payload": payload}}
+                    await ws.send(json.dumps(reply))
+                    voiced = ulaw_voiced(base64.b64decode(payload))
+                if voiced and not was:
+                    onsets.append(now)
+                was = voiced
+        sink.write(json.dumps({"to": to, "onsets": onsets}) + "\n")
+        sink.flush()
+
+    async def main() -> None:
+        async with serve(handle, HOST, port, compression=None) as server:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            print("ready", flush=True)
+            await stop.wait()
+            server.close()
+
+    asyncio.run(main())
+
+
+class AgentServer:
+    """`capacity.py agent` as a child process, stopped by its PID."""
+
+    def __init__(self, protocol: str, tmp: Path) -> None:
+        self.port = free_port("tcp")
+        self.out = tmp / "agent_onsets.jsonl"
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "agent", protocol, str(self.port), str(self.out)],
+            stdout=subprocess.PIPE,
+            stderr=(tmp / "agent.log").open("wb"),
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"agent server did not start; see {tmp / 'agent.log'}")
+
+    def onsets(self) -> dict[str, list[float]]:
+        if not self.out.exists():
+            return {}
+        rows = [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        return {r["to"]: r["onsets"] for r in rows}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- RTP on lo -----------------------------------------------------------------------------
+
+
+def _udp_only_filter() -> bytes:
+    """Classic BPF: IPv4 UDP packets not flagged outgoing (lo shows each packet twice), first
+    214 bytes (Ethernet + IP + UDP + RTP + 160 payload bytes)."""
+    ops = [
+        (0x20, 0, 0, 0xFFFFF004),  # ld pkttype
+        (0x15, 5, 0, 4),  # == PACKET_OUTGOING -> drop
+        (0x28, 0, 0, 12),  # ldh ethertype
+        (0x15, 0, 3, 0x0800),  # != IPv4 -> drop
+        (0x30, 0, 0, 23),  # ldb ip proto
+        (0x15, 0, 1, 17),  # != UDP -> drop
+        (0x06, 0, 0, 214),  # keep
+        (0x06, 0, 0, 0),  # drop
+    ]
+    return b"".join(struct.pack("HBBI", *op) for op in ops)
+
+
+class Capture:
+    """PCMU RTP on `lo`: voiced onsets per (source port, destination port)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        code = _udp_only_filter()
+        self._prog = ctypes.create_string_buffer(code)
+        fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(self._prog))
+        self.sock.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.2)
+        self.onsets: dict[tuple[int, int], list[float]] = {}
+        self._voiced: dict[tuple[int, int], bool] = {}
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self.sock.recv(65535)
+            except (TimeoutError, OSError):
+                continue
+            now = time.monotonic()
+            udp = frame[14 + (frame[14] & 0x0F) * 4 :]
+            rtp = udp[8:]
+            if len(rtp) <= 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F != 0:
+                continue
+            key = struct.unpack("!HH", udp[:4])
+            voiced = ulaw_voiced(rtp[12:])
+            if voiced and not self._voiced.get(key, False):
+                self.onsets.setdefault(key, []).append(now)
+            self._voiced[key] = voiced
+
+    def clear(self) -> None:
+        self.onsets.clear()
+        self._voiced.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def pair(first: list[float], then: list[float]) -> tuple[list[float], int]:
+    """Latencies (ms) from each onset in `first` to the next in `then` within MATCH_S, and
+    how many found none (lost)."""
+    later = np.array(sorted(then))
+    delays, lost = [], 0
+    for t in first:
+        i = int(np.searchsorted(later, t))
+        if i < len(later) and later[i] - t < MATCH_S:
+            delays.append((later[i] - t) * 1000)
+        else:
+            lost += 1
+    return delays, lost
+
+
+# --- processes of the node -----------------------------------------------------------------
+
+
+def descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0
+
+
+def pss_kb(pid: int) -> int:
+    with contextlib.suppress(OSError, AttributeError):
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        return int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    return 0
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+def cpu_rates(pids: list[int], seconds: float) -> dict[int, float]:
+    """% of one core per pid over `seconds`."""
+    before = {p: cpu_seconds(p) for p in pids}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {p: 100 * (cpu_seconds(p) - before[p]) / elapsed for p in pids}
+
+
+# --- one step ------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    calls: int
+    workers: int
+    up: int
+    failed: int
+    bursts_lost: int
+    bursts_lost_in: int
+    bursts_lost_out: int
+    in_p50_ms: float | None
+    in_p99_ms: float | None
+    out_p50_ms: float | None
+    out_p99_ms: float | None
+    cpu_total_pct: float
+    cpu_per_call_pct: float
+    idle_per_worker_pct: float
+    pss_mb: float
+    pss_per_call_mb: float
+    agent_cpu_pct: float | None
+    sipp_cpu_pct: float
+    machine_cpu_pct: float  # every process on the machine, % of one core (noise: the rest)
+    bursts: int  # caller speech-burst onsets on the wire in the measured window
+
+    def holds(self, round_trip: bool) -> bool:
+        limit_out = 2 * LIMIT_MS if round_trip else LIMIT_MS
+        return (
+            self.failed == 0
+            and self.up == self.calls
+            and self.bursts_lost == 0
+            and (round_trip or (self.in_p99_ms is not None and self.in_p99_ms < LIMIT_MS))
+            and self.out_p99_ms is not None
+            and self.out_p99_ms < limit_out
+        )
+
+
+def node_config(tmp: Path, calls: int, workers: int, agent: str, agent_port: int) -> dict[str, Any]:
+    numbers = [f"+1555{i:07d}" for i in range(calls)]
+    agents: list[dict[str, Any]] = [{"id": "bot", "type": "echo", "delay_ms": 0}]
+    if agent != "echo":
+        agents = [{"id": "bot", "type": agent, "url": f"ws://{HOST}:{agent_port}/"}]
+    rtp_start = 20000 + (os.getpid() % 5) * 2000  # below Linux's ephemeral range (SIPp's)
+    config = workers_config(
+        tmp,
+        workers,
+        numbers=[{"number": n, "agent": "bot"} for n in numbers],
+        agents=agents,
+        trunks=[{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
+        vad={"barge_in": False},  # the echo is the caller's own voice: no barge-in on it
+        limits={
+            "max_concurrent_calls": workers * CALLS_PER_WORKER,
+            "invites_per_second_per_source": 200,
+            "invite_burst_per_source": 400,
+            "max_unconfirmed_per_source": 400,
+            "ring_timeout": 30,
+        },
+    )
+    config["sip"] |= {
+        "transports": ["udp"],
+        "codecs": ["PCMU"],
+        "rtp_ports": {"start": rtp_start, "end": rtp_start + 20 * workers - 1},
+    }
+    config["sip"]["front"]["worker_invites_per_second"] = 200
+    return config
+
+
+def caller_scenario(tmp: Path, seconds: float) -> Path:
+    """uac_pcap.xml playing `seconds` of speech bursts, hanging up when it ends."""
+    pcap = tmp / "speech.pcap"
+    pcap.write_bytes(build_pcap(seconds))
+    xml = (SCENARIOS / "uac_pcap.xml").read_text()
+    xml = xml.replace("pcap/speech_pcmu.pcap", str(pcap))
+    xml = xml.replace(
+        '<pause milliseconds="3200"/>', f'<pause milliseconds="{seconds * 1000 + 200:.0f}"/>'
+    )
+    path = tmp / "uac_capacity.xml"
+    path.write_text(xml)
+    return path
+
+
+def caller(
+    scenario: Path, number: str, sip_port: int, media_port: int, tmp: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        SIPP_BIN, "-sf", str(scenario), "-s", number, "-m", "1",
+        "-i", HOST, "-p", str(free_port()), "-mi", HOST, "-mp", str(media_port),
+        "-cp", str(free_port()), "-nostdin", "-timeout", "120", "-timeout_error",
+        f"{HOST}:{sip_port}",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def free_media_port(taken: set[int]) -> int:
+    """An even port P with P..P+3 free (SIPp binds RTP/RTCP and video next to it)."""
+    for _ in range(500):
+        base = free_port() & ~1
+        if any(p in taken for p in range(base, base + 4)):
+            continue
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in range(base, base + 4):
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    s.bind(("0.0.0.0", p))
+            except OSError:
+                continue
+        taken.update(range(base, base + 4))
+        return base
+    raise RuntimeError("no free media port")
+
+
+def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
+    workers = args.workers or math.ceil(calls / CALLS_PER_WORKER)
+    tmp = Path(tempfile.mkdtemp(prefix=f"sipedge-capacity-{calls}-"))
+    agent = AgentServer(args.agent, tmp) if args.agent != "echo" else None
+    config = node_config(tmp, calls, workers, args.agent, agent.port if agent else 9)
+    node = NodeProcess(tmp, config, log_level="INFO")
+    callers: list[subprocess.Popen[bytes]] = []
+    try:
+        node.start(timeout=120)
+        assert node.proc is not None
+        deadline = time.monotonic() + 60
+        while len(READY.findall(node.log())) < workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+        worker_pids = [int(p) for _, p in READY.findall(node.log())]
+        time.sleep(2)  # settle after start
+        idle = cpu_rates(worker_pids, args.idle)
+        ramp = calls / args.rate
+        seconds = ramp + 2 + args.hold + 1
+        scenario = caller_scenario(tmp, seconds)
+        taken: set[int] = set()
+        media = {f"+1555{i:07d}": free_media_port(taken) for i in range(calls)}
+        capture.clear()
+        for number, port in media.items():
+            callers.append(caller(scenario, number, node.sip_port, port, tmp))
+            time.sleep(1 / args.rate)
+        time.sleep(2)  # the last calls set up
+        pids = descendants(node.proc.pid)
+        sipp_pids = [c.pid for c in callers]
+        t_start = time.monotonic()
+        busy0 = machine_busy()
+        rates = cpu_rates(pids + sipp_pids + ([agent.proc.pid] if agent else []), args.hold)
+        t_end = time.monotonic()
+        busy1 = machine_busy()
+        pss = sum(pss_kb(p) for p in pids)
+        up = sum(c.poll() is None for c in callers)
+        failed = sum(c.wait(seconds + 60) != 0 for c in callers)
+        agent_onsets = agent.onsets() if agent else {}
+        if agent:
+            deadline = time.monotonic() + 10
+            while len(agent_onsets) < calls and time.monotonic() < deadline:
+                time.sleep(0.2)
+                agent_onsets = agent.onsets()
+    finally:
+        for c in callers:
+            if c.poll() is None:
+                c.kill()
+                c.wait()
+        node.stop()
+        if agent:
+            agent.close()
+    if agent:
+        agent_onsets = agent.onsets()
+    in_ms: list[float] = []
+    out_ms: list[float] = []
+    lost_in = lost_out = bursts = 0
+    for number, port in media.items():
+
+        def window(ts: list[float]) -> list[float]:
+            return [t for t in ts if t_start <= t <= t_end]
+
+        sent = window(next((v for (s, _), v in capture.onsets.items() if s == port), []))
+        back = next((v for (_, d), v in capture.onsets.items() if d == port), [])
+        bursts += len(sent)
+        if agent is None:
+            delays, lost = pair(sent, back)
+            out_ms += delays
+            lost_out += lost
+            continue
+        heard = agent_onsets.get(number, [])
+        delays, lost = pair(sent, heard)
+        in_ms += delays
+        lost_in += lost
+        delays, lost = pair(window(heard), back)
+        out_ms += delays
+        lost_out += lost
+    node_cpu = sum(rates[p] for p in pids)
+
+    def q(values: list[float], p: float) -> float | None:
+        return round(float(np.percentile(values, p)), 1) if values else None
+
+    return Step(
+        calls=calls,
+        workers=workers,
+        up=up,
+        failed=failed,
+        bursts_lost=lost_in + lost_out,
+        bursts_lost_in=lost_in,
+        bursts_lost_out=lost_out,
+        in_p50_ms=q(in_ms, 50),
+        in_p99_ms=q(in_ms, 99),
+        out_p50_ms=q(out_ms, 50),
+        out_p99_ms=q(out_ms, 99),
+        cpu_total_pct=round(node_cpu, 1),
+        cpu_per_call_pct=round(node_cpu / calls, 2),
+        idle_per_worker_pct=round(sum(idle.values()) / max(len(idle), 1), 2),
+        pss_mb=round(pss / 1024, 1),
+        pss_per_call_mb=round(pss / 1024 / calls, 2),
+        agent_cpu_pct=round(rates[agent.proc.pid], 1) if agent else None,
+        sipp_cpu_pct=round(sum(rates[p] for p in sipp_pids), 1),
+        machine_cpu_pct=round(
+            100 * (os.cpu_count() or 1) * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 1
+        ),
+        bursts=bursts,
+    )
+
+
+COLUMNS = (
+    ("calls", "calls"), ("workers", "wkr"), ("up", "up"), ("failed", "fail"),
+    ("bursts_lost_in", "lost_in"), ("bursts_lost_out", "lost_out"),
+    ("in_p50_ms", "in_p50"), ("in_p99_ms", "in_p99"), ("out_p50_ms", "out_p50"),
+    ("out_p99_ms", "out_p99"), ("cpu_total_pct", "cpu%"), ("cpu_per_call_pct", "cpu%/call"),
+    ("idle_per_worker_pct", "idle%/wkr"), ("pss_mb", "pss_MB"), ("pss_per_call_mb", "MB/call"),
+    ("agent_cpu_pct", "agent%"), ("sipp_cpu_pct", "sipp%"), ("machine_cpu_pct", "machine%"),
+    ("bursts", "bursts"),
+)  # fmt: skip
+
+
+def row(values: dict[str, Any]) -> str:
+    return " ".join(f"{'-' if values[k] is None else values[k]!s:>{len(h)}}" for k, h in COLUMNS)
+
+
+def main() -> int:
+    if len(sys.argv) == 5 and sys.argv[1] == "agent":
+        serve_agent(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", default="25,50,100,150,200,250,300")
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds measured per step")
+    parser.add_argument("--agent", default="twilio-ws", choices=("twilio-ws", "pcm-ws", "echo"))
+    parser.add_argument("--workers", type=int, help="fixed worker count (default ceil(calls/4))")
+    parser.add_argument("--rate", type=float, default=10.0, help="calls started per second")
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    round_trip = args.agent == "echo"
+    capture = Capture()
+    steps: list[Step] = []
+    held = 0
+    if not args.json:
+        print(f"agent {args.agent}; hold {args.hold:g} s; latency ms, CPU % of one core")
+        print(" ".join(h for _, h in COLUMNS))
+    try:
+        for calls in (int(s) for s in args.steps.split(",")):
+            step = run_step(calls, args, capture)
+            steps.append(step)
+            if not args.json:
+                print(row(asdict(step)), flush=True)
+            if not step.holds(round_trip):
+                break
+            held = calls
+    finally:
+        capture.close()
+    if args.json:
+        keys = ("calls", "failed", "bursts_lost", "in_p50_ms", "in_p99_ms", "out_p50_ms",
+                "out_p99_ms", "cpu_total_pct", "cpu_per_call_pct", "idle_per_worker_pct",
+                "pss_mb", "pss_per_call_mb")  # fmt: skip
+        extra = ("workers", "up", "bursts_lost_in", "bursts_lost_out", "agent_cpu_pct",
+                 "sipp_cpu_pct", "machine_cpu_pct", "bursts")  # fmt: skip
+        out = [{k: asdict(s)[k] for k in keys + extra} for s in steps]
+        print(json.dumps({"max_calls_held": held, "agent": args.agent, "steps": out}))
+    else:
+        note = " (out = round trip RTP in -> RTP out)" if round_trip else ""
+        print(f"max calls held: {held}{note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
