@@ -310,6 +310,7 @@ class Step:
     pss_per_call_mb: float
     agent_cpu_pct: float | None
     sipp_cpu_pct: float
+    bench_cpu_pct: float  # this process (packet capture, onset detection)
     machine_cpu_pct: float  # every process on the machine, % of one core (noise: the rest)
     bursts: int  # caller speech-burst onsets on the wire in the measured window
 
@@ -429,7 +430,8 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         sipp_pids = [c.pid for c in callers]
         t_start = time.monotonic()
         busy0 = machine_busy()
-        rates = cpu_rates(pids + sipp_pids + ([agent.proc.pid] if agent else []), args.hold)
+        watched = [*pids, *sipp_pids, os.getpid(), *([agent.proc.pid] if agent else [])]
+        rates = cpu_rates(watched, args.hold)
         t_end = time.monotonic()
         busy1 = machine_busy()
         pss = sum(pss_kb(p) for p in pids)
@@ -498,6 +500,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         pss_per_call_mb=round(pss / 1024 / calls, 2),
         agent_cpu_pct=round(rates[agent.proc.pid], 1) if agent else None,
         sipp_cpu_pct=round(sum(rates[p] for p in sipp_pids), 1),
+        bench_cpu_pct=round(rates[os.getpid()], 1),
         machine_cpu_pct=round(
             100 * (os.cpu_count() or 1) * (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 1
         ),
@@ -511,7 +514,8 @@ COLUMNS = (
     ("in_p50_ms", "in_p50"), ("in_p99_ms", "in_p99"), ("out_p50_ms", "out_p50"),
     ("out_p99_ms", "out_p99"), ("cpu_total_pct", "cpu%"), ("cpu_per_call_pct", "cpu%/call"),
     ("idle_per_worker_pct", "idle%/wkr"), ("pss_mb", "pss_MB"), ("pss_per_call_mb", "MB/call"),
-    ("agent_cpu_pct", "agent%"), ("sipp_cpu_pct", "sipp%"), ("machine_cpu_pct", "machine%"),
+    ("agent_cpu_pct", "agent%"), ("sipp_cpu_pct", "sipp%"), ("bench_cpu_pct", "bench%"),
+    ("machine_cpu_pct", "machine%"),
     ("bursts", "bursts"),
 )  # fmt: skip
 
@@ -532,11 +536,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="calls started per second")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--keep-going", action="store_true", help="run every step, even after one fails"
+    )
     args = parser.parse_args()
     round_trip = args.agent == "echo"
     capture = Capture()
     steps: list[Step] = []
-    held = 0
+    held = 0  # the last step of the unbroken run of steps that held
     if not args.json:
         print(f"agent {args.agent}; hold {args.hold:g} s; latency ms, CPU % of one core")
         print(" ".join(h for _, h in COLUMNS))
@@ -546,9 +553,10 @@ def main() -> int:
             steps.append(step)
             if not args.json:
                 print(row(asdict(step)), flush=True)
-            if not step.holds(round_trip):
+            if not step.holds(round_trip) and not args.keep_going:
                 break
-            held = calls
+            if step.holds(round_trip) and all(s.holds(round_trip) for s in steps):
+                held = calls
     finally:
         capture.close()
     if args.json:
@@ -556,7 +564,7 @@ def main() -> int:
                 "out_p99_ms", "cpu_total_pct", "cpu_per_call_pct", "idle_per_worker_pct",
                 "pss_mb", "pss_per_call_mb")  # fmt: skip
         extra = ("workers", "up", "bursts_lost_in", "bursts_lost_out", "agent_cpu_pct",
-                 "sipp_cpu_pct", "machine_cpu_pct", "bursts")  # fmt: skip
+                 "sipp_cpu_pct", "bench_cpu_pct", "machine_cpu_pct", "bursts")  # fmt: skip
         out = [{k: asdict(s)[k] for k in keys + extra} for s in steps]
         print(json.dumps({"max_calls_held": held, "agent": args.agent, "steps": out}))
     else:
