@@ -59,6 +59,7 @@ from tests.integration.peers import HOST, SCENARIOS, SIPP_BIN, free_port  # noqa
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CALLS_PER_WORKER = 4
+ROLES = ((b"kamailio", "front"), (b"mosquitto", "broker"))
 LIMIT_MS = 40.0
 READY = re.compile(r"event=worker_ready worker=(\d+) pid=(\d+)")
 
@@ -102,6 +103,17 @@ def machine_busy() -> tuple[float, float]:
     return sum(values) - idle, sum(values)
 
 
+def role(pid: int) -> str:
+    """workers, front (kamailio), broker (mosquitto) or node (the supervisor)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "node"
+    if b"gateway.worker" in cmd:
+        return "workers"
+    return next((name for key, name in ROLES if key in cmd), "node")
+
+
 def cpu_rates(pids: list[int], seconds: float) -> dict[int, float]:
     """% of one core per pid over `seconds`."""
     before = {p: cpu_seconds(p) for p in pids}
@@ -128,6 +140,7 @@ class Step:
     out_p50_ms: float | None
     out_p99_ms: float | None
     cpu_total_pct: float
+    cpu_roles_pct: dict[str, float]  # the total split: workers, front, broker, node
     cpu_per_call_pct: float
     idle_per_worker_pct: float
     pss_mb: float
@@ -251,6 +264,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
             time.sleep(1 / args.rate)
         time.sleep(2)  # the last calls set up
         pids = descendants(node.proc.pid)
+        roles = {p: role(p) for p in pids}
         sipp_pids = [c.pid for c in callers]
         t_start = time.monotonic()
         busy0 = machine_busy()
@@ -301,6 +315,9 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         out_ms += delays
         lost_out += lost
     node_cpu = sum(rates[p] for p in pids)
+    split: dict[str, float] = {}
+    for p in pids:
+        split[roles[p]] = split.get(roles[p], 0.0) + rates[p]
 
     def q(values: list[float], p: float) -> float | None:
         return round(float(np.percentile(values, p)), 1) if values else None
@@ -318,6 +335,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         out_p50_ms=q(out_ms, 50),
         out_p99_ms=q(out_ms, 99),
         cpu_total_pct=round(node_cpu, 1),
+        cpu_roles_pct={k: round(v, 1) for k, v in sorted(split.items())},
         cpu_per_call_pct=round(node_cpu / calls, 2),
         idle_per_worker_pct=round(sum(idle.values()) / max(len(idle), 1), 2),
         pss_mb=round(pss / 1024, 1),
@@ -373,7 +391,8 @@ def main() -> int:
             step = run_step(calls, args, capture)
             steps.append(step)
             if not args.json:
-                print(row(asdict(step)), flush=True)
+                roles = " ".join(f"{k} {v}" for k, v in step.cpu_roles_pct.items())
+                print(row(asdict(step)), f"  [{roles}]", flush=True)
             if not step.holds(round_trip) and not args.keep_going:
                 break
             if step.holds(round_trip) and all(s.holds(round_trip) for s in steps):
@@ -385,7 +404,8 @@ def main() -> int:
                 "out_p99_ms", "cpu_total_pct", "cpu_per_call_pct", "idle_per_worker_pct",
                 "pss_mb", "pss_per_call_mb")  # fmt: skip
         extra = ("workers", "up", "bursts_lost_in", "bursts_lost_out", "agent_cpu_pct",
-                 "sipp_cpu_pct", "bench_cpu_pct", "machine_cpu_pct", "bursts")  # fmt: skip
+                 "sipp_cpu_pct", "bench_cpu_pct", "machine_cpu_pct", "bursts",
+                 "cpu_roles_pct")  # fmt: skip
         out = [{k: asdict(s)[k] for k in keys + extra} for s in steps]
         print(json.dumps({"max_calls_held": held, "agent": args.agent, "steps": out}))
     else:
