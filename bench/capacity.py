@@ -294,6 +294,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
     in_ms: list[float] = []
     out_ms: list[float] = []
     lost_in = lost_out = bursts = 0
+    per_call: dict[str, dict[str, list[float]]] = {}  # for a look at one call's latencies
     for number, port in media.items():
 
         def window(ts: list[float]) -> list[float]:
@@ -306,14 +307,18 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
             delays, lost = pair(sent, back)
             out_ms += delays
             lost_out += lost
+            per_call[number] = {"out": delays}
             continue
         heard = agent_onsets.get(number, [])
         delays, lost = pair(sent, heard)
         in_ms += delays
         lost_in += lost
+        per_call[number] = {"in": delays}
         delays, lost = pair(window(heard), back)
         out_ms += delays
         lost_out += lost
+        per_call[number]["out"] = delays
+    (tmp / "latency_per_call.json").write_text(json.dumps(per_call))
     node_cpu = sum(rates[p] for p in pids)
     split: dict[str, float] = {}
     for p in pids:
