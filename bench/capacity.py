@@ -53,6 +53,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.capacity_wire import AgentServer, Capture, pair  # noqa: E402
+from gateway.config import MAX_WORKERS  # noqa: E402
 from sipp_scenarios.make_pcap import build_pcap  # noqa: E402
 from tests.integration.node import NodeProcess, workers_config  # noqa: E402
 from tests.integration.peers import HOST, SCENARIOS, SIPP_BIN, free_port  # noqa: E402
@@ -393,6 +394,9 @@ def main() -> int:
         print(" ".join(h for _, h in COLUMNS))
     try:
         for calls in (int(s) for s in args.steps.split(",")):
+            if (args.workers or math.ceil(calls / CALLS_PER_WORKER)) > MAX_WORKERS:
+                print(f"step {calls}: a node runs at most {MAX_WORKERS} workers", file=sys.stderr)
+                break
             step = run_step(calls, args, capture)
             steps.append(step)
             if not args.json:
