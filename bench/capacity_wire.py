@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Speech-burst onsets for bench/capacity.py: on the wire (RTP on `lo`) and at the agent.
+
+The agent server echoes every caller frame straight back (Twilio Media Streams or pcm-ws)
+and, when a stream ends, appends the times its bursts began to a file; it runs in its own
+process (`python bench/capacity_wire.py PROTOCOL PORT OUT`) so its CPU is measured apart.
+Times are CLOCK_MONOTONIC, one clock for every process on the machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import ctypes
+import json
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sipp_scenarios.make_pcap import ulaw_to_linear  # noqa: E402
+from tests.integration.peers import HOST, free_port  # noqa: E402
+
+VOICED_RMS = 300.0
+MATCH_S = 0.3  # an onset pairs with the first one this soon after it (bursts are 600 ms apart)
+# mu-law byte -> linear sample squared: RMS of a frame without decoding it
+ULAW_SQ = np.array([float(ulaw_to_linear(b)) ** 2 for b in range(256)])
+
+
+def ulaw_voiced(payload: bytes) -> bool:
+    x = np.frombuffer(payload, np.uint8)
+    return bool(len(x)) and float(np.sqrt(ULAW_SQ[x].mean())) > VOICED_RMS
+
+
+def pcm_voiced(pcm: bytes) -> bool:
+    x = np.frombuffer(pcm, "<i2").astype(np.float64)
+    return bool(len(x)) and float(np.sqrt(np.mean(x**2))) > VOICED_RMS
+
+
+# --- the agent server (its own process) ---------------------------
+
+
+def serve_agent(protocol: str, port: int, out: Path) -> None:
+    """Echo every caller frame back; on each stream's end append its burst onsets to `out`."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    sink = out.open("a")
+
+    async def handle(ws: ServerConnection) -> None:
+        onsets: list[float] = []
+        to, sid, was = "", "", False
+        with contextlib.suppress(Exception):  # the node closes streams at hangup
+            async for raw in ws:
+                now = time.monotonic()
+                if isinstance(raw, bytes):  # pcm-ws audio
+                    await ws.send(raw)
+                    voiced = pcm_voiced(raw)
+                else:
+                    message = json.loads(raw)
+                    if message["event"] == "start":
+                        start = message.get("start", message)
+                        to = start.get("customParameters", start).get("to", "")
+                        sid = message.get("streamSid", "")
+                        continue
+                    if message["event"] != "media":
+                        continue
+                    payload = message["media"]["payload"]
+                    reply = {"event": "media", "streamSid": sid, "media": {"payload": payload}}
+                    await ws.send(json.dumps(reply))
+                    voiced = ulaw_voiced(base64.b64decode(payload))
+                if voiced and not was:
+                    onsets.append(now)
+                was = voiced
+        sink.write(json.dumps({"to": to, "onsets": onsets}) + "\n")
+        sink.flush()
+
+    async def main() -> None:
+        async with serve(handle, HOST, port, compression=None) as server:
+            stop = asyncio.Event()
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+            print("ready", flush=True)
+            await stop.wait()
+            server.close()
+
+    asyncio.run(main())
+
+
+class AgentServer:
+    """`capacity.py agent` as a child process, stopped by its PID."""
+
+    def __init__(self, protocol: str, tmp: Path) -> None:
+        self.port = free_port("tcp")
+        self.out = tmp / "agent_onsets.jsonl"
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, protocol, str(self.port), str(self.out)],
+            stdout=subprocess.PIPE,
+            stderr=(tmp / "agent.log").open("wb"),
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"agent server did not start; see {tmp / 'agent.log'}")
+
+    def onsets(self) -> dict[str, list[float]]:
+        if not self.out.exists():
+            return {}
+        rows = [json.loads(line) for line in self.out.read_text().splitlines() if line]
+        return {r["to"]: r["onsets"] for r in rows}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- RTP on lo -----------------------------------------------------------------------------
+
+
+def _udp_only_filter() -> bytes:
+    """Classic BPF: IPv4 UDP packets not flagged outgoing (lo shows each packet twice), first
+    214 bytes (Ethernet + IP + UDP + RTP + 160 payload bytes)."""
+    ops = [
+        (0x20, 0, 0, 0xFFFFF004),  # ld pkttype
+        (0x15, 5, 0, 4),  # == PACKET_OUTGOING -> drop
+        (0x28, 0, 0, 12),  # ldh ethertype
+        (0x15, 0, 3, 0x0800),  # != IPv4 -> drop
+        (0x30, 0, 0, 23),  # ldb ip proto
+        (0x15, 0, 1, 17),  # != UDP -> drop
+        (0x06, 0, 0, 214),  # keep
+        (0x06, 0, 0, 0),  # drop
+    ]
+    return b"".join(struct.pack("HBBI", *op) for op in ops)
+
+
+class Capture:
+    """PCMU RTP on `lo`: voiced onsets per (source port, destination port)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+        code = _udp_only_filter()
+        self._prog = ctypes.create_string_buffer(code)
+        fprog = struct.pack("HL", len(code) // 8, ctypes.addressof(self._prog))
+        self.sock.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind(("lo", 0))
+        self.sock.settimeout(0.2)
+        self.onsets: dict[tuple[int, int], list[float]] = {}
+        self._voiced: dict[tuple[int, int], bool] = {}
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self.sock.recv(65535)
+            except (TimeoutError, OSError):
+                continue
+            now = time.monotonic()
+            udp = frame[14 + (frame[14] & 0x0F) * 4 :]
+            rtp = udp[8:]
+            if len(rtp) <= 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F != 0:
+                continue
+            key = struct.unpack("!HH", udp[:4])
+            voiced = ulaw_voiced(rtp[12:])
+            if voiced and not self._voiced.get(key, False):
+                self.onsets.setdefault(key, []).append(now)
+            self._voiced[key] = voiced
+
+    def clear(self) -> None:
+        self.onsets.clear()
+        self._voiced.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+def pair(first: list[float], then: list[float]) -> tuple[list[float], int]:
+    """Latencies (ms) from each onset in `first` to the next in `then` within MATCH_S, and
+    how many found none (lost)."""
+    later = np.array(sorted(then))
+    delays, lost = [], 0
+    for t in first:
+        i = int(np.searchsorted(later, t))
+        if i < len(later) and later[i] - t < MATCH_S:
+            delays.append((later[i] - t) * 1000)
+        else:
+            lost += 1
+    return delays, lost
+
+
+if __name__ == "__main__":
+    serve_agent(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))

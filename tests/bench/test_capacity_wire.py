@@ -1,0 +1,31 @@
+"""bench/capacity_wire.py: how burst onsets pair up and when a frame counts as speech."""
+
+from __future__ import annotations
+
+from bench.capacity_wire import pair, pcm_voiced, ulaw_voiced
+from sipp_scenarios.make_pcap import pcm_samples, pcmu_payload
+
+
+def test_each_onset_pairs_with_the_next_one_within_the_window() -> None:
+    delays, lost = pair([1.0, 1.6, 2.2], [1.02, 1.65, 2.21])
+    assert [round(d, 3) for d in delays] == [20.0, 50.0, 10.0]
+    assert lost == 0
+
+
+def test_an_onset_with_none_soon_after_it_is_lost() -> None:
+    delays, lost = pair([1.0, 1.6, 2.2], [1.02, 2.21, 9.0])  # nothing near 1.6 (2.21 is 0.61 s on)
+    assert [round(d, 3) for d in delays] == [20.0, 10.0]
+    assert lost == 1
+
+
+def test_an_onset_before_the_first_one_pairs_with_nothing() -> None:
+    assert pair([1.0], [0.99]) == ([], 1)
+
+
+def test_the_pcaps_bursts_are_voiced_and_its_gaps_silent() -> None:
+    payload = pcmu_payload(0.6)  # one cycle: 400 ms burst, 200 ms gap, 30 frames of 160
+    frames = [payload[i : i + 160] for i in range(0, len(payload), 160)]
+    assert [ulaw_voiced(f) for f in frames] == [True] * 20 + [False] * 10
+    pcm = b"".join(s.to_bytes(2, "little", signed=True) for s in pcm_samples(0.6))
+    pcm_frames = [pcm[i : i + 320] for i in range(0, len(pcm), 320)]
+    assert [pcm_voiced(f) for f in pcm_frames] == [True] * 20 + [False] * 10
