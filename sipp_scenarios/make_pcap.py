@@ -14,10 +14,13 @@ Layout of the default output (sipp_scenarios/pcap/speech_pcmu.pcap):
     (SIPp's play_pcap_audio rewrites addresses and ports; only the RTP part matters)
 
 It also writes RFC 4733 telephone-event (DTMF) pcaps: `--dtmf 1234#` (PT 101, 100 ms per
-digit, 100 ms gaps) -> sipp_scenarios/pcap/dtmf_1234pound.pcap by default.
+digit, 100 ms gaps) -> sipp_scenarios/pcap/dtmf_1234pound.pcap by default; and with `--ulaw`
+the same signal as raw mu-law, no headers (SIPp's `rtp_stream` input, read from SIPp's
+working directory) -> ./speech_pcmu.ulaw by default.
 
 Usage: python3 sipp_scenarios/make_pcap.py [OUT.pcap] [--seconds 3.0]
        python3 sipp_scenarios/make_pcap.py --dtmf 1234# [OUT.pcap]
+       python3 sipp_scenarios/make_pcap.py --ulaw [OUT.ulaw]
 Only the standard library is used.
 """
 
@@ -38,6 +41,7 @@ GAP_MS = 200
 DTMF_PAYLOAD_TYPE = 101
 DEFAULT_OUT = Path(__file__).resolve().parent / "pcap" / "speech_pcmu.pcap"
 DEFAULT_DTMF_OUT = Path(__file__).resolve().parent / "pcap" / "dtmf_1234pound.pcap"
+DEFAULT_ULAW_OUT = Path("speech_pcmu.ulaw")  # in SIPp's working directory
 
 # --- G.711 mu-law -------------------------------------------------------------------------
 
@@ -212,8 +216,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--dtmf", metavar="DIGITS", help="write RFC 4733 events for DIGITS instead")
     ap.add_argument("--dtmf-pt", type=int, default=DTMF_PAYLOAD_TYPE)
+    ap.add_argument("--ulaw", action="store_true", help="write raw mu-law (rtp_stream) instead")
     args = ap.parse_args()
-    if args.dtmf:
+    if args.ulaw:
+        out = args.out if args.out != DEFAULT_OUT else DEFAULT_ULAW_OUT
+        data = pcmu_payload(args.seconds)
+        what = f"{args.seconds:.1f} s raw mu-law"
+    elif args.dtmf:
         out = args.out if args.out != DEFAULT_OUT else DEFAULT_DTMF_OUT
         data = build_dtmf_pcap(args.dtmf, payload_type=args.dtmf_pt)
         what = f"RFC 4733 digits {args.dtmf!r} PT {args.dtmf_pt}"

@@ -75,8 +75,8 @@ class MqttWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.client.disconnect()  # first: the network thread then ends at once, not after 1 s
         self.client.loop_stop()
-        self.client.disconnect()
 
     # -- events -------------------------------------------------------------------------------
 

@@ -70,9 +70,10 @@ def base_config(tmp: Path, **overrides: Any) -> dict[str, Any]:
 def workers_config(tmp: Path, workers: int, **overrides: Any) -> dict[str, Any]:
     """base_config with `workers` SIP workers behind the node's own front (Kamailio, on
     sip.port); tests may also reach each worker on its own port, `NodeProcess.worker_port(i)`.
-    The workers' ports, and the front's own socket for them just below, are checked free."""
+    The workers' ports (UDP and TCP), and the front's own socket for them just below, are
+    checked free."""
     config = base_config(tmp, **overrides)
-    first = free_udp_port_run(workers + 1) + 1
+    first = free_udp_port_run(workers + 1, tcp="tcp" in config["sip"]["transports"]) + 1
     front = {"mode": "embedded", "worker_ports_start": first}
     config["sip"] = {**config["sip"], "front": front}
     config["node"] = {**config["node"], "workers": workers}

@@ -80,9 +80,10 @@ def free_sip_port(tcp_span: int = 1, host: str = HOST) -> int:
     raise RuntimeError("no free SIP port found")
 
 
-def free_udp_port_run(count: int, step: int = 1, host: str = HOST) -> int:
+def free_udp_port_run(count: int, step: int = 1, host: str = HOST, tcp: bool = False) -> int:
     """First port P such that P, P+step, ... P+(count-1)*step are all free UDP ports on `host`
-    (and on 0.0.0.0, so SIPp's media/control sockets can bind them)."""
+    (and on 0.0.0.0, so SIPp's media/control sockets can bind them); with `tcp`, free for
+    TCP on `host` too (SIP workers listen on both)."""
     for _ in range(200):
         base = free_port("udp", host)
         if base % 2:
@@ -99,6 +100,10 @@ def free_udp_port_run(count: int, step: int = 1, host: str = HOST) -> int:
                     s.bind((h, p))
                     if h == host:  # release before binding the wildcard on the same port
                         s.close()
+                if tcp:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    socks.append(s)
+                    s.bind((host, p))
             return base
         except OSError:
             continue
