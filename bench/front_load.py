@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -50,10 +51,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "sipp_scenarios"))
 
 import httpx  # noqa: E402
-import make_pcap  # noqa: E402
 
 from tests.integration.node import NodeProcess, workers_config  # noqa: E402
 from tests.integration.peers import HOST, Sipp, free_port, free_udp_port_run  # noqa: E402
@@ -251,10 +250,21 @@ def media_port() -> int:
     return port
 
 
+def speech_ulaw() -> bytes:
+    """The speech signal of the pcaps as raw mu-law (uac_rtp_hold.xml's rtp_stream input)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_pcap", REPO / "sipp_scenarios" / "make_pcap.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return bytes(module.pcmu_payload(3.0))
+
+
 def sipp(tmp: Path, port: int, name: str, **options: Any) -> Sipp:
     caller = Sipp(SCENARIO, remote=(HOST, port), service=NUMBER, workdir=tmp / name,
                   media_port=media_port(), **options)  # fmt: skip
-    (caller.workdir / "speech_pcmu.ulaw").write_bytes(make_pcap.pcmu_payload(3.0))
+    (caller.workdir / "speech_pcmu.ulaw").write_bytes(speech_ulaw())
     return caller
 
 
