@@ -32,6 +32,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Codec = Literal["PCMU", "PCMA", "G722"]
 Transport = Literal["udp", "tcp"]
 ALL_CODECS: tuple[Codec, ...] = ("PCMU", "PCMA", "G722")
+PLANE_CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")  # what the media plane encodes
 ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 
 
@@ -105,7 +106,10 @@ class SipSettings(Model):
         "node's own, while public_address is the front's",
     )
     rtp_ports: RtpPorts = Field(default_factory=RtpPorts)
-    codecs: list[Codec] = Field(default_factory=lambda: list(ALL_CODECS))
+    codecs: list[Codec] = Field(
+        default_factory=lambda: list(PLANE_CODECS),
+        description="offered in this order; G722 needs node.media: worker",
+    )
     user_agent: str = "sipedge"
     log_level: int = Field(1, ge=0, le=6, description="pjsip log level (0-6)")
     front: FrontSettings = Field(default_factory=FrontSettings)
@@ -358,6 +362,11 @@ class NodeSettings(Model):
         "limits.max_concurrent_calls); more than 1 needs sip.front",
     )
     drain_timeout: float = Field(30.0, ge=0)
+    media: Literal["plane", "worker"] = Field(
+        "plane",
+        description="plane: one media process serves every call's RTP and agent (G.711); "
+        "worker: each SIP worker runs its calls' media in pjmedia (needed for G722)",
+    )
 
 
 class Config(Model):
@@ -408,12 +417,19 @@ class Config(Model):
                 "or to auto"
             )
         sip = self.sip
-        if sip.front.mode != "none" and _wildcard(sip.listen) and sip.public_address is None:
+        if sip.front.mode != "none" and is_wildcard(sip.listen) and sip.public_address is None:
             raise ValueError(
                 f"sip.front: the front names its address in Record-Route and REGISTER "
                 f"Contacts; set sip.public_address, or sip.listen to an address other than "
                 f"{sip.listen}"
             )
+        if self.node.media == "plane":
+            wide = set(sip.codecs).union(*(t.codecs or () for t in self.trunks)) - set(PLANE_CODECS)
+            if wide:
+                raise ValueError(
+                    f"sip.codecs: {', '.join(sorted(wide))} needs node.media: worker (the media "
+                    f"plane speaks {' and '.join(PLANE_CODECS)})"
+                )
         rtp = self.sip.rtp_ports
         per_worker = (rtp.end - rtp.start + 1) // worker_count(self)
         if per_worker < 2 * 2 * CALLS_PER_WORKER:
@@ -650,7 +666,7 @@ def port_clash(bound: list[Listener]) -> str | None:
     return None
 
 
-def _wildcard(host: str) -> bool:
+def is_wildcard(host: str) -> bool:
     return host in ("0.0.0.0", "::", "")
 
 
@@ -658,7 +674,7 @@ def _overlapping(a: str, b: str) -> bool:
     def norm(host: str) -> str:
         return "127.0.0.1" if host == "localhost" else host
 
-    return _wildcard(a) or _wildcard(b) or norm(a) == norm(b)
+    return is_wildcard(a) or is_wildcard(b) or norm(a) == norm(b)
 
 
 def _unique(section: str, keys: list[str]) -> None:

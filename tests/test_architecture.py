@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"gateway.store", "gateway.session", "gateway.metrics", "gateway.front"},
     {"gateway.sip", "gateway.api"},  # the pjsua2 adapter; the HTTP API (over the store)
     {"gateway.worker"},  # the SIP worker process: sip/ and session/
+    {"gateway.plane"},  # the media plane process: every call's RTP and agent session
     {"gateway.node"},  # the supervisor: store, MQTT, the API and the workers
     {"gateway.cli"},  # `sipedge ...`: runs a node, or talks to one over HTTP
 ]
@@ -52,9 +53,11 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.front": COMMON,
     "gateway.api": COMMON | {"gateway.events", "gateway.front", "gateway.metrics", "gateway.store"},
     "gateway.worker": COMMON | {"gateway.calls", "gateway.session", "gateway.sip"},
+    "gateway.plane": COMMON | {"gateway.calls", "gateway.session", "gateway.worker", "media"},
     "gateway.node": COMMON
     | {
         "gateway.api",
+        "gateway.backoff",
         "gateway.calls",
         "gateway.events",
         "gateway.front",

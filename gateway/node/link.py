@@ -45,8 +45,10 @@ class WorkerLink:
         config_path: Path,
         on_event: Callable[[WorkerLink, WorkerEvent, float], None],
         registers: Sequence[str] = (),
+        plane: str | None = None,
     ) -> None:
         self.index = index
+        self.plane = plane
         self.config_path = config_path
         self.on_event = on_event
         self.registers = list(registers)
@@ -95,6 +97,8 @@ class WorkerLink:
             "--log-level",
             logging.getLevelName(log.getEffectiveLevel()),
         ]
+        if self.plane is not None:
+            cmd += ["--plane", self.plane]
         self.proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(child.fileno(),))
         child.close()
         reader, self.writer = await asyncio.open_unix_connection(sock=parent)

@@ -59,8 +59,10 @@ class WorkerPool:
         on_event: Callable[[WorkerEvent, float], None],
         on_lost: Callable[[int, set[str]], int],
         on_change: Callable[[], None] = lambda: None,
+        plane: str | None = None,
     ) -> None:
         self.config = config
+        self.plane = plane  # the media plane's socket each worker connects to
         self.config_path = config_path
         self._on_event = on_event
         self._on_lost = on_lost
@@ -231,7 +233,7 @@ class WorkerPool:
         trunks = claim(self.trunk_owner, index)
         self.trunk_owner.update(dict.fromkeys(trunks, index))
         registers = [t for t in trunks if self._registers(t)]
-        link = WorkerLink(index, self.config_path, self._event, registers)
+        link = WorkerLink(index, self.config_path, self._event, registers, self.plane)
         self.links[index] = link
         return link
 

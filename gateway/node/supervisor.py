@@ -27,6 +27,7 @@ from gateway.front.rpc import FrontRpcError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
+from gateway.node.plane import PlaneProcess
 from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
 from gateway.store.sqlite import Store
@@ -49,8 +50,16 @@ class Node:
         self.store = Store(config.storage.path, prefix=config.mqtt.prefix)
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
+        self.plane: PlaneProcess | None = None
+        if config.node.media == "plane":
+            self.plane = PlaneProcess(config.node.id, self.config_path)
         self.workers = WorkerPool(
-            config, self.config_path, self.on_worker_event, self._calls_lost, self._workers_changed
+            config,
+            self.config_path,
+            self.on_worker_event,
+            self._calls_lost,
+            self._workers_changed,
+            plane=self.plane.address if self.plane is not None else None,
         )
         self.front: FrontProcess | None = None
         self.metrics = NodeMetrics()
@@ -149,6 +158,8 @@ class Node:
         self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
         self.store.beat(time.time())
         await self._start_front()
+        if self.plane is not None:
+            await self.plane.start()  # workers connect to its socket as they start
         await self.workers.start()
         await self._front_follows_workers()
         self._workers_started()
@@ -198,7 +209,10 @@ class Node:
 
     async def _supervise(self) -> None:
         """Until asked to stop: each SIP worker that dies is restarted (gateway/node/pool.py)."""
-        await self.workers.supervise(self._stop)
+        if self.plane is None:
+            await self.workers.supervise(self._stop)
+            return
+        await asyncio.gather(self.workers.supervise(self._stop), self.plane.supervise(self._stop))
 
     async def shutdown(self) -> None:
         self.draining = True
@@ -220,6 +234,8 @@ class Node:
             except TimeoutError:
                 log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
         await self.workers.stop(timeout=15)
+        if self.plane is not None:
+            await self.plane.stop()
         await self._stop_front()
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)

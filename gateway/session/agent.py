@@ -177,6 +177,7 @@ class AgentSession:
         vad: VadSettings,
         recordings_dir: str | Path | None = None,
         node_id: str = "sipedge",
+        on_loop_thread: bool = False,
     ) -> None:
         self.agent = agent
         self.call_id = record.id
@@ -192,6 +193,9 @@ class AgentSession:
         )
         self.rate = self.link.rate
         self._loop = loop
+        # How a frame wakes the loop: from pjmedia's clock thread, through the loop's self-pipe;
+        # from the media plane's clock, which is the loop, a plain call_soon (no syscall).
+        self._wake_soon = loop.call_soon if on_loop_thread else loop.call_soon_threadsafe
         self._frame_bytes = bytes_per_frame(self.rate)
         # shared with the clock thread
         self._lock = threading.Lock()  # guards _playout, _written, _queued
@@ -252,7 +256,7 @@ class AgentSession:
         if not self._wake_pending:
             self._wake_pending = True
             try:
-                self._loop.call_soon_threadsafe(self._wake)
+                self._wake_soon(self._wake)
             except RuntimeError:  # the loop is closed: the worker is exiting
                 self._closed = True
 

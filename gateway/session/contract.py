@@ -6,9 +6,10 @@ every 20 ms: implementations only move bytes between buffers, never block and ne
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gateway.calls.events import CallEvent
 from gateway.config import Config
@@ -62,6 +63,26 @@ class MediaSession(Protocol):
         """Run `callback` once the session has emitted its last event, on any thread (at
         once if it has): the engine sends call.completed/call.failed from there, so that
         nothing of the call follows them."""
+
+
+@runtime_checkable
+class PlaneMedia(Protocol):
+    """A session whose audio the media plane serves (node.media: plane): the SIP side hands it
+    the call's RTP sockets and what SDP negotiated, and never sees a frame."""
+
+    rx_packets: int  # RTP packets the plane has received for this call (media timeout)
+
+    def attach(
+        self,
+        rtp: socket.socket,
+        rtcp: socket.socket,
+        remote: tuple[str, int],
+        codec: str,
+        payload_type: int,
+        event_pt: int | None,
+    ) -> None: ...
+
+    def send_dtmf(self, digits: str) -> None: ...
 
 
 class EchoSession:

@@ -24,9 +24,12 @@ def make_session_factory(
     config: Config,
     loop: asyncio.AbstractEventLoop,
     streaming: weakref.WeakSet[AgentSession] | None = None,
+    on_loop_thread: bool = False,
 ) -> Any:
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
-    on `loop` and are remembered in `streaming` so a stopping worker can let them finish."""
+    on `loop` and are remembered in `streaming` so a stopping worker can let them finish.
+    `on_loop_thread`: frames come from `loop`'s own thread (the media plane's clock), so a
+    frame schedules the session's work with call_soon, not a cross-thread wake."""
     echo_rate = bridge_rate(config)  # echo needs no resampling at all
     types = {agent.type for agent in config.agents} - {"echo"}
     sessions: dict[str, type[AgentSession]] = {}
@@ -46,7 +49,14 @@ def make_session_factory(
         if agent is None or agent.type == "echo":
             return EchoSession(agent.delay_ms if agent is not None else 200, echo_rate)
         session = sessions[agent.type](
-            agent, record, controls, loop, config.vad, recordings, node_id=config.node.id
+            agent,
+            record,
+            controls,
+            loop,
+            config.vad,
+            recordings,
+            node_id=config.node.id,
+            on_loop_thread=on_loop_thread,
         )
         if streaming is not None:
             streaming.add(session)

@@ -7,6 +7,7 @@ only move bytes (see gateway/sip/vectors.py for why they read the vector's buffe
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,8 +25,10 @@ from gateway.calls.leg import (
     TransferCompleted,
 )
 from gateway.calls.model import CallRecord
-from gateway.session.contract import MediaSession
+from gateway.session.contract import MediaSession, PlaneMedia
 from gateway.sip.executor import Timer
+from gateway.sip.rtpsock import NoRtpPort, RtpSockets
+from gateway.sip.sdp import point_audio_at
 from gateway.sip.vectors import fit_frame, read_vector, write_vector
 
 if TYPE_CHECKING:
@@ -124,6 +127,9 @@ class CallHooks(Protocol):
 
     def feed(self, call: SipCall, happening: Happening) -> None: ...
 
+    rtp_sockets: RtpSockets | None  # node.media plane: where a call's own RTP socket comes from
+    rtp_host: str | None  # the address our SDP names for it (None: the one pjsua chose)
+
 
 class SipCall(pj.Call):  # type: ignore[misc]
     """A pjsua2 call: its callbacks tell the call's leg (gateway/calls/leg.py) what happened,
@@ -148,11 +154,15 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.timers: list[Timer] = []  # this call's limits; cancelled when it ends
         self.source = ""  # the IP an inbound INVITE came from
         self.on_hold = False
+        self.rtp: socket.socket | None = None  # node.media plane: the call's RTP and RTCP,
+        self.rtcp: socket.socket | None = None  # named in our SDP, served by the plane
 
     # -- liveness (SIP thread) ------------------------------------------------------------------
 
     def rx_packets(self) -> int | None:
         """RTP packets received from the far end so far (None: no stream to read)."""
+        if isinstance(self.session, PlaneMedia):
+            return self.session.rx_packets
         try:
             return int(self.getStreamStat(0).rtcp.rxStat.pkt)
         except pj.Error:
@@ -218,6 +228,21 @@ class SipCall(pj.Call):  # type: ignore[misc]
         except pj.Error:
             pass
 
+    def onCallSdpCreated(self, prm: Any) -> None:  # noqa: N802
+        """node.media plane: every SDP we send (offer, answer, re-INVITE) names the call's
+        own socket, which the media plane serves; what pjsua negotiated is kept."""
+        sockets = self.engine.rtp_sockets
+        if sockets is None:
+            return
+        if self.rtp is None:
+            try:
+                self.rtp, self.rtcp = sockets.bind()
+            except (NoRtpPort, OSError) as exc:
+                log.error("event=rtp_port_unavailable call_id=%s error=%s", self.record.id, exc)
+                return  # the SDP keeps pjsua's socket; the call fails when its media does
+        port = self.rtp.getsockname()[1]
+        prm.sdp.wholeSdp = point_audio_at(prm.sdp.wholeSdp, self.engine.rtp_host, port)
+
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         method = _DTMF_METHODS.get(prm.method, "unknown")
         duration = None if prm.duration == _UNKNOWN_DTMF_DURATION else int(prm.duration)
@@ -247,6 +272,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
     # -- media --------------------------------------------------------------------------------
 
     def _bridge(self, index: int) -> None:
+        if self.engine.rtp_sockets is not None:
+            self._attach_plane(index)
+            return
         audio = self.getAudioMedia(index)
         slot = audio.getPortId()
         if slot == self.bridged_slot:
@@ -264,6 +292,26 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.port.startTransmit(audio)
         self.bridged_slot = slot
 
+    def _attach_plane(self, index: int) -> None:
+        """The media plane gets the call's sockets and where RTP goes (again after a
+        re-INVITE: the far end may have moved, or put us on hold)."""
+        if self.rtp is None or self.rtcp is None:
+            raise NoRtpPort(f"call {self.record.id} has no RTP socket of its own")
+        if self.session is None:  # an inbound call may have connected its agent ringing
+            self.session = self.engine.make_session(self.record, self.engine.controls(self.record))
+        if not isinstance(self.session, PlaneMedia):
+            raise TypeError(f"session {type(self.session).__name__} cannot take plane media")
+        stream = self.getStreamInfo(index)
+        self.session.attach(
+            self.rtp,
+            self.rtcp,
+            _address(stream.remoteRtpAddress),
+            str(stream.codecName),
+            int(stream.txPt),
+            int(stream.audTxEventPt) if int(stream.audTxEventPt) > 0 else None,
+        )
+        self.bridged_slot = index
+
     def release_media(self) -> None:
         """The port leaves the bridge before the session closes: no clock-thread callback can
         reach a closed session, and the port is gone before this Python object can be freed
@@ -279,6 +327,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.port = None
         if self.session is not None:
             self.session.close()
+        for sock in (self.rtp, self.rtcp):
+            if sock is not None:
+                sock.close()  # the plane holds its own copies until its session closes
+        self.rtp = self.rtcp = None
 
     def _release_pjsua(self) -> None:
         """DISCONNECTED, inside pjsua's callback: destroy the C++ Call now, while the pjsua
@@ -290,3 +342,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if "this" in self.__dict__:
             pj.Call.__swig_destroy__(self)  # disowns: deallocation will not destroy again
             del self.this  # a pjsua2 call on the ended call raises TypeError
+
+
+def _address(text: str) -> tuple[str, int]:
+    """pjsua's "host:port" or "[v6]:port"."""
+    host, _, port = str(text).rpartition(":")
+    return host.strip("[]"), int(port)

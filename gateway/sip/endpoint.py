@@ -34,10 +34,14 @@ def _silence_pjlib_until_configured() -> None:
     ctypes.CDLL(str(so)).pj_log_set_level(0)  # the loaded library: the same pjlib globals
 
 
-def create_endpoint(sip: SipSettings, clock_rate: int) -> tuple[pj.Endpoint, pj.LogWriter]:
+def create_endpoint(
+    sip: SipSettings, clock_rate: int, media_clock: bool = True
+) -> tuple[pj.Endpoint, pj.LogWriter]:
     """A started endpoint whose conference bridge runs at `clock_rate` (see
     gateway.session.contract.bridge_rate); keep the returned log writer alive as long as the
-    endpoint."""
+    endpoint. Without `media_clock` (node.media: plane) pjmedia carries no audio at all: no
+    sound device clocks the bridge and no thread polls its sockets, which the SDP never
+    names (the media plane serves the call's RTP), so an idle worker only waits for SIP."""
     _silence_pjlib_until_configured()
     ep = pj.Endpoint()
     ep.libCreate()
@@ -55,7 +59,7 @@ def create_endpoint(sip: SipSettings, clock_rate: int) -> tuple[pj.Endpoint, pj.
     cfg.medConfig.sndClockRate = clock_rate  # the null device that clocks the bridge
     cfg.medConfig.ecTailLen = 0  # no echo canceller: there is no loudspeaker here
     cfg.medConfig.noVad = True  # agents get every frame; our VAD runs on them
-    cfg.medConfig.threadCnt = 1
+    cfg.medConfig.threadCnt = 1 if media_clock else 0
     cfg.medConfig.sndAutoCloseTime = -1  # keep the media clock running while idle
     ep.libInit(cfg)
     for name in sip.transports:
@@ -68,8 +72,11 @@ def create_endpoint(sip: SipSettings, clock_rate: int) -> tuple[pj.Endpoint, pj.
         kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
         ep.transportCreate(kind, tc)
     ep.libStart()
-    _start_media_clock(ep)
-    log.info("event=media_clock_started clock_rate=%d", clock_rate)
+    if media_clock:
+        _start_media_clock(ep)
+        log.info("event=media_clock_started clock_rate=%d", clock_rate)
+    else:
+        ep.audDevManager().setNoDev()
     _set_codecs(ep, sip.codecs)
     return ep, writer
 

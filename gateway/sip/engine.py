@@ -64,10 +64,10 @@ from gateway.calls.leg import (
 )
 from gateway.calls.model import CallRecord, CallState, EndReason
 from gateway.calls.routing import number_from_uri, route_inbound
-from gateway.config import Config, front_worker_side
+from gateway.config import Config, front_worker_side, is_wildcard, rtp_advertised_host
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
-from gateway.session.contract import CallControls, MediaSession, bridge_rate
+from gateway.session.contract import CallControls, MediaSession, PlaneMedia, bridge_rate
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
@@ -75,6 +75,7 @@ from gateway.sip.executor import DatagramWaker, SipExecutor
 from gateway.sip.ioqueue import IoQueueGauge, media_ioqueue
 from gateway.sip.message import caller_source, header, request_uri, source_address
 from gateway.sip.probe import probe_call_limit
+from gateway.sip.rtpsock import RtpSockets
 from gateway.sip.sanity import GateAnswer, RequestGate
 
 log = logging.getLogger("sipedge.sip")
@@ -146,6 +147,15 @@ class SipEngine:
         self._start_error: BaseException | None = None
         self._done = threading.Event()
         self.calls_total = 0
+        # node.media plane: each call's RTP socket is ours (its SDP names it) and the plane
+        # serves it; pjsua's own media sockets are never advertised.
+        self.rtp_sockets: RtpSockets | None = None
+        self.rtp_host: str | None = None
+        if config.node.media == "plane":
+            sip = config.sip
+            bind = sip.rtp_listen or sip.listen
+            self.rtp_sockets = RtpSockets(bind, sip.rtp_ports.start, sip.rtp_ports.end)
+            self.rtp_host = rtp_advertised_host(sip) or (None if is_wildcard(bind) else bind)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -180,7 +190,9 @@ class SipEngine:
 
     def _init_lib(self) -> None:
         sip = self.config.sip
-        self.ep, self._log_writer = create_endpoint(sip, bridge_rate(self.config))
+        self.ep, self._log_writer = create_endpoint(
+            sip, bridge_rate(self.config), media_clock=self.rtp_sockets is None
+        )
         self._gate = RequestGate(self._admit_invite)
         self._gauge = IoQueueGauge(media_ioqueue(self._gate.lib))
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
@@ -516,7 +528,10 @@ class SipEngine:
         call = self._get(call_id)
         if call.record.state != CallState.ANSWERED:
             raise CallRefused("conflict", f"call {call_id} is not answered; cannot send DTMF")
-        call.dialDtmf(digits)
+        if isinstance(call.session, PlaneMedia):
+            call.session.send_dtmf(digits)
+        else:
+            call.dialDtmf(digits)
 
     def transfer(self, call_id: str, target: str) -> None:
         call = self._get(call_id)

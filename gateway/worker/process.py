@@ -16,11 +16,14 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from gateway.calls.events import WorkerEvent
+from gateway.calls.model import CallRecord
 from gateway.config import Config, load_config, slot_config, worker_slots
 from gateway.errors import CallRefused, ConfigError
+from gateway.session.contract import CallControls
 from gateway.session.factory import make_session_factory
 from gateway.sip.engine import OriginateRequest, SipEngine
 from gateway.worker.ipc import IpcError, encode, event_message, read_message
+from gateway.worker.planelink import PlaneLink, PlaneSession
 
 if TYPE_CHECKING:
     from gateway.session.agent import AgentSession
@@ -32,16 +35,41 @@ SESSION_CLOSE_TIMEOUT = 8.0
 
 class Worker:
     def __init__(
-        self, config: Config, sock: socket.socket, registers: list[str] | None = None
+        self,
+        config: Config,
+        sock: socket.socket,
+        registers: list[str] | None = None,
+        plane: str | None = None,
     ) -> None:
         self.config = config
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.writer: asyncio.StreamWriter | None = None
-        self.streaming: weakref.WeakSet[AgentSession] = weakref.WeakSet()
-        sessions = make_session_factory(config, self.loop, self.streaming)
+        self.streaming: weakref.WeakSet[AgentSession | PlaneSession] = weakref.WeakSet()
+        self.plane: PlaneLink | None = None
+        if config.node.media == "plane":
+            if plane is None:
+                raise ConfigError(["node.media is plane but the worker was given no --plane"])
+            self.plane = PlaneLink(plane)
+            self.loop.add_reader(self.plane.sock.fileno(), self._plane_readable)
+            sessions = self._plane_sessions(self.plane)
+        else:
+            sessions = make_session_factory(config, self.loop, self.streaming)  # type: ignore[arg-type]
         self.engine = SipEngine(config, self._emit_threadsafe, sessions, registers)
         self.stopped = asyncio.Event()
+
+    def _plane_sessions(self, link: PlaneLink) -> Any:
+        def make(record: CallRecord, controls: CallControls) -> PlaneSession:
+            session = PlaneSession(link, record, controls)
+            self.streaming.add(session)
+            return session
+
+        return make
+
+    def _plane_readable(self) -> None:
+        assert self.plane is not None
+        if not self.plane.on_readable():
+            self.loop.remove_reader(self.plane.sock.fileno())
 
     def _emit_threadsafe(self, event: WorkerEvent) -> None:
         self.loop.call_soon_threadsafe(self._send, event_message(event, time.time()))
@@ -153,14 +181,16 @@ class Worker:
                 await asyncio.wait_for(asyncio.gather(*closing), SESSION_CLOSE_TIMEOUT)
             except TimeoutError:
                 log.warning("event=sessions_not_closed count=%d", len(closing))
+        if self.plane is not None:
+            self.plane.close()
         if self.writer is not None:
             await asyncio.sleep(0)  # let queued events (call_soon_threadsafe) reach the link
             self.writer.close()
 
 
-async def _main(config: Config, fd: int, registers: list[str] | None) -> None:
+async def _main(config: Config, fd: int, registers: list[str] | None, plane: str | None) -> None:
     sock = socket.socket(fileno=fd)
-    worker = Worker(config, sock, registers)
+    worker = Worker(config, sock, registers, plane)
     await worker.run()
 
 
@@ -174,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated trunks this worker registers (default: every registering trunk)",
     )
+    parser.add_argument("--plane", default=None, help="the media plane's socket (node.media plane)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -201,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = slot_config(config, slots[args.slot - 1])
     registers = None if args.registers is None else [t for t in args.registers.split(",") if t]
-    asyncio.run(_main(config, args.fd, registers))
+    asyncio.run(_main(config, args.fd, registers, args.plane))
     return 0
 
 

@@ -114,10 +114,11 @@ class EndedCalls:
 
 
 def calls_hung_up_by_the_agent(
-    tmp_path: Path, agent_rate: int, calls: int = 1, quiet: bool = False
+    tmp_path: Path, agent_rate: int, calls: int = 1, quiet: bool = False, media: str = "plane"
 ) -> EndedCalls:
     """`calls` SIPp calls, one after the other (the 3 s speech pcap), to a pcm-ws agent at
-    `agent_rate` that hangs up as the caller starts talking; recording on."""
+    `agent_rate` that hangs up as the caller starts talking; recording on; the calls' media
+    served by the media plane or (`media` worker) by each worker's pjmedia."""
     bot = HangUpOnSpeech()
     rtp_base = 33000 + (os.getpid() % 100) * 40 + (agent_rate // 8000) * 4000
     config = media_config(
@@ -136,6 +137,7 @@ def calls_hung_up_by_the_agent(
         ],
         recording={"enabled": True},
     )
+    config.setdefault("node", {})["media"] = media
     node = (QuietNode if quiet else Node)(tmp_path, config)
     try:
         node.wait_ready()
@@ -166,13 +168,19 @@ def test_completed_is_the_last_event_even_after_speech_cut_off_and_a_recording(
         assert "call.recording.ready" in types and "call.agent.disconnected" in types
 
 
-@pytest.mark.parametrize("agent_rate,clock_rate", [(8000, 8000), (16000, 16000)])
+@pytest.mark.parametrize(
+    "media,agent_rate,clock_rate",
+    [("worker", 8000, 8000), ("worker", 16000, 16000), ("plane", 8000, None),
+     ("plane", 16000, None)],  # fmt: skip
+)
 def test_the_bridge_runs_at_8khz_unless_an_agent_needs_16khz_and_agents_get_their_rate(
-    tmp_path: Path, agent_rate: int, clock_rate: int
+    tmp_path: Path, media: str, agent_rate: int, clock_rate: int | None
 ) -> None:
-    ended = calls_hung_up_by_the_agent(tmp_path, agent_rate)  # PCMU only: narrowband calls
+    """With the media plane no worker runs a media clock at all (the plane's 20 ms clock
+    serves every call, and resamples for a 16 kHz agent)."""
+    ended = calls_hung_up_by_the_agent(tmp_path, agent_rate, media=media)  # PCMU only
     clock = re.findall(r"event=media_clock_started clock_rate=(\d+)", ended.log)
-    assert clock == [str(clock_rate)]
+    assert clock == ([str(clock_rate)] if clock_rate else [])
     bot = ended.bot
     assert bot.texts[0]["event"] == "start" and bot.texts[0]["sample_rate"] == agent_rate
     assert {len(frame) for frame in bot.audio} == {agent_rate // 50 * 2}

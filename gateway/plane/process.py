@@ -1,0 +1,438 @@
+"""The media plane: one process per node serving the RTP and the agent sessions of every call
+of every SIP worker, started by the supervisor as
+`python -m gateway.plane --config F --fd N` (N: a listening SOCK_SEQPACKET socket the
+workers connect to; gateway/worker/planelink.py has the protocol).
+
+Everything runs on one asyncio loop, paced by one 20 ms clock for all calls:
+- each tick, one epoll_wait(0) says which calls' RTP sockets have packets; those are read
+  until empty, parsed (media/rtp.py), DTMF events become digits, and every call's new audio
+  is G.711-decoded in one table lookup over the whole batch before each session gets its
+  frames (on_caller_frame);
+- then every call's next frame (next_frame) is encoded in one lookup for the batch and sent
+  as one RTP packet (or this tick's DTMF packet).
+The agent sessions (gateway/session/agent.py, webrtc.py) are the same objects a worker ran
+on pjmedia's clock before; here their "clock thread" is the loop itself, so a frame wakes
+nothing: the session's work runs on the same loop right after the tick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.calls.events import CallEvent, DtmfReceived
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError
+from gateway.session.contract import CallControls, MediaSession
+from gateway.session.factory import make_session_factory
+from gateway.worker.ipc import event_message
+from gateway.worker.planelink import PlaneError, receive, record_from, send
+from media.codecs import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from media.resample import Resampler
+from media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse, seq_newer
+
+log = logging.getLogger("sipedge.plane")
+
+TICK_S = 0.020
+SAMPLES = 160  # 20 ms at 8 kHz: G.711's only rate
+MAX_LATE_TICKS = 3  # after a stall, catch up this many frames at most; the rest are skipped
+RX_REPORT_S = 1.0
+RECV_BYTES = 2048
+SEND_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class G711:
+    name: str
+    decode: np.ndarray[Any, Any]
+    encode: np.ndarray[Any, Any]
+
+
+CODECS = {"PCMU": G711("PCMU", ULAW_DECODE, ULAW_ENCODE),
+          "PCMA": G711("PCMA", ALAW_DECODE, ALAW_ENCODE)}  # fmt: skip
+
+
+class WorkerConn:
+    """One SIP worker's connection."""
+
+    def __init__(self, plane: Plane, sock: socket.socket) -> None:
+        self.plane = plane
+        self.sock = sock
+        sock.settimeout(SEND_TIMEOUT_S)
+        self.calls: dict[str, PlaneCall] = {}
+        self.open = True
+
+    def send(self, message: dict[str, Any]) -> None:
+        """From any thread (a recording's writer thread reports through a session)."""
+        if not self.open:
+            return
+        try:
+            send(self.sock, message)
+        except (OSError, PlaneError) as exc:
+            log.error("event=worker_send_failed op=%s error=%s", message.get("op"), exc)
+
+
+class PlaneCall:
+    """One call's media: its RTP sockets, stream state and agent session."""
+
+    def __init__(self, conn: WorkerConn, call_id: str, session: MediaSession) -> None:
+        self.conn = conn
+        self.call_id = call_id
+        self.session = session
+        self.rtp: socket.socket | None = None
+        self.rtcp: socket.socket | None = None
+        self.remote: tuple[str, int] | None = None
+        self.latched = False
+        self.codec: G711 | None = None
+        self.pt = 0
+        self.event_pt: int | None = None
+        self.sender: RtpSender | None = None
+        self.dtmf_out: DtmfSender | None = None
+        self.dtmf_in = DtmfReceiver()
+        self.last_seq: int | None = None
+        self.rx = 0
+        self.up: Resampler | None = None  # 8 kHz -> the session's rate
+        self.down: Resampler | None = None
+        if session.rate != SAMPLES * 50:
+            self.up = Resampler(8000, session.rate)
+            self.down = Resampler(session.rate, 8000)
+        self.closing = False
+
+
+class Plane:
+    def __init__(self, config: Config, listener: socket.socket) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.listener = listener
+        listener.setblocking(False)
+        self.make_session = make_session_factory(config, self.loop, on_loop_thread=True)
+        self.media: dict[int, PlaneCall] = {}  # RTP fd -> call, for calls with media
+        self.epoll = select.epoll()
+        self.stopped = asyncio.Event()
+        self._ticks = 0
+        self._t0 = 0.0
+        self._next_rx_report = 0.0
+        self.late_ticks = 0
+
+    # -- workers and their messages ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.loop.add_reader(self.listener.fileno(), self._accept)
+        self._t0 = self.loop.time()
+        self._next_rx_report = self._t0 + RX_REPORT_S
+        self.loop.call_at(self._t0 + TICK_S, self._tick)
+        log.info("event=media_plane_ready modules=%d", len(sys.modules))
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        conn = WorkerConn(self, sock)
+        self.loop.add_reader(sock.fileno(), self._readable, conn)
+
+    def _readable(self, conn: WorkerConn) -> None:
+        while True:
+            conn.sock.setblocking(False)
+            try:
+                message, fds = receive(conn.sock)
+            except (BlockingIOError, InterruptedError):
+                break
+            except PlaneError as exc:
+                log.error("event=worker_message_dropped error=%s", exc)
+                continue
+            except OSError:
+                message, fds = None, []
+            finally:
+                conn.sock.settimeout(SEND_TIMEOUT_S)
+            if message is None:
+                self._worker_gone(conn)
+                return
+            try:
+                self._handle(conn, message, fds)
+            except Exception:  # one call's bad message never takes the plane down
+                log.exception("event=worker_message_failed op=%s", message.get("op"))
+                for fd in fds:
+                    _close_fd(fd)
+
+    def _handle(self, conn: WorkerConn, message: dict[str, Any], fds: list[int]) -> None:
+        op, call_id = message.get("op"), str(message.get("call"))
+        if op == "open":
+            self._open(conn, call_id, message)
+            return
+        call = conn.calls.get(call_id)
+        if call is None:
+            for fd in fds:
+                _close_fd(fd)
+            log.warning("event=unknown_call op=%s call_id=%s", op, call_id)
+            return
+        if op == "media":
+            self._media(call, message, fds)
+        elif op == "dtmf":
+            call.session.on_dtmf(str(message.get("digit")))
+        elif op == "send_dtmf":
+            if call.dtmf_out is None:
+                log.warning("event=dtmf_not_sent call_id=%s reason=no_telephone_event", call_id)
+            else:
+                call.dtmf_out.queue(str(message.get("digits")))
+        elif op == "close":
+            self._close(call)
+        else:
+            log.error("event=worker_message_dropped op=%r", op)
+
+    def _open(self, conn: WorkerConn, call_id: str, message: dict[str, Any]) -> None:
+        record = record_from(message.get("record") or {})
+
+        def emit(event: CallEvent) -> None:
+            conn.send({"op": "event", "call": call_id, "event": event_message(event, time.time())})
+
+        def hangup(by: str) -> None:
+            conn.send({"op": "hangup", "call": call_id, "by": by})
+
+        session = self.make_session(record, CallControls(call_id, emit, hangup))
+        conn.calls[call_id] = PlaneCall(conn, call_id, session)
+
+    def _media(self, call: PlaneCall, message: dict[str, Any], fds: list[int]) -> None:
+        if fds:
+            if call.rtp is not None or len(fds) != 2:
+                for fd in fds:
+                    _close_fd(fd)
+                raise PlaneError(f"call {call.call_id}: media sockets sent twice or not as a pair")
+            call.rtp = socket.socket(fileno=fds[0])
+            call.rtcp = socket.socket(fileno=fds[1])
+            call.rtp.setblocking(False)
+            call.rtcp.setblocking(False)
+        codec = CODECS.get(str(message.get("codec")))
+        if codec is None:
+            raise PlaneError(f"call {call.call_id}: codec {message.get('codec')!r} is not G.711")
+        host, port = message["remote"]
+        remote = (str(host), int(port))
+        if remote != call.remote and not call.latched:
+            call.remote = remote
+        pt = int(message["pt"])
+        event_pt = message.get("event_pt")
+        if call.sender is None or call.codec is not codec or call.pt != pt:
+            call.sender = RtpSender(pt, SAMPLES)
+        call.codec, call.pt = codec, pt
+        call.event_pt = int(event_pt) if isinstance(event_pt, int) and event_pt > 0 else None
+        call.dtmf_out = DtmfSender(call.sender, call.event_pt) if call.event_pt else None
+        if call.rtp is not None and call.rtp.fileno() not in self.media:
+            self.media[call.rtp.fileno()] = call
+            self.epoll.register(call.rtp.fileno(), select.EPOLLIN)
+        if call.rtcp is not None:
+            self.loop.add_reader(call.rtcp.fileno(), _drain, call.rtcp)
+
+    def _close(self, call: PlaneCall) -> None:
+        if call.closing:
+            return
+        call.closing = True
+        self._stop_media(call)
+        conn = call.conn
+
+        def closed() -> None:
+            conn.calls.pop(call.call_id, None)
+            conn.send({"op": "closed", "call": call.call_id})
+
+        def when_closed() -> None:  # on whichever thread the session's last event left
+            self.loop.call_soon_threadsafe(closed)
+
+        call.session.close()
+        call.session.when_closed(when_closed)
+
+    def _stop_media(self, call: PlaneCall) -> None:
+        if call.rtp is not None:
+            fd = call.rtp.fileno()
+            if self.media.pop(fd, None) is not None:
+                self.epoll.unregister(fd)
+            call.rtp.close()
+            call.rtp = None
+        if call.rtcp is not None:
+            self.loop.remove_reader(call.rtcp.fileno())
+            call.rtcp.close()
+            call.rtcp = None
+
+    def _worker_gone(self, conn: WorkerConn) -> None:
+        conn.open = False
+        self.loop.remove_reader(conn.sock.fileno())
+        conn.sock.close()
+        if conn.calls:
+            log.error("event=worker_link_lost calls=%d", len(conn.calls))
+        for call in list(conn.calls.values()):
+            self._close(call)
+
+    # -- the clock ------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._ticks += 1
+        now = self.loop.time()
+        due = int((now - self._t0) / TICK_S)
+        frames = 1
+        if due > self._ticks:  # we are late: catch up a few frames, skip the rest
+            behind = due - self._ticks
+            frames += min(behind, MAX_LATE_TICKS - 1)
+            self.late_ticks += behind
+            self._ticks = due
+        self.loop.call_at(self._t0 + (self._ticks + 1) * TICK_S, self._tick)
+        try:
+            self._receive()
+            for _ in range(frames):
+                self._transmit()
+            if now >= self._next_rx_report:
+                self._next_rx_report = now + RX_REPORT_S
+                self._report_rx()
+        except Exception:  # a bug in one tick must not stop the clock for every call
+            log.exception("event=media_tick_failed")
+
+    def _receive(self) -> None:
+        ready = self.epoll.poll(0)
+        if not ready:
+            return
+        batches: dict[str, list[tuple[PlaneCall, bytes]]] = {}
+        for fd, _mask in ready:
+            call = self.media.get(fd)
+            if call is None or call.rtp is None:
+                continue
+            sock = call.rtp
+            while True:
+                try:
+                    data, source = sock.recvfrom(RECV_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:  # ICMP port unreachable from the far end: nothing to read
+                    break
+                packet = parse(data)
+                if packet is None:
+                    continue
+                call.rx += 1
+                if not call.latched or call.remote != source:
+                    call.remote = source  # symmetric RTP: answer where the far end sends from
+                    call.latched = True
+                if packet.payload_type == call.event_pt and call.event_pt is not None:
+                    digit = call.dtmf_in.push(packet)
+                    if digit is not None:
+                        self._digit(call, digit)
+                    continue
+                if packet.payload_type != call.pt or call.codec is None:
+                    continue  # comfort noise, an unnegotiated codec
+                if call.last_seq is not None and not seq_newer(packet.seq, call.last_seq):
+                    continue  # late or repeated
+                call.last_seq = packet.seq
+                batches.setdefault(call.codec.name, []).append((call, packet.payload))
+        for name, batch in batches.items():
+            codes = np.frombuffer(b"".join(payload for _, payload in batch), np.uint8)
+            pcm = CODECS[name].decode[codes].tobytes()
+            offset = 0
+            for call, payload in batch:
+                size = 2 * len(payload)
+                frame = pcm[offset : offset + size]
+                offset += size
+                if call.up is not None:
+                    frame = call.up.process(frame)
+                call.session.on_caller_frame(frame)
+
+    def _transmit(self) -> None:
+        calls = [call for call in self.media.values() if call.remote is not None]
+        if not calls:
+            return
+        by_codec: dict[str, list[tuple[PlaneCall, bytes]]] = {}
+        for call in calls:
+            frame = call.session.next_frame()
+            if call.down is not None:
+                frame = call.down.process(frame)
+            if len(frame) != 2 * SAMPLES:
+                frame = frame[: 2 * SAMPLES].ljust(2 * SAMPLES, b"\0")
+            assert call.codec is not None
+            by_codec.setdefault(call.codec.name, []).append((call, frame))
+        for name, batch in by_codec.items():
+            samples = np.frombuffer(b"".join(frame for _, frame in batch), "<u2")
+            payloads = CODECS[name].encode[samples].tobytes()
+            for i, (call, _) in enumerate(batch):
+                sender, sock, remote = call.sender, call.rtp, call.remote
+                if sender is None or sock is None or remote is None:
+                    continue
+                packet = call.dtmf_out.next_packet() if call.dtmf_out is not None else None
+                if packet is None:
+                    packet = sender.audio(payloads[i * SAMPLES : (i + 1) * SAMPLES])
+                else:
+                    sender.skip()
+                try:  # noqa: SIM105 (per packet: a try costs nothing, suppress() a call)
+                    sock.sendto(packet, remote)
+                except OSError:  # the far end's port is closed (ICMP): RTP is best effort
+                    pass
+
+    def _digit(self, call: PlaneCall, digit: str) -> None:
+        call.session.on_dtmf(digit)
+        event = DtmfReceived(call_id=call.call_id, digit=digit, method="rfc2833", duration_ms=None)
+        call.conn.send({"op": "event", "call": call.call_id,
+                        "event": event_message(event, time.time())})  # fmt: skip
+
+    def _report_rx(self) -> None:
+        conns: dict[WorkerConn, dict[str, int]] = {}
+        for call in self.media.values():
+            conns.setdefault(call.conn, {})[call.call_id] = call.rx
+        for conn, counts in conns.items():
+            conn.send({"op": "rx", "counts": counts})
+
+    async def run(self) -> None:
+        self.start()
+        await self.stopped.wait()
+
+
+def _drain(sock: socket.socket) -> None:
+    """RTCP from the far end: read and dropped (its reports are not used yet)."""
+    while True:
+        try:
+            sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            return
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        socket.close(fd)
+
+
+async def _main(config: Config, fd: int) -> None:
+    listener = socket.socket(fileno=fd)
+    plane = Plane(config, listener)
+    stop: Callable[[], None] = plane.stopped.set
+    plane.loop.add_signal_handler(signal.SIGTERM, stop)
+    await plane.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sipedge-plane")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s plane %(message)s",
+        stream=sys.stderr,
+    )
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us, after the workers
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    asyncio.run(_main(config, args.fd))
+    return 0
