@@ -97,8 +97,10 @@ class PlaneCall:
         self.remote: tuple[str, int] | None = None
         self.latched = False
         self.codec: G711 | None = None
-        self.pt = 0
-        self.event_pt: int | None = None
+        self.pt = 0  # what we send with
+        self.rx_pt = 0  # and what the far end sends with
+        self.event_pt: int | None = None  # telephone-event: what we send with
+        self.rx_event_pt: int | None = None  # and what the far end sends with
         self.sender: RtpSender | None = None
         self.dtmf_out: DtmfSender | None = None
         self.dtmf_in = DtmfReceiver()
@@ -219,15 +221,14 @@ class Plane:
         if codec is None:
             raise PlaneError(f"call {call.call_id}: codec {message.get('codec')!r} is not G.711")
         host, port = message["remote"]
-        remote = (str(host), int(port))
-        if remote != call.remote and not call.latched:
-            call.remote = remote
-        pt = int(message["pt"])
-        event_pt = message.get("event_pt")
-        if call.sender is None or call.codec is not codec or call.pt != pt:
-            call.sender = RtpSender(pt, SAMPLES)
-        call.codec, call.pt = codec, pt
-        call.event_pt = int(event_pt) if isinstance(event_pt, int) and event_pt > 0 else None
+        if not call.latched:
+            call.remote = (str(host), int(port))
+        tx_pt, rx_pt = int(message["tx_pt"]), int(message["rx_pt"])
+        if call.sender is None or call.codec is not codec or call.pt != tx_pt:
+            call.sender = RtpSender(tx_pt, SAMPLES)
+        call.codec, call.pt, call.rx_pt = codec, tx_pt, rx_pt
+        call.event_pt = _payload_type(message.get("tx_event_pt"))
+        call.rx_event_pt = _payload_type(message.get("rx_event_pt"))
         call.dtmf_out = DtmfSender(call.sender, call.event_pt) if call.event_pt else None
         if call.rtp is not None and call.rtp.fileno() not in self.media:
             self.media[call.rtp.fileno()] = call
@@ -320,12 +321,12 @@ class Plane:
                 if not call.latched or call.remote != source:
                     call.remote = source  # symmetric RTP: answer where the far end sends from
                     call.latched = True
-                if packet.payload_type == call.event_pt and call.event_pt is not None:
+                if packet.payload_type == call.rx_event_pt and call.rx_event_pt is not None:
                     digit = call.dtmf_in.push(packet)
                     if digit is not None:
                         self._digit(call, digit)
                     continue
-                if packet.payload_type != call.pt or call.codec is None:
+                if packet.payload_type != call.rx_pt or call.codec is None:
                     continue  # comfort noise, an unnegotiated codec
                 if call.last_seq is not None and not seq_newer(packet.seq, call.last_seq):
                     continue  # late or repeated
@@ -375,7 +376,7 @@ class Plane:
 
     def _digit(self, call: PlaneCall, digit: str) -> None:
         call.session.on_dtmf(digit)
-        event = DtmfReceived(call_id=call.call_id, digit=digit, method="rfc2833", duration_ms=None)
+        event = DtmfReceived(call_id=call.call_id, digit=digit, method="rfc4733", duration_ms=None)
         call.conn.send({"op": "event", "call": call.call_id,
                         "event": event_message(event, time.time())})  # fmt: skip
 
@@ -400,6 +401,10 @@ def _drain(sock: socket.socket) -> None:
             return
         except OSError:
             return
+
+
+def _payload_type(value: Any) -> int | None:
+    return value if isinstance(value, int) and 0 < value < 128 else None
 
 
 def _close_fd(fd: int) -> None:

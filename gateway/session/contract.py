@@ -65,6 +65,18 @@ class MediaSession(Protocol):
         nothing of the call follows them."""
 
 
+@dataclass(frozen=True)
+class Negotiated:
+    """What SDP settled for a call's audio (pjsua's stream info)."""
+
+    remote: tuple[str, int]  # where the far end said to send RTP
+    codec: str  # PCMU | PCMA
+    tx_pt: int  # payload types we send with and the far end sends with
+    rx_pt: int
+    tx_event_pt: int | None  # telephone-event (RFC 4733), None: not negotiated
+    rx_event_pt: int | None
+
+
 @runtime_checkable
 class PlaneMedia(Protocol):
     """A session whose audio the media plane serves (node.media: plane): the SIP side hands it
@@ -72,15 +84,7 @@ class PlaneMedia(Protocol):
 
     rx_packets: int  # RTP packets the plane has received for this call (media timeout)
 
-    def attach(
-        self,
-        rtp: socket.socket,
-        rtcp: socket.socket,
-        remote: tuple[str, int],
-        codec: str,
-        payload_type: int,
-        event_pt: int | None,
-    ) -> None: ...
+    def attach(self, rtp: socket.socket, rtcp: socket.socket, media: Negotiated) -> None: ...
 
     def send_dtmf(self, digits: str) -> None: ...
 

@@ -25,7 +25,7 @@ from gateway.calls.leg import (
     TransferCompleted,
 )
 from gateway.calls.model import CallRecord
-from gateway.session.contract import MediaSession, PlaneMedia
+from gateway.session.contract import MediaSession, Negotiated, PlaneMedia
 from gateway.sip.executor import Timer
 from gateway.sip.rtpsock import NoRtpPort, RtpSockets
 from gateway.sip.sdp import point_audio_at
@@ -302,14 +302,15 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if not isinstance(self.session, PlaneMedia):
             raise TypeError(f"session {type(self.session).__name__} cannot take plane media")
         stream = self.getStreamInfo(index)
-        self.session.attach(
-            self.rtp,
-            self.rtcp,
-            _address(stream.remoteRtpAddress),
-            str(stream.codecName),
-            int(stream.txPt),
-            int(stream.audTxEventPt) if int(stream.audTxEventPt) > 0 else None,
+        media = Negotiated(
+            remote=_address(stream.remoteRtpAddress),
+            codec=str(stream.codecName),
+            tx_pt=int(stream.txPt),
+            rx_pt=int(stream.rxPt),
+            tx_event_pt=_event_pt(stream.audTxEventPt),
+            rx_event_pt=_event_pt(stream.audRxEventPt),
         )
+        self.session.attach(self.rtp, self.rtcp, media)
         self.bridged_slot = index
 
     def release_media(self) -> None:
@@ -348,3 +349,9 @@ def _address(text: str) -> tuple[str, int]:
     """pjsua's "host:port" or "[v6]:port"."""
     host, _, port = str(text).rpartition(":")
     return host.strip("[]"), int(port)
+
+
+def _event_pt(value: Any) -> int | None:
+    """pjsua says -1 (or 0) for telephone-event not negotiated."""
+    pt = int(value)
+    return pt if pt > 0 else None

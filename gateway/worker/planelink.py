@@ -8,7 +8,8 @@ MediaSession whose frames never pass through this process.
 One SOCK_SEQPACKET connection per worker: every datagram is one UTF-8 JSON object, and may
 carry file descriptors (SCM_RIGHTS). Per call, worker -> plane:
   {"op": "open", "call", "record"}   the call's agent session starts (it may connect ringing)
-  {"op": "media", "call", "remote", "codec", "pt", "event_pt"} + [rtp, rtcp] fds the first time
+  {"op": "media", "call", "remote", "codec", "tx_pt", "rx_pt", "tx_event_pt", "rx_event_pt"}
+                                      + [rtp, rtcp] fds the first time (contract.Negotiated)
   {"op": "dtmf", "call", "digit"}     a digit pjsua heard (SIP INFO), for the agent
   {"op": "send_dtmf", "call", "digits"}  RFC 4733 to the far end
   {"op": "close", "call"}
@@ -23,6 +24,7 @@ Lifecycle messages only: no frame crosses this socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import socket
@@ -33,7 +35,7 @@ from typing import Any
 from gateway.calls.events import CallEvent
 from gateway.calls.model import CallRecord
 from gateway.errors import SipedgeError
-from gateway.session.contract import CallControls
+from gateway.session.contract import CallControls, Negotiated
 from gateway.worker.ipc import IpcError, event_from
 
 log = logging.getLogger("sipedge.worker")
@@ -120,20 +122,10 @@ class PlaneSession:
 
     # -- the SIP thread -------------------------------------------------------------------------
 
-    def attach(
-        self,
-        rtp: socket.socket,
-        rtcp: socket.socket,
-        remote: tuple[str, int],
-        codec: str,
-        payload_type: int,
-        event_pt: int | None,
-    ) -> None:
+    def attach(self, rtp: socket.socket, rtcp: socket.socket, media: Negotiated) -> None:
         """The call's media is up (or changed: a re-INVITE, hold): where to send, what codec.
-        The sockets go to the plane the first time and are closed here (the plane has its
-        own copies)."""
-        message = {"op": "media", "call": self.call_id, "remote": list(remote), "codec": codec,
-                   "pt": payload_type, "event_pt": event_pt}  # fmt: skip
+        The sockets go to the plane the first time (it keeps its own copies)."""
+        message = {"op": "media", "call": self.call_id, **dataclasses.asdict(media)}
         if self._attached:
             self._link.send(message)
             return

@@ -35,6 +35,7 @@ def main(workdir: Path) -> None:
             "numbers": [{"number": "+15550100", "agent": "echo"}],
             "agents": [{"id": "echo", "type": "echo", "delay_ms": 20}],
             "limits": {"max_concurrent_calls": 4},
+            "node": {"media": "worker"},  # the engine runs the echo sessions on pjmedia
         }
     )
     ended: dict[int, SipCall] = {}  # pjsua slot -> an ended call kept alive
