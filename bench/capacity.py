@@ -105,13 +105,16 @@ def machine_busy() -> tuple[float, float]:
 
 
 def role(pid: int) -> str:
-    """workers, front (kamailio), broker (mosquitto) or node (the supervisor)."""
+    """workers, plane (the media plane), front (kamailio), broker (mosquitto) or node (the
+    supervisor)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return "node"
     if b"gateway.worker" in cmd:
         return "workers"
+    if b"gateway.plane" in cmd:
+        return "plane"
     return next((name for key, name in ROLES if key in cmd), "node")
 
 

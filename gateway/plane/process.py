@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import faulthandler
 import logging
+import os
 import select
 import signal
 import socket
@@ -48,7 +49,7 @@ log = logging.getLogger("sipedge.plane")
 
 TICK_S = 0.020
 SAMPLES = 160  # 20 ms at 8 kHz: G.711's only rate
-MAX_LATE_TICKS = 3  # after a stall, catch up this many frames at most; the rest are skipped
+MAX_LATE_TICKS = 10  # after a stall, send up to 200 ms of frames at once; beyond, drop them
 RX_REPORT_S = 1.0
 RECV_BYTES = 2048
 SEND_TIMEOUT_S = 1.0
@@ -281,7 +282,7 @@ class Plane:
         now = self.loop.time()
         due = int((now - self._t0) / TICK_S)
         frames = 1
-        if due > self._ticks:  # we are late: catch up a few frames, skip the rest
+        if due > self._ticks:  # late (a stall): every missed frame goes now, up to a limit
             behind = due - self._ticks
             frames += min(behind, MAX_LATE_TICKS - 1)
             self.late_ticks += behind
@@ -294,6 +295,10 @@ class Plane:
             if now >= self._next_rx_report:
                 self._next_rx_report = now + RX_REPORT_S
                 self._report_rx()
+                if self.late_ticks:
+                    log.warning("event=media_clock_late ticks=%d calls=%d", self.late_ticks,
+                                len(self.media))  # fmt: skip
+                    self.late_ticks = 0
         except Exception:  # a bug in one tick must not stop the clock for every call
             log.exception("event=media_tick_failed")
 
@@ -417,7 +422,19 @@ async def _main(config: Config, fd: int) -> None:
     plane = Plane(config, listener)
     stop: Callable[[], None] = plane.stopped.set
     plane.loop.add_signal_handler(signal.SIGTERM, stop)
-    await plane.run()
+    profile = os.environ.get("SIPEDGE_PLANE_PROFILE")  # bench/: where to write a cProfile
+    if not profile:
+        await plane.run()
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        await plane.run()
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 def main(argv: list[str] | None = None) -> int:
