@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import faulthandler
 import logging
 import os
@@ -53,6 +54,7 @@ MAX_LATE_TICKS = 10  # after a stall, send up to 200 ms of frames at once; beyon
 RX_REPORT_S = 1.0
 RECV_BYTES = 2048
 SEND_TIMEOUT_S = 1.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -408,6 +410,17 @@ def _drain(sock: socket.socket) -> None:
             return
 
 
+def _end_with_parent() -> None:
+    """A supervisor that dies (kill -9) takes the plane with it: the workers see their
+    supervisor link close, the plane has no such link, so the kernel sends it SIGTERM
+    (PR_SET_PDEATHSIG). If the parent went before that was set, stop now."""
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
 def _payload_type(value: Any) -> int | None:
     return value if isinstance(value, int) and 0 < value < 128 else None
 
@@ -450,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     faulthandler.enable(file=sys.stderr, all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us, after the workers
+    _end_with_parent()
     try:
         config = load_config(args.config)
     except ConfigError as exc:

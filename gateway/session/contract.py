@@ -27,6 +27,8 @@ class CallControls:
     call_id: str
     emit: Callable[[CallEvent], None]  # one of gateway/calls/events.py, for this call
     hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
+    # the call's media is gone (the media plane died): it ends as failed, by the gateway
+    media_failed: Callable[[], None] | None = None
 
 
 def bridge_rate(config: Config) -> int:

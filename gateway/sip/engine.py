@@ -48,6 +48,7 @@ from gateway.calls.leg import (
     InviteRefused,
     Limit,
     Lost,
+    MediaFailed,
     MediaProbed,
     ProbeMedia,
     RefuseInvite,
@@ -551,7 +552,10 @@ class SipEngine:
         def hangup(by: str) -> None:
             self.submit(lambda: self._feed_live(record.id, HangupRequested(by)))
 
-        return CallControls(record.id, emit, hangup)
+        def media_failed() -> None:
+            self.submit(lambda: self._feed_live(record.id, MediaFailed()))
+
+        return CallControls(record.id, emit, hangup, media_failed)
 
     def _get(self, call_id: str) -> SipCall:
         call = self.calls.get(call_id)

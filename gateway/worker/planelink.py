@@ -277,7 +277,10 @@ class PlaneLink:
         sessions = self.sessions()
         log.error("event=plane_lost calls=%d action=hang_up", len(sessions))
         for session in sessions:
-            session.controls.hangup("gateway")
+            if session.controls.media_failed is not None:
+                session.controls.media_failed()
+            else:
+                session.controls.hangup("gateway")
             session.events_finished()
 
     def close(self) -> None:

@@ -1,0 +1,66 @@
+"""The media plane process (node.media: plane): its life tied to the supervisor's, and what
+a call hears of the plane dying."""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration.mqtt_watch import MqttWatch
+from tests.integration.node import NodeProcess, base_config
+from tests.integration.peers import HOST, Sipp
+
+pytestmark = pytest.mark.integration
+
+
+def plane_pids(node: NodeProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"event=media_plane_started pid=(\d+)", node.log())]
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """True once `pid` has exited (its pidfd becomes readable), False after `timeout`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def test_a_supervisor_killed_takes_its_media_plane_with_it(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path, base_config(tmp_path)).start()
+    try:
+        (plane,) = plane_pids(node)
+        assert node.proc is not None
+        os.kill(node.proc.pid, signal.SIGKILL)  # the supervisor alone, as the OOM killer would
+        node.proc.wait()
+        assert wait_gone(plane, 10), "the media plane outlived its supervisor"
+    finally:
+        node.kill()
+
+
+def test_calls_on_a_dead_plane_fail_by_the_gateway_and_the_plane_comes_back(
+    tmp_path: Path,
+) -> None:
+    with NodeProcess(tmp_path, base_config(tmp_path)) as node, MqttWatch(node.mqtt_port) as mq:
+        (plane,) = plane_pids(node)
+        caller = Sipp("uac_wait_bye.xml", remote=(HOST, node.sip_port), service="+15550100",
+                      workdir=tmp_path / "lost").start()  # fmt: skip
+        answered = mq.wait_event("call.answered")
+        os.kill(plane, signal.SIGKILL)
+        done = mq.wait_event("call.completed", answered["call_id"])
+        assert done["data"]["reason"] == "failed" and done["data"]["hangup_by"] == "gateway"
+        assert caller.wait(20).successful == 1  # the caller got our BYE, not silence
+        node.wait_log("event=media_plane_started", count=2)
+        again = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                     workdir=tmp_path / "again").run(30)  # fmt: skip
+        assert again.successful == 1, again.errors
+        assert "event=media_plane_died" in node.log()
