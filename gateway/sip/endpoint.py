@@ -30,8 +30,7 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
 def _silence_pjlib_until_configured() -> None:
     """pjlib logs to stdout from libCreate(), before libInit() installs our writer and levels:
     start it silent (libInit then sets the configured levels)."""
-    so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
-    ctypes.CDLL(str(so)).pj_log_set_level(0)  # the loaded library: the same pjlib globals
+    _pjsua2_library().pj_log_set_level(0)
 
 
 def create_endpoint(
@@ -77,8 +76,28 @@ def create_endpoint(
         log.info("event=media_clock_started clock_rate=%d", clock_rate)
     else:
         ep.audDevManager().setNoDev()
+        _stop_media_threads()
     _set_codecs(ep, sip.codecs)
     return ep, writer
+
+
+def _stop_media_threads() -> None:
+    """pjsua keeps one pjmedia thread however few are configured (0 reads as 1); with no
+    socket to poll it sleeps 10 ms at a time, 100 wake-ups a second, most of what an idle
+    worker costs (bench/worker_idle.py). In plane mode no pjmedia socket carries anything,
+    so the thread is stopped (pjmedia_endpt_stop_threads, which libDestroy calls again
+    harmlessly)."""
+    lib = _pjsua2_library()
+    lib.pjsua_get_pjmedia_endpt.restype = ctypes.c_void_p
+    lib.pjmedia_endpt_stop_threads.argtypes = [ctypes.c_void_p]
+    endpoint = lib.pjsua_get_pjmedia_endpt()
+    if endpoint:
+        lib.pjmedia_endpt_stop_threads(endpoint)
+
+
+def _pjsua2_library() -> ctypes.CDLL:
+    so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
+    return ctypes.CDLL(str(so))  # the loaded library: the same pjlib globals
 
 
 def _start_media_clock(ep: pj.Endpoint) -> None:

@@ -68,7 +68,13 @@ from gateway.calls.routing import number_from_uri, route_inbound
 from gateway.config import Config, front_worker_side, is_wildcard, rtp_advertised_host
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
-from gateway.session.contract import CallControls, MediaSession, PlaneMedia, bridge_rate
+from gateway.session.contract import (
+    NARROWBAND_HZ,
+    CallControls,
+    MediaSession,
+    PlaneMedia,
+    bridge_rate,
+)
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
@@ -191,9 +197,11 @@ class SipEngine:
 
     def _init_lib(self) -> None:
         sip = self.config.sip
-        self.ep, self._log_writer = create_endpoint(
-            sip, bridge_rate(self.config), media_clock=self.rtp_sockets is None
-        )
+        # In plane mode no bridge carries audio: its rate (and the session modules that
+        # bridge_rate imports to learn an agent's) do not matter to this process.
+        plane = self.rtp_sockets is not None
+        rate = NARROWBAND_HZ if plane else bridge_rate(self.config)
+        self.ep, self._log_writer = create_endpoint(sip, rate, media_clock=not plane)
         self._gate = RequestGate(self._admit_invite)
         self._gauge = IoQueueGauge(media_ioqueue(self._gate.lib))
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
