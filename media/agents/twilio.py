@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,8 @@ class TwilioStream:
         self.custom_parameters = dict(custom_parameters or {})
         self._sequence = 0
         self._chunk = 0
+        self._media_template: str | None = None
+        self._media_track = ""
 
     def connected(self) -> str:
         return dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
@@ -58,17 +61,28 @@ class TwilioStream:
         )
 
     def media(self, payload_mulaw: bytes, timestamp_ms: int, track: str = "inbound") -> str:
-        """Caller audio (mu-law 8 kHz) captured `timestamp_ms` after the stream started."""
+        """Caller audio (mu-law 8 kHz) captured `timestamp_ms` after the stream started.
+
+        Fifty of these a second per call: written from a template (the same JSON, byte for
+        byte, that json.dumps gives for the message) rather than through json.dumps."""
         self._chunk += 1
-        return self._send(
-            "media",
-            media={
-                "track": track,
-                "chunk": str(self._chunk),
-                "timestamp": str(timestamp_ms),
-                "payload": base64.b64encode(payload_mulaw).decode("ascii"),
-            },
-        )
+        self._sequence += 1
+        if self._media_template is None:
+            self._media_template = (
+                '{"event":"media","sequenceNumber":"%d","media":{"track":'
+                + json.dumps(track).replace("%", "%%")
+                + ',"chunk":"%d","timestamp":"%d","payload":"%s"},"streamSid":'
+                + json.dumps(self.stream_sid).replace("%", "%%")
+                + "}"
+            )
+            self._media_track = track
+        if track != self._media_track:  # another track: the general path
+            self._sequence -= 1
+            return self._send("media", media={"track": track, "chunk": str(self._chunk),
+                                              "timestamp": str(timestamp_ms),
+                                              "payload": _b64(payload_mulaw)})  # fmt: skip
+        return self._media_template % (self._sequence, self._chunk, timestamp_ms,
+                                       _b64(payload_mulaw))  # fmt: skip
 
     def dtmf(self, digit: str) -> str:
         if digit not in DTMF_DIGITS:
@@ -113,6 +127,10 @@ class TwilioStream:
                 "streamSid": self.stream_sid,
             }
         )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _field(message: Mapping[str, Any], obj: str, key: str) -> str:
