@@ -27,9 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-
 from gateway.calls.events import (
     AgentLinkDown,
     AgentLinkUp,
@@ -40,7 +37,6 @@ from gateway.calls.events import (
 )
 from gateway.calls.model import CallRecord
 from gateway.config import Agent, VadSettings
-from gateway.errors import SipedgeError
 from gateway.session.contract import CallControls
 from gateway.session.link import (
     MediaTiming,
@@ -50,13 +46,13 @@ from gateway.session.link import (
     make_link,
 )
 from gateway.session.recording import RecordingWriter
+from gateway.session.wschannel import AgentUnavailable, ChannelClosed, FastWebSocketChannel
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
 from media.conversation import Conversation, FrameAligner, Speech
 from media.errors import PlayoutOverflow, ProtocolError
 from media.frames import bytes_per_frame
 from media.playout import Playout
 from media.recorder import Recording
-from media.timing import LatencyStats
 from media.vad import SpeechStarted
 
 log = logging.getLogger("sipedge.agent")
@@ -64,20 +60,7 @@ log = logging.getLogger("sipedge.agent")
 TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP gap)
 CLOSE_TIMEOUT_S = 2.0
 RECORDING_CLOSE_TIMEOUT_S = 5.0  # the WAV's last frames and header, before the final event
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 PROTOCOL_ERRORS_LOGGED = 3
-
-
-class AgentUnavailable(SipedgeError):
-    """The agent could not be reached; `reason` goes into call.agent.disconnected."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ChannelClosed(SipedgeError):
-    """The agent's channel closed under a send; its reader reports why."""
 
 
 class AgentChannel(Protocol):
@@ -100,69 +83,6 @@ class AgentChannel(Protocol):
 
     async def close(self) -> None:
         """Close within CLOSE_TIMEOUT_S; never raises."""
-
-
-class WebSocketChannel:
-    """twilio-ws and pcm-ws: one WebSocket carries audio and control."""
-
-    codec: str | None = None
-
-    def __init__(self, ws: ClientConnection, caller_to_agent: LatencyStats, call_id: str) -> None:
-        self._ws = ws
-        self._caller_to_agent = caller_to_agent
-        self._call_id = call_id
-
-    @classmethod
-    async def open(
-        cls, agent: Agent, caller_to_agent: LatencyStats, call_id: str
-    ) -> WebSocketChannel:
-        headers = {name: value.get_secret_value() for name, value in agent.headers.items()}
-        try:
-            # proxy=None: agents are dialled directly, whatever HTTPS_PROXY the host sets.
-            ws = await connect(
-                str(agent.url),
-                additional_headers=headers,
-                open_timeout=agent.connect_timeout,
-                compression=None,
-                max_size=MAX_MESSAGE_BYTES,
-                proxy=None,
-            )
-        except TimeoutError as exc:
-            raise AgentUnavailable(f"connect_timeout after {agent.connect_timeout:g}s") from exc
-        except InvalidStatus as exc:
-            raise AgentUnavailable(f"rejected: HTTP {exc.response.status_code}") from exc
-        except (OSError, WebSocketException) as exc:
-            raise AgentUnavailable(f"connect_failed: {exc}") from exc
-        return cls(ws, caller_to_agent, call_id)
-
-    @property
-    def is_open(self) -> bool:
-        return self._ws.state.name == "OPEN"
-
-    async def send(self, message: Message, frame_ns: int = 0) -> None:
-        try:
-            await self._ws.send(message)
-        except ConnectionClosed as exc:
-            raise ChannelClosed(str(exc)) from exc
-        if frame_ns:
-            self._caller_to_agent.record((time.perf_counter_ns() - frame_ns) / 1e6)
-
-    async def messages(self) -> AsyncIterator[Message]:
-        try:
-            async for frame in self._ws:
-                yield frame
-        except ConnectionClosed:
-            pass
-
-    def close_reason(self) -> str:
-        code = self._ws.close_code
-        return f"closed: code {code}" if code is not None else "closed"
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self._ws.close(), CLOSE_TIMEOUT_S)
-        except (TimeoutError, ConnectionClosed, OSError) as exc:
-            log.info("event=agent_close_unclean call_id=%s error=%r", self._call_id, exc)
 
 
 class AgentSession:
@@ -215,6 +135,7 @@ class AgentSession:
         self._outgoing: deque[tuple[Message, int]] = deque()  # message, caller frame ns or 0
         self._send_ready = asyncio.Event()
         self._channel: AgentChannel | None = None
+        self._direct: FastWebSocketChannel | None = None  # sends without the sender task
         self._streaming = False
         self._stream_ms = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -306,7 +227,9 @@ class AgentSession:
 
     async def _open(self) -> AgentChannel:
         """Connect to the agent; raises AgentUnavailable. Transports override this."""
-        return await WebSocketChannel.open(self.agent, self.timing.caller_to_agent, self.call_id)
+        return await FastWebSocketChannel.open(
+            self.agent, self.timing.caller_to_agent, self.call_id
+        )
 
     async def _connect(self) -> None:
         agent = self.agent
@@ -337,6 +260,12 @@ class AgentSession:
         for message in self.link.opening():
             self._outgoing.append((message, 0))
         self._streaming = True
+        if isinstance(channel, FastWebSocketChannel):
+            # Messages leave as they are built and arrive as they are read: no tasks between.
+            self._direct = channel
+            self._flush_direct()
+            channel.deliver_to(self._on_agent_message, lambda: self._channel_ended(channel))
+            return
         self._tasks.append(asyncio.ensure_future(self._sender(channel)))
         self._tasks.append(asyncio.ensure_future(self._reader(channel)))
         self._send_ready.set()
@@ -403,8 +332,7 @@ class AgentSession:
             for speech in self.conversation.flush():
                 self._emit_speech(speech)
             if channel is not None and self._streaming:
-                self._outgoing.extend((m, 0) for m in self.link.closing())
-                self._send_ready.set()
+                self._send(self.link.closing())
             if self._recorder is not None:
                 await self._close_recording(self._recorder)
         finally:
@@ -478,9 +406,30 @@ class AgentSession:
         except ChannelClosed:
             pass  # the reader sees the close too and reports it
 
+    def _flush_direct(self) -> None:
+        """Send what is queued, now, in order (the direct channel's _sender)."""
+        channel, outgoing = self._direct, self._outgoing
+        if channel is None:
+            return
+        try:
+            while outgoing:
+                message, frame_ns = outgoing[0]
+                channel.send_now(message, frame_ns)
+                outgoing.popleft()
+        except ChannelClosed:
+            outgoing.clear()  # the channel's end reports why (_channel_ended)
+
+    def _channel_ended(self, channel: AgentChannel) -> None:
+        self._direct = None
+        self._outgoing.clear()
+        self._link_ended(channel)
+
     async def _reader(self, channel: AgentChannel) -> None:
         async for frame in channel.messages():
             self._on_agent_message(frame, time.perf_counter_ns())
+        self._link_ended(channel)
+
+    def _link_ended(self, channel: AgentChannel) -> None:
         if self._closed:
             return
         if self._agent_hung_up:
@@ -537,7 +486,10 @@ class AgentSession:
     def _send(self, messages: list[Message]) -> None:
         if self._streaming and messages:
             self._outgoing.extend((m, 0) for m in messages)
-            self._send_ready.set()
+            if self._direct is not None:
+                self._flush_direct()
+            else:
+                self._send_ready.set()
 
     def _send_dtmf(self, digit: str) -> None:
         try:
@@ -589,7 +541,10 @@ class AgentSession:
         if recorder is not None:
             recorder.write(pairs)
         if self._outgoing and self._streaming:
-            self._send_ready.set()
+            if self._direct is not None:
+                self._flush_direct()
+            else:
+                self._send_ready.set()
 
     def _barge_in(self) -> None:
         with self._lock:

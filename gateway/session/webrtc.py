@@ -41,14 +41,9 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from gateway.config import Agent
-from gateway.session.agent import (
-    CLOSE_TIMEOUT_S,
-    AgentChannel,
-    AgentSession,
-    AgentUnavailable,
-    ChannelClosed,
-)
+from gateway.session.agent import CLOSE_TIMEOUT_S, AgentChannel, AgentSession
 from gateway.session.link import Message
+from gateway.session.wschannel import AgentUnavailable, ChannelClosed
 from media.agents.webrtc import EVENTS_CHANNEL, TRACK_RATE, WebRtcLink, answer_codec, prefer_codecs
 from media.timing import LatencyStats
 
