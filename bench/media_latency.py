@@ -342,7 +342,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def worker_pid(node_pid: int, timeout: float = 10) -> int:
+    """The process that carries the calls' media: the media plane (node.media plane, the
+    default), else the SIP worker."""
     deadline = time.monotonic() + timeout
+    worker = 0
     while time.monotonic() < deadline:
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -352,10 +355,14 @@ def worker_pid(node_pid: int, timeout: float = 10) -> int:
                 ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError):
                 continue
-            if ppid == node_pid and b"gateway.worker" in cmd:
+            if ppid == node_pid and b"gateway.plane" in cmd:
                 return int(proc.name)
+            if ppid == node_pid and b"gateway.worker" in cmd:
+                worker = int(proc.name)
+        if worker:
+            return worker
         time.sleep(0.1)
-    raise RuntimeError("SIP worker process not found")
+    raise RuntimeError("neither a media plane nor a SIP worker process found")
 
 
 def pct(values: list[float], q: float) -> float:

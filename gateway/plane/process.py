@@ -129,6 +129,7 @@ class Plane:
         self.stopped = asyncio.Event()
         self._ticks = 0
         self._t0 = 0.0
+        self._clock: asyncio.TimerHandle | None = None  # None: stopped, no call has media
         self._next_rx_report = 0.0
         self.late_ticks = 0
 
@@ -136,9 +137,6 @@ class Plane:
 
     def start(self) -> None:
         self.loop.add_reader(self.listener.fileno(), self._accept)
-        self._t0 = self.loop.time()
-        self._next_rx_report = self._t0 + RX_REPORT_S
-        self.loop.call_at(self._t0 + TICK_S, self._tick)
         log.info("event=media_plane_ready modules=%d", len(sys.modules))
 
     def _accept(self) -> None:
@@ -236,6 +234,7 @@ class Plane:
         if call.rtp is not None and call.rtp.fileno() not in self.media:
             self.media[call.rtp.fileno()] = call
             self.epoll.register(call.rtp.fileno(), select.EPOLLIN)
+            self._start_clock()
         if call.rtcp is not None:
             self.loop.add_reader(call.rtcp.fileno(), _drain, call.rtcp)
 
@@ -279,6 +278,14 @@ class Plane:
 
     # -- the clock ------------------------------------------------------------------------------
 
+    def _start_clock(self) -> None:
+        if self._clock is not None:
+            return
+        self._t0 = self.loop.time()
+        self._ticks = 0
+        self._next_rx_report = self._t0 + RX_REPORT_S
+        self._clock = self.loop.call_at(self._t0 + TICK_S, self._tick)
+
     def _tick(self) -> None:
         self._ticks += 1
         now = self.loop.time()
@@ -289,7 +296,10 @@ class Plane:
             frames += min(behind, MAX_LATE_TICKS - 1)
             self.late_ticks += behind
             self._ticks = due
-        self.loop.call_at(self._t0 + (self._ticks + 1) * TICK_S, self._tick)
+        if not self.media:  # the last call's media ended: an idle plane sleeps
+            self._clock = None
+            return
+        self._clock = self.loop.call_at(self._t0 + (self._ticks + 1) * TICK_S, self._tick)
         try:
             self._receive()
             for _ in range(frames):
