@@ -149,6 +149,8 @@ class Step:
     idle_per_worker_pct: float
     pss_mb: float
     pss_per_call_mb: float
+    pss_idle_mb: float  # the same node before its calls: workers, plane, front, supervisor
+    pss_added_per_call_mb: float  # (pss - pss_idle) / calls: what a call adds
     agent_cpu_pct: float | None
     sipp_cpu_pct: float
     bench_cpu_pct: float  # this process (packet capture, onset detection)
@@ -257,6 +259,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         worker_pids = [int(p) for _, p in READY.findall(node.log())]
         time.sleep(2)  # settle after start
         idle = cpu_rates(worker_pids, args.idle)
+        pss_idle = sum(pss_kb(p) for p in descendants(node.proc.pid))  # the node, no calls
         ramp = calls / args.rate
         seconds = ramp + 2 + args.hold + 1
         scenario = caller_scenario(tmp, seconds)
@@ -349,6 +352,8 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         idle_per_worker_pct=round(sum(idle.values()) / max(len(idle), 1), 2),
         pss_mb=round(pss / 1024, 1),
         pss_per_call_mb=round(pss / 1024 / calls, 2),
+        pss_idle_mb=round(pss_idle / 1024, 1),
+        pss_added_per_call_mb=round((pss - pss_idle) / 1024 / calls, 2),
         agent_cpu_pct=round(rates[agent.proc.pid], 1) if agent else None,
         sipp_cpu_pct=round(sum(rates[p] for p in sipp_pids), 1),
         bench_cpu_pct=round(rates[os.getpid()], 1),
@@ -365,6 +370,7 @@ COLUMNS = (
     ("in_p50_ms", "in_p50"), ("in_p99_ms", "in_p99"), ("out_p50_ms", "out_p50"),
     ("out_p99_ms", "out_p99"), ("cpu_total_pct", "cpu%"), ("cpu_per_call_pct", "cpu%/call"),
     ("idle_per_worker_pct", "idle%/wkr"), ("pss_mb", "pss_MB"), ("pss_per_call_mb", "MB/call"),
+    ("pss_added_per_call_mb", "+MB/call"),
     ("agent_cpu_pct", "agent%"), ("sipp_cpu_pct", "sipp%"), ("bench_cpu_pct", "bench%"),
     ("machine_cpu_pct", "machine%"),
     ("bursts", "bursts"),
@@ -415,7 +421,8 @@ def main() -> int:
         keys = ("calls", "failed", "bursts_lost", "in_p50_ms", "in_p99_ms", "out_p50_ms",
                 "out_p99_ms", "cpu_total_pct", "cpu_per_call_pct", "idle_per_worker_pct",
                 "pss_mb", "pss_per_call_mb")  # fmt: skip
-        extra = ("workers", "up", "bursts_lost_in", "bursts_lost_out", "agent_cpu_pct",
+        extra = ("workers", "up", "bursts_lost_in", "bursts_lost_out", "pss_idle_mb",
+                 "pss_added_per_call_mb", "agent_cpu_pct",
                  "sipp_cpu_pct", "bench_cpu_pct", "machine_cpu_pct", "bursts",
                  "cpu_roles_pct")  # fmt: skip
         out = [{k: asdict(s)[k] for k in keys + extra} for s in steps]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ctypes
 import json
 import signal
@@ -51,46 +50,83 @@ def pcm_voiced(pcm: bytes) -> bool:
 
 
 def serve_agent(protocol: str, port: int, out: Path) -> None:
-    """Echo every caller frame back; on each stream's end append its burst onsets to `out`."""
-    from websockets.asyncio.server import ServerConnection, serve
+    """Echo every caller frame back; on each stream's end append its burst onsets to `out`.
+
+    websockets' sans-I/O server protocol under a plain asyncio Protocol: one write per echo,
+    no task per connection. The harness shares the machine's two cores with the node, so
+    every per-message cost it saves is CPU the node under test can have."""
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Request
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
 
     sink = out.open("a")
 
-    async def handle(ws: ServerConnection) -> None:
-        onsets: list[float] = []
-        to, sid, was = "", "", False
-        with contextlib.suppress(Exception):  # the node closes streams at hangup
-            async for raw in ws:
-                now = time.monotonic()
-                if isinstance(raw, bytes):  # pcm-ws audio
-                    await ws.send(raw)
-                    voiced = pcm_voiced(raw)
-                else:
-                    message = json.loads(raw)
-                    if message["event"] == "start":
-                        start = message.get("start", message)
-                        to = start.get("customParameters", start).get("to", "")
-                        sid = message.get("streamSid", "")
-                        continue
-                    if message["event"] != "media":
-                        continue
-                    payload = message["media"]["payload"]
-                    reply = {"event": "media", "streamSid": sid, "media": {"payload": payload}}
-                    await ws.send(json.dumps(reply))
-                    voiced = ulaw_voiced(base64.b64decode(payload))
-                if voiced and not was:
-                    onsets.append(now)
-                was = voiced
-        sink.write(json.dumps({"to": to, "onsets": onsets}) + "\n")
-        sink.flush()
+    class Echo(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.ws = ServerProtocol(max_size=4 * 1024 * 1024)
+            self.transport: asyncio.Transport | None = None
+            self.onsets: list[float] = []
+            self.to, self.sid, self.was = "", "", False
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def flush(self) -> None:
+            assert self.transport is not None
+            for data in self.ws.data_to_send():
+                if data:
+                    self.transport.write(data)
+                elif self.transport.can_write_eof():
+                    self.transport.write_eof()
+
+        def data_received(self, data: bytes) -> None:
+            ws = self.ws
+            ws.receive_data(data)
+            for event in ws.events_received():
+                if isinstance(event, Request):
+                    ws.send_response(ws.accept(event))
+                elif isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
+                    self.message(event)
+            self.flush()
+            if ws.state is State.CLOSED and self.transport is not None:
+                self.transport.close()
+
+        def message(self, frame: Frame) -> None:
+            now = time.monotonic()
+            if frame.opcode is Opcode.BINARY:  # pcm-ws audio
+                self.ws.send_binary(frame.data)
+                voiced = pcm_voiced(bytes(frame.data))
+            else:
+                message = json.loads(bytes(frame.data))
+                if message["event"] == "start":
+                    start = message.get("start", message)
+                    self.to = start.get("customParameters", start).get("to", "")
+                    self.sid = message.get("streamSid", "")
+                    return
+                if message["event"] != "media":
+                    return
+                payload = message["media"]["payload"]
+                reply = {"event": "media", "streamSid": self.sid, "media": {"payload": payload}}
+                self.ws.send_text(json.dumps(reply).encode())
+                voiced = ulaw_voiced(base64.b64decode(payload))
+            if voiced and not self.was:
+                self.onsets.append(now)
+            self.was = voiced
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            sink.write(json.dumps({"to": self.to, "onsets": self.onsets}) + "\n")
+            sink.flush()
 
     async def main() -> None:
-        async with serve(handle, HOST, port, compression=None) as server:
-            stop = asyncio.Event()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-            print("ready", flush=True)
-            await stop.wait()
-            server.close()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, HOST, port)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        server.close()
 
     asyncio.run(main())
 

@@ -367,6 +367,13 @@ class NodeSettings(Model):
         description="plane: one media process serves every call's RTP and agent (G.711); "
         "worker: each SIP worker runs its calls' media in pjmedia (needed for G722)",
     )
+    media_nice: int = Field(
+        -10,
+        ge=-20,
+        le=19,
+        description="scheduling niceness of the media plane: below 0 its 20 ms clock goes "
+        "first on a busy host (needs root or CAP_SYS_NICE; otherwise it runs at 0 and says so)",
+    )
 
 
 class Config(Model):
