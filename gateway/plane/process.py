@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ctypes
 import faulthandler
+import gc
 import logging
 import os
 import select
@@ -132,10 +133,20 @@ class Plane:
         self._clock: asyncio.TimerHandle | None = None  # None: stopped, no call has media
         self._next_rx_report = 0.0
         self.late_ticks = 0
+        self.max_late_s = 0.0  # the worst lateness and tick length since the last report
+        self.max_tick_s = 0.0
+        self.max_gc_s = 0.0
+        self.max_tick_cpu_s = 0.0
+        self._gc_started = 0.0
 
     # -- workers and their messages ---------------------------------------------------------
 
     def start(self) -> None:
+        # What the plane imported and built to start is never garbage: out of the collector's
+        # way, a full collection looks only at what calls made since (bench/README.md).
+        gc.collect()
+        gc.freeze()
+        gc.callbacks.append(self._gc_timing)
         self.loop.add_reader(self.listener.fileno(), self._accept)
         log.info("event=media_plane_ready modules=%d", len(sys.modules))
 
@@ -278,6 +289,13 @@ class Plane:
 
     # -- the clock ------------------------------------------------------------------------------
 
+    def _gc_timing(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            pause = time.perf_counter() - self._gc_started
+            self.max_gc_s = max(self.max_gc_s, pause)
+
     def _start_clock(self) -> None:
         if self._clock is not None:
             return
@@ -289,6 +307,8 @@ class Plane:
     def _tick(self) -> None:
         self._ticks += 1
         now = self.loop.time()
+        self.max_late_s = max(self.max_late_s, now - (self._t0 + self._ticks * TICK_S))
+        cpu = time.thread_time()
         due = int((now - self._t0) / TICK_S)
         frames = 1
         if due > self._ticks:  # late (a stall): every missed frame goes now, up to a limit
@@ -304,13 +324,19 @@ class Plane:
             self._receive()
             for _ in range(frames):
                 self._transmit()
+            self.max_tick_s = max(self.max_tick_s, self.loop.time() - now)
+            self.max_tick_cpu_s = max(self.max_tick_cpu_s, time.thread_time() - cpu)
             if now >= self._next_rx_report:
                 self._next_rx_report = now + RX_REPORT_S
                 self._report_rx()
                 if self.late_ticks:
-                    log.warning("event=media_clock_late ticks=%d calls=%d", self.late_ticks,
-                                len(self.media))  # fmt: skip
+                    log.warning("event=media_clock_late ticks=%d calls=%d max_late_ms=%.1f "
+                                "max_tick_ms=%.1f max_tick_cpu_ms=%.1f max_gc_ms=%.1f",
+                                self.late_ticks, len(self.media), self.max_late_s * 1000,
+                                self.max_tick_s * 1000, self.max_tick_cpu_s * 1000,
+                                self.max_gc_s * 1000)  # fmt: skip
                     self.late_ticks = 0
+                self.max_late_s = self.max_tick_s = self.max_gc_s = self.max_tick_cpu_s = 0.0
         except Exception:  # a bug in one tick must not stop the clock for every call
             log.exception("event=media_tick_failed")
 

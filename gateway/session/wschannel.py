@@ -190,9 +190,7 @@ class FastWebSocketChannel:
         assert transport is not None
         if transport.get_write_buffer_size() > MAX_BUFFERED_BYTES:
             self._failure = "agent_not_reading"
-            conn.ws.fail(1008, "not reading")
-            conn.flush()
-            transport.close()
+            transport.abort()  # close() would wait for the unsent bytes it will never send
             raise ChannelClosed(self._failure)
         if isinstance(message, str):
             conn.ws.send_text(message.encode())
@@ -239,5 +237,5 @@ class FastWebSocketChannel:
             await asyncio.wait_for(asyncio.shield(conn.closed), CLOSE_TIMEOUT_S)
         except TimeoutError:
             log.info("event=agent_close_unclean call_id=%s error=timeout", self._call_id)
-        if conn.transport is not None:
-            conn.transport.close()
+            if conn.transport is not None:
+                conn.transport.abort()  # an agent that never answered our close
