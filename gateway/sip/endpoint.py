@@ -7,12 +7,12 @@ import ctypes
 import json
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pjsua2 as pj
 
 from gateway.config import SipSettings, sip_advertised_host
+from gateway.sip.native import library, pjmedia_endpoint
 
 log = logging.getLogger("sipedge.sip")
 
@@ -30,7 +30,7 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
 def _silence_pjlib_until_configured() -> None:
     """pjlib logs to stdout from libCreate(), before libInit() installs our writer and levels:
     start it silent (libInit then sets the configured levels)."""
-    _pjsua2_library().pj_log_set_level(0)
+    library().pj_log_set_level(0)
 
 
 def create_endpoint(
@@ -87,17 +87,11 @@ def _stop_media_threads() -> None:
     worker costs (bench/worker_idle.py). In plane mode no pjmedia socket carries anything,
     so the thread is stopped (pjmedia_endpt_stop_threads, which libDestroy calls again
     harmlessly)."""
-    lib = _pjsua2_library()
-    lib.pjsua_get_pjmedia_endpt.restype = ctypes.c_void_p
+    lib = library()
     lib.pjmedia_endpt_stop_threads.argtypes = [ctypes.c_void_p]
-    endpoint = lib.pjsua_get_pjmedia_endpt()
-    if endpoint:
+    endpoint = pjmedia_endpoint(lib)
+    if endpoint is not None:
         lib.pjmedia_endpt_stop_threads(endpoint)
-
-
-def _pjsua2_library() -> ctypes.CDLL:
-    so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
-    return ctypes.CDLL(str(so))  # the loaded library: the same pjlib globals
 
 
 def _start_media_clock(ep: pj.Endpoint) -> None:

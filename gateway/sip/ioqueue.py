@@ -16,6 +16,8 @@ from __future__ import annotations
 import ctypes
 import logging
 
+from gateway.sip.native import pjmedia_endpoint
+
 log = logging.getLogger("sipedge.sip.ioqueue")
 
 MAX_HANDLES = 64  # PJ_IOQUEUE_MAX_HANDLES in the PyPI wheel
@@ -28,12 +30,11 @@ _NEAR = 1 << 24  # keys come from the ioqueue's own pool: within 16 MB of the st
 def media_ioqueue(lib: ctypes.CDLL) -> int | None:
     """The ioqueue of pjsua's media endpoint, where every call's RTP/RTCP sockets go (pjsua
     gives pjmedia its own, apart from the SIP endpoint's)."""
-    lib.pjsua_get_pjmedia_endpt.restype = ctypes.c_void_p
     get = lib.pjmedia_endpt_get_ioqueue
     get.restype = ctypes.c_void_p
     get.argtypes = [ctypes.c_void_p]
-    endpoint = lib.pjsua_get_pjmedia_endpt()
-    return get(endpoint) if endpoint else None
+    endpoint = pjmedia_endpoint(lib)
+    return get(endpoint) if endpoint is not None else None
 
 
 def _word(address: int) -> int:

@@ -29,9 +29,8 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
-import pjsua2 as pj
+from gateway.sip.native import library
 
 log = logging.getLogger("sipedge.sip.sanity")
 
@@ -146,11 +145,6 @@ def _sockaddr_pattern(host: str, port: int) -> bytes:
     return _AF_INET.to_bytes(2, "little") + port.to_bytes(2, "big") + socket.inet_aton(host)
 
 
-def _library() -> ctypes.CDLL:
-    so = next(Path(pj.__file__).parent.glob("_pjsua2*.so"))
-    return ctypes.CDLL(str(so))  # the already loaded library: same pjsip globals
-
-
 class RequestGate:
     """Owns the module struct and callback: keep the instance alive as long as the endpoint.
 
@@ -159,7 +153,7 @@ class RequestGate:
 
     def __init__(self, admit: Admit = lambda message, source: None) -> None:
         self.admit = admit
-        lib = _library()
+        lib = library()
         self.lib = lib
         self._header = lib.pjsip_generic_string_hdr_create
         self._header.restype = ctypes.c_void_p
