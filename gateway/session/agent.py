@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.calls.events import (
     AgentLinkDown,
@@ -85,6 +85,18 @@ class AgentChannel(Protocol):
         """Close within CLOSE_TIMEOUT_S; never raises."""
 
 
+@runtime_checkable
+class DirectChannel(Protocol):
+    """An AgentChannel that sends without awaiting and hands each message over as it is
+    read (wschannel.FastWebSocketChannel): the session then runs no sender or reader task."""
+
+    def send_now(self, message: Message, frame_ns: int = 0) -> None:
+        """Raises ChannelClosed."""
+
+    def deliver_to(self, receiver: Callable[[Message, int], None],
+                   on_close: Callable[[], None]) -> None: ...  # fmt: skip
+
+
 class AgentSession:
     """MediaSession that streams the caller to a WebSocket agent and plays the agent back."""
 
@@ -135,7 +147,7 @@ class AgentSession:
         self._outgoing: deque[tuple[Message, int]] = deque()  # message, caller frame ns or 0
         self._send_ready = asyncio.Event()
         self._channel: AgentChannel | None = None
-        self._direct: FastWebSocketChannel | None = None  # sends without the sender task
+        self._direct: DirectChannel | None = None  # sends without the sender task
         self._streaming = False
         self._stream_ms = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -260,7 +272,7 @@ class AgentSession:
         for message in self.link.opening():
             self._outgoing.append((message, 0))
         self._streaming = True
-        if isinstance(channel, FastWebSocketChannel):
+        if isinstance(channel, DirectChannel):
             # Messages leave as they are built and arrive as they are read: no tasks between.
             self._direct = channel
             self._flush_direct()
@@ -486,10 +498,14 @@ class AgentSession:
     def _send(self, messages: list[Message]) -> None:
         if self._streaming and messages:
             self._outgoing.extend((m, 0) for m in messages)
-            if self._direct is not None:
-                self._flush_direct()
-            else:
-                self._send_ready.set()
+            self._kick_sender()
+
+    def _kick_sender(self) -> None:
+        """What is queued leaves: now on a direct channel, else through the sender task."""
+        if self._direct is not None:
+            self._flush_direct()
+        else:
+            self._send_ready.set()
 
     def _send_dtmf(self, digit: str) -> None:
         try:
@@ -541,10 +557,7 @@ class AgentSession:
         if recorder is not None:
             recorder.write(pairs)
         if self._outgoing and self._streaming:
-            if self._direct is not None:
-                self._flush_direct()
-            else:
-                self._send_ready.set()
+            self._kick_sender()
 
     def _barge_in(self) -> None:
         with self._lock:
