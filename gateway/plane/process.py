@@ -69,6 +69,35 @@ CODECS = {"PCMU": G711("PCMU", ULAW_DECODE, ULAW_ENCODE),
           "PCMA": G711("PCMA", ALAW_DECODE, ALAW_ENCODE)}  # fmt: skip
 
 
+@dataclass
+class ClockStats:
+    """How the clock kept time since the last report (once a second, logged if it was late):
+    ticks it missed, the worst lateness, the longest tick in wall and CPU time (more wall than
+    CPU: the plane was waiting for a core) and the longest collector pause."""
+
+    late_ticks: int = 0
+    late_s: float = 0.0
+    tick_s: float = 0.0
+    tick_cpu_s: float = 0.0
+    gc_s: float = 0.0
+    _gc_started: float = 0.0
+
+    def collector(self, phase: str, info: dict[str, int]) -> None:  # a gc.callbacks entry
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.gc_s = max(self.gc_s, time.perf_counter() - self._gc_started)
+
+    def report(self, calls: int) -> None:
+        if self.late_ticks:
+            log.warning("event=media_clock_late ticks=%d calls=%d max_late_ms=%.1f "
+                        "max_tick_ms=%.1f max_tick_cpu_ms=%.1f max_gc_ms=%.1f",
+                        self.late_ticks, calls, self.late_s * 1000, self.tick_s * 1000,
+                        self.tick_cpu_s * 1000, self.gc_s * 1000)  # fmt: skip
+            self.late_ticks = 0
+        self.late_s = self.tick_s = self.tick_cpu_s = self.gc_s = 0.0
+
+
 class WorkerConn:
     """One SIP worker's connection."""
 
@@ -92,10 +121,13 @@ class WorkerConn:
 class PlaneCall:
     """One call's media: its RTP sockets, stream state and agent session."""
 
-    def __init__(self, conn: WorkerConn, call_id: str, session: MediaSession) -> None:
+    def __init__(
+        self, conn: WorkerConn, call_id: str, session: MediaSession, controls: CallControls
+    ) -> None:
         self.conn = conn
         self.call_id = call_id
         self.session = session
+        self.controls = controls  # what the session reports goes to the worker through these
         self.rtp: socket.socket | None = None
         self.rtcp: socket.socket | None = None
         self.remote: tuple[str, int] | None = None
@@ -132,12 +164,7 @@ class Plane:
         self._t0 = 0.0
         self._clock: asyncio.TimerHandle | None = None  # None: stopped, no call has media
         self._next_rx_report = 0.0
-        self.late_ticks = 0
-        self.max_late_s = 0.0  # the worst lateness and tick length since the last report
-        self.max_tick_s = 0.0
-        self.max_gc_s = 0.0
-        self.max_tick_cpu_s = 0.0
-        self._gc_started = 0.0
+        self.clock = ClockStats()
 
     # -- workers and their messages ---------------------------------------------------------
 
@@ -146,7 +173,7 @@ class Plane:
         # way, a full collection looks only at what calls made since (bench/README.md).
         gc.collect()
         gc.freeze()
-        gc.callbacks.append(self._gc_timing)
+        gc.callbacks.append(self.clock.collector)
         self.loop.add_reader(self.listener.fileno(), self._accept)
         log.info("event=media_plane_ready modules=%d", len(sys.modules))
 
@@ -216,8 +243,10 @@ class Plane:
         def hangup(by: str) -> None:
             conn.send({"op": "hangup", "call": call_id, "by": by})
 
-        session = self.make_session(record, CallControls(call_id, emit, hangup))
-        conn.calls[call_id] = PlaneCall(conn, call_id, session)
+        controls = CallControls(call_id, emit, hangup)
+        conn.calls[call_id] = PlaneCall(
+            conn, call_id, self.make_session(record, controls), controls
+        )
 
     def _media(self, call: PlaneCall, message: dict[str, Any], fds: list[int]) -> None:
         if fds:
@@ -289,13 +318,6 @@ class Plane:
 
     # -- the clock ------------------------------------------------------------------------------
 
-    def _gc_timing(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._gc_started = time.perf_counter()
-        else:
-            pause = time.perf_counter() - self._gc_started
-            self.max_gc_s = max(self.max_gc_s, pause)
-
     def _start_clock(self) -> None:
         if self._clock is not None:
             return
@@ -307,14 +329,15 @@ class Plane:
     def _tick(self) -> None:
         self._ticks += 1
         now = self.loop.time()
-        self.max_late_s = max(self.max_late_s, now - (self._t0 + self._ticks * TICK_S))
+        clock = self.clock
+        clock.late_s = max(clock.late_s, now - (self._t0 + self._ticks * TICK_S))
         cpu = time.thread_time()
         due = int((now - self._t0) / TICK_S)
         frames = 1
         if due > self._ticks:  # late (a stall): every missed frame goes now, up to a limit
             behind = due - self._ticks
             frames += min(behind, MAX_LATE_TICKS - 1)
-            self.late_ticks += behind
+            clock.late_ticks += behind
             self._ticks = due
         if not self.media:  # the last call's media ended: an idle plane sleeps
             self._clock = None
@@ -324,19 +347,12 @@ class Plane:
             self._receive()
             for _ in range(frames):
                 self._transmit()
-            self.max_tick_s = max(self.max_tick_s, self.loop.time() - now)
-            self.max_tick_cpu_s = max(self.max_tick_cpu_s, time.thread_time() - cpu)
+            clock.tick_s = max(clock.tick_s, self.loop.time() - now)
+            clock.tick_cpu_s = max(clock.tick_cpu_s, time.thread_time() - cpu)
             if now >= self._next_rx_report:
                 self._next_rx_report = now + RX_REPORT_S
                 self._report_rx()
-                if self.late_ticks:
-                    log.warning("event=media_clock_late ticks=%d calls=%d max_late_ms=%.1f "
-                                "max_tick_ms=%.1f max_tick_cpu_ms=%.1f max_gc_ms=%.1f",
-                                self.late_ticks, len(self.media), self.max_late_s * 1000,
-                                self.max_tick_s * 1000, self.max_tick_cpu_s * 1000,
-                                self.max_gc_s * 1000)  # fmt: skip
-                    self.late_ticks = 0
-                self.max_late_s = self.max_tick_s = self.max_gc_s = self.max_tick_cpu_s = 0.0
+                clock.report(len(self.media))
         except Exception:  # a bug in one tick must not stop the clock for every call
             log.exception("event=media_tick_failed")
 
@@ -419,9 +435,9 @@ class Plane:
 
     def _digit(self, call: PlaneCall, digit: str) -> None:
         call.session.on_dtmf(digit)
-        event = DtmfReceived(call_id=call.call_id, digit=digit, method="rfc4733", duration_ms=None)
-        call.conn.send({"op": "event", "call": call.call_id,
-                        "event": event_message(event, time.time())})  # fmt: skip
+        call.controls.emit(
+            DtmfReceived(call_id=call.call_id, digit=digit, method="rfc4733", duration_ms=None)
+        )
 
     def _report_rx(self) -> None:
         conns: dict[WorkerConn, dict[str, int]] = {}
