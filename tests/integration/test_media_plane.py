@@ -3,6 +3,7 @@ a call hears of the plane dying."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -45,6 +46,11 @@ def test_a_supervisor_killed_takes_its_media_plane_with_it(tmp_path: Path) -> No
         assert wait_gone(plane, 10), "the media plane outlived its supervisor"
     finally:
         node.kill()
+        # The embedded broker runs in its own process group and outlives a supervisor
+        # killed alone (as before the plane existed): this test ends it by its PID.
+        for pid in re.findall(r"event=broker_started host=\S+ port=\d+ pid=(\d+)", node.log()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def test_calls_on_a_dead_plane_fail_by_the_gateway_and_the_plane_comes_back(
