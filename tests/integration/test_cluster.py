@@ -168,14 +168,15 @@ def hang_up(uac: RawUac, nodes: dict[str, NodeProcess], dialog: Dialog, final: S
 
 
 def kill_node(node: NodeProcess) -> None:
-    """kill -9 the node's supervisor and its workers, by PID (ours: the test started them),
-    and wait until each is gone."""
+    """kill -9 the whole node at once (its process group: supervisor, workers, media plane;
+    ours: the test started it), and wait until each is gone. One signal to the group, not
+    one per PID: a supervisor that outlives its worker by a moment ends the worker's calls
+    as worker_lost, and the restart then has nothing left to end (seen in CI)."""
     assert node.proc is not None
     pids = [int(pid) for pid in _READY.findall(node.log())] + [node.proc.pid]
     handles = [os.pidfd_open(pid) for pid in pids]
     try:
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        os.killpg(node.proc.pid, signal.SIGKILL)
         node.proc.wait(10)
         pending = list(handles)
         deadline = time.monotonic() + 10
