@@ -411,6 +411,10 @@ TAKEN_WHILE_ENDING: frozenset[type[Happening]] = frozenset(
     {Provisional, Confirmed, TransferCompleted, MediaFailed, Disconnected, Lost}
 )
 
+# How pjsua ends an answered dialog the far end stopped answering (RFC 4028 session timer
+# expired unrefreshed, a refresh or another in-dialog request timed out): 408, its own BYE.
+SESSION_TIMED_OUT = 408
+
 # Reasons that stay the call's reason even when it ends before it was answered; any other
 # reason we end an unanswered call for (a hang-up request, the end of the call's time) is a
 # cancellation.
@@ -625,6 +629,10 @@ class CallLeg:
         rec = self.record
         inbound = rec.direction == "inbound"
         if previous is CallState.ANSWERED:
+            if code == SESSION_TIMED_OUT and rec.end_reason is None:
+                # Not a BYE from the far end: pjsua's own, the dialog having gone unanswered.
+                rec.hangup_by = rec.hangup_by or "gateway"
+                rec.end_reason = EndReason.SESSION_EXPIRED
             rec.hangup_by = rec.hangup_by or ("caller" if inbound else "callee")
             rec.end_reason = rec.end_reason or EndReason.NORMAL
         elif rec.end_reason is None:

@@ -42,6 +42,9 @@ class EndReason(enum.StrEnum):
     DRAIN = "drain"  # the node was stopping and hung up
     ACK_TIMEOUT = "ack_timeout"  # the caller never confirmed our 200 with an ACK
     MEDIA_TIMEOUT = "media_timeout"  # no RTP from the far end for limits.media_timeout
+    # the far end stopped answering in the dialog: its RFC 4028 session timer ran out
+    # unrefreshed, or our refresh (or another in-dialog request) got no answer
+    SESSION_EXPIRED = "session_expired"
     AGENT_UNAVAILABLE = "agent_unavailable"  # the agent could not be connected while ringing
     WORKER_LOST = "worker_lost"  # the SIP worker died with the call up
     NODE_RESTART = "node_restart"  # the node was killed with the call up

@@ -298,6 +298,13 @@ ENDINGS: list[tuple[str, str, dict[str, Any], list[Happening], Final]] = [
      Final(True, R.NORMAL, 200, "OK", "callee", 1.25)),
     ("control plane hangs up", "inbound", {}, [*ANSWERS, HangupRequested(CP), bye()],
      Final(True, R.NORMAL, 200, "OK", CP, 60.0)),
+    # pjsua's session timer (RFC 4028) ran out, or an in-dialog request went unanswered:
+    # pjsua sent the BYE, and the far end is gone, not hung up
+    ("session expires", "inbound", {}, [*ANSWERS, Disconnected(408, "Request Timeout", 160.0)],
+     Final(True, R.SESSION_EXPIRED, 408, "Request Timeout", "gateway", 60.0)),
+    ("session expires", "outbound", {}, [Dialled(), Confirmed(at=100.0),
+                                         Disconnected(408, "Request Timeout", 190.0)],
+     Final(True, R.SESSION_EXPIRED, 408, "Request Timeout", "gateway", 90.0)),
     ("agent hangs up", "inbound", {}, [*ANSWERS, HangupRequested("agent"), bye()],
      Final(True, R.NORMAL, 200, "OK", "agent", 60.0)),
     ("busy", "outbound", {}, [Dialled(), Disconnected(486, "Busy Here", 2.0)],
