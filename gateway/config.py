@@ -94,6 +94,27 @@ class FrontSettings(Model):
         return value
 
 
+class SessionTimers(Model):
+    """RFC 4028 session timers: a dialog refreshed every `expires` seconds, and ended (BYE,
+    reason session_expired) when a refresh does not come, so a far end that vanished without
+    a BYE does not hold a call for ever."""
+
+    mode: Literal["off", "optional", "required", "always"] = Field(
+        "optional",
+        description="off: never; optional: when the far end asks or supports it; required: "
+        "calls need the far end to support it (420 otherwise); always: ask even if the far end "
+        "does not say it supports it",
+    )
+    expires: int = Field(1800, ge=90, le=86400, description="session interval asked, seconds")
+    min_se: int = Field(90, ge=90, le=86400, description="smallest interval accepted, seconds")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SessionTimers:
+        if self.expires < self.min_se:
+            raise ValueError(f"expires ({self.expires}) must be >= min_se ({self.min_se})")
+        return self
+
+
 class SipSettings(Model):
     listen: str = Field("0.0.0.0", description="IP address to bind SIP and RTP on")
     rtp_listen: str | None = Field(None, description="IP address to bind RTP on (default: listen)")
@@ -112,6 +133,9 @@ class SipSettings(Model):
     )
     user_agent: str = "sipedge"
     log_level: int = Field(1, ge=0, le=6, description="pjsip log level (0-6)")
+    session_timers: SessionTimers = Field(
+        default_factory=SessionTimers, description="for inbound calls, and trunks without their own"
+    )
     front: FrontSettings = Field(default_factory=FrontSettings)
 
     @field_validator("listen", "public_address", "rtp_public_address")
@@ -152,6 +176,9 @@ class Trunk(Model):
     )
     max_concurrent_calls: int = Field(100, ge=1)
     codecs: list[Codec] | None = None
+    session_timers: SessionTimers | None = Field(
+        None, description="for calls placed over this trunk (default: sip.session_timers)"
+    )
 
     @field_validator("registrar", "proxy")
     @classmethod

@@ -14,6 +14,7 @@ import pjsua2 as pj
 from gateway.backoff import Backoff
 from gateway.calls.events import TrunkStateChanged
 from gateway.config import (
+    SessionTimers,
     SipSettings,
     Trunk,
     front_worker_side,
@@ -65,6 +66,21 @@ def _media_config(cfg: pj.AccountConfig, sip: SipSettings) -> None:
     cfg.natConfig.mediaStunUse = pj.PJSUA_STUN_USE_DISABLED
 
 
+_TIMER_USE = {
+    "off": pj.PJSUA_SIP_TIMER_INACTIVE,
+    "optional": pj.PJSUA_SIP_TIMER_OPTIONAL,
+    "required": pj.PJSUA_SIP_TIMER_REQUIRED,
+    "always": pj.PJSUA_SIP_TIMER_ALWAYS,
+}
+
+
+def _session_timers(cfg: pj.AccountConfig, timers: SessionTimers) -> None:
+    call = cfg.callConfig
+    call.timerUse = _TIMER_USE[timers.mode]
+    call.timerSessExpiresSec = timers.expires
+    call.timerMinSESec = timers.min_se
+
+
 def outbound_proxies(config: Config, trunk: Trunk) -> list[str]:
     """The Route set of a trunk's requests: the SIP front first when there is one (carriers
     then see the front's address, never a worker's), then the trunk's proxy when it registers
@@ -110,6 +126,7 @@ class LocalAccount(pj.Account):  # type: ignore[misc]
         host = sip_advertised_host(sip) or sip.listen
         cfg.idUri = f"sip:sipedge@{host}:{sip.port}"
         _media_config(cfg, sip)
+        _session_timers(cfg, sip.session_timers)
         self.create(cfg, True)
 
     def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
@@ -181,6 +198,7 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
                 )
             )
         _media_config(cfg, sip)
+        _session_timers(cfg, trunk.session_timers or sip.session_timers)
         return cfg
 
     @property

@@ -815,3 +815,37 @@ def test_many_workers_need_a_front_and_enough_rtp_ports() -> None:
 def test_worker_ports_clash_with_other_listeners() -> None:
     with pytest.raises(ValueError, match="worker_ports_start"):
         _front(2, port=5070, front={"mode": "embedded", "worker_ports_start": 8080})
+
+
+# -- session timers --------------------------------------------------------------------------
+
+
+def test_session_timers_default_to_optional_and_a_trunk_may_set_its_own() -> None:
+    config = parse_config(
+        textwrap.dedent("""
+        sip: {session_timers: {mode: required, expires: 600}}
+        trunks:
+          - {id: a, proxy: "sip:192.0.2.1"}
+          - {id: b, proxy: "sip:192.0.2.2", session_timers: {mode: "off"}}
+        """),
+        SOURCE,
+        {},
+    )
+    assert Config().sip.session_timers.mode == "optional"
+    timers = config.sip.session_timers
+    assert (timers.mode, timers.expires, timers.min_se) == ("required", 600, 90)
+    assert config.trunks[0].session_timers is None  # sip.session_timers applies
+    assert config.trunks[1].session_timers is not None
+    assert config.trunks[1].session_timers.mode == "off"
+
+
+@pytest.mark.parametrize(
+    ("timers", "path", "fragment"),
+    [
+        ("{expires: 60}", "sip.session_timers.expires", "greater than or equal to 90"),
+        ("{mode: sometimes}", "sip.session_timers.mode", "'optional'"),
+        ("{expires: 120, min_se: 300}", "sip.session_timers", "must be >= min_se (300)"),
+    ],
+)
+def test_a_bad_session_timer_is_named(timers: str, path: str, fragment: str) -> None:
+    assert_problem(f"sip: {{session_timers: {timers}}}", path, fragment)
