@@ -137,6 +137,15 @@ class CallEvent(_Response):
 # --- configuration views (never secrets) --------------------------------------------------
 
 
+class ReloadResult(_Response):
+    reloaded: bool
+    changed: list[str] = Field(description="sections that changed: trunks, numbers, agents, "
+                               "limits, vad, recording")  # fmt: skip
+    trunks_added: list[str]
+    trunks_removed: list[str]
+    trunks_changed: list[str]
+
+
 class TrunkView(_Response):
     id: str
     registers: bool = Field(alias="register", description="registers with the registrar")

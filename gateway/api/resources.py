@@ -1,4 +1,5 @@
-"""`/v1/trunks`, `/v1/numbers`, `/v1/agents`: the node's configuration and live trunk state.
+"""`/v1/trunks`, `/v1/numbers`, `/v1/agents`: the node's configuration and live trunk state;
+`POST /v1/node/reload`: read the config file again.
 
 Views are built field by field from the config, so no secret (passwords, usernames, agent
 header values, credentials in URLs) can reach a response.
@@ -24,7 +25,15 @@ from gateway.api.common import (
     refuse_unknown_query,
     trunk_states,
 )  # fmt: skip
-from gateway.api.models import AgentView, Data, ErrorEnvelope, NumberView, Page, TrunkView
+from gateway.api.models import (
+    AgentView,
+    Data,
+    ErrorEnvelope,
+    NumberView,
+    Page,
+    ReloadResult,
+    TrunkView,
+)
 from gateway.config import Agent, Trunk, public_url
 
 router = APIRouter(prefix="/v1", responses=_ERRORS,
@@ -120,3 +129,16 @@ async def list_agents(
     agents = [agent_view(a) for a in node.config.agents]
     return Page[AgentView](data=page_of(agents, page, per_page),
                            meta=meta(len(agents), page, per_page))  # fmt: skip
+
+
+@router.post(
+    "/node/reload",
+    tags=["node"],
+    response_model=Data[ReloadResult],
+    responses={422: {"model": ErrorEnvelope, "description": "the config was refused; the "
+                     "node runs on the config it had (one detail per problem)"}},
+    summary="Read the config file again, as SIGHUP does (no call is dropped)",
+)  # fmt: skip
+async def reload_config(node: NodeDep) -> Data[ReloadResult]:
+    result = await node.command("node.reload", {})
+    return Data[ReloadResult](data=ReloadResult.model_validate(result))

@@ -110,10 +110,19 @@ class Admission:
     (rate per source), then the node's load, then routing. Outbound: the request's trunk,
     agent and destination, then the same load checks and the trunk's own limit."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, keep: Admission | None = None) -> None:
+        """`keep`: the admission this one replaces (a reload); its per-source rate state goes
+        on when the rate limits did not change."""
         self.config = config
         limits = config.limits
-        self.rate = SourceRate(limits.invites_per_second_per_source, limits.invite_burst_per_source)
+        rate: tuple[float, int] = (
+            limits.invites_per_second_per_source,
+            limits.invite_burst_per_source,
+        )
+        self.rate_limits = rate
+        self.rate: SourceRate = (
+            keep.rate if keep is not None and keep.rate_limits == rate else SourceRate(*rate)
+        )
 
     def decide(
         self, source: str, dialled: list[str], load: NodeLoad, now: float

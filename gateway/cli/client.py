@@ -159,6 +159,29 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reload(args: argparse.Namespace) -> int:
+    """POST /v1/node/reload: the node reads its config file again, as on SIGHUP."""
+    try:
+        reply = request(args, "POST", "/v1/node/reload")
+    except ApiError as exc:
+        details = exc.body.get("error", {}).get("details") if isinstance(exc.body, dict) else None
+        if exc.status != 422 or not details or args.json:
+            raise
+        for entry in details:  # the lines check-config prints
+            print(entry.get("message"), file=sys.stderr)
+        print("sipedge: the node refused the config and runs on the one it had", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    data = reply["data"]
+    print(f"reloaded: changed {', '.join(data['changed']) or 'nothing'}")
+    for key in ("trunks_added", "trunks_removed", "trunks_changed"):
+        if data[key]:
+            print(f"{key.replace('_', ' ')}: {', '.join(data[key])}")
+    return 0
+
+
 def status_text(health: dict[str, Any]) -> str:
     """/health as `sipedge status` prints it: the node, its checks, one row per SIP worker."""
     workers = health.get("workers") or []
@@ -196,7 +219,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Add `call`, `calls` and `status` to the `sipedge` subcommands."""
+    """Add `call`, `calls`, `status` and `reload` to the `sipedge` subcommands."""
     call = sub.add_parser("call", help="place an outbound call through a running node's API")
     call.add_argument("--to", required=True, help="E.164 number to dial")
     call.add_argument("--agent", required=True, help="agent id")
@@ -225,3 +248,8 @@ def add_commands(sub: Any) -> None:
     status = sub.add_parser("status", help="a running node's health and its SIP workers")
     add_connection_args(status)
     status.set_defaults(func=lambda a: _run(a, _status))
+    reload = sub.add_parser(
+        "reload", help="a running node reads its config file again (as on SIGHUP), no call dropped"
+    )
+    add_connection_args(reload)
+    reload.set_defaults(func=lambda a: _run(a, _reload))

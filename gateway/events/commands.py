@@ -123,6 +123,10 @@ class SendDtmf(_Args):
     digits: DtmfDigits
 
 
+class Reload(_Args):
+    """Read the config file again (as SIGHUP does); no arguments."""
+
+
 def invalid(name: str, exc: ValidationError) -> CommandError:
     """A command's arguments that failed validation, as the API's invalid_parameter."""
     details = validation_details(exc.errors(include_url=False), hints=PATTERN_HINTS)
@@ -132,7 +136,7 @@ def invalid(name: str, exc: ValidationError) -> CommandError:
 
 _ARGS: dict[str, type[_Args]] = {
     "call.originate": Originate, "call.hangup": Hangup, "call.transfer": Transfer,
-    "call.send_dtmf": SendDtmf,
+    "call.send_dtmf": SendDtmf, "node.reload": Reload,
 }  # fmt: skip
 
 

@@ -238,6 +238,23 @@ class TrunkRegistrationFailed(_TrunkState):
     event_type: ClassVar[str] = "trunk.registration_failed"
 
 
+class NodeConfigReloaded(EventData):
+    """A reload applied: which live sections changed (keys only, never values)."""
+
+    event_type: ClassVar[str] = "node.config_reloaded"
+    changed: list[str] = Field(default_factory=list)
+    trunks_added: list[str] = Field(default_factory=list)
+    trunks_removed: list[str] = Field(default_factory=list)
+    trunks_changed: list[str] = Field(default_factory=list)
+
+
+class NodeConfigRejected(EventData):
+    """A reload refused: the problems check-config would print; the node runs on as it was."""
+
+    event_type: ClassVar[str] = "node.config_rejected"
+    problems: list[str] = Field(min_length=1)
+
+
 DATA_MODELS: dict[str, type[EventData]] = {
     m.event_type: m
     for m in (
@@ -245,6 +262,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
         CallDtmf, CallSpeechStarted, CallSpeechStopped, AgentConnected, AgentDisconnected,
         RecordingReady, CallQuality, CallTransfer,
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
+        NodeConfigReloaded, NodeConfigRejected,
     )
 }  # fmt: skip
 EVENT_TYPES: frozenset[str] = frozenset(DATA_MODELS)

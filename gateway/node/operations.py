@@ -1,6 +1,6 @@
-"""The node's operations (originate, hang up, transfer, send DTMF), one implementation shared by
-MQTT commands and the HTTP API. Arguments are validated by gateway/events/commands.py; errors are
-CommandError."""
+"""The node's operations (originate, hang up, transfer, send DTMF, reload), one implementation
+shared by MQTT commands and the HTTP API. Arguments are validated by gateway/events/commands.py;
+errors are CommandError."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.calls.routing import destination_allowed
 from gateway.errors import detail
-from gateway.events.commands import Hangup, Originate, SendDtmf, Transfer, parse_args
+from gateway.events.commands import Hangup, Originate, Reload, SendDtmf, Transfer, parse_args
 from gateway.events.schema import CommandError, new_call_id
 
 if TYPE_CHECKING:
@@ -38,6 +38,8 @@ class OperationsNode(Protocol):
 
     @property
     def workers(self) -> WorkerRequests: ...
+
+    async def reload(self) -> dict[str, Any]: ...
 
 
 def call_view(node: OperationsNode, call_id: str) -> dict[str, Any]:
@@ -130,4 +132,6 @@ async def run_operation(node: OperationsNode, name: str, raw: dict[str, Any]) ->
         digits = parsed.digits
         await node.workers.request("send_dtmf", {"call_id": parsed.call_id, "digits": digits})
         return {"id": parsed.call_id, "digits": digits}
+    if isinstance(parsed, Reload):
+        return await node.reload()
     raise AssertionError(f"no implementation of {name}")

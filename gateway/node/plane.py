@@ -19,10 +19,16 @@ import time
 from pathlib import Path
 
 from gateway.backoff import Backoff
+from gateway.worker.planelink import PlaneError, receive, send
 
 log = logging.getLogger("sipedge.node")
 
+
+class PlaneReloadError(Exception):
+    pass
+
 STOP_TIMEOUT = 10.0
+RELOAD_TIMEOUT = 5.0
 STABLE_S = 60.0
 
 
@@ -49,6 +55,27 @@ class PlaneProcess:
                logging.getLevelName(log.getEffectiveLevel())]  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(fd,))
         log.info("event=media_plane_started pid=%d", self.proc.pid)
+
+    async def reload(self, timeout: float = RELOAD_TIMEOUT) -> None:
+        """The plane reads its config file again (a reload the supervisor accepted), and
+        answers once calls from then on get the new agents; raises PlaneReloadError if not."""
+        if self.proc is None or self.proc.returncode is not None:
+            return  # a plane that starts again reads the file anyway
+        await asyncio.to_thread(self._reload, timeout)
+
+    def _reload(self, timeout: float) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(timeout)
+            try:
+                sock.connect("\0" + self.address[1:])
+                send(sock, {"op": "reload"})
+                answer, _ = receive(sock)
+            except (OSError, PlaneError) as exc:
+                message = f"the media plane did not answer the reload: {exc}"
+                raise PlaneReloadError(message) from None
+        if not answer or not answer.get("ok"):
+            error = (answer or {}).get("error", "no answer")
+            raise PlaneReloadError(f"the media plane refused the reload: {error}")
 
     async def supervise(self, stop: asyncio.Event) -> None:
         """Start the plane again whenever it dies, until `stop` is set."""

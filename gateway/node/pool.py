@@ -144,6 +144,34 @@ class WorkerPool:
             raise RuntimeError(f"SIP worker {link.index}: {error}")
         self.ready.set()
 
+    async def reconfigure(self, config: Config) -> None:
+        """A reload: each running worker takes `config` (the file it reads was just replaced;
+        a worker started later reads it anyway). Trunks added get an owner among the running
+        workers, the fewest trunks first, and are registered by it; trunks removed lose theirs."""
+        self.config = config
+        wanted = [t.id for t in config.trunks]
+        for trunk in [t for t in self.trunk_owner if t not in wanted]:
+            del self.trunk_owner[trunk]
+        running = [link.index for link in self.running]
+        for trunk in [t for t in wanted if t not in self.trunk_owner]:
+            load = {w: sum(1 for o in self.trunk_owner.values() if o == w) for w in running}
+            self.trunk_owner[trunk] = min(running, key=lambda w: (load[w], w)) if running else None
+        links = self.running
+        results = await asyncio.gather(
+            *(self._reconfigure(link) for link in links), return_exceptions=True
+        )
+        for link, result in zip(links, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("event=worker_reload_failed worker=%d error=%s", link.index, result)
+        self._on_change()
+
+    async def _reconfigure(self, link: WorkerLink) -> None:
+        owned = [t for t, o in self.trunk_owner.items() if o == link.index]
+        registers = [t for t in owned if self._registers(t)]
+        status = await link.request("reload", {"registers": registers})
+        if isinstance(status, dict):
+            link.status = status
+
     async def supervise(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: when a worker dies, end its calls (the control plane must hear
         they ended), hand its trunks to another worker, and start it again with backoff.

@@ -3,14 +3,25 @@
 
 SIGTERM/SIGINT drain the node: new calls get 503, active calls may finish for up to
 `node.drain_timeout` seconds, the rest are hung up, trunks unregister, and the process exits 0.
+SIGHUP (or `sipedge reload`, the node.reload command) reads the config file again: trunks,
+numbers, agents and limits change with no call dropped (gateway/node/reload.py says what a
+reload may change); a config that does not pass is refused and the node runs on as it was.
+
+The workers and the media plane read the config the node runs on, not the operator's file: a
+copy of the file as last accepted (its text, `${ENV}` references unexpanded), in a directory
+of the node's own. A worker restarted after the operator saved a broken file starts with the
+config the node runs on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -18,8 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.calls.events import WorkerEvent
-from gateway.config import Config, capacity_warning, public_url, worker_count, worker_slots
+from gateway.config import (
+    Config,
+    capacity_warning,
+    load_config,
+    public_url,
+    worker_count,
+    worker_slots,
+)
+from gateway.errors import CommandError, ConfigError, detail
 from gateway.events.publisher import BrokerConnection, Publisher
+from gateway.events.schema import Event, EventData, NodeConfigRejected, NodeConfigReloaded
 from gateway.front.health import FrontHealth
 from gateway.front.process import FrontError, FrontProcess
 from gateway.front.render import worker_uri
@@ -27,9 +47,10 @@ from gateway.front.rpc import FrontRpcError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.ledger import Ledger
-from gateway.node.plane import PlaneProcess
+from gateway.node.plane import PlaneProcess, PlaneReloadError
 from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
+from gateway.node.reload import plan_reload
 from gateway.store.sqlite import Store
 
 if TYPE_CHECKING:
@@ -44,7 +65,10 @@ FRONT_RESTART_MAX = 30.0
 class Node:
     def __init__(self, config: Config, config_path: str | Path) -> None:
         self.config = config
-        self.config_path = Path(config_path).resolve()
+        self.source = Path(config_path).resolve()  # the operator's file
+        self._run_dir = Path(tempfile.mkdtemp(prefix="sipedge-node-"))
+        self.config_path = self._run_dir / "config.yaml"  # what workers and the plane read
+        self._accept_text(self.source.read_text(encoding="utf-8"))
         self.started_at = time.time()
         self.broker: EmbeddedBroker | None = None
         self.store = Store(config.storage.path, prefix=config.mqtt.prefix)
@@ -68,6 +92,9 @@ class Node:
         self._idle = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reloading = asyncio.Lock()
+        self._front_settled = asyncio.Event()  # cleared while a reload restarts the front
+        self._front_settled.set()
 
     # -- wiring -------------------------------------------------------------------------------
 
@@ -119,6 +146,74 @@ class Node:
             "uptime": round(time.time() - self.started_at, 1),
             "workers": [w.as_dict() for w in self.workers.states()],
         }
+
+    # -- reload -------------------------------------------------------------------------------
+
+    def _accept_text(self, text: str) -> None:
+        """The config text the node now runs on, for its workers and media plane."""
+        partial = self.config_path.with_suffix(".tmp")
+        partial.write_text(text, encoding="utf-8")
+        partial.chmod(0o600)
+        partial.replace(self.config_path)
+
+    async def reload(self) -> dict[str, Any]:
+        """Read the operator's file again and apply what a running node can (trunks, numbers,
+        agents, limits, VAD, recording) with no call dropped. A config that does not pass, or
+        changes what needs a restart, is refused (CommandError) with the problems
+        check-config prints; the node then runs on as it was."""
+        async with self._reloading:
+            try:
+                text = self.source.read_text(encoding="utf-8")
+            except OSError as exc:
+                return self._rejected([f"{self.source}: cannot read file: {exc.strerror}"])
+            try:
+                new = load_config(self.source)  # the same reading, and messages, as check-config
+            except ConfigError as exc:
+                return self._rejected(exc.problems)
+            plan = plan_reload(str(self.source), self.config, new)
+            if plan.problems:
+                return self._rejected(plan.problems)
+            self._accept_text(text)
+            self.config = new
+            if self.plane is not None:
+                try:  # first: a call the workers take from now on gets the new agents
+                    await self.plane.reload()
+                except PlaneReloadError as exc:
+                    log.error("event=media_plane_reload_failed error=%s", exc)
+            await self.workers.reconfigure(new)
+            await self._front_follows_config()
+            log_routing(new)
+            log.info(
+                "event=config_reloaded changed=%s trunks_added=%s trunks_removed=%s "
+                "trunks_changed=%s",
+                ",".join(plan.changed) or "-", ",".join(plan.trunks_added) or "-",
+                ",".join(plan.trunks_removed) or "-", ",".join(plan.trunks_changed) or "-",
+            )  # fmt: skip
+            self._record(NodeConfigReloaded(**plan.as_event_data()))
+            self._refresh_status()
+            return {"reloaded": True, **plan.as_event_data()}
+
+    def _rejected(self, problems: list[str]) -> dict[str, Any]:
+        for problem in problems:
+            log.error("event=config_rejected problem=%r", problem)
+        self._record(NodeConfigRejected(problems=problems))
+        message = "the config was refused; the node runs on the config it had"
+        raise CommandError(
+            "invalid_parameter",
+            message,
+            [detail(p, field="config", location="body", type="config_invalid") for p in problems],
+        )
+
+    def _record(self, data: EventData) -> None:
+        self.store.add_event(Event.of(data, node=self.config.node.id))
+        self._wake_publisher()
+
+    def _on_sighup(self) -> None:
+        async def reload() -> None:
+            with contextlib.suppress(CommandError):  # logged and evented as it was refused
+                await self.reload()
+
+        self._background(reload())
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         """One implementation of each operation, shared by MQTT commands and the HTTP API."""
@@ -183,12 +278,14 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node runs: then a reload
         try:
             await self.start()
         except Exception as exc:
             log.error("event=start_failed error=%s", exc)
             await self.shutdown()
             return 1
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info("event=node_running node=%s pid=%d", self.config.node.id, os.getpid())
         heartbeat = asyncio.create_task(self._heartbeat())
         front = asyncio.create_task(self._watch_front())
@@ -245,6 +342,7 @@ class Node:
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         self.store.close()
+        shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("event=node_stopped")
 
     # -- the SIP front (sip.front.mode embedded) ----------------------------------------------
@@ -275,7 +373,12 @@ class Node:
             front = self.front
             up_since = time.monotonic()
             await front.exited.wait()
-            if front.stopping or self._stop.is_set():
+            if self._stop.is_set():
+                return
+            if not self._front_settled.is_set() or not front.exited.is_set():
+                await self._front_settled.wait()  # a reload restarted it: watch the new one
+                continue
+            if front.stopping:
                 return
             if time.monotonic() - up_since > 60:
                 restarts = 0  # it had been running fine: not a crash loop
@@ -293,6 +396,30 @@ class Node:
                 await self._front_follows_workers()
             except FrontError as exc:
                 log.error("event=front_restart_failed error=%s", exc)
+
+    async def _front_follows_config(self) -> None:
+        """After a reload: a front whose Kamailio config changed (numbers, trunks' addresses,
+        limits) restarts on the new one. Calls in progress survive it, as a restart after a
+        crash (see _watch_front); a new INVITE in the gap is retransmitted (UDP) or refused
+        with a connection error (TCP) and sent again by the carrier."""
+        front = self.front
+        if front is None:
+            return
+        old = front.files().kamailio_cfg
+        front.config = self.config
+        if front.files().kamailio_cfg == old or not front.running:
+            return
+        self._front_settled.clear()
+        try:
+            await front.stop()
+            await front.start()
+            log.info("event=front_restarted pid=%s reason=config_reloaded", front.pid)
+        except FrontError as exc:
+            log.error("event=front_restart_failed error=%s", exc)
+            front.stopping = False  # the watcher starts it again, with backoff
+        finally:
+            self._front_settled.set()
+        await self._front_follows_workers()
 
     async def _front_follows_workers(self) -> None:
         """Tell the front at once which workers run, rather than letting its next OPTIONS

@@ -153,6 +153,7 @@ class PlaneCall:
 class Plane:
     def __init__(self, config: Config, listener: socket.socket) -> None:
         self.config = config
+        self.source: str | None = None  # the config file, read again on a reload
         self.loop = asyncio.get_running_loop()
         self.listener = listener
         listener.setblocking(False)
@@ -213,6 +214,9 @@ class Plane:
         op, call_id = message.get("op"), str(message.get("call"))
         if op == "open":
             self._open(conn, call_id, message)
+            return
+        if op == "reload":  # from the supervisor: calls from now on get the new agents
+            send(conn.sock, self._reconfigure())
             return
         call = conn.calls.get(call_id)
         if call is None:
@@ -306,6 +310,20 @@ class Plane:
             self.loop.remove_reader(call.rtcp.fileno())
             call.rtcp.close()
             call.rtcp = None
+
+    def _reconfigure(self) -> dict[str, Any]:
+        """The config file again, as the supervisor has just accepted it: sessions made from
+        now on use its agents, VAD and recording settings; sessions up keep theirs."""
+        if self.source is None:
+            return {"op": "reloaded", "ok": False, "error": "started without a config file"}
+        try:
+            config = load_config(self.source)
+        except ConfigError as exc:
+            return {"op": "reloaded", "ok": False, "error": "; ".join(exc.problems)}
+        self.config = config
+        self.make_session = make_session_factory(config, self.loop, on_loop_thread=True)
+        log.info("event=media_plane_reconfigured agents=%d", len(config.agents))
+        return {"op": "reloaded", "ok": True}
 
     def _worker_gone(self, conn: WorkerConn) -> None:
         conn.open = False
@@ -482,9 +500,10 @@ def _close_fd(fd: int) -> None:
         socket.close(fd)
 
 
-async def _main(config: Config, fd: int) -> None:
+async def _main(config: Config, fd: int, source: str) -> None:
     listener = socket.socket(fileno=fd)
     plane = Plane(config, listener)
+    plane.source = source
     stop: Callable[[], None] = plane.stopped.set
     plane.loop.add_signal_handler(signal.SIGTERM, stop)
     profile = os.environ.get("SIPEDGE_PLANE_PROFILE")  # bench/: where to write a cProfile
@@ -515,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     faulthandler.enable(file=sys.stderr, all_threads=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops us, after the workers
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # and tells us to reload
     _end_with_parent()
     try:
         config = load_config(args.config)
@@ -523,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         return 2
     _set_priority(config.node.media_nice)
-    asyncio.run(_main(config, args.fd))
+    asyncio.run(_main(config, args.fd, args.config))
     return 0
 
 

@@ -97,6 +97,12 @@ def host_of(uri: str) -> str:
     return uri.split(":", 1)[1].split(";", 1)[0]
 
 
+def _registration(trunk: Trunk) -> tuple[object, ...]:
+    """What a REGISTER of the trunk depends on."""
+    return (trunk.registrar, trunk.username, trunk.password, trunk.auth_username, trunk.realm,
+            trunk.domain, trunk.transport, trunk.expires, trunk.proxy)  # fmt: skip
+
+
 class AccountHooks(Protocol):
     """What the accounts call back into (the SIP engine), so this module needs no import of
     the engine (that import was a circle)."""
@@ -167,6 +173,28 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
             self.setRegistration(True)
         except pj.Error as exc:  # retried with backoff, like a refused REGISTER
             self.onRegState(_Failure(503, exc.reason))
+
+    def reconfigure(self, trunk: Trunk) -> None:
+        """A reload changed this trunk: calls up go on as they are; new calls, and the next
+        REGISTER, use the new settings. A trunk registered from this worker registers again
+        at once when what it registers with changed."""
+        old, self.trunk = self.trunk, trunk
+        self.backoff = Backoff(trunk.retry_min, trunk.retry_max)
+        self.state.max_concurrent_calls = trunk.max_concurrent_calls
+        self.caller_user = self._default_user()
+        self.modify(self._config(self.caller_user))
+        if not self.registering:
+            return
+        if not trunk.registers:
+            self.registering = False
+            self.unregister()
+            self.unregistering = False
+            return
+        if _registration(old) != _registration(trunk):
+            try:
+                self.setRegistration(True)
+            except pj.Error as exc:
+                self.onRegState(_Failure(503, exc.reason))
 
     def _default_user(self) -> str:
         if self.trunk.registers and self.trunk.username:

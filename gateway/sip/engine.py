@@ -136,6 +136,8 @@ class SipEngine:
         self.stopping = False
         self.calls: dict[str, SipCall] = {}
         self.trunks: dict[str, TrunkAccount] = {}
+        self._retired: list[TrunkAccount] = []  # of trunks a reload removed, calls still up
+        self._usable = 1  # call slots pjsua gives us (known after start)
         self._released: list[SipCall] = []
         self._refusing: dict[str, SipCall] = {}
         self.admission = Admission(config)
@@ -217,6 +219,7 @@ class SipEngine:
         # carrier). The request gate answers 503 + Retry-After before pjsua sees the INVITE,
         # so every slot can carry a call; without the gate one slot stays free for refusing.
         usable = self.engine_limit if gated else self.engine_limit - 1
+        self._usable = usable
         self.capacity = max(1, min(self.config.limits.max_concurrent_calls, usable))
         log.info(
             "event=sip_started listen=%s:%d transports=%s engine_call_limit=%d capacity=%d",
@@ -300,6 +303,49 @@ class SipEngine:
         for trunk_id in trunk_ids:
             self.trunks[trunk_id].start_registering()
         return {tid: self.trunks[tid].state.as_event().as_status() for tid in trunk_ids}
+
+    def reconfigure(self, config: Config, registers: Collection[str]) -> dict[str, Any]:
+        """SIP thread: a reload's config (this worker's slot of it). Calls up go on with the
+        settings they started with; new calls are routed, limited and given agents by the new
+        config. Trunks added are loaded (registered here if in `registers`), trunks changed
+        are modified in place, trunks removed stop registering and taking calls, and their
+        accounts go once no call uses them."""
+        old = self.config
+        self.config = config
+        self._registers = frozenset(registers)
+        self.admission = Admission(config, keep=self.admission)
+        self.capacity = max(1, min(config.limits.max_concurrent_calls, self._usable))
+        wanted = {trunk.id: trunk for trunk in config.trunks}
+        for trunk_id in sorted(set(self.trunks) - set(wanted)):
+            account = self.trunks.pop(trunk_id)
+            account.unregister()
+            self._retired.append(account)
+            log.info("event=trunk_removed trunk=%s", trunk_id)
+        for trunk_id, trunk in wanted.items():
+            loaded = self.trunks.get(trunk_id)
+            if loaded is None:
+                added = TrunkAccount(self, trunk, register=trunk_id in self._registers)
+                self.trunks[trunk_id] = added
+                log.info("event=trunk_added trunk=%s", trunk_id)
+                if not trunk.registers:
+                    self.on_trunk_state(added.state)
+            elif loaded.trunk != trunk:
+                loaded.reconfigure(trunk)
+                log.info("event=trunk_changed trunk=%s", trunk_id)
+                if trunk_id in self._registers:
+                    loaded.start_registering()  # no-op if it registers already
+        self._count_trunk_calls()
+        if old.limits != config.limits:
+            log.info("event=limits_changed capacity=%d", self.capacity)
+        return self.status()
+
+    def _retire_accounts(self) -> None:
+        """Accounts of trunks a reload removed go once none of their calls is up."""
+        busy = {call.record.trunk for call in self.calls.values()}
+        for account in list(self._retired):
+            if account.trunk.id not in busy and account.trunk.id not in self.trunks:
+                self._retired.remove(account)
+                account.shutdown()
 
     def on_trunk_state(self, state: TrunkState) -> None:
         self.emit(state.as_event())
@@ -661,6 +707,7 @@ class SipEngine:
             self.feed(call, Lost(time.time()))
             if self._released and self._released[-1] is call:
                 self._released.pop()  # disowned: the Python object may go, the C++ one stays
+        self._retire_accounts()
         self.schedule(RECONCILE_S, self._reconcile)
 
     def on_ended(self, call: SipCall, final: Final | None) -> None:

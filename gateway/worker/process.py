@@ -40,8 +40,10 @@ class Worker:
         sock: socket.socket,
         registers: list[str] | None = None,
         plane: str | None = None,
+        source: tuple[str, int] | None = None,
     ) -> None:
         self.config = config
+        self.source = source  # the config file and this worker's slot in it (a reload)
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.writer: asyncio.StreamWriter | None = None
@@ -160,6 +162,10 @@ class Worker:
         if op == "register":
             trunks = [str(t) for t in args["trunks"]]
             return await self._on_sip(lambda: engine.register(trunks))
+        if op == "reload":
+            config = self._reread_config()
+            registers = [str(t) for t in args.get("registers", [])]
+            return await self._on_sip(lambda: self._reconfigure(config, registers))
         if op == "drain":
             await self._on_sip(engine.drain)
             return await self._on_sip(engine.status)
@@ -167,6 +173,27 @@ class Worker:
             asyncio.ensure_future(self._stop())
             return {"stopping": True}
         raise CallRefused("unknown_operation", f"unknown operation {op!r}")
+
+    def _reread_config(self) -> Config:
+        """The config file again, as the supervisor has just accepted it (a reload)."""
+        if self.source is None:
+            raise CallRefused("unknown_operation", "this worker was not started from a file")
+        path, slot = self.source
+        try:
+            return slot_config(config := load_config(path), worker_slots(config)[slot - 1])
+        except ConfigError as exc:
+            raise CallRefused("config_invalid", "; ".join(exc.problems)) from None
+
+    def _reconfigure(self, config: Config, registers: list[str]) -> dict[str, Any]:
+        """SIP thread: new calls are made with the new config from now on."""
+        self.config = config
+        if self.plane is None:  # the plane makes its own sessions (and reloads on its own)
+            self.engine.make_session = make_session_factory(
+                config,
+                self.loop,
+                self.streaming,  # type: ignore[arg-type]
+            )
+        return self.engine.reconfigure(config, registers)
 
     async def _stop(self) -> None:
         if self.stopped.is_set():
@@ -188,9 +215,15 @@ class Worker:
             self.writer.close()
 
 
-async def _main(config: Config, fd: int, registers: list[str] | None, plane: str | None) -> None:
+async def _main(
+    config: Config,
+    fd: int,
+    registers: list[str] | None,
+    plane: str | None,
+    source: tuple[str, int],
+) -> None:
     sock = socket.socket(fileno=fd)
-    worker = Worker(config, sock, registers, plane)
+    worker = Worker(config, sock, registers, plane, source)
     await worker.run()
 
 
@@ -220,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     # and we stop on our own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload comes from the supervisor
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -232,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = slot_config(config, slots[args.slot - 1])
     registers = None if args.registers is None else [t for t in args.registers.split(",") if t]
-    asyncio.run(_main(config, args.fd, registers, args.plane))
+    asyncio.run(_main(config, args.fd, registers, args.plane, (args.config, args.slot)))
     return 0
 
 

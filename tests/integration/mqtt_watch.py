@@ -111,6 +111,21 @@ class MqttWatch:
 
         return self.wait(find, timeout, f"{type_} {call_id or ''} {data}")  # type: ignore[no-any-return]
 
+    def node_events(self, type_: str) -> list[dict[str, Any]]:
+        """The node's own events (node.*, on {prefix}/{node}/events), in arrival order."""
+        topic = f"{self.prefix}/{self.node}/events"
+        with self._cond:
+            return [p for t, p in self.messages if t == topic and p.get("type") == type_]
+
+    def wait_node_event(self, type_: str, count: int = 1, timeout: float = 20.0) -> dict[str, Any]:
+        """The `count`-th node event of `type_` (the first by default), once it arrives."""
+
+        def find() -> dict[str, Any] | None:
+            seen = self.node_events(type_)
+            return seen[count - 1] if len(seen) >= count else None
+
+        return self.wait(find, timeout, f"node event {type_} #{count}")  # type: ignore[no-any-return]
+
     def retained(self, suffix: str) -> dict[str, Any] | None:
         with self._cond:
             hits = [p for t, p in self.messages if t.endswith(suffix)]

@@ -150,6 +150,17 @@ class FakeNode:
         self.draining = False
         self.started_at = time.time()
         self.front: FrontHealth | None = None
+        self.reload_problems: list[str] = []  # what the next reload refuses the file for
+
+    async def reload(self) -> dict[str, Any]:
+        """As supervisor.Node.reload answers (its logic: tests/gateway/node/test_reload.py)."""
+        if self.reload_problems:
+            raise CommandError("invalid_parameter", "the config was refused", [
+                {"message": p, "field": "config", "type": "config_invalid"}
+                for p in self.reload_problems
+            ])  # fmt: skip
+        return {"reloaded": True, "changed": ["numbers"], "trunks_added": [],
+                "trunks_removed": [], "trunks_changed": []}  # fmt: skip
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         return await run_operation(self, name, args)  # type: ignore[arg-type]
@@ -1016,6 +1027,9 @@ def test_openapi_document_validates_and_matches_responses(
     check("GET", "/readiness", "/readiness")
     node.worker.exited.set()
     check("GET", "/health", "/health")
+    check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
+    node.reload_problems = ["node.yaml: numbers[0].agent: 'x' is not one of the agents (bot)"]
+    check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
     client.app.state.limiter.per_minute = 0  # type: ignore[attr-defined]
     check("POST", "/v1/calls", "/v1/calls", json={}, headers=AUTH)
     documented = {(p, m, s) for p, ops in doc["paths"].items() for m, op in ops.items()
@@ -1087,3 +1101,17 @@ def test_health_and_metrics_report_the_sip_front(client: TestClient, node: FakeN
     node.front = FrontHealth("external", True)
     assert client.get("/health").json()["checks"]["sip_front"] == "external"
     assert "sipedge_front_up" not in client.get("/metrics").text
+
+
+def test_a_reload_answers_what_changed_or_each_problem_of_a_refused_file(
+    client: httpx.Client, node: FakeNode
+) -> None:
+    ok = client.post("/v1/node/reload", headers=AUTH)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["data"]["changed"] == ["numbers"]
+    node.reload_problems = ["node.yaml: sip.port: changed; restart", "node.yaml: x: bad"]
+    refused = client.post("/v1/node/reload", headers=AUTH)
+    assert refused.status_code == 422, refused.text
+    details = refused.json()["error"]["details"]
+    assert [d["message"] for d in details] == node.reload_problems
+    assert client.post("/v1/node/reload").status_code == 401

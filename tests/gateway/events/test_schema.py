@@ -111,6 +111,7 @@ def test_every_contract_event_type_has_a_data_model() -> None:
         "call.agent.connected", "call.agent.disconnected", "call.recording.ready",
         "call.quality", "call.transfer",
         "trunk.registered", "trunk.unregistered", "trunk.registration_failed",
+        "node.config_reloaded", "node.config_rejected",
     }  # fmt: skip
     assert contract == EVENT_TYPES
 
