@@ -179,6 +179,12 @@ class Trunk(Model):
     session_timers: SessionTimers | None = Field(
         None, description="for calls placed over this trunk (default: sip.session_timers)"
     )
+    srtp: Literal["off", "optional", "required"] = Field(
+        "off",
+        description="SRTP with SDES keys (RFC 4568): off; optional (offered, and taken when the "
+        "far end offers it); required (offered as RTP/SAVP; an inbound offer without keys is "
+        "refused 488)",
+    )
 
     @field_validator("registrar", "proxy")
     @classmethod

@@ -46,6 +46,7 @@ from gateway.worker.planelink import PlaneError, receive, record_from, send
 from media.codecs import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
 from media.resample import Resampler
 from media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse, seq_newer
+from media.srtp import SrtpError, SrtpStream
 
 log = logging.getLogger("sipedge.plane")
 
@@ -142,6 +143,8 @@ class PlaneCall:
         self.dtmf_in = DtmfReceiver()
         self.last_seq: int | None = None
         self.rx = 0
+        self.srtp: SrtpStream | None = None  # SRTP both ways, when SDP negotiated it
+        self.srtp_keys: dict[str, str] | None = None
         self.up: Resampler | None = None  # 8 kHz -> the session's rate
         self.down: Resampler | None = None
         if session.rate != SAMPLES * 50:
@@ -275,6 +278,15 @@ class Plane:
         call.event_pt = _payload_type(message.get("tx_event_pt"))
         call.rx_event_pt = _payload_type(message.get("rx_event_pt"))
         call.dtmf_out = DtmfSender(call.sender, call.event_pt) if call.event_pt else None
+        keys = message.get("srtp")
+        if keys != call.srtp_keys:  # new keys (a re-INVITE) start new SRTP contexts
+            try:
+                call.srtp = None if not keys else SrtpStream(
+                    str(keys["suite"]), str(keys["tx_key"]), str(keys["rx_key"])
+                )
+            except (SrtpError, KeyError) as exc:
+                raise PlaneError(f"call {call.call_id}: {exc}") from None
+            call.srtp_keys = keys
         if call.rtp is not None and call.rtp.fileno() not in self.media:
             self.media[call.rtp.fileno()] = call
             self.epoll.register(call.rtp.fileno(), select.EPOLLIN)
@@ -391,6 +403,11 @@ class Plane:
                     break
                 except OSError:  # ICMP port unreachable from the far end: nothing to read
                     break
+                if call.srtp is not None:
+                    clear = call.srtp.unprotect(data)
+                    if clear is None:
+                        continue  # not authentic, a replay, or plain RTP on an SRTP call
+                    data = clear
                 packet = parse(data)
                 if packet is None:
                     continue
@@ -446,6 +463,8 @@ class Plane:
                     packet = sender.audio(payloads[i * SAMPLES : (i + 1) * SAMPLES])
                 else:
                     sender.skip()
+                if call.srtp is not None:
+                    packet = call.srtp.protect(packet)
                 try:  # noqa: SIM105 (per packet: a try costs nothing, suppress() a call)
                     sock.sendto(packet, remote)
                 except OSError:  # the far end's port is closed (ICMP): RTP is best effort

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from gateway.calls.events import CallEvent
@@ -68,6 +68,16 @@ class MediaSession(Protocol):
 
 
 @dataclass(frozen=True)
+class SrtpKeys:
+    """SRTP for a call's audio (SDES, RFC 4568): the suite both ends settled on, our key (in
+    our SDP) and the far end's (in its SDP), base64 as after `inline:`. Secrets: no repr."""
+
+    suite: str
+    tx_key: str = field(repr=False)
+    rx_key: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Negotiated:
     """What SDP settled for a call's audio (pjsua's stream info)."""
 
@@ -77,6 +87,7 @@ class Negotiated:
     rx_pt: int
     tx_event_pt: int | None  # telephone-event (RFC 4733), None: not negotiated
     rx_event_pt: int | None
+    srtp: SrtpKeys | None = None  # None: plain RTP
 
 
 @runtime_checkable

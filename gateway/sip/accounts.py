@@ -22,6 +22,7 @@ from gateway.config import (
     rtp_advertised_host,
     sip_advertised_host,
 )
+from gateway.sip.sdp import SUITES
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -81,6 +82,31 @@ def _session_timers(cfg: pj.AccountConfig, timers: SessionTimers) -> None:
     call.timerMinSESec = timers.min_se
 
 
+_SRTP_USE = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "required": pj.PJMEDIA_SRTP_MANDATORY,
+}
+
+
+def _srtp(cfg: pj.AccountConfig, mode: str) -> None:
+    """SDES keys only (no DTLS), with the suites the media plane speaks, strongest first;
+    over any signalling transport (keys in SDP over UDP are the operator's choice: pair
+    srtp with transport tls)."""
+    media = cfg.mediaConfig
+    media.srtpUse = _SRTP_USE[mode]
+    media.srtpSecureSignaling = 0
+    if mode == "off":
+        return
+    media.srtpOpt.keyings.clear()
+    media.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
+    media.srtpOpt.cryptos.clear()
+    for suite in SUITES:
+        crypto = pj.SrtpCrypto()
+        crypto.name = suite
+        media.srtpOpt.cryptos.append(crypto)
+
+
 def outbound_proxies(config: Config, trunk: Trunk) -> list[str]:
     """The Route set of a trunk's requests: the SIP front first when there is one (carriers
     then see the front's address, never a worker's), then the trunk's proxy when it registers
@@ -127,13 +153,24 @@ class LocalAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, engine: AccountHooks) -> None:
         super().__init__()
         self.engine = engine
+        self.create(self._config(), True)
+
+    def _config(self) -> pj.AccountConfig:
         cfg = pj.AccountConfig()
-        sip = engine.config.sip
+        sip = self.engine.config.sip
         host = sip_advertised_host(sip) or sip.listen
         cfg.idUri = f"sip:sipedge@{host}:{sip.port}"
         _media_config(cfg, sip)
         _session_timers(cfg, sip.session_timers)
-        self.create(cfg, True)
+        # Inbound calls land here: SRTP is taken when a trunk may use it; which trunk may,
+        # and which must, the engine decides per call (SipEngine.on_incoming).
+        trunks = self.engine.config.trunks
+        _srtp(cfg, "optional" if any(t.srtp != "off" for t in trunks) else "off")
+        return cfg
+
+    def reconfigure(self) -> None:
+        """A reload: the engine's config changed (SRTP of its trunks)."""
+        self.modify(self._config())
 
     def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
         self.engine.on_incoming(self, prm)
@@ -227,6 +264,7 @@ class TrunkAccount(pj.Account):  # type: ignore[misc]
             )
         _media_config(cfg, sip)
         _session_timers(cfg, trunk.session_timers or sip.session_timers)
+        _srtp(cfg, trunk.srtp)
         return cfg
 
     @property

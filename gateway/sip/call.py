@@ -25,10 +25,10 @@ from gateway.calls.leg import (
     TransferCompleted,
 )
 from gateway.calls.model import CallRecord
-from gateway.session.contract import MediaSession, Negotiated, PlaneMedia
+from gateway.session.contract import MediaSession, Negotiated, PlaneMedia, SrtpKeys
 from gateway.sip.executor import Timer
 from gateway.sip.rtpsock import NoRtpPort, RtpSockets
-from gateway.sip.sdp import point_audio_at
+from gateway.sip.sdp import Crypto, audio_crypto, point_audio_at
 from gateway.sip.vectors import fit_frame, read_vector, write_vector
 
 if TYPE_CHECKING:
@@ -156,6 +156,11 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.on_hold = False
         self.rtp: socket.socket | None = None  # node.media plane: the call's RTP and RTCP,
         self.rtcp: socket.socket | None = None  # named in our SDP, served by the plane
+        # SDES keys (node.media plane): ours, from the SDP pjsua wrote, and the far end's, from
+        # its offer or answer; None until that SDP is seen
+        self.local_crypto: list[Crypto] = []
+        self.remote_crypto: list[Crypto] | None = None
+        self._attach_waiting: int | None = None  # media up before the far end's SDP was seen
 
     # -- liveness (SIP thread) ------------------------------------------------------------------
 
@@ -181,6 +186,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
     # -- pjsua2 callbacks (SIP thread) --------------------------------------------------------
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
+        if self.engine.rtp_sockets is not None and self.local_crypto:
+            self._remote_sdp_from(prm.e)
         try:
             info = self.getInfo()
         except pj.Error as exc:
@@ -242,6 +249,29 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 return  # the SDP keeps pjsua's socket; the call fails when its media does
         port = self.rtp.getsockname()[1]
         prm.sdp.wholeSdp = point_audio_at(prm.sdp.wholeSdp, self.engine.rtp_host, port)
+        self.local_crypto = audio_crypto(prm.sdp.wholeSdp)
+        remote = str(prm.remSdp.wholeSdp or "")
+        if remote:  # our SDP answers this one (an INVITE's offer, a re-INVITE's)
+            self.remote_crypto = audio_crypto(remote)
+
+    def _remote_sdp_from(self, event: Any) -> None:
+        """The far end's SDP answer to our offer (a 18x or 200 to our INVITE): its keys.
+        pjsua tells the media before the state, so media that came up first attaches now."""
+        try:
+            message = str(event.body.tsxState.src.rdata.wholeMsg or "")
+        except (AttributeError, pj.Error):
+            return
+        head, _, body = message.partition("\r\n\r\n")
+        if not message.startswith("SIP/2.0 ") or "application/sdp" not in head.lower() or not body:
+            return
+        self.remote_crypto = audio_crypto(body)
+        waiting, self._attach_waiting = self._attach_waiting, None
+        if waiting is not None:
+            try:
+                self._attach_plane(waiting)
+            except Exception:  # the leg ends the call: no agent without media
+                log.exception("event=media_bridge_failed call_id=%s", self.record.id)
+                self.engine.feed(self, MediaFailed())
 
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         method = _DTMF_METHODS.get(prm.method, "unknown")
@@ -301,6 +331,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
             self.session = self.engine.make_session(self.record, self.engine.controls(self.record))
         if not isinstance(self.session, PlaneMedia):
             raise TypeError(f"session {type(self.session).__name__} cannot take plane media")
+        if self.local_crypto and self.remote_crypto is None:
+            self._attach_waiting = index  # no plain RTP on what may be an SRTP call
+            return
         stream = self.getStreamInfo(index)
         media = Negotiated(
             remote=_address(stream.remoteRtpAddress),
@@ -309,6 +342,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
             rx_pt=int(stream.rxPt),
             tx_event_pt=_event_pt(stream.audTxEventPt),
             rx_event_pt=_event_pt(stream.audRxEventPt),
+            srtp=srtp_keys(self.local_crypto, self.remote_crypto or []),
         )
         self.session.attach(self.rtp, self.rtcp, media)
         self.bridged_slot = index
@@ -343,6 +377,16 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if "this" in self.__dict__:
             pj.Call.__swig_destroy__(self)  # disowns: deallocation will not destroy again
             del self.this  # a pjsua2 call on the ended call raises TypeError
+
+
+def srtp_keys(local: list[Crypto], remote: list[Crypto]) -> SrtpKeys | None:
+    """The keys of the suite both SDPs settled on: the answer's one a=crypto line names the
+    offer's by its tag (RFC 4568 6.1). None: plain RTP (no crypto in the answer)."""
+    for theirs in remote:
+        for ours in local:
+            if ours.tag == theirs.tag and ours.suite == theirs.suite:
+                return SrtpKeys(ours.suite, tx_key=ours.key, rx_key=theirs.key)
+    return None
 
 
 def _address(text: str) -> tuple[str, int]:

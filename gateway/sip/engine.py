@@ -64,7 +64,7 @@ from gateway.calls.leg import (
     reason_header_value,
 )
 from gateway.calls.model import CallRecord, CallState, EndReason
-from gateway.calls.routing import number_from_uri, route_inbound
+from gateway.calls.routing import InboundDecision, number_from_uri, route_inbound
 from gateway.config import Config, front_worker_side, is_wildcard, rtp_advertised_host
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
@@ -84,6 +84,7 @@ from gateway.sip.message import caller_source, header, request_uri, source_addre
 from gateway.sip.probe import probe_call_limit
 from gateway.sip.rtpsock import RtpSockets
 from gateway.sip.sanity import GateAnswer, RequestGate
+from gateway.sip.sdp import srtp_refusal
 
 log = logging.getLogger("sipedge.sip")
 
@@ -334,6 +335,8 @@ class SipEngine:
                 log.info("event=trunk_changed trunk=%s", trunk_id)
                 if trunk_id in self._registers:
                     loaded.start_registering()  # no-op if it registers already
+        if [t.srtp for t in old.trunks] != [t.srtp for t in config.trunks]:
+            self.local_account.reconfigure()
         self._count_trunk_calls()
         if old.limits != config.limits:
             log.info("event=limits_changed capacity=%d", self.capacity)
@@ -457,6 +460,11 @@ class SipEngine:
         decision = route_inbound(
             self.config, src, [d for d in dialled if d], self._active_by_trunk()
         )
+        trunk = decision.trunk
+        if decision.accept and trunk is not None:
+            refusal = srtp_refusal(trunk.srtp, message.partition("\r\n\r\n")[2])
+            if refusal is not None:
+                decision = InboundDecision(False, 488, refusal, trunk, decision.route)
         route = decision.route
         record = CallRecord(
             id=new_call_id(),

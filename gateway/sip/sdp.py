@@ -4,6 +4,8 @@ is left as pjsua wrote it. Pure text in, text out."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def point_audio_at(sdp: str, host: str | None, port: int) -> str:
     """`sdp` with its first audio stream on host:port (RTCP on port + 1); host None keeps
@@ -48,3 +50,67 @@ def _rtcp_port(line: str, port: int) -> str:
         return line
     rest = line[len("a=rtcp:") :].split(" ", 1)
     return f"a=rtcp:{port + 1}" + (f" {rest[1]}" if len(rest) > 1 else "")
+
+
+# -- SDES (RFC 4568): the keys of an SRTP stream, from the a=crypto lines pjsua wrote and the
+# far end sent. The media plane protects and unprotects the call's RTP with them.
+
+SUITES = ("AES_CM_128_HMAC_SHA1_80", "AES_CM_128_HMAC_SHA1_32")  # what the plane speaks
+
+
+@dataclass(frozen=True)
+class Crypto:
+    tag: int
+    suite: str
+    key: str  # base64 of the master key and salt (30 bytes): a secret, never logged
+
+    def __repr__(self) -> str:
+        return f"Crypto(tag={self.tag}, suite={self.suite}, key=***)"
+
+
+def audio_crypto(sdp: str) -> list[Crypto]:
+    """The a=crypto lines of the first audio stream, in order, that name a suite we speak
+    and an inline key (lifetime and MKI parameters, which pjsua does not write, are ignored;
+    a key with an MKI is skipped)."""
+    lines = sdp.replace("\r\n", "\n").split("\n")
+    audio = next((i for i, line in enumerate(lines) if line.startswith("m=audio ")), None)
+    if audio is None:
+        return []
+    found = []
+    for line in lines[audio + 1 :]:
+        if line.startswith("m="):
+            break
+        if not line.startswith("a=crypto:"):
+            continue
+        fields = line[len("a=crypto:") :].split()
+        if len(fields) < 3 or not fields[0].isdigit() or fields[1] not in SUITES:
+            continue
+        if not fields[2].startswith("inline:"):
+            continue
+        key, *params = fields[2][len("inline:") :].split("|")
+        if any(":" in p for p in params):
+            continue  # an MKI
+        found.append(Crypto(int(fields[0]), fields[1], key))
+    return found
+
+
+def audio_profile(sdp: str) -> str | None:
+    """The transport profile of the first audio stream (RTP/AVP, RTP/SAVP, ...)."""
+    for line in sdp.replace("\r\n", "\n").split("\n"):
+        if line.startswith("m=audio "):
+            fields = line.split()
+            return fields[2] if len(fields) > 2 else None
+    return None
+
+
+def srtp_refusal(mode: str, offer: str) -> str | None:
+    """Why an inbound offer is refused (488) under a trunk's `srtp` mode, or None: required
+    needs keys we can use; off refuses an offer that takes SRTP only (RTP/SAVP)."""
+    keys = audio_crypto(offer)
+    if mode == "required" and not keys:
+        return "srtp required: the offer has no a=crypto key with " + " or ".join(SUITES)
+    if mode == "off" and audio_profile(offer) == "RTP/SAVP":
+        return "srtp off for this trunk: the offer takes SRTP only (RTP/SAVP)"
+    if mode != "off" and audio_profile(offer) == "RTP/SAVP" and not keys:
+        return "the offer takes SRTP only, with no key the edge can use (" + ", ".join(SUITES) + ")"
+    return None

@@ -849,3 +849,10 @@ def test_session_timers_default_to_optional_and_a_trunk_may_set_its_own() -> Non
 )
 def test_a_bad_session_timer_is_named(timers: str, path: str, fragment: str) -> None:
     assert_problem(f"sip: {{session_timers: {timers}}}", path, fragment)
+
+
+def test_a_trunks_srtp_is_off_unless_set_and_names_its_choices() -> None:
+    trunk = "trunks: [{id: a, proxy: 'sip:192.0.2.1', srtp: %s}]"
+    assert Config().model_validate({"trunks": [{"id": "a"}]}).trunks[0].srtp == "off"
+    assert parse_config(trunk % "required", SOURCE, {}).trunks[0].srtp == "required"
+    assert_problem(trunk % "always", "trunks[0].srtp", "'optional'", "'required'")

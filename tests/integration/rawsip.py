@@ -89,9 +89,12 @@ class RawUac:
     def send(self, text: str) -> None:
         self.sock.sendto(text.encode(), self.node)
 
-    def invite_text(self, dialog: Dialog, rtp_port: int = 40000, headers: str = "") -> str:
-        """The INVITE of `dialog`; `headers`: extra header lines, each ending in CRLF."""
-        body = sdp(rtp_port, self.host)
+    def invite_text(
+        self, dialog: Dialog, rtp_port: int = 40000, headers: str = "", body: str | None = None
+    ) -> str:
+        """The INVITE of `dialog`; `headers`: extra header lines, each ending in CRLF; `body`:
+        the SDP offer (default: PCMU on `rtp_port`)."""
+        body = sdp(rtp_port, self.host) if body is None else body
         return (
             f"INVITE {dialog.ruri} SIP/2.0\r\n{headers}"
             f"Via: SIP/2.0/UDP {self.host}:{self.port};branch={dialog.branch};rport\r\n"
@@ -103,7 +106,11 @@ class RawUac:
         )
 
     def invite(
-        self, to: str = "+15550100", ruri_user: str | None = None, headers: str = ""
+        self,
+        to: str = "+15550100",
+        ruri_user: str | None = None,
+        headers: str = "",
+        body: str | None = None,
     ) -> Dialog:
         dialog = Dialog(
             call_id=uuid.uuid4().hex,
@@ -112,7 +119,7 @@ class RawUac:
             to=to,
             ruri=f"sip:{ruri_user or to}@{self.node[0]}:{self.node[1]}",
         )
-        self.send(self.invite_text(dialog, headers=headers))
+        self.send(self.invite_text(dialog, headers=headers, body=body))
         return dialog
 
     def recv(self, timeout: float = 5.0) -> SipMessage | None:
