@@ -7,9 +7,11 @@ port (and, with persistence, with the same sessions and queued messages).
 
 from __future__ import annotations
 
+import ctypes
 import getpass
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -55,6 +57,14 @@ def find_mosquitto() -> str:
     raise BrokerError("mosquitto not found; install the Debian package `mosquitto`")
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent's starting thread ends."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 class EmbeddedBroker:
     """mosquitto bound to `host:port` (a free port when port is None)."""
 
@@ -66,13 +76,18 @@ class EmbeddedBroker:
         persistence: bool = False,
         binary: str | None = None,
         start_timeout: float = 5.0,
+        die_with_parent: bool = False,
     ) -> None:
+        """`die_with_parent`: the kernel ends mosquitto when the thread that starts it ends
+        (PR_SET_PDEATHSIG): the node starts it on its main thread, so a node killed -9 does
+        not leave its broker holding the port. Off for brokers started from other threads."""
         self.host = host
         self._auto_port = port is None
         self.port = port or free_port(host)
         self.persistence = persistence
         self.binary = binary or find_mosquitto()
         self.start_timeout = start_timeout
+        self.die_with_parent = die_with_parent
         self._dir = tempfile.TemporaryDirectory(prefix="sipedge-mosquitto-")
         self.config_path = Path(self._dir.name) / "mosquitto.conf"
         self.log_path = Path(self._dir.name) / "mosquitto.log"
@@ -133,6 +148,7 @@ class EmbeddedBroker:
             # Its own process group: Ctrl-C at the terminal must not take the broker down
             # before the node has drained and published its last events.
             process_group=0,
+            preexec_fn=_end_with_parent if self.die_with_parent else None,  # noqa: PLW1509
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -36,21 +36,33 @@ def wait_gone(pid: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def test_a_supervisor_killed_takes_its_media_plane_with_it(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path, base_config(tmp_path)).start()
+def test_a_supervisor_killed_takes_its_media_plane_and_broker_with_it(tmp_path: Path) -> None:
+    """kill -9 of the supervisor alone (as the OOM killer would): the media plane and the
+    embedded broker go with it, so the node starts again on the same ports (the broker,
+    in its own process group for Ctrl-C's sake, used to outlive it and hold its port)."""
+    config = base_config(tmp_path)
+    node = NodeProcess(tmp_path, config).start()
+    brokers: list[int] = []
     try:
         (plane,) = plane_pids(node)
-        assert node.proc is not None
-        os.kill(node.proc.pid, signal.SIGKILL)  # the supervisor alone, as the OOM killer would
+        brokers = [int(p) for p in re.findall(
+            r"event=broker_started host=\S+ port=\d+ pid=(\d+)", node.log())]  # fmt: skip
+        workers = [int(p) for p in re.findall(r"event=worker_ready worker=\d+ pid=(\d+)",
+                                              node.log())]  # fmt: skip
+        assert node.proc is not None and len(brokers) == 1
+        os.kill(node.proc.pid, signal.SIGKILL)
         node.proc.wait()
         assert wait_gone(plane, 10), "the media plane outlived its supervisor"
+        assert wait_gone(brokers[0], 10), "the embedded broker outlived its supervisor"
+        # A worker stops by itself once its supervisor's link closes (hanging up its calls).
+        assert all(wait_gone(pid, 20) for pid in workers), "a worker outlived its supervisor"
     finally:
         node.kill()
-        # The embedded broker runs in its own process group and outlives a supervisor
-        # killed alone (as before the plane existed): this test ends it by its PID.
-        for pid in re.findall(r"event=broker_started host=\S+ port=\d+ pid=(\d+)", node.log()):
+        for pid in brokers:  # if the test failed: ours, by its PID
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
+    again = NodeProcess(tmp_path, config).start()  # the same MQTT and SIP ports
+    assert again.stop() == 0
 
 
 def test_calls_on_a_dead_plane_fail_by_the_gateway_and_the_plane_comes_back(
