@@ -26,7 +26,8 @@ LAYERS: list[set[str]] = [
     {"gateway.config"},  # the YAML file's models
     {"gateway.calls", "gateway.events"},  # pure call domain; event, command and outbox contracts
     # SQLite; per-call I/O; Prometheus; the SIP front (Kamailio's config, process and RPC)
-    {"gateway.store", "gateway.session", "gateway.metrics", "gateway.front"},
+    # and campaigns (their model and SQLite tables)
+    {"gateway.store", "gateway.session", "gateway.metrics", "gateway.front", "gateway.campaigns"},
     {"gateway.sip", "gateway.api"},  # the pjsua2 adapter; the HTTP API (over the store)
     {"gateway.worker"},  # the SIP worker process: sip/ and session/
     {"gateway.plane"},  # the media plane process: every call's RTP and agent session
@@ -46,12 +47,14 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.calls": COMMON,
     "gateway.events": COMMON,
     "gateway.store": COMMON | {"gateway.events"},
+    "gateway.campaigns": COMMON | {"gateway.events"},
     "gateway.session": COMMON | {"gateway.calls", "media"},
     "gateway.metrics": {"gateway.calls"},  # counts the calls/events.py worker events
     "gateway.sip": COMMON
     | {"gateway.backoff", "gateway.calls", "gateway.events", "gateway.session"},
     "gateway.front": COMMON,
-    "gateway.api": COMMON | {"gateway.events", "gateway.front", "gateway.metrics", "gateway.store"},
+    "gateway.api": COMMON
+    | {"gateway.campaigns", "gateway.events", "gateway.front", "gateway.metrics", "gateway.store"},
     "gateway.worker": COMMON | {"gateway.calls", "gateway.session", "gateway.sip"},
     "gateway.plane": COMMON | {"gateway.calls", "gateway.session", "gateway.worker", "media"},
     "gateway.node": COMMON
@@ -59,6 +62,7 @@ ALLOWED: dict[str, set[str]] = {
         "gateway.api",
         "gateway.backoff",
         "gateway.calls",
+        "gateway.campaigns",
         "gateway.events",
         "gateway.front",
         "gateway.metrics",

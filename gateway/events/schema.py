@@ -255,6 +255,33 @@ class NodeConfigRejected(EventData):
     problems: list[str] = Field(min_length=1)
 
 
+class _CampaignState(EventData):
+    campaign_id: str
+    name: str
+    status: Literal["draft", "running", "paused", "completed", "stopped"]
+    reason: str | None = None  # why it ended: all contacts done, stopped by a request
+
+
+class CampaignStarted(_CampaignState):
+    event_type: ClassVar[str] = "campaign.started"
+
+
+class CampaignPaused(_CampaignState):
+    event_type: ClassVar[str] = "campaign.paused"
+
+
+class CampaignResumed(_CampaignState):
+    event_type: ClassVar[str] = "campaign.resumed"
+
+
+class CampaignCompleted(_CampaignState):
+    event_type: ClassVar[str] = "campaign.completed"
+
+
+class CampaignStopped(_CampaignState):
+    event_type: ClassVar[str] = "campaign.stopped"
+
+
 DATA_MODELS: dict[str, type[EventData]] = {
     m.event_type: m
     for m in (
@@ -263,6 +290,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
         RecordingReady, CallQuality, CallTransfer,
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
         NodeConfigReloaded, NodeConfigRejected,
+        CampaignStarted, CampaignPaused, CampaignResumed, CampaignCompleted, CampaignStopped,
     )
 }  # fmt: skip
 EVENT_TYPES: frozenset[str] = frozenset(DATA_MODELS)
@@ -318,12 +346,16 @@ class Event(BaseModel):
         return cls.model_validate_json(raw)
 
     def topic(self, prefix: str) -> str:
-        """Where this event is published: per call, or per trunk for trunk.* events."""
+        """Where this event is published: per call, per trunk for trunk.* events, per
+        campaign for campaign.* events, else the node's own."""
         if self.call_id is not None:
             return call_events_topic(prefix, self.node, self.call_id)
         trunk = self.data.get("trunk")
         if isinstance(trunk, str):
             return trunk_events_topic(prefix, self.node, trunk)
+        campaign = self.data.get("campaign_id")
+        if self.type.startswith("campaign.") and isinstance(campaign, str):
+            return f"{prefix}/{self.node}/campaigns/{campaign}/events"
         return f"{prefix}/{self.node}/events"
 
 

@@ -57,7 +57,11 @@ def call_view(node: OperationsNode, call_id: str) -> dict[str, Any]:
     return view
 
 
-async def originate(node: OperationsNode, args: Originate) -> dict[str, Any]:
+async def originate(
+    node: OperationsNode, args: Originate, call_id: str | None = None
+) -> dict[str, Any]:
+    """`call_id`: the id the call will have, chosen by the caller (a campaign records it
+    before the call is placed); a new one otherwise."""
     config = node.config
     if config.agent(args.agent) is None:
         raise _invalid_field("agent", f"agent {args.agent!r} is not configured", "not_configured")
@@ -70,7 +74,7 @@ async def originate(node: OperationsNode, args: Originate) -> dict[str, Any]:
         if trunk is None:
             raise _invalid_field("trunk", f"trunk {args.trunk!r} is not configured",
                                  "not_configured")  # fmt: skip
-    call_id = new_call_id()
+    call_id = call_id or new_call_id()
     if args.idempotency_key:
         body = args.model_dump(exclude={"idempotency_key"}, by_alias=True)
         digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -126,6 +126,19 @@ class MqttWatch:
 
         return self.wait(find, timeout, f"node event {type_} #{count}")  # type: ignore[no-any-return]
 
+    def campaign_events(self, campaign_id: str) -> list[dict[str, Any]]:
+        topic = f"{self.prefix}/{self.node}/campaigns/{campaign_id}/events"
+        with self._cond:
+            return [p for t, p in self.messages if t == topic]
+
+    def wait_campaign_event(
+        self, campaign_id: str, type_: str, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.campaign_events(campaign_id) if e["type"] == type_), None)
+
+        return self.wait(find, timeout, f"{type_} of {campaign_id}")  # type: ignore[no-any-return]
+
     def retained(self, suffix: str) -> dict[str, Any] | None:
         with self._cond:
             hits = [p for t, p in self.messages if t.endswith(suffix)]

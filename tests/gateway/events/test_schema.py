@@ -112,6 +112,8 @@ def test_every_contract_event_type_has_a_data_model() -> None:
         "call.quality", "call.transfer",
         "trunk.registered", "trunk.unregistered", "trunk.registration_failed",
         "node.config_reloaded", "node.config_rejected",
+        "campaign.started", "campaign.paused", "campaign.resumed", "campaign.completed",
+        "campaign.stopped",
     }  # fmt: skip
     assert contract == EVENT_TYPES
 
