@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
-from tests.integration.peers import HOST, Sipp
+from tests.integration.peers import Sipp
 
 pytestmark = pytest.mark.integration
 
