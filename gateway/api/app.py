@@ -66,6 +66,7 @@ def create_app(
     node: ApiNode, settings: ApiSettings, clock: Callable[[], float] = time.time
 ) -> FastAPI:
     from gateway.api.calls import router as calls_router
+    from gateway.api.campaigns import router as campaigns_router
     from gateway.api.resources import router as resources_router
 
     app = FastAPIOffline(
@@ -77,6 +78,7 @@ def create_app(
     app.state.limiter = RateLimiter(settings.rate_limit_per_minute, clock)
     app.include_router(calls_router)
     app.include_router(resources_router)
+    app.include_router(campaigns_router)
     _install_errors(app)
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)  # inside the guard: auth comes first
     _install_guard(app)

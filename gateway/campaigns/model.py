@@ -17,7 +17,17 @@ from datetime import datetime, time, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from gateway.events.commands import ConfigId, E164Number, Variables
 
@@ -73,26 +83,33 @@ TimeZone = Annotated[StrictStr, Field(max_length=64, examples=["America/New_York
 
 
 class Pacing(_Model):
-    max_concurrent: int = Field(1, ge=1, le=10_000, description="calls up at once, at most")
-    calls_per_second: float = Field(
+    max_concurrent: StrictInt = Field(1, ge=1, le=10_000, description="calls up at once, at most")
+    calls_per_second: StrictFloat = Field(
         1.0, gt=0, le=1000, description="new calls per second, at most (never in bursts)"
     )
 
 
 class Retries(_Model):
-    max_attempts: int = Field(1, ge=1, le=20, description="calls per contact, at most")
-    retry_delay: float = Field(300.0, ge=0, le=7 * 86400, description="seconds between attempts")
+    max_attempts: StrictInt = Field(1, ge=1, le=20, description="calls per contact, at most")
+    retry_delay: StrictFloat = Field(300.0, ge=0, le=7 * 86400, description="seconds between attempts")
     retry_on: list[RetryOn] = Field(
         default_factory=lambda: list[RetryOn](["busy", "no_answer", "unreachable"]),
         description="outcomes that are tried again",
     )
 
 
+def _LOCAL_TIME(schema: dict[str, Any]) -> None:  # noqa: N802 (used as a schema constant)
+    """A local time as the API documents it: HH:MM[:SS], no zone (not RFC 3339's full-time)."""
+    schema.pop("format", None)
+    schema.update(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$", examples=["09:00"])
+
+
 class Window(_Model):
     """Local times a contact may be called: [start, end) on `days`, in `timezone`."""
 
-    start: time = Field(time(0, 0), description="HH:MM")
-    end: time = Field(time(23, 59, 59, 999999), description="HH:MM (exclusive)")
+    start: time = Field(time(0, 0), description="HH:MM, local", json_schema_extra=_LOCAL_TIME)
+    end: time | None = Field(None, description="HH:MM, local (exclusive; default: the end of "
+                             "the day)", json_schema_extra=_LOCAL_TIME)  # fmt: skip
     days: list[Day] = Field(default_factory=lambda: list(DAYS))
     timezone: TimeZone = "UTC"
 
@@ -101,9 +118,16 @@ class Window(_Model):
     def _timezone(cls, value: str) -> str:
         return _zone(value)
 
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: time | None) -> time | None:
+        if value is not None and value.tzinfo is not None:
+            raise ValueError("give a local time like 09:00 (the window's zone is `timezone`)")
+        return value
+
     @model_validator(mode="after")
     def _ordered(self) -> Window:
-        if self.end <= self.start:
+        if self.end is not None and self.end <= self.start:
             raise ValueError(f"end ({self.end:%H:%M}) must be after start ({self.start:%H:%M})")
         if not self.days:
             raise ValueError("days must name at least one day")
@@ -113,7 +137,7 @@ class Window(_Model):
 class Amd(_Model):
     """Answering-machine detection on the campaign's answered calls."""
 
-    enabled: bool = False
+    enabled: StrictBool = False
     action: Literal["connect", "hangup", "wait_for_beep"] = Field(
         "connect", description="on a machine: connect the agent anyway (the result in its start "
         "message), hang up, or wait for the beep and then connect",
@@ -145,7 +169,7 @@ class CampaignSpec(_Model):
     retries: Retries = Field(default_factory=Retries)
     window: Window = Field(default_factory=Window)
     amd: Amd = Field(default_factory=Amd)
-    ring_timeout: int | None = Field(None, ge=1, le=600)
+    ring_timeout: StrictInt | None = Field(None, ge=1, le=600)
     variables: Variables = Field(default_factory=dict, description="for every contact's call")
 
 
@@ -167,7 +191,9 @@ def window_open(window: Window, now: datetime, timezone: str | None = None) -> b
     """Whether `now` (aware) is inside the window, in `timezone` (a contact's) or the
     window's own."""
     local = now.astimezone(ZoneInfo(timezone or window.timezone))
-    return DAYS[local.weekday()] in window.days and window.start <= local.time() < window.end
+    clock = local.time()
+    before_end = window.end is None or clock < window.end
+    return DAYS[local.weekday()] in window.days and window.start <= clock and before_end
 
 
 def outcome_of(status: str, reason: str | None, amd: str | None = None) -> Outcome:

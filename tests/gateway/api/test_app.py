@@ -40,6 +40,8 @@ from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
 from gateway.front.health import FrontHealth, FrontWorker
 from gateway.metrics import NodeMetrics
+from gateway.campaigns.store import CampaignStore
+from gateway.node.campaigns import CampaignOperations, CampaignRunner
 from gateway.node.ledger import Ledger
 from gateway.node.operations import run_operation
 from gateway.node.placement import WorkerPhase, WorkerState
@@ -151,6 +153,10 @@ class FakeNode:
         self.started_at = time.time()
         self.front: FrontHealth | None = None
         self.reload_problems: list[str] = []  # what the next reload refuses the file for
+        # campaigns: the real operations and store; the runner is never started here
+        self.campaign_store = CampaignStore(str(tmp / "api.db"))
+        runner = CampaignRunner(self, self.campaign_store, lambda data: None)  # type: ignore[arg-type]
+        self.campaigns = CampaignOperations(self, runner)  # type: ignore[arg-type]
 
     async def reload(self) -> dict[str, Any]:
         """As supervisor.Node.reload answers (its logic: tests/gateway/node/test_reload.py)."""
@@ -163,6 +169,8 @@ class FakeNode:
                 "trunks_removed": [], "trunks_changed": []}  # fmt: skip
 
     async def command(self, name: str, args: dict[str, Any]) -> Any:
+        if name.startswith("campaign."):
+            return await self.campaigns(name, args)
         return await run_operation(self, name, args)  # type: ignore[arg-type]
 
     async def front_health(self) -> FrontHealth | None:
@@ -1027,6 +1035,7 @@ def test_openapi_document_validates_and_matches_responses(
     check("GET", "/readiness", "/readiness")
     node.worker.exited.set()
     check("GET", "/health", "/health")
+    exercise_campaigns(check)
     check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
     node.reload_problems = ["node.yaml: numbers[0].agent: 'x' is not one of the agents (bot)"]
     check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
@@ -1038,6 +1047,12 @@ def test_openapi_document_validates_and_matches_responses(
     # front of every route (produced above on POST /v1/calls), and 422 cannot happen on
     # routes whose only parameters are ids in the path.
     path_only = {
+        "/v1/campaigns/{campaign_id}",
+        "/v1/campaigns/{campaign_id}/launch",
+        "/v1/campaigns/{campaign_id}/pause",
+        "/v1/campaigns/{campaign_id}/resume",
+        "/v1/campaigns/{campaign_id}/stop",
+        "/v1/campaigns/{campaign_id}/stats",
         "/v1/calls/{call_id}",
         "/v1/calls/{call_id}/hangup",
         "/v1/calls/{call_id}/recording",
@@ -1115,3 +1130,94 @@ def test_a_reload_answers_what_changed_or_each_problem_of_a_refused_file(
     details = refused.json()["error"]["details"]
     assert [d["message"] for d in details] == node.reload_problems
     assert client.post("/v1/node/reload").status_code == 401
+
+
+def exercise_campaigns(check: Callable[..., httpx.Response]) -> None:
+    """Every documented answer of /v1/campaigns, once (the OpenAPI test's part)."""
+    root, one = "/v1/campaigns", "/v1/campaigns/{campaign_id}"
+    body = {"name": "n", "agent": "echo", "contacts": [{"to": "+15551230001"}]}
+    created = check("POST", root, root, json=body, headers={**AUTH, "Idempotency-Key": "c1"})
+    cid = created.json()["data"]["id"]
+    check("POST", root, root, json={**body, "name": "m"}, headers={**AUTH, "Idempotency-Key": "c1"})
+    check("POST", root, root, json={"name": "n"}, headers=AUTH)  # 422: no agent
+    malformed = {**AUTH, "Content-Type": "application/json"}
+    check("POST", root, root, content=b"{", headers=malformed)
+    check("POST", root, root, json={**body, "name": "x" * 70_000}, headers=AUTH)
+    check("GET", root, root, headers=AUTH)
+    check("GET", f"{root}?status=bogus", root, headers=AUTH)
+    url = f"{root}/{cid}"
+    check("GET", url, one, headers=AUTH)
+    check("GET", f"{root}/cmp_nope", one, headers=AUTH)
+    contacts = one + "/contacts"
+    check("GET", f"{url}/contacts", contacts, headers=AUTH)
+    check("GET", f"{url}/contacts?status=bogus", contacts, headers=AUTH)
+    check("GET", f"{root}/cmp_nope/contacts", contacts, headers=AUTH)
+    csv_headers = {**AUTH, "Content-Type": "text/csv"}
+    check("POST", f"{url}/contacts", contacts, content=b"to,lead\n+15551230002,L2\n",
+          headers=csv_headers)  # fmt: skip
+    check("POST", f"{url}/contacts", contacts, content=b"{", headers=malformed)
+    check("POST", f"{url}/contacts", contacts, json={"contacts": [{"to": "x" * 70_000}]},
+          headers=AUTH)  # fmt: skip
+    check("POST", f"{url}/contacts", contacts, json={"contacts": [{"to": "5"}]}, headers=AUTH)
+    check("POST", f"{root}/cmp_nope/contacts", contacts,
+          json={"contacts": [{"to": "+15551230008"}]}, headers=AUTH)  # fmt: skip
+    check("GET", f"{url}/stats", one + "/stats", headers=AUTH)
+    check("GET", f"{root}/cmp_nope/stats", one + "/stats", headers=AUTH)
+    for op in ("pause", "resume", "launch", "stop"):
+        check("POST", f"{root}/cmp_nope/{op}", f"{one}/{op}", headers=AUTH)
+    check("POST", f"{url}/pause", one + "/pause", headers=AUTH)  # 409: a draft
+    check("POST", f"{url}/launch", one + "/launch", headers=AUTH)
+    check("POST", f"{url}/pause", one + "/pause", headers=AUTH)
+    check("POST", f"{url}/resume", one + "/resume", headers=AUTH)
+    check("DELETE", url, one, headers=AUTH)  # 409: not a draft
+    check("POST", f"{url}/stop", one + "/stop", headers=AUTH)
+    check("POST", f"{url}/resume", one + "/resume", headers=AUTH)  # 409: stopped
+    check("POST", f"{url}/launch", one + "/launch", headers=AUTH)  # 409
+    check("POST", f"{url}/stop", one + "/stop", headers=AUTH)  # 409
+    check("POST", f"{url}/contacts", contacts, json={"contacts": [{"to": "+15551230009"}]},
+          headers=AUTH)  # fmt: skip  409: stopped
+    draft = check("POST", root, root, json=body, headers=AUTH).json()["data"]["id"]
+    check("DELETE", f"{root}/{draft}", one, headers=AUTH)
+    check("DELETE", f"{root}/{draft}", one, headers=AUTH)  # 404
+
+
+def test_campaigns_through_the_api_with_csv_contacts_and_named_problems(
+    client: httpx.Client, node: FakeNode
+) -> None:
+    body = {"name": "renewals", "agent": "echo", "trunks": ["carrier"],
+            "contacts": [{"to": "+15551230001", "variables": {"lead": "L1"}}],
+            "window": {"start": "09:00", "end": "17:00", "timezone": "Europe/London"}}  # fmt: skip
+    created = client.post("/v1/campaigns", json=body, headers=AUTH)
+    assert created.status_code == 201, created.text
+    campaign = created.json()["data"]
+    assert (campaign["status"], campaign["contacts_total"]) == ("draft", 1)
+    url = f"/v1/campaigns/{campaign['id']}"
+    csv = b"to,timezone,lead\n+15551230002,America/New_York,L2\n+15551230003,,L3\n"
+    added = client.post(f"{url}/contacts", content=csv,
+                        headers={**AUTH, "Content-Type": "text/csv"})  # fmt: skip
+    assert added.status_code == 200, added.text
+    assert added.json()["data"]["contacts_total"] == 3
+    listed = client.get(f"{url}/contacts", headers=AUTH).json()
+    rows = {c["to"]: c for c in listed["data"]}
+    assert rows["+15551230002"]["timezone"] == "America/New_York"
+    assert rows["+15551230003"]["variables"] == {"lead": "L3"}
+    assert listed["meta"]["total"] == 3
+
+    duplicate = client.post(f"{url}/contacts", json={"contacts": [{"to": "+15551230001"}]},
+                            headers=AUTH)  # fmt: skip
+    assert duplicate.status_code == 422
+    assert "+15551230001" in duplicate.json()["error"]["message"]
+    bad_row = client.post(f"{url}/contacts", content=b"to\n+15551230004\n555\n",
+                          headers={**AUTH, "Content-Type": "text/csv"})  # fmt: skip
+    assert bad_row.status_code == 422
+    no_to = client.post(f"{url}/contacts", content=b"number\n+15551230004\n",
+                        headers={**AUTH, "Content-Type": "text/csv"})  # fmt: skip
+    assert no_to.status_code == 422 and "`to` column" in no_to.json()["error"]["message"]
+    unknown_agent = client.post("/v1/campaigns", json={**body, "agent": "nobody"}, headers=AUTH)
+    assert unknown_agent.status_code == 422
+    assert unknown_agent.json()["error"]["details"][0]["field"] == "agent"
+    bad_zone = client.post("/v1/campaigns", json={**body, "window": {"timezone": "Nowhere/X"}},
+                           headers=AUTH)  # fmt: skip
+    assert bad_zone.status_code == 422 and "IANA" in bad_zone.text
+    stats = client.get(f"{url}/stats", headers=AUTH).json()["data"]
+    assert stats["contacts"]["pending"] == 3 and stats["calls"]["attempted"] == 0

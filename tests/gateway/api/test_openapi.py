@@ -8,12 +8,14 @@ from __future__ import annotations
 import re
 import tempfile
 from collections.abc import Iterator
+from datetime import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from pydantic import TypeAdapter, ValidationError
 
 from gateway.api import create_app
 from gateway.config import Config
@@ -68,3 +70,52 @@ def _configured(body: Any) -> None:
         value = body.get(field)
         if isinstance(value, str) and len(value) <= MAX_ID and re.fullmatch(_ID, value):
             body[field] = configured
+    _campaign_configured(body)
+
+
+def _campaign_configured(body: dict[str, Any]) -> None:
+    """The same for a campaign: its trunks, the time zones (any string to the schema, an IANA
+    zone to the node), a window whose end is not after its start or that has no day, and
+    contacts given twice: what the schema cannot say becomes what the node takes."""
+    trunks = body.get("trunks")
+    if isinstance(trunks, list) and all(isinstance(t, str) and re.fullmatch(_ID, t)
+                                        and len(t) <= MAX_ID for t in trunks):  # fmt: skip
+        body["trunks"] = ["static"] * min(len(trunks), 1)
+    window = body.get("window")
+    if isinstance(window, dict):
+        if _zone_like(window.get("timezone")):
+            window["timezone"] = "UTC"
+        bounds = [_time_or_none(window.get(k, "00:00")) for k in ("start", "end")]
+        local = None not in bounds and all(b.tzinfo is None for b in bounds)  # type: ignore[union-attr]
+        if "end" in window and local and bounds[1] <= bounds[0]:  # type: ignore[operator]
+            window.pop("end")
+        if window.get("days") == []:
+            window.pop("days")
+    contacts = body.get("contacts")
+    if isinstance(contacts, list):
+        seen: set[Any] = set()
+        kept = []
+        for contact in contacts:
+            if isinstance(contact, dict):
+                if _zone_like(contact.get("timezone")):
+                    contact["timezone"] = "UTC"
+                number = contact.get("to")
+                if isinstance(number, str):
+                    if number in seen:
+                        continue
+                    seen.add(number)
+            kept.append(contact)
+        body["contacts"] = kept
+
+
+def _zone_like(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= 64  # what the schema allows of a zone
+
+
+def _time_or_none(value: Any) -> time | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return TypeAdapter(time).validate_python(value)
+    except ValidationError:
+        return None

@@ -112,3 +112,8 @@ def test_a_campaign_needs_e164_contacts_and_names_what_is_wrong() -> None:
         CampaignSpec.model_validate(spec)
     with pytest.raises(ValidationError, match="max_concurrent"):
         CampaignSpec.model_validate({"name": "x", "agent": "bot", "pacing": {"max_concurrent": 0}})
+
+
+def test_a_window_takes_local_times_only() -> None:
+    with pytest.raises(ValidationError, match="local time like 09:00"):
+        Window.model_validate({"start": "09:00:00Z", "end": "17:00"})
