@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -91,7 +91,9 @@ class Pacing(_Model):
 
 class Retries(_Model):
     max_attempts: StrictInt = Field(1, ge=1, le=20, description="calls per contact, at most")
-    retry_delay: StrictFloat = Field(300.0, ge=0, le=7 * 86400, description="seconds between attempts")
+    retry_delay: StrictFloat = Field(
+        300.0, ge=0, le=7 * 86400, description="seconds between attempts"
+    )
     retry_on: list[RetryOn] = Field(
         default_factory=lambda: list[RetryOn](["busy", "no_answer", "unreachable"]),
         description="outcomes that are tried again",

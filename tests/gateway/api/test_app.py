@@ -27,6 +27,7 @@ from gateway.api.auth import ApiKeys, RateLimiter, bearer_token
 from gateway.api.calls import byte_range
 from gateway.api.common import MAX_PAGE
 from gateway.calls import events as ev
+from gateway.campaigns.store import CampaignStore
 from gateway.config import Config
 from gateway.errors import HTTP_STATUS, CallRefused, ErrorCode, refusal_code
 from gateway.events.commands import (
@@ -40,7 +41,6 @@ from gateway.events.publisher import BrokerConnection, Publisher
 from gateway.events.schema import CommandError
 from gateway.front.health import FrontHealth, FrontWorker
 from gateway.metrics import NodeMetrics
-from gateway.campaigns.store import CampaignStore
 from gateway.node.campaigns import CampaignOperations, CampaignRunner
 from gateway.node.ledger import Ledger
 from gateway.node.operations import run_operation
