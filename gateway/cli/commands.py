@@ -79,9 +79,8 @@ def _front_config(args: argparse.Namespace) -> int:
         return 0
     paths.directory.mkdir(parents=True, exist_ok=True)
     before = paths.config.read_text() if paths.config.exists() else None
-    for name, text in files.by_name().items():
-        (paths.directory / name).write_text(text)
-        print(paths.directory / name)
+    for written in files.write(paths):
+        print(written)
     if not args.reload:
         print(f"run: kamailio -DD -E -f {paths.config}", file=sys.stderr)
         return 0

@@ -16,6 +16,7 @@ REFUSALS = {
     "script:front_refused_unconfirmed": "unconfirmed",
     "script:front_refused_full": "workers_full",
     "script:front_refused_draining": "draining",
+    "script:front_refused_certificate": "certificate_required",
 }
 
 
@@ -46,6 +47,7 @@ class FrontHealth:
     workers: list[FrontWorker] = field(default_factory=list)
     stats: Mapping[str, int] = field(default_factory=dict)
     draining: bool = False
+    tls_refused: Mapping[str, int] = field(default_factory=dict)  # by direction (in, out)
 
     @property
     def requests(self) -> int:
@@ -77,6 +79,7 @@ class FrontHealth:
             "replies_sent": self.replies_sent,
             "flood_dropped": self.flood_dropped,
             "refused": self.refused,
+            "tls_refused": {d: self.tls_refused.get(d, 0) for d in ("in", "out")},
         }
 
 
@@ -148,6 +151,10 @@ def prometheus(front: FrontHealth) -> str:
            "New INVITEs the front answered itself instead of dispatching, by reason.",
            [f'sipedge_front_invites_refused_total{{reason="{r}"}} {n}'
             for r, n in sorted(front.refused.items())])  # fmt: skip
+    metric("sipedge_front_tls_refused_total", "counter",
+           "TLS handshakes the front refused (in: a peer connected; out: to a carrier).",
+           [f'sipedge_front_tls_refused_total{{direction="{d}"}} {front.tls_refused.get(d, 0)}'
+            for d in ("in", "out")])  # fmt: skip
     dispatched = front.stats.get("script:front_dispatched", 0)
     failovers = front.stats.get("script:front_failovers", 0)
     metric("sipedge_front_invites_dispatched_total", "counter",

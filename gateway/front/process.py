@@ -18,12 +18,14 @@ import socket
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from gateway.config import Config, WorkerSlot, hostport
 from gateway.errors import SipedgeError
 from gateway.front.render import FrontFiles, FrontPaths, render
 from gateway.front.rpc import FrontRpc
+from gateway.front.tlslog import TlsRefusals
 
 log = logging.getLogger("sipedge.front")
 
@@ -89,6 +91,9 @@ class FrontProcess:
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._tail: list[str] = []
+        self._tls = TlsRefusals(config)
+        # Handshakes refused, by direction (in, out): Kamailio counts none of them itself.
+        self.tls_refused: Counter[str] = Counter()
 
     @property
     def pid(self) -> int | None:
@@ -107,8 +112,7 @@ class FrontProcess:
                 "-Y", directory, "-m", str(SHM_MB), "-M", str(PKG_MB)]  # fmt: skip
 
     async def start(self) -> None:
-        for name, text in self.files().by_name().items():
-            (self.paths.directory / name).write_text(text)
+        self.files().write(self.paths)
         self.exited.clear()
         self.stopping = False
         self._tail = []
@@ -172,6 +176,10 @@ class FrontProcess:
             self._tail = [*self._tail[-40:], text]
             level, message = log_line(text)
             log.log(level, "%s", message)
+            refusal = self._tls.feed(message)
+            if refusal is not None:
+                self.tls_refused[refusal.direction] += 1
+                log.warning("%s", refusal.log_line())
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         # Not proc.wait(): before Python 3.12 it also waits for the log pipe to close, which

@@ -815,3 +815,70 @@ def test_many_workers_need_a_front_and_enough_rtp_ports() -> None:
 def test_worker_ports_clash_with_other_listeners() -> None:
     with pytest.raises(ValueError, match="worker_ports_start"):
         _front(2, port=5070, front={"mode": "embedded", "worker_ports_start": 8080})
+
+
+# -- the front's security settings (sip.tls, trunks' transport tls) ---------------------------
+
+FRONT = "sip: {listen: 127.0.0.1, port: 5070, front: {mode: embedded}%s}\n"
+
+
+def tls_block(tmp_path: Path, **extra: str) -> str:
+    from tests.integration.tlscerts import CertAuthority
+
+    ca = CertAuthority(tmp_path / "pki")
+    front = ca.issue("front", passphrase=extra.pop("passphrase", None))
+    keys = {"certificate": str(front.certificate), "private_key": str(front.key),
+            "ca_file": str(ca.ca_file), **extra}  # fmt: skip
+    return ", tls: {" + ", ".join(f"{k}: {v!r}" for k, v in keys.items()) + "}"
+
+
+def test_sip_tls_parses_with_its_defaults(tmp_path: Path) -> None:
+    config = parse_config(FRONT % tls_block(tmp_path), SOURCE, {})
+    assert config.sip.tls is not None
+    assert (config.sip.tls.port, config.sip.tls.min_version) == (5061, "1.2")
+
+
+def test_sip_tls_needs_the_front(tmp_path: Path) -> None:
+    text = "sip: {listen: 127.0.0.1" + tls_block(tmp_path) + "}\n"
+    assert_problem(text, "sip.tls", "served by the SIP front", "sip.front.mode")
+
+
+def test_a_certificate_file_that_is_missing_or_not_pem_is_named(tmp_path: Path) -> None:
+    (tmp_path / "not.pem").write_text("hello")
+    text = FRONT % tls_block(tmp_path, certificate=str(tmp_path / "none.pem"),
+                             ca_file=str(tmp_path / "not.pem"))  # fmt: skip
+    problems = problems_of(text)
+    assert f"{SOURCE}: sip.tls.certificate: cannot read {tmp_path / 'none.pem'}: No such file" \
+        in problems[0]  # fmt: skip
+    assert problems[1].startswith(f"{SOURCE}: sip.tls.ca_file: {tmp_path / 'not.pem'} is not a PEM")
+
+
+def test_an_encrypted_key_needs_its_passphrase_and_a_wrong_one_is_not_shown(
+    tmp_path: Path,
+) -> None:
+    assert_problem(FRONT % tls_block(tmp_path, passphrase="right-one"), "sip.tls",
+                   "is encrypted; set private_key_password")  # fmt: skip
+    text = FRONT % tls_block(tmp_path / "b", passphrase="right-one",
+                             private_key_password="${KEY_PASS}")  # fmt: skip
+    line = assert_problem(text, "sip.tls", "private_key_password does not open",
+                          env={"KEY_PASS": "wrong-one"})  # fmt: skip
+    assert "wrong-one" not in line
+    parse_config(textwrap.dedent(text), SOURCE, {"KEY_PASS": "right-one"})
+    literal = FRONT % tls_block(tmp_path / "c", passphrase="x", private_key_password="plain")
+    assert any("private_key_password: secrets must be an ${ENV} reference" in p
+               for p in problems_of(literal))  # fmt: skip
+
+
+def test_a_tls_port_on_the_sip_tcp_port_is_a_clash(tmp_path: Path) -> None:
+    text = FRONT % tls_block(tmp_path, port="5070")
+    assert_problem(text, "sip.tls.port", "is also sip.port (5070)", "TCP")
+
+
+@pytest.mark.parametrize("trunk, key", [
+    ("{id: carrier, transport: tls}", "trunks[0].transport: tls needs sip.tls"),
+    ("{id: carrier, tls_client_certificate: true}",
+     "trunks[0].tls_client_certificate: true needs sip.tls"),
+])  # fmt: skip
+def test_tls_trunks_need_sip_tls(trunk: str, key: str) -> None:
+    line = only_problem(FRONT % "" + f"trunks: [{trunk}]\n")
+    assert line.startswith(f"{SOURCE}: {key} (the front's certificate and private key)"), line

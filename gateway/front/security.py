@@ -1,0 +1,90 @@
+"""What the front enforces beyond routing, rendered from the config: SIP over TLS (tls.cfg,
+the tls module), the client certificates trunks require. Pure text but
+for reading the private key when it has a passphrase.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from gateway.config import Config, TlsSettings
+
+
+def tls_module(config: Config, tls_cfg: Path) -> str:
+    """The tls module's lines (after the other modules), reading `tls_cfg`, when sip.tls is
+    set."""
+    if config.sip.tls is None:
+        return ""
+    return "\n".join([
+        'loadmodule "tls.so"',
+        f'modparam("tls", "config", "{tls_cfg}")',
+        # A handshake that fails is logged by the module itself (ERROR, with OpenSSL's reason).
+        'modparam("tls", "tls_log", 1)',
+    ])  # fmt: skip
+
+
+def tls_config(config: Config, decrypted_key_path: Path) -> str | None:
+    """tls.cfg: the front's certificate for carriers that connect (a client certificate is
+    asked for only when a trunk requires one, and must then chain to ca_file), and the
+    carriers' certificates checked against ca_file when the front connects. A key with a
+    passphrase is read from `decrypted_key_path` (`decrypted_key` writes it there)."""
+    tls = config.sip.tls
+    if tls is None:
+        return None
+    method = "TLSv1.2+"  # tls.min_version: 1.2 and 1.3, never older
+    key = decrypted_key_path if tls.private_key_password is not None else tls.private_key
+    ask_client = any(t.tls_client_certificate for t in config.trunks)
+    return "\n".join([
+        "# rendered by sipedge from sip.tls",
+        "[server:default]",
+        f"method = {method}",
+        f"certificate = {tls.certificate}",
+        f"private_key = {key}",
+        f"ca_list = {tls.ca_file}",
+        f"verify_certificate = {'yes' if ask_client else 'no'}",
+        "require_certificate = no",  # the script refuses a trunk's calls without one
+        "",
+        "[client:default]",
+        f"method = {method}",
+        f"ca_list = {tls.ca_file}",
+        "verify_certificate = yes",
+        "require_certificate = yes",
+        "",
+    ])  # fmt: skip
+
+
+def decrypted_key(tls: TlsSettings) -> str | None:
+    """The private key without its passphrase (PEM), None when it has none. Kamailio would
+    ask for the passphrase on its terminal; the front gets the key in its run directory."""
+    if tls.private_key_password is None:
+        return None
+    with open(tls.private_key, "rb") as f:
+        key = serialization.load_pem_private_key(
+            f.read(), password=tls.private_key_password.get_secret_value().encode()
+        )
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def trunk_security(config: Config) -> list[str]:
+    """route[TRUNK_SECURITY]'s body: for trunk $var(trunk), whether its calls need a verified
+    client certificate ($var(cert))."""
+    out: list[str] = []
+    for trunk in config.trunks:
+        if not trunk.tls_client_certificate:
+            continue
+        out.append(f'\tif ($var(trunk) == "{trunk.id}") {{')
+        # $tls_peer_verified: the certificate the caller presented chains to ca_file.
+        out += [
+            "\t\t$var(cert) = 1;",
+            '\t\tif ($pr == "tls" && $tls_peer_verified == 1) {',
+            "\t\t\t$var(cert_ok) = 1;",
+            "\t\t}",
+        ]
+        out.append("\t}")
+    return out
