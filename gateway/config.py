@@ -186,6 +186,14 @@ class SipSettings(Model):
         return value
 
 
+class InboundAuth(Model):
+    """Digest credentials the front demands of a trunk's INVITEs and REGISTERs (a PBX)."""
+
+    username: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._+-]+$")
+    password: SecretStr
+    realm: str = Field("sipedge", pattern=r"^[A-Za-z0-9._-]+$")
+
+
 class Trunk(Model):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     registers: bool = Field(False, alias="register", description="REGISTER with the registrar")
@@ -200,6 +208,7 @@ class Trunk(Model):
     tls_client_certificate: bool = Field(
         False, description="inbound calls need a client certificate verified by sip.tls.ca_file"
     )
+    inbound_auth: InboundAuth | None = Field(None, description="digest the front demands")
     expires: int = Field(300, ge=10, le=86400)
     retry_min: float = Field(5.0, gt=0)
     retry_max: float = Field(300.0, gt=0)
@@ -507,7 +516,7 @@ class Config(Model):
 
     @model_validator(mode="after")
     def _front_security(self) -> Config:
-        """TLS and client certificates are the front's work."""
+        """TLS, client certificates and inbound digest are the front's work."""
         sip = self.sip
         if sip.tls is not None and sip.front.mode == "none":
             raise ValueError(
@@ -520,6 +529,15 @@ class Config(Model):
                 value = "tls" if key == "transport" else "true"
                 raise ValueError(f"trunks[{i}].{key}: {value} needs sip.tls (the front's "
                                  "certificate and private key)")  # fmt: skip
+            if trunk.inbound_auth is not None:
+                where = f"trunks[{i}].inbound_auth"
+                if sip.front.mode == "none":
+                    raise ValueError(f"{where}: digest is checked by the SIP front; set "
+                                     "sip.front.mode to embedded or external")  # fmt: skip
+                if not trunk.allowed_ips:
+                    raise ValueError(f"{where}: needs allowed_ips (the sources that may call "
+                                     "or register as this trunk; 0.0.0.0/0 for any, with "
+                                     "digest alone)")  # fmt: skip
         return self
 
     @model_validator(mode="after")

@@ -21,7 +21,7 @@ from gateway.front.render import FrontFiles, FrontPaths, dispatcher_list, front_
 SHARED = (
     "sip.listen, sip.port, sip.transports, sip.public_address, sip.user_agent, "
     "sip.front.host and port, sip.front.worker_invites_per_second, sip.tls, the trunks' "
-    "allowed_ips, transport and tls_client_certificate, numbers, limits and the "
+    "allowed_ips, transport, tls_client_certificate and inbound_auth, numbers, limits and the "
     "agents' connect_timeout"
 )
 

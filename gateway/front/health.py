@@ -16,6 +16,7 @@ REFUSALS = {
     "script:front_refused_unconfirmed": "unconfirmed",
     "script:front_refused_full": "workers_full",
     "script:front_refused_draining": "draining",
+    "script:front_refused_auth": "auth_failed",
     "script:front_refused_certificate": "certificate_required",
 }
 

@@ -25,6 +25,7 @@ from gateway.config import Config, WorkerSlot, hostport
 from gateway.errors import SipedgeError
 from gateway.front.render import FrontFiles, FrontPaths, render
 from gateway.front.rpc import FrontRpc
+from gateway.front.security import front_environment
 from gateway.front.tlslog import TlsRefusals
 
 log = logging.getLogger("sipedge.front")
@@ -123,6 +124,8 @@ class FrontProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # The inbound digest passwords, which the script reads as $env(...).
+            env={**os.environ, **front_environment(self.config)},
             # Its own process group: Ctrl-C must not take the front down before the workers
             # have drained (their in-dialog requests still pass through it).
             process_group=0,

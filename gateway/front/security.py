@@ -1,6 +1,10 @@
 """What the front enforces beyond routing, rendered from the config: SIP over TLS (tls.cfg,
-the tls module), the client certificates trunks require. Pure text but
+the tls module), inbound digest per trunk. Pure text but
 for reading the private key when it has a passphrase.
+
+Inbound digest passwords never enter a rendered file: the script reads each one from the
+front's environment (`$env(NAME)`, `front_environment`), which the node sets when it starts
+Kamailio; an operator who runs the front sets the same variables.
 """
 
 from __future__ import annotations
@@ -9,7 +13,21 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
-from gateway.config import Config, TlsSettings
+from gateway.config import Config, TlsSettings, Trunk
+
+
+def auth_env_name(trunk: Trunk) -> str:
+    """The front's environment variable holding `trunk`'s inbound digest password."""
+    return "SIPEDGE_AUTH_" + trunk.id.upper().replace("-", "_")
+
+
+def front_environment(config: Config) -> dict[str, str]:
+    """The variables the front's script reads the inbound digest passwords from."""
+    return {
+        auth_env_name(t): t.inbound_auth.password.get_secret_value()
+        for t in config.trunks
+        if t.inbound_auth is not None
+    }
 
 
 def tls_module(config: Config, tls_cfg: Path) -> str:
@@ -73,18 +91,27 @@ def decrypted_key(tls: TlsSettings) -> str | None:
 
 def trunk_security(config: Config) -> list[str]:
     """route[TRUNK_SECURITY]'s body: for trunk $var(trunk), whether its calls need a verified
-    client certificate ($var(cert))."""
+    client certificate ($var(cert)) and digest ($var(auth): user, realm, password)."""
     out: list[str] = []
     for trunk in config.trunks:
-        if not trunk.tls_client_certificate:
+        auth = trunk.inbound_auth
+        if auth is None and not trunk.tls_client_certificate:
             continue
         out.append(f'\tif ($var(trunk) == "{trunk.id}") {{')
-        # $tls_peer_verified: the certificate the caller presented chains to ca_file.
-        out += [
-            "\t\t$var(cert) = 1;",
-            '\t\tif ($pr == "tls" && $tls_peer_verified == 1) {',
-            "\t\t\t$var(cert_ok) = 1;",
-            "\t\t}",
-        ]
+        if trunk.tls_client_certificate:
+            # $tls_peer_verified: the certificate the caller presented chains to ca_file.
+            out += [
+                "\t\t$var(cert) = 1;",
+                '\t\tif ($pr == "tls" && $tls_peer_verified == 1) {',
+                "\t\t\t$var(cert_ok) = 1;",
+                "\t\t}",
+            ]
+        if auth is not None:
+            out += [
+                "\t\t$var(auth) = 1;",
+                f'\t\t$var(auth_user) = "{auth.username}";',
+                f'\t\t$var(auth_realm) = "{auth.realm}";',
+                f"\t\t$var(auth_password) = $env({auth_env_name(trunk)});",
+            ]
         out.append("\t}")
     return out

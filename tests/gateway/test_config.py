@@ -29,6 +29,7 @@ CARRIER_ENV = {
     "SIPEDGE_API_KEY": "api-key-value",
     "SIPEDGE_ADMIN_KEY": "admin-key-value",
     "TURN_PASSWORD": "turn-password-value",
+    "PBX_PASSWORD": "pbx-password-value",
 }
 
 VALID = """
@@ -817,7 +818,7 @@ def test_worker_ports_clash_with_other_listeners() -> None:
         _front(2, port=5070, front={"mode": "embedded", "worker_ports_start": 8080})
 
 
-# -- the front's security settings (sip.tls, trunks' transport tls) ---------------------------
+# -- the front's security settings (sip.tls, trunks' transport tls, inbound_auth) --------------
 
 FRONT = "sip: {listen: 127.0.0.1, port: 5070, front: {mode: embedded}%s}\n"
 
@@ -882,3 +883,24 @@ def test_a_tls_port_on_the_sip_tcp_port_is_a_clash(tmp_path: Path) -> None:
 def test_tls_trunks_need_sip_tls(trunk: str, key: str) -> None:
     line = only_problem(FRONT % "" + f"trunks: [{trunk}]\n")
     assert line.startswith(f"{SOURCE}: {key} (the front's certificate and private key)"), line
+
+
+def test_inbound_auth_takes_its_password_from_the_environment_only() -> None:
+    trunk = "trunks: [{id: pbx, allowed_ips: [192.0.2.20/32], inbound_auth: %s}]\n"
+    config = parse_config(FRONT % "" + trunk % "{username: office, password: '${PBX_PW}'}",
+                          SOURCE, {"PBX_PW": SECRET})  # fmt: skip
+    auth = config.trunks[0].inbound_auth
+    assert auth is not None and (auth.username, auth.realm) == ("office", "sipedge")
+    assert SECRET not in repr(config) and auth.password.get_secret_value() == SECRET
+    assert_problem(FRONT % "" + trunk % f"{{username: office, password: {SECRET}}}",
+                   "trunks[0].inbound_auth.password", "must be an ${ENV} reference")  # fmt: skip
+
+
+def test_inbound_auth_needs_the_front_and_allowed_ips() -> None:
+    auth = "inbound_auth: {username: office, password: '${PBX_PW}'}"
+    env = {"PBX_PW": SECRET}
+    line = only_problem(FRONT % "" + f"trunks: [{{id: pbx, {auth}}}]\n", env)
+    assert line.startswith(f"{SOURCE}: trunks[0].inbound_auth: needs allowed_ips"), line
+    no_front = f"trunks: [{{id: pbx, allowed_ips: [192.0.2.20/32], {auth}}}]\n"
+    line = only_problem(no_front, env)
+    assert "trunks[0].inbound_auth: digest is checked by the SIP front" in line, line

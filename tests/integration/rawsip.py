@@ -5,6 +5,7 @@ Python's ssl module, since Debian's SIPp has no TLS."""
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import re
 import socket
@@ -367,3 +368,27 @@ class TlsServer(RawUac):
         self.listener.close()
         if self._conn is not None:
             self._conn.close()
+
+
+def digest_authorization(
+    challenge: str, method: str, uri: str, username: str, password: str
+) -> str:
+    """The Authorization (or Proxy-Authorization) value answering a Digest `challenge`
+    (RFC 2617: MD5, qop=auth when offered)."""
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', challenge.split(" ", 1)[1]))
+    realm, nonce = params["realm"], params["nonce"]
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    ha1, ha2 = md5(f"{username}:{realm}:{password}"), md5(f"{method}:{uri}")
+    value = f'Digest username="{username}", realm="{realm}", nonce="{nonce}", uri="{uri}"'
+    if "auth" in params.get("qop", "").split(","):
+        cnonce, nc = uuid.uuid4().hex[:8], "00000001"
+        response = md5(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}")
+        value += f', qop=auth, nc={nc}, cnonce="{cnonce}"'
+    else:
+        response = md5(f"{ha1}:{nonce}:{ha2}")
+    if "opaque" in params:
+        value += f', opaque="{params["opaque"]}"'
+    return value + f', response="{response}", algorithm=MD5'

@@ -110,3 +110,8 @@ def test_refused_tls_handshakes_and_missing_client_certificates_reach_the_metric
     assert 'sipedge_front_tls_refused_total{direction="in"} 2' in lines
     assert 'sipedge_front_tls_refused_total{direction="out"} 0' in lines
     assert health.as_dict()["tls_refused"] == {"in": 2, "out": 0}
+
+
+def test_failed_digest_reaches_the_metrics_as_a_refusal_reason() -> None:
+    health = FrontHealth("embedded", True, stats={"script:front_refused_auth": 3})
+    assert 'sipedge_front_invites_refused_total{reason="auth_failed"} 3' in metric_lines(health)

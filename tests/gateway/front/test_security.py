@@ -1,5 +1,6 @@
 """What the front enforces beyond routing, as rendered: SIP over TLS (listener, tls.cfg,
-sockets), and the TLS refusals read back from its log."""
+sockets), inbound digest per trunk (the password only ever as $env);
+and the TLS refusals read back from its log."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ import pytest
 
 from gateway.config import Config, worker_slots
 from gateway.front.render import FrontFiles, FrontPaths, render
+from gateway.front.security import auth_env_name, front_environment
 from gateway.front.tlslog import TlsRefusal, TlsRefusals
 from tests.gateway.front.test_render import block
 from tests.integration.tlscerts import CertAuthority
+
+SECRET = "pbx-secret-value"
 
 
 @pytest.fixture
@@ -37,6 +41,11 @@ def config(pki: CertAuthority | None = None, **trunk: Any) -> Config:
                     "allowed_ips": ["198.51.100.0/24"],
                     "proxy": "sip:sbc.example",
                     **trunk,
+                },
+                {
+                    "id": "office-pbx",
+                    "allowed_ips": ["192.0.2.20/32"],
+                    "inbound_auth": {"username": "office", "password": SECRET},
                 },
             ],  # fmt: skip
             "numbers": [{"number": "+15550100", "agent": "echo"}],
@@ -113,6 +122,26 @@ def test_a_passphrase_protected_key_is_given_to_the_front_decrypted_and_private(
     key = tmp_path / "tls-key.pem"
     assert key in written and stat.S_IMODE(key.stat().st_mode) == 0o600
     assert "BEGIN PRIVATE KEY" in key.read_text() and "ENCRYPTED" not in key.read_text()
+
+
+def test_inbound_digest_reads_the_password_from_the_environment_never_the_file() -> None:
+    c = config()
+    text = files(c).kamailio_cfg
+    assert SECRET not in text
+    security = block(text, "route[TRUNK_SECURITY]")
+    assert '$var(auth_user) = "office";' in security
+    assert "$var(auth_password) = $env(SIPEDGE_AUTH_OFFICE_PBX);" in security
+    assert front_environment(c) == {"SIPEDGE_AUTH_OFFICE_PBX": SECRET}
+    assert auth_env_name(c.trunks[1]) == "SIPEDGE_AUTH_OFFICE_PBX"
+
+
+def test_the_trunk_is_checked_before_the_number_so_callers_learn_no_numbers() -> None:
+    invite = block(files(config()).kamailio_cfg, "route[INBOUND_INVITE]")
+    assert invite.index("route(TRUNK_CHECKS);") < invite.index("route(ROUTED_NUMBER);")
+    checks = block(files(config()).kamailio_cfg, "route[TRUNK_CHECKS]")
+    # A wrong user and a wrong password take the one path to one answer.
+    assert "$var(rc) != 1 || $au != $var(auth_user)" in checks
+    assert checks.count('$var(reason) = "auth_failed";') == 1
 
 
 KAMAILIO_IN = [
