@@ -64,6 +64,10 @@ class FrontHealth:
         return self.stats.get("script:front_flood_dropped", 0)
 
     @property
+    def scanner_dropped(self) -> int:
+        return self.stats.get("script:front_scanner_dropped", 0)
+
+    @property
     def refused(self) -> dict[str, int]:
         return {reason: self.stats.get(name, 0) for name, reason in REFUSALS.items()}
 
@@ -79,6 +83,7 @@ class FrontHealth:
             "requests": self.requests,
             "replies_sent": self.replies_sent,
             "flood_dropped": self.flood_dropped,
+            "scanner_dropped": self.scanner_dropped,
             "refused": self.refused,
             "tls_refused": {d: self.tls_refused.get(d, 0) for d in ("in", "out")},
         }
@@ -152,6 +157,9 @@ def prometheus(front: FrontHealth) -> str:
            "New INVITEs the front answered itself instead of dispatching, by reason.",
            [f'sipedge_front_invites_refused_total{{reason="{r}"}} {n}'
             for r, n in sorted(front.refused.items())])  # fmt: skip
+    metric("sipedge_front_scanner_dropped_total", "counter",
+           "Requests dropped unanswered because their User-Agent is a known scanner's.",
+           [f"sipedge_front_scanner_dropped_total {front.scanner_dropped}"])  # fmt: skip
     metric("sipedge_front_tls_refused_total", "counter",
            "TLS handshakes the front refused (in: a peer connected; out: to a carrier).",
            [f'sipedge_front_tls_refused_total{{direction="{d}"}} {front.tls_refused.get(d, 0)}'

@@ -25,6 +25,7 @@ from gateway.config import (
     hostport,
 )
 from gateway.front.security import (
+    SCANNER_USER_AGENTS,
     decrypted_key,
     tls_config,
     tls_module,
@@ -174,6 +175,7 @@ def render(
         "SOURCE_IN_BOUND_TRUNK": "\n".join(_source_in_bound_trunk(config)),
         "TLS_MODULE": tls_module(config, paths.tls_config),
         "REGISTER_CONTACT": _register_contact(config),
+        "SCANNER_USER_AGENTS": SCANNER_USER_AGENTS,
         "TRUNK_SECURITY": "\n".join(trunk_security(config)),
     }
     tls = config.sip.tls

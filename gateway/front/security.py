@@ -1,5 +1,5 @@
 """What the front enforces beyond routing, rendered from the config: SIP over TLS (tls.cfg,
-the tls module), inbound digest per trunk. Pure text but
+the tls module), inbound digest per trunk, the scanner User-Agents it drops. Pure text but
 for reading the private key when it has a passphrase.
 
 Inbound digest passwords never enter a rendered file: the script reads each one from the
@@ -14,6 +14,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from gateway.config import Config, TlsSettings, Trunk
+
+# User-Agents of SIP scanners (sipvicious's svmap/svwar/svcrack send friendly-scanner);
+# a request carrying one is dropped without an answer. Kamailio's =~ ignores case.
+SCANNER_USER_AGENTS = (
+    "friendly-scanner|friendly-request|sipvicious|sipcli|sip-scan|sipsak|sundayddr|iWar|"
+    "SIVuS|VaxSIPUserAgent|VaxIPUserAgent|pplsip|siparmyknife"
+)
 
 
 def auth_env_name(trunk: Trunk) -> str:

@@ -137,7 +137,7 @@ def answer_register(carrier: TlsServer) -> str:
     carrier.answer(first, 401, "Unauthorized", to_tag="reg", headers=challenge)
     second = carrier.wait_method("REGISTER")
     assert 'username="edge"' in second.header("authorization")
-    assert second.header("user-agent") == "sipedge"
+    assert second.header("user-agent") == "sipedge"  # no version (test_front_scanner.py)
     contact = second.header("contact")
     carrier.answer(second, 200, "OK", to_tag="reg", headers=f"Contact: {contact};expires=300\r\n")
     return contact

@@ -115,3 +115,9 @@ def test_refused_tls_handshakes_and_missing_client_certificates_reach_the_metric
 def test_failed_digest_reaches_the_metrics_as_a_refusal_reason() -> None:
     health = FrontHealth("embedded", True, stats={"script:front_refused_auth": 3})
     assert 'sipedge_front_invites_refused_total{reason="auth_failed"} 3' in metric_lines(health)
+
+
+def test_scanner_drops_reach_the_metrics() -> None:
+    health = FrontHealth("embedded", True, stats={"script:front_scanner_dropped": 7})
+    assert "sipedge_front_scanner_dropped_total 7" in metric_lines(health)
+    assert health.as_dict()["scanner_dropped"] == 7

@@ -1,5 +1,5 @@
 """What the front enforces beyond routing, as rendered: SIP over TLS (listener, tls.cfg,
-sockets), inbound digest per trunk (the password only ever as $env);
+sockets), inbound digest per trunk (the password only ever as $env), scanner User-Agents;
 and the TLS refusals read back from its log."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import Config, worker_slots
 from gateway.front.render import FrontFiles, FrontPaths, render
-from gateway.front.security import auth_env_name, front_environment
+from gateway.front.security import SCANNER_USER_AGENTS, auth_env_name, front_environment
 from gateway.front.tlslog import TlsRefusal, TlsRefusals
 from tests.gateway.front.test_render import block
 from tests.integration.tlscerts import CertAuthority
@@ -142,6 +142,17 @@ def test_the_trunk_is_checked_before_the_number_so_callers_learn_no_numbers() ->
     # A wrong user and a wrong password take the one path to one answer.
     assert "$var(rc) != 1 || $au != $var(auth_user)" in checks
     assert checks.count('$var(reason) = "auth_failed";') == 1
+
+
+def test_known_scanners_are_dropped_before_anything_else_looks_at_the_request() -> None:
+    text = files(config()).kamailio_cfg
+    outside = block(text, "request_route").split("} else {", 1)[1]
+    assert outside.index("route(SCANNER);") < outside.index("route(FLOOD);")
+    scanner = block(text, "route[SCANNER]")
+    assert f'$ua =~ "{SCANNER_USER_AGENTS}"' in scanner
+    assert "sl_send_reply" not in scanner and "exit;" in scanner
+    for agent in ("friendly-scanner", "sipvicious", "sipcli", "VaxSIPUserAgent", "pplsip"):
+        assert agent in SCANNER_USER_AGENTS
 
 
 KAMAILIO_IN = [
