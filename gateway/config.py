@@ -31,6 +31,7 @@ E164 = r"^\+[1-9][0-9]{1,14}$"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Codec = Literal["PCMU", "PCMA", "G722"]
 Transport = Literal["udp", "tcp"]
+TrunkTransport = Literal["udp", "tcp", "tls"]  # tls: through the front's TLS socket (sip.tls)
 ALL_CODECS: tuple[Codec, ...] = ("PCMU", "PCMA", "G722")
 PLANE_CODECS: tuple[Codec, ...] = ("PCMU", "PCMA")  # what the media plane encodes
 ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
@@ -115,6 +116,59 @@ class SessionTimers(Model):
         return self
 
 
+class TlsSettings(Model):
+    """SIP over TLS on the front's public address (Kamailio's tls module, system OpenSSL)."""
+
+    port: int = Field(5061, ge=1, le=65535, description="TLS port on sip.listen")
+    certificate: str = Field(description="PEM file: the front's certificate (and its chain)")
+    private_key: str = Field(description="PEM file: its private key")
+    private_key_password: SecretStr | None = Field(
+        None, description="passphrase of an encrypted private_key (an ${ENV} reference)"
+    )
+    ca_file: str = Field(
+        "/etc/ssl/certs/ca-certificates.crt",
+        description="PEM file of the CAs carriers' certificates must chain to (server "
+        "certificates when the front connects; client certificates when a trunk requires one)",
+    )
+    # Kamailio 5.6's tls.cfg has no TLS 1.3-only method: 1.2 is the one floor it can set.
+    min_version: Literal["1.2"] = Field("1.2", description="oldest TLS version taken")
+
+    @field_validator("certificate", "private_key", "ca_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        try:
+            with open(value, "rb") as f:
+                head = f.read(65536)
+        except OSError as exc:
+            raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+        if b"-----BEGIN " not in head:
+            raise ValueError(f"{value} is not a PEM file (no -----BEGIN line)")
+        return value
+
+    @model_validator(mode="after")
+    def _key_opens(self) -> TlsSettings:
+        """An encrypted key needs its passphrase (Kamailio would ask for it on a terminal)."""
+        with open(self.private_key, "rb") as f:
+            pem = f.read()
+        if self.private_key_password is None:
+            if b"ENCRYPTED" in pem:
+                raise ValueError(
+                    f"private_key {self.private_key} is encrypted; set "
+                    "private_key_password to an ${ENV} reference holding its passphrase"
+                )
+            return self
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        try:
+            load_pem_private_key(pem, self.private_key_password.get_secret_value().encode())
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"private_key_password does not open {self.private_key} (wrong "
+                "passphrase, or not a private key)"
+            ) from None
+        return self
+
+
 class SipSettings(Model):
     listen: str = Field("0.0.0.0", description="IP address to bind SIP and RTP on")
     rtp_listen: str | None = Field(None, description="IP address to bind RTP on (default: listen)")
@@ -137,6 +191,7 @@ class SipSettings(Model):
         default_factory=SessionTimers, description="for inbound calls, and trunks without their own"
     )
     front: FrontSettings = Field(default_factory=FrontSettings)
+    tls: TlsSettings | None = Field(None, description="SIP over TLS on the front")
 
     @field_validator("listen", "public_address", "rtp_public_address")
     @classmethod
@@ -155,6 +210,14 @@ class SipSettings(Model):
         return value
 
 
+class InboundAuth(Model):
+    """Digest credentials the front demands of a trunk's INVITEs and REGISTERs (a PBX)."""
+
+    username: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._+-]+$")
+    password: SecretStr
+    realm: str = Field("sipedge", pattern=r"^[A-Za-z0-9._-]+$")
+
+
 class Trunk(Model):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     registers: bool = Field(False, alias="register", description="REGISTER with the registrar")
@@ -165,7 +228,11 @@ class Trunk(Model):
     auth_username: str | None = None
     realm: str = "*"
     domain: str | None = None
-    transport: Transport = "udp"
+    transport: TrunkTransport = "udp"
+    tls_client_certificate: bool = Field(
+        False, description="inbound calls need a client certificate verified by sip.tls.ca_file"
+    )
+    inbound_auth: InboundAuth | None = Field(None, description="digest the front demands")
     expires: int = Field(300, ge=10, le=86400)
     retry_min: float = Field(5.0, gt=0)
     retry_max: float = Field(300.0, gt=0)
@@ -481,6 +548,32 @@ class Config(Model):
         return self
 
     @model_validator(mode="after")
+    def _front_security(self) -> Config:
+        """TLS, client certificates and inbound digest are the front's work."""
+        sip = self.sip
+        if sip.tls is not None and sip.front.mode == "none":
+            raise ValueError(
+                "sip.tls: SIP over TLS is served by the SIP front; set sip.front.mode to "
+                "embedded or external"
+            )
+        for i, trunk in enumerate(self.trunks):
+            if sip.tls is None and (trunk.transport == "tls" or trunk.tls_client_certificate):
+                key = "transport" if trunk.transport == "tls" else "tls_client_certificate"
+                value = "tls" if key == "transport" else "true"
+                raise ValueError(f"trunks[{i}].{key}: {value} needs sip.tls (the front's "
+                                 "certificate and private key)")  # fmt: skip
+            if trunk.inbound_auth is not None:
+                where = f"trunks[{i}].inbound_auth"
+                if sip.front.mode == "none":
+                    raise ValueError(f"{where}: digest is checked by the SIP front; set "
+                                     "sip.front.mode to embedded or external")  # fmt: skip
+                if not trunk.allowed_ips:
+                    raise ValueError(f"{where}: needs allowed_ips (the sources that may call "
+                                     "or register as this trunk; 0.0.0.0/0 for any, with "
+                                     "digest alone)")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
     def _ports(self) -> Config:
         clash = port_clash(listeners(self))
         if clash is not None:
@@ -671,6 +764,8 @@ def listeners(config: Config) -> list[Listener]:
     """Every port this node binds, by the key that sets it."""
     sip = config.sip
     out = [Listener("sip.port", t, sip.listen, sip.port, sip.port) for t in sip.transports]
+    if sip.tls is not None:
+        out.append(Listener("sip.tls.port", "tcp", sip.listen, sip.tls.port, sip.tls.port))
     if sip.front.mode != "none":
         slots = worker_slots(config)
         front_host, front_port = front_worker_side(config)
@@ -726,7 +821,7 @@ def _unique(section: str, keys: list[str]) -> None:
 
 
 # Keys whose values are secrets: they must be ${ENV} references, never literal text.
-SECRET_KEYS = {"password", "api_keys", "headers", "credential"}
+SECRET_KEYS = {"password", "api_keys", "headers", "credential", "private_key_password"}
 
 
 def expand_env(

@@ -56,6 +56,7 @@ def _front_config(args: argparse.Namespace) -> int:
 
     from gateway.front.cluster import ClusterNode, render_cluster
     from gateway.front.render import FrontPaths
+    from gateway.front.security import front_environment
 
     for file, config in zip(args.files, configs, strict=True):
         if config.sip.front.mode == "none":
@@ -79,9 +80,12 @@ def _front_config(args: argparse.Namespace) -> int:
         return 0
     paths.directory.mkdir(parents=True, exist_ok=True)
     before = paths.config.read_text() if paths.config.exists() else None
-    for name, text in files.by_name().items():
-        (paths.directory / name).write_text(text)
-        print(paths.directory / name)
+    for written in files.write(paths):
+        print(written)
+    needed = sorted(front_environment(configs[0]))
+    if needed:
+        print(f"the front reads inbound digest passwords from its environment: set "
+              f"{', '.join(needed)} for Kamailio", file=sys.stderr)  # fmt: skip
     if not args.reload:
         print(f"run: kamailio -DD -E -f {paths.config}", file=sys.stderr)
         return 0

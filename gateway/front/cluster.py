@@ -20,8 +20,9 @@ from gateway.front.render import FrontFiles, FrontPaths, dispatcher_list, front_
 # What the front is rendered from, for the message when two nodes do not agree.
 SHARED = (
     "sip.listen, sip.port, sip.transports, sip.public_address, sip.user_agent, "
-    "sip.front.host and port, sip.front.worker_invites_per_second, the trunks' allowed_ips, "
-    "numbers, limits and the agents' connect_timeout"
+    "sip.front.host and port, sip.front.worker_invites_per_second, sip.tls, the trunks' "
+    "allowed_ips, transport, tls_client_certificate and inbound_auth, numbers, limits and the "
+    "agents' connect_timeout"
 )
 
 
@@ -62,7 +63,13 @@ def render_cluster(
         raise ConfigError(problems)
     if len(nodes) == 1:
         return rendered[0]
-    return FrontFiles(kamailio_cfg=rendered[0].kamailio_cfg, dispatcher_list=_workers(nodes))
+    first_files = rendered[0]
+    return FrontFiles(
+        kamailio_cfg=first_files.kamailio_cfg,
+        dispatcher_list=_workers(nodes),
+        tls_cfg=first_files.tls_cfg,
+        tls_key=first_files.tls_key,
+    )
 
 
 def _workers(nodes: Sequence[ClusterNode]) -> str:

@@ -16,6 +16,8 @@ REFUSALS = {
     "script:front_refused_unconfirmed": "unconfirmed",
     "script:front_refused_full": "workers_full",
     "script:front_refused_draining": "draining",
+    "script:front_refused_auth": "auth_failed",
+    "script:front_refused_certificate": "certificate_required",
 }
 
 
@@ -46,6 +48,7 @@ class FrontHealth:
     workers: list[FrontWorker] = field(default_factory=list)
     stats: Mapping[str, int] = field(default_factory=dict)
     draining: bool = False
+    tls_refused: Mapping[str, int] = field(default_factory=dict)  # by direction (in, out)
 
     @property
     def requests(self) -> int:
@@ -59,6 +62,10 @@ class FrontHealth:
     @property
     def flood_dropped(self) -> int:
         return self.stats.get("script:front_flood_dropped", 0)
+
+    @property
+    def scanner_dropped(self) -> int:
+        return self.stats.get("script:front_scanner_dropped", 0)
 
     @property
     def refused(self) -> dict[str, int]:
@@ -76,7 +83,9 @@ class FrontHealth:
             "requests": self.requests,
             "replies_sent": self.replies_sent,
             "flood_dropped": self.flood_dropped,
+            "scanner_dropped": self.scanner_dropped,
             "refused": self.refused,
+            "tls_refused": {d: self.tls_refused.get(d, 0) for d in ("in", "out")},
         }
 
 
@@ -148,6 +157,13 @@ def prometheus(front: FrontHealth) -> str:
            "New INVITEs the front answered itself instead of dispatching, by reason.",
            [f'sipedge_front_invites_refused_total{{reason="{r}"}} {n}'
             for r, n in sorted(front.refused.items())])  # fmt: skip
+    metric("sipedge_front_scanner_dropped_total", "counter",
+           "Requests dropped unanswered because their User-Agent is a known scanner's.",
+           [f"sipedge_front_scanner_dropped_total {front.scanner_dropped}"])  # fmt: skip
+    metric("sipedge_front_tls_refused_total", "counter",
+           "TLS handshakes the front refused (in: a peer connected; out: to a carrier).",
+           [f'sipedge_front_tls_refused_total{{direction="{d}"}} {front.tls_refused.get(d, 0)}'
+            for d in ("in", "out")])  # fmt: skip
     dispatched = front.stats.get("script:front_dispatched", 0)
     failovers = front.stats.get("script:front_failovers", 0)
     metric("sipedge_front_invites_dispatched_total", "counter",

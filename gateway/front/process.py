@@ -18,12 +18,15 @@ import socket
 import tempfile
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 from gateway.config import Config, WorkerSlot, hostport
 from gateway.errors import SipedgeError
 from gateway.front.render import FrontFiles, FrontPaths, render
 from gateway.front.rpc import FrontRpc
+from gateway.front.security import front_environment
+from gateway.front.tlslog import TlsRefusals
 
 log = logging.getLogger("sipedge.front")
 
@@ -89,6 +92,9 @@ class FrontProcess:
         self._reader: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._tail: list[str] = []
+        self._tls = TlsRefusals(config)
+        # Handshakes refused, by direction (in, out): Kamailio counts none of them itself.
+        self.tls_refused: Counter[str] = Counter()
 
     @property
     def pid(self) -> int | None:
@@ -107,8 +113,7 @@ class FrontProcess:
                 "-Y", directory, "-m", str(SHM_MB), "-M", str(PKG_MB)]  # fmt: skip
 
     async def start(self) -> None:
-        for name, text in self.files().by_name().items():
-            (self.paths.directory / name).write_text(text)
+        self.files().write(self.paths)
         self.exited.clear()
         self.stopping = False
         self._tail = []
@@ -119,6 +124,8 @@ class FrontProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # The inbound digest passwords, which the script reads as $env(...).
+            env={**os.environ, **front_environment(self.config)},
             # Its own process group: Ctrl-C must not take the front down before the workers
             # have drained (their in-dialog requests still pass through it).
             process_group=0,
@@ -172,6 +179,10 @@ class FrontProcess:
             self._tail = [*self._tail[-40:], text]
             level, message = log_line(text)
             log.log(level, "%s", message)
+            refusal = self._tls.feed(message)
+            if refusal is not None:
+                self.tls_refused[refusal.direction] += 1
+                log.warning("%s", refusal.log_line())
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         # Not proc.wait(): before Python 3.12 it also waits for the log pipe to close, which

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
@@ -22,6 +23,13 @@ from gateway.config import (
     front_public_host,
     front_worker_side,
     hostport,
+)
+from gateway.front.security import (
+    SCANNER_USER_AGENTS,
+    decrypted_key,
+    tls_config,
+    tls_module,
+    trunk_security,
 )
 
 TEMPLATE = "kamailio.cfg.tmpl"
@@ -55,16 +63,45 @@ class FrontPaths:
     def rpc_socket(self) -> Path:
         return self.directory / "rpc.sock"
 
+    @property
+    def tls_config(self) -> Path:
+        return self.directory / "tls.cfg"
+
+    @property
+    def tls_key(self) -> Path:
+        """The decrypted private key, written only when sip.tls.private_key_password is set
+        (Kamailio would prompt on its terminal for the passphrase)."""
+        return self.directory / "tls-key.pem"
+
 
 @dataclass(frozen=True)
 class FrontFiles:
-    """The rendered files, by name in the run directory."""
+    """The rendered files, by name in the run directory. `tls_key` is the decrypted private
+    key when the configured one has a passphrase: written with mode 0600, never shown."""
 
     kamailio_cfg: str
     dispatcher_list: str
+    tls_cfg: str | None = None
+    tls_key: str | None = field(default=None, repr=False)
 
     def by_name(self) -> dict[str, str]:
-        return {"kamailio.cfg": self.kamailio_cfg, "dispatcher.list": self.dispatcher_list}
+        named = {"kamailio.cfg": self.kamailio_cfg, "dispatcher.list": self.dispatcher_list}
+        if self.tls_cfg is not None:
+            named["tls.cfg"] = self.tls_cfg
+        return named
+
+    def write(self, paths: FrontPaths) -> list[Path]:
+        """Write every file into the run directory; the paths written, in order."""
+        written = []
+        for name, text in self.by_name().items():
+            (paths.directory / name).write_text(text)
+            written.append(paths.directory / name)
+        if self.tls_key is not None:
+            fd = os.open(paths.tls_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.tls_key)
+            written.append(paths.tls_key)
+        return written
 
 
 @dataclass(frozen=True)
@@ -129,7 +166,6 @@ def render(
         "RPC_SOCKET": str(paths.rpc_socket),
         "CALL_EXPIRE": str(limits.call_expire),
         "SETUP_EXPIRE": str(limits.setup_expire),
-        "ADVERTISED": hostport(front_public_host(config), sip.port),
         "ALLOW": ALLOW,
         "KNOWN_METHODS": "|".join(KNOWN_METHODS),
         "RETRY_AFTER": str(config.limits.retry_after),
@@ -137,10 +173,17 @@ def render(
         "NUMBERS": "\n".join(_numbers(config)),
         "TRUNK_OF_SOURCE": "\n".join(_trunk_of_source(config)),
         "SOURCE_IN_BOUND_TRUNK": "\n".join(_source_in_bound_trunk(config)),
+        "TLS_MODULE": tls_module(config, paths.tls_config),
+        "REGISTER_CONTACT": _register_contact(config),
+        "SCANNER_USER_AGENTS": SCANNER_USER_AGENTS,
+        "TRUNK_SECURITY": "\n".join(trunk_security(config)),
     }
+    tls = config.sip.tls
     return FrontFiles(
         kamailio_cfg=fill(template(), values),
         dispatcher_list=dispatcher_list(slots, inner_socket, limits.worker_calls),
+        tls_cfg=tls_config(config, paths.tls_key),
+        tls_key=decrypted_key(tls) if tls is not None else None,
     )
 
 
@@ -180,24 +223,67 @@ def worker_uri(slot: WorkerSlot) -> str:
 def _public_listen(config: Config) -> list[str]:
     sip = config.sip
     advertise = f" advertise {hostport(sip.public_address, sip.port)}" if sip.public_address else ""
-    return [f"listen={t}:{hostport(sip.listen, sip.port)}{advertise}" for t in sip.transports]
+    lines = [f"listen={t}:{hostport(sip.listen, sip.port)}{advertise}" for t in sip.transports]
+    if sip.tls is not None:
+        port = sip.tls.port
+        advertise = f" advertise {hostport(sip.public_address, port)}" if sip.public_address else ""
+        lines.append(f"listen=tls:{hostport(sip.listen, port)}{advertise}")
+    return lines
 
 
 def _tcp(config: Config) -> str:
-    if "tcp" not in config.sip.transports:
+    """The core's TCP settings (TLS runs over them)."""
+    if "tcp" not in config.sip.transports and config.sip.tls is None:
         return "disable_tcp=yes"
-    return "tcp_children=2\ntcp_connection_lifetime=3605\ntcp_accept_no_cl=no"
+    tcp = "tcp_children=2\ntcp_connection_lifetime=3605\ntcp_accept_no_cl=no"
+    return tcp + "\nenable_tls=yes" if config.sip.tls is not None else tcp
 
 
 def _public_socket(config: Config) -> str:
+    """$fs by the next hop's transport ($var(proto): of $du, else of the Request-URI; sips:
+    is tls): tls, tcp, else udp (or the one transport there is)."""
     sip = config.sip
-    sockets = {t: f"{t}:{hostport(sip.listen, sip.port)}" for t in sip.transports}
-    if len(sockets) == 1:
-        return f'\t$fs = "{next(iter(sockets.values()))}";'
-    return (
-        f'\tif ($dP == "tcp") {{\n\t\t$fs = "{sockets["tcp"]}";\n\t}} else {{\n'
-        f'\t\t$fs = "{sockets["udp"]}";\n\t}}'
-    )
+    sockets: dict[str, str] = {t: f"{t}:{hostport(sip.listen, sip.port)}" for t in sip.transports}
+    if sip.tls is not None:
+        sockets["tls"] = f"tls:{hostport(sip.listen, sip.tls.port)}"
+    fallback = sockets.get("udp") or sockets["tcp"]
+    lines = [
+        '\tif ($du != "") {',
+        "\t\t$var(proto) = $(du{uri.transport}{s.tolower});",
+        "\t\t$var(scheme) = $(du{uri.scheme}{s.tolower});",
+        "\t} else {",
+        "\t\t$var(proto) = $(ru{uri.transport}{s.tolower});",
+        "\t\t$var(scheme) = $(ru{uri.scheme}{s.tolower});",
+        "\t}",
+        '\tif ($var(scheme) == "sips") {',
+        '\t\t$var(proto) = "tls";',
+        "\t}",
+    ]
+    branches = [(t, sockets[t]) for t in ("tls", "tcp") if t in sockets and sockets[t] != fallback]
+    if not branches:
+        return "\n".join([*lines, f'\t$fs = "{fallback}";'])
+    for i, (transport, socket) in enumerate(branches):
+        keyword = "if" if i == 0 else "} else if"
+        lines += [f'\t{keyword} ($var(proto) == "{transport}") {{', f'\t\t$fs = "{socket}";']
+    return "\n".join([*lines, "\t} else {", f'\t\t$fs = "{fallback}";', "\t}"])
+
+
+def _register_contact(config: Config) -> str:
+    """The front's public address in a relayed REGISTER's Contact (its TLS socket, with
+    transport=tls, when the REGISTER leaves over TLS)."""
+    public = hostport(front_public_host(config), config.sip.port)
+    plain = f'subst_hf("Contact", "/@[^;>]+/@{public}/", "a");'
+    tls = config.sip.tls
+    if tls is None:
+        return f"\t\t{plain}"
+    where = hostport(front_public_host(config), tls.port)
+    return "\n".join([
+        '\t\tif ($var(proto) == "tls") {',
+        f'\t\t\tsubst_hf("Contact", "/@[^;>]+/@{where};transport=tls/", "a");',
+        "\t\t} else {",
+        f"\t\t\t{plain}",
+        "\t\t}",
+    ])  # fmt: skip
 
 
 def _numbers(config: Config) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -472,7 +473,8 @@ class Node:
             return None
         if self.front is None or not self.front.running:
             return FrontHealth(mode=mode, up=mode == "external")
-        return await self.front.rpc.health(mode)
+        health = await self.front.rpc.health(mode)
+        return dataclasses.replace(health, tls_refused=dict(self.front.tls_refused))
 
     async def _flush_outbox(self, timeout: float) -> None:
         """Give the publisher a moment to deliver the last events; what it cannot deliver

@@ -29,6 +29,7 @@ CARRIER_ENV = {
     "SIPEDGE_API_KEY": "api-key-value",
     "SIPEDGE_ADMIN_KEY": "admin-key-value",
     "TURN_PASSWORD": "turn-password-value",
+    "PBX_PASSWORD": "pbx-password-value",
 }
 
 VALID = """
@@ -856,3 +857,91 @@ def test_a_trunks_srtp_is_off_unless_set_and_names_its_choices() -> None:
     assert Config().model_validate({"trunks": [{"id": "a"}]}).trunks[0].srtp == "off"
     assert parse_config(trunk % "required", SOURCE, {}).trunks[0].srtp == "required"
     assert_problem(trunk % "always", "trunks[0].srtp", "'optional'", "'required'")
+
+
+# -- the front's security settings (sip.tls, trunks' transport tls, inbound_auth) --------------
+
+FRONT = "sip: {listen: 127.0.0.1, port: 5070, front: {mode: embedded}%s}\n"
+
+
+def tls_block(tmp_path: Path, **extra: str) -> str:
+    from tests.integration.tlscerts import CertAuthority
+
+    ca = CertAuthority(tmp_path / "pki")
+    front = ca.issue("front", passphrase=extra.pop("passphrase", None))
+    keys = {"certificate": str(front.certificate), "private_key": str(front.key),
+            "ca_file": str(ca.ca_file), **extra}  # fmt: skip
+    return ", tls: {" + ", ".join(f"{k}: {v!r}" for k, v in keys.items()) + "}"
+
+
+def test_sip_tls_parses_with_its_defaults(tmp_path: Path) -> None:
+    config = parse_config(FRONT % tls_block(tmp_path), SOURCE, {})
+    assert config.sip.tls is not None
+    assert (config.sip.tls.port, config.sip.tls.min_version) == (5061, "1.2")
+
+
+def test_sip_tls_needs_the_front(tmp_path: Path) -> None:
+    text = "sip: {listen: 127.0.0.1" + tls_block(tmp_path) + "}\n"
+    assert_problem(text, "sip.tls", "served by the SIP front", "sip.front.mode")
+
+
+def test_a_certificate_file_that_is_missing_or_not_pem_is_named(tmp_path: Path) -> None:
+    (tmp_path / "not.pem").write_text("hello")
+    text = FRONT % tls_block(tmp_path, certificate=str(tmp_path / "none.pem"),
+                             ca_file=str(tmp_path / "not.pem"))  # fmt: skip
+    problems = problems_of(text)
+    assert f"{SOURCE}: sip.tls.certificate: cannot read {tmp_path / 'none.pem'}: No such file" \
+        in problems[0]  # fmt: skip
+    assert problems[1].startswith(f"{SOURCE}: sip.tls.ca_file: {tmp_path / 'not.pem'} is not a PEM")
+
+
+def test_an_encrypted_key_needs_its_passphrase_and_a_wrong_one_is_not_shown(
+    tmp_path: Path,
+) -> None:
+    assert_problem(FRONT % tls_block(tmp_path, passphrase="right-one"), "sip.tls",
+                   "is encrypted; set private_key_password")  # fmt: skip
+    text = FRONT % tls_block(tmp_path / "b", passphrase="right-one",
+                             private_key_password="${KEY_PASS}")  # fmt: skip
+    line = assert_problem(text, "sip.tls", "private_key_password does not open",
+                          env={"KEY_PASS": "wrong-one"})  # fmt: skip
+    assert "wrong-one" not in line
+    parse_config(textwrap.dedent(text), SOURCE, {"KEY_PASS": "right-one"})
+    literal = FRONT % tls_block(tmp_path / "c", passphrase="x", private_key_password="plain")
+    assert any("private_key_password: secrets must be an ${ENV} reference" in p
+               for p in problems_of(literal))  # fmt: skip
+
+
+def test_a_tls_port_on_the_sip_tcp_port_is_a_clash(tmp_path: Path) -> None:
+    text = FRONT % tls_block(tmp_path, port="5070")
+    assert_problem(text, "sip.tls.port", "is also sip.port (5070)", "TCP")
+
+
+@pytest.mark.parametrize("trunk, key", [
+    ("{id: carrier, transport: tls}", "trunks[0].transport: tls needs sip.tls"),
+    ("{id: carrier, tls_client_certificate: true}",
+     "trunks[0].tls_client_certificate: true needs sip.tls"),
+])  # fmt: skip
+def test_tls_trunks_need_sip_tls(trunk: str, key: str) -> None:
+    line = only_problem(FRONT % "" + f"trunks: [{trunk}]\n")
+    assert line.startswith(f"{SOURCE}: {key} (the front's certificate and private key)"), line
+
+
+def test_inbound_auth_takes_its_password_from_the_environment_only() -> None:
+    trunk = "trunks: [{id: pbx, allowed_ips: [192.0.2.20/32], inbound_auth: %s}]\n"
+    config = parse_config(FRONT % "" + trunk % "{username: office, password: '${PBX_PW}'}",
+                          SOURCE, {"PBX_PW": SECRET})  # fmt: skip
+    auth = config.trunks[0].inbound_auth
+    assert auth is not None and (auth.username, auth.realm) == ("office", "sipedge")
+    assert SECRET not in repr(config) and auth.password.get_secret_value() == SECRET
+    assert_problem(FRONT % "" + trunk % f"{{username: office, password: {SECRET}}}",
+                   "trunks[0].inbound_auth.password", "must be an ${ENV} reference")  # fmt: skip
+
+
+def test_inbound_auth_needs_the_front_and_allowed_ips() -> None:
+    auth = "inbound_auth: {username: office, password: '${PBX_PW}'}"
+    env = {"PBX_PW": SECRET}
+    line = only_problem(FRONT % "" + f"trunks: [{{id: pbx, {auth}}}]\n", env)
+    assert line.startswith(f"{SOURCE}: trunks[0].inbound_auth: needs allowed_ips"), line
+    no_front = f"trunks: [{{id: pbx, allowed_ips: [192.0.2.20/32], {auth}}}]\n"
+    line = only_problem(no_front, env)
+    assert "trunks[0].inbound_auth: digest is checked by the SIP front" in line, line

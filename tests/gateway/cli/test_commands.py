@@ -162,7 +162,8 @@ def test_check_config_of_the_shipped_configs_has_no_warning(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("CARRIER_PASSWORD", "AGENT_TOKEN", "TURN_PASSWORD", "MQTT_USERNAME",
-                 "MQTT_PASSWORD", "SIPEDGE_API_KEY", "SIPEDGE_ADMIN_KEY"):  # fmt: skip
+                 "MQTT_PASSWORD", "SIPEDGE_API_KEY", "SIPEDGE_ADMIN_KEY",
+                 "PBX_PASSWORD"):  # fmt: skip
         monkeypatch.setenv(name, f"value-of-{name.lower()}")
     for config in ("local.yaml", "example-carrier.yaml"):
         assert main(["check-config", str(ROOT / "configs" / config)]) == 0

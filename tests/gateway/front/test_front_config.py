@@ -102,3 +102,30 @@ def test_front_config_reload_needs_the_directory_the_front_reads(
 ) -> None:
     assert main(["front-config", str(config_file), "--reload"]) == 2
     assert "--reload needs --out DIR" in capsys.readouterr().err
+
+
+def test_front_config_writes_tls_cfg_and_names_the_digest_variables_without_their_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.integration.tlscerts import CertAuthority
+
+    ca = CertAuthority(tmp_path / "pki")
+    front = ca.issue("front")
+    monkeypatch.setenv("PBX_PASSWORD", "pbx-password-value")
+    path = tmp_path / "tls.yaml"
+    path.write_text(
+        "sip: {listen: 192.0.2.10, port: 5060, front: {mode: external},\n"
+        f"  tls: {{certificate: {front.certificate}, private_key: {front.key},"
+        f" ca_file: {ca.ca_file}}}}}\n"
+        "trunks: [{id: pbx, allowed_ips: [192.0.2.20/32],\n"
+        "  inbound_auth: {username: office, password: '${PBX_PASSWORD}'}}]\n"
+    )
+    out_dir = tmp_path / "front"
+    assert main(["front-config", str(path), "--out", str(out_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["dispatcher.list", "kamailio.cfg",
+                                                         "tls.cfg"]  # fmt: skip
+    assert f"certificate = {front.certificate}" in (out_dir / "tls.cfg").read_text()
+    assert "set SIPEDGE_AUTH_PBX for Kamailio" in err
+    written = "".join(p.read_text() for p in out_dir.iterdir())
+    assert "pbx-password-value" not in out + err + written

@@ -96,3 +96,28 @@ def test_htable_items_give_their_value() -> None:
     item = {"item": {"name": "draining", "value": 1, "flags": 0, "expire": "NEVER"}}
     assert parse_htable_item(item) == 1
     assert parse_htable_item(None) is None and parse_htable_item({"item": "x"}) is None
+
+
+def metric_lines(health: FrontHealth) -> list[str]:
+    return prometheus(health).splitlines()
+
+
+def test_refused_tls_handshakes_and_missing_client_certificates_reach_the_metrics() -> None:
+    health = FrontHealth("embedded", True, stats={"script:front_refused_certificate": 1},
+                         tls_refused={"in": 2})  # fmt: skip
+    lines = metric_lines(health)
+    assert 'sipedge_front_invites_refused_total{reason="certificate_required"} 1' in lines
+    assert 'sipedge_front_tls_refused_total{direction="in"} 2' in lines
+    assert 'sipedge_front_tls_refused_total{direction="out"} 0' in lines
+    assert health.as_dict()["tls_refused"] == {"in": 2, "out": 0}
+
+
+def test_failed_digest_reaches_the_metrics_as_a_refusal_reason() -> None:
+    health = FrontHealth("embedded", True, stats={"script:front_refused_auth": 3})
+    assert 'sipedge_front_invites_refused_total{reason="auth_failed"} 3' in metric_lines(health)
+
+
+def test_scanner_drops_reach_the_metrics() -> None:
+    health = FrontHealth("embedded", True, stats={"script:front_scanner_dropped": 7})
+    assert "sipedge_front_scanner_dropped_total 7" in metric_lines(health)
+    assert health.as_dict()["scanner_dropped"] == 7
