@@ -45,6 +45,7 @@ from gateway.events.schema import Event, EventData, NodeConfigRejected, NodeConf
 from gateway.front.health import FrontHealth
 from gateway.front.process import FrontError, FrontProcess
 from gateway.front.render import worker_uri
+from gateway.front.security import front_environment
 from gateway.front.rpc import FrontRpcError
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
@@ -418,10 +419,10 @@ class Node:
         front = self.front
         if front is None:
             return
-        old = front.files().kamailio_cfg
+        old = (front.files(), front_environment(front.config))
         front.config = self.config
-        if front.files().kamailio_cfg == old or not front.running:
-            return
+        if (front.files(), front_environment(front.config)) == old or not front.running:
+            return  # the same files and the same secrets in its environment
         self._front_settled.clear()
         try:
             await front.stop()
