@@ -12,6 +12,7 @@ are drawn from a seeded RNG, so the same seed and espeak-ng build give the same 
 
     python bench/amd_corpus.py                    # -> /tmp/sipedge-amd-corpus
     python bench/amd_corpus.py --out DIR --seed 7
+    python bench/amd_corpus.py --sipp --out DIR   # the WAVs behind sipp_scenarios/pcap/amd_*.pcap
 
 Writes DIR/<case>.wav (8000 Hz mono PCM16) and DIR/manifest.json (label, beep position, the
 text and voice of each case). Needs espeak-ng (Debian `espeak-ng`; scripts/setup installs it).
@@ -237,22 +238,58 @@ def build(
             case, parts = make(rng, i)
             pcm = render(parts, rng, float(rng.uniform(3, 25)))
             case.seconds = len(pcm) / 2 / RATE
-            with wave.open(str(out / f"{case.name}.wav"), "wb") as w:
-                w.setnchannels(1)
-                w.setsampwidth(2)
-                w.setframerate(RATE)
-                w.writeframes(pcm)
+            write_wav(out / f"{case.name}.wav", pcm)
             cases.append(case)
     manifest = {"seed": seed, "rate": RATE, "cases": [asdict(c) for c in cases]}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return cases
 
 
+def write_wav(path: Path, pcm: bytes) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        w.writeframes(pcm)
+
+
+def build_sipp(out: Path) -> list[Case]:
+    """The two callees of sipp_scenarios/uas_amd_*.xml: a short "Hello?", and a greeting + beep."""
+    rng = np.random.default_rng(1414)
+    out.mkdir(parents=True, exist_ok=True)
+    hello = at_level(speak("Hello?", "en-us", 160, 50), 12000)
+    human_case = Case("amd_human", "human", 0.0, text="Hello?", voice="en-us")
+    human_parts = [silence(400), hello, silence(3000)]
+    text = "Hi, you've reached Sam.|I can't take your call right now.|Please leave a message."
+    greeting = at_level(speak(text, "en-gb+f3", 170, 55, 350), 12000)
+    machine_case = Case(
+        "amd_machine", "machine", 0.0, text=text.replace("|", " "), voice="en-gb+f3"
+    )
+    machine_parts = [silence(300), greeting, silence(600)]
+    start = sum(len(p) for p in machine_parts) * 1000 // RATE
+    machine_parts += [tone(1000.0, 400, 8000.0), silence(2000)]
+    machine_case.beep_start_ms, machine_case.beep_end_ms = start, start + 400
+    machine_case.beep_hz = 1000.0
+    for case, parts in ((human_case, human_parts), (machine_case, machine_parts)):
+        pcm = render(parts, rng, 8.0)
+        case.seconds = len(pcm) / 2 / RATE
+        write_wav(out / f"{case.name}.wav", pcm)
+    return [human_case, machine_case]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument(
+        "--sipp", action="store_true", help="write only the two WAVs of uas_amd_*.xml to --out"
+    )
     args = ap.parse_args()
+    if args.sipp:
+        for case in build_sipp(args.out):
+            beep = f", beep {case.beep_start_ms}-{case.beep_end_ms} ms" if case.beep_hz else ""
+            print(f"wrote {args.out / case.name}.wav ({case.seconds:.2f} s{beep}): {case.text}")
+        return
     cases = build(args.out, args.seed)
     by_label = {
         label: sum(c.label == label for c in cases) for label in ("human", "machine", "unknown")
