@@ -6,7 +6,8 @@ Each case is what an outbound call hears after the answer, through G.711 mu-law:
     silence, sometimes a second short "Hello?" after it;
   * machine: a greeting of one to four sentences with pauses between them, with or without a
     trailing beep (one tone, 440-2000 Hz, 200-700 ms), some after a long leading silence;
-  * unknown: silence, line noise, hum, crackle: nothing anyone said.
+  * unknown: silence, line noise, hum, crackle: nothing anyone said;
+  * and a few more humans and machines on a noisy line (noise around the silence threshold).
 Voices (espeak-ng's English voices and variants), speeds, pitches, levels and a noise floor
 are drawn from a seeded RNG, so the same seed and espeak-ng build give the same files.
 
@@ -227,16 +228,31 @@ def render(parts: list[Audio], rng: np.random.Generator, noise_rms: float) -> by
 
 
 def build(
-    out: Path, seed: int = 14, humans: int = 24, machines: int = 24, unknowns: int = 6
+    out: Path,
+    seed: int = 14,
+    humans: int = 24,
+    machines: int = 24,
+    unknowns: int = 6,
+    noisy: int = 6,
 ) -> list[Case]:
+    """The corpus; `noisy` more humans and machines each sit on a loud line (noise RMS 250-900,
+    a mean |sample| around and above Asterisk's silence_threshold of 256)."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
-    makers = [(human, humans), (machine, machines), (unknown, unknowns)]
+    quiet_line, loud_line = (3.0, 25.0), (250.0, 900.0)
+    makers = [
+        (human, humans, quiet_line, ""),
+        (machine, machines, quiet_line, ""),
+        (unknown, unknowns, quiet_line, ""),
+        (human, noisy, loud_line, "noisy_"),
+        (machine, noisy, loud_line, "noisy_"),
+    ]
     cases: list[Case] = []
-    for make, count in makers:
+    for make, count, (lo, hi), prefix in makers:
         for i in range(count):
             case, parts = make(rng, i)
-            pcm = render(parts, rng, float(rng.uniform(3, 25)))
+            case.name = case.name.replace("_", f"_{prefix}", 1)
+            pcm = render(parts, rng, float(rng.uniform(lo, hi)))
             case.seconds = len(pcm) / 2 / RATE
             write_wav(out / f"{case.name}.wav", pcm)
             cases.append(case)
