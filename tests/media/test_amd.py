@@ -3,6 +3,8 @@ detector and the whole detector on synthetic audio (tones, harmonic "speech", no
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -310,3 +312,42 @@ def test_feed_takes_several_frames_and_refuses_partial_ones() -> None:
     assert detector.feed(bytes(FRAME)) is None
     with pytest.raises(ValueError, match="multiple of 320"):
         AnsweringMachineDetector().feed(bytes(100))
+
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "sipp_scenarios"
+
+
+def pcap_frames(path: Path) -> list[bytes]:
+    """The PCMU payloads of a make_pcap.py pcap, decoded to PCM16."""
+    data, i, out = path.read_bytes(), 24, []
+    while i < len(data):
+        length = int.from_bytes(data[i + 8 : i + 12], "little")
+        out.append(ulaw_decode(data[i + 16 + 14 + 20 + 8 + 12 : i + 16 + length]))
+        i += 16 + length
+    return out
+
+
+@pytest.mark.parametrize(
+    ("pcap", "verdict", "beep_end_ms"),
+    [
+        ("amd_human_pcmu.pcap", ("human", "human"), None),
+        ("amd_machine_pcmu.pcap", ("machine", "max_words"), 6700),
+    ],
+)
+def test_the_sipp_amd_pcaps_get_the_verdicts_their_scenarios_promise(
+    pcap: str, verdict: tuple[str, str], beep_end_ms: int | None
+) -> None:
+    audio = pcap_frames(SCENARIOS / "pcap" / pcap)
+    detector = AnsweringMachineDetector()
+    k, result = 0, None
+    while result is None:
+        result = detector.feed(audio[k])
+        k += 1
+    assert (result.result, result.reason) == verdict
+    waiter = BeepWaiter(timeout_ms=10000, detector=detector.beeps)
+    outcome = next((o for f in audio[k:] if (o := waiter.feed(f)) is not None), None)
+    found = outcome.beep.end_ms if outcome is not None and outcome.beep is not None else None
+    if beep_end_ms is None:
+        assert found is None
+    else:
+        assert found is not None and abs(found - beep_end_ms) <= 20
