@@ -18,9 +18,14 @@ digit, 100 ms gaps) -> sipp_scenarios/pcap/dtmf_1234pound.pcap by default; and w
 the same signal as raw mu-law, no headers (SIPp's `rtp_stream` input, read from SIPp's
 working directory) -> ./speech_pcmu.ulaw by default.
 
+With `--from-wav FILE` it encodes an 8000 Hz mono 16-bit WAV instead (same RTP layout, one
+packet per 20 ms, the last one zero-padded) -> ./FILE-stem.pcap by default: the AMD
+scenarios' espeak-ng recordings (bench/amd_corpus.py --sipp).
+
 Usage: python3 sipp_scenarios/make_pcap.py [OUT.pcap] [--seconds 3.0]
        python3 sipp_scenarios/make_pcap.py --dtmf 1234# [OUT.pcap]
        python3 sipp_scenarios/make_pcap.py --ulaw [OUT.ulaw]
+       python3 sipp_scenarios/make_pcap.py --from-wav FILE.wav [OUT.pcap]
 Only the standard library is used.
 """
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import struct
+import wave
 from pathlib import Path
 
 SAMPLE_RATE = 8000
@@ -133,7 +139,27 @@ def _frame(rtp: bytes, src: str, sport: int, dst: str, dport: int, ident: int) -
 
 def build_pcap(seconds: float = 3.0) -> bytes:
     """PCMU RTP packets of `pcm_samples(seconds)`, one per 20 ms."""
-    payload = pcmu_payload(seconds)
+    return _pcmu_pcap(pcmu_payload(seconds))
+
+
+def read_wav_samples(path: Path) -> list[int]:
+    """The samples of an 8000 Hz mono 16-bit WAV (what --from-wav accepts), zero-padded to
+    a whole number of 20 ms packets."""
+    with wave.open(str(path)) as w:
+        shape = (w.getframerate(), w.getnchannels(), w.getsampwidth())
+        if shape != (SAMPLE_RATE, 1, 2):
+            raise SystemExit(f"{path}: need 8000 Hz mono 16-bit PCM, got {shape} (Hz, ch, bytes)")
+        raw = w.readframes(w.getnframes())
+    samples = list(struct.unpack(f"<{len(raw) // 2}h", raw))
+    return samples + [0] * (-len(samples) % SAMPLES_PER_PACKET)
+
+
+def build_pcap_from_wav(path: Path) -> bytes:
+    """PCMU RTP packets of an 8 kHz mono WAV's audio, one per 20 ms."""
+    return _pcmu_pcap(bytes(linear_to_ulaw(s) for s in read_wav_samples(path)))
+
+
+def _pcmu_pcap(payload: bytes) -> bytes:
     records: list[tuple[int, bytes]] = []
     for i in range(len(payload) // SAMPLES_PER_PACKET):
         marker = 0x80 if i == 0 else 0x00
@@ -217,8 +243,14 @@ def main() -> None:
     ap.add_argument("--dtmf", metavar="DIGITS", help="write RFC 4733 events for DIGITS instead")
     ap.add_argument("--dtmf-pt", type=int, default=DTMF_PAYLOAD_TYPE)
     ap.add_argument("--ulaw", action="store_true", help="write raw mu-law (rtp_stream) instead")
+    ap.add_argument("--from-wav", metavar="FILE", type=Path, help="PCMU RTP of an 8 kHz mono WAV")
     args = ap.parse_args()
-    if args.ulaw:
+    if args.from_wav:
+        out = args.out if args.out != DEFAULT_OUT else Path(args.from_wav.stem + ".pcap")
+        data = build_pcap_from_wav(args.from_wav)
+        packets = len(read_wav_samples(args.from_wav)) // SAMPLES_PER_PACKET
+        what = f"{packets * PTIME_MS / 1000:.2f} s PCMU from {args.from_wav}"
+    elif args.ulaw:
         out = args.out if args.out != DEFAULT_OUT else DEFAULT_ULAW_OUT
         data = pcmu_payload(args.seconds)
         what = f"{args.seconds:.1f} s raw mu-law"
