@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from gateway.errors import ErrorCode, Location
 from gateway.events.commands import (
+    AmdRequest,
     ConfigId,
     DtmfDigits,
     E164Number,
@@ -84,6 +85,8 @@ class CallCreate(_Request):
     variables: Variables = Field(default_factory=dict)
     ring_timeout: RingTimeout | None = None
     record: StrictBool | None = Field(None, description="record this call (default: config)")
+    amd: AmdRequest | None = Field(None, description="answering-machine detection on answer "
+                                   "(call.amd event; the result reaches the agent)")  # fmt: skip
 
 
 class CallTransferRequest(_Request):

@@ -107,6 +107,16 @@ class DtmfReceived(CallEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AmdDetected(CallEvent):
+    """Answering-machine detection's verdict on an answered outbound call."""
+
+    result: str  # human | machine | unknown
+    reason: str
+    analysis_ms: int
+    beep_ms: int | None = None  # wait_for_beep: when the beep ended, after the verdict
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransferProgress(CallEvent):
     target: str
     status: str  # requested | accepted | completed | failed
@@ -185,6 +195,6 @@ EVENT_TYPES: dict[str, type[WorkerEvent]] = {
     for cls in (
         CallOffered, CallDialed, Ringing, EarlyMedia, Answered, Completed, Failed,
         DtmfReceived, TransferProgress, SpeechBegan, SpeechEnded, AgentLinkUp, AgentLinkDown,
-        RecordingFinished, TrunkStateChanged, InvitesRefused,
+        RecordingFinished, TrunkStateChanged, InvitesRefused, AmdDetected,
     )
 }  # fmt: skip

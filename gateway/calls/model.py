@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class CallState(enum.Enum):
@@ -46,6 +47,7 @@ class EndReason(enum.StrEnum):
     # unrefreshed, or our refresh (or another in-dialog request) got no answer
     SESSION_EXPIRED = "session_expired"
     AGENT_UNAVAILABLE = "agent_unavailable"  # the agent could not be connected while ringing
+    MACHINE_DETECTED = "machine_detected"  # AMD heard a machine and the call's action hangs up
     WORKER_LOST = "worker_lost"  # the SIP worker died with the call up
     NODE_RESTART = "node_restart"  # the node was killed with the call up
 
@@ -67,6 +69,7 @@ class CallRecord:
     hangup_by: str | None = None
     end_reason: EndReason | None = None
     record: bool | None = None  # record this call; None: as recording.enabled says
+    amd: dict[str, Any] | None = None  # answering-machine detection asked (AmdRequest's fields)
 
     def advance(self, new: CallState) -> bool:
         """Move to `new` if allowed; returns False (and stays) for a repeated or late state."""

@@ -29,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.events.commands import ConfigId, E164Number, Variables
+from gateway.events.commands import AmdRequest, ConfigId, E164Number, Variables
 
 MAX_CONTACTS_INLINE = 1000  # in the create request (a 64 KiB body); more by CSV upload
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -136,14 +136,10 @@ class Window(_Model):
         return self
 
 
-class Amd(_Model):
-    """Answering-machine detection on the campaign's answered calls."""
+class Amd(AmdRequest):
+    """Answering-machine detection on the campaign's answered calls (off unless enabled)."""
 
     enabled: StrictBool = False
-    action: Literal["connect", "hangup", "wait_for_beep"] = Field(
-        "connect", description="on a machine: connect the agent anyway (the result in its start "
-        "message), hang up, or wait for the beep and then connect",
-    )  # fmt: skip
 
 
 class ContactIn(_Model):

@@ -5,7 +5,7 @@ operations carry the commands out)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -14,6 +14,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
 )
@@ -98,6 +99,30 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class AmdRequest(_Args):
+    """Answering-machine detection on the answered call (media/amd.py; Asterisk's AMD rules
+    and defaults, in ms), and what to do on a machine."""
+
+    action: Literal["connect", "hangup", "wait_for_beep"] = Field(
+        "connect", description="on a machine: connect the agent anyway (the result in its "
+        "start message), hang up, or wait for the voicemail beep and then connect",
+    )  # fmt: skip
+    initial_silence_ms: StrictInt = Field(2500, ge=100, le=60_000)
+    greeting_ms: StrictInt = Field(1500, ge=100, le=60_000)
+    after_greeting_silence_ms: StrictInt = Field(800, ge=100, le=60_000)
+    total_analysis_time_ms: StrictInt = Field(5000, ge=500, le=60_000)
+    min_word_length_ms: StrictInt = Field(100, ge=20, le=10_000)
+    between_words_silence_ms: StrictInt = Field(50, ge=20, le=10_000)
+    maximum_number_of_words: StrictInt = Field(2, ge=1, le=100)
+    maximum_word_length_ms: StrictInt = Field(5000, ge=100, le=60_000)
+    silence_threshold: StrictInt = Field(256, ge=0, le=32767)
+    initial_silence_result: Literal["machine", "unknown"] = "machine"
+    detect_beep: StrictBool = True
+    beep_timeout_ms: StrictInt = Field(
+        30_000, ge=1000, le=120_000, description="wait_for_beep: connect anyway after this"
+    )
+
+
 class Originate(_Args):
     to: E164Number
     from_: E164Number | None = Field(None, alias="from")
@@ -106,6 +131,7 @@ class Originate(_Args):
     variables: Variables = Field(default_factory=dict)
     ring_timeout: RingTimeout | None = None
     record: StrictBool | None = None
+    amd: AmdRequest | None = None
     idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=255)
 
 

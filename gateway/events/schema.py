@@ -210,6 +210,14 @@ class CallQuality(EventData):
     packets_lost: int | None = Field(default=None, ge=0)
 
 
+class CallAmd(EventData):
+    event_type: ClassVar[str] = "call.amd"
+    result: Literal["human", "machine", "unknown"]
+    reason: str
+    analysis_ms: int = Field(ge=0)
+    beep_ms: int | None = Field(default=None, ge=0)
+
+
 class CallTransfer(EventData):
     event_type: ClassVar[str] = "call.transfer"
     target: str
@@ -287,7 +295,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
     for m in (
         CallIncoming, CallPlaced, CallRinging, CallAnswered, CallCompleted, CallFailed,
         CallDtmf, CallSpeechStarted, CallSpeechStopped, AgentConnected, AgentDisconnected,
-        RecordingReady, CallQuality, CallTransfer,
+        RecordingReady, CallQuality, CallTransfer, CallAmd,
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
         NodeConfigReloaded, NodeConfigRejected,
         CampaignStarted, CampaignPaused, CampaignResumed, CampaignCompleted, CampaignStopped,

@@ -122,9 +122,14 @@ class CampaignRunner:
             if call.status not in ENDED:
                 still_open += 1
                 continue
-            amd = call.variables.get("amd_result") if isinstance(call.variables, dict) else None
-            self._ended(campaign, attempt, outcome_of(call.status, call.end_reason, amd))
+            self._ended(campaign, attempt, outcome_of(call.status, call.end_reason,
+                                                      self._amd_result(call.id)))  # fmt: skip
         return still_open
+
+    def _amd_result(self, call_id: str) -> str | None:
+        """AMD's verdict on the call, from its call.amd event."""
+        verdicts = [e for e in self.node.store.call_events(call_id) if e.type == "call.amd"]
+        return str(verdicts[-1].data["result"]) if verdicts else None
 
     def _ended(self, campaign: Campaign, attempt: Attempt, outcome: Outcome) -> None:
         contact_attempts = attempt.attempt
@@ -175,9 +180,10 @@ class CampaignRunner:
         variables = {**spec.variables, **contact.variables, "campaign_id": campaign.id,
                      "contact_id": str(contact.id), "attempt": str(attempt.attempt)}  # fmt: skip
         try:
+            amd = spec.amd.model_dump(exclude={"enabled"}) if spec.amd.enabled else None
             args = Originate.model_validate({
                 "to": contact.to, "from": spec.caller_id, "trunk": trunk, "agent": spec.agent,
-                "variables": variables, "ring_timeout": spec.ring_timeout,
+                "variables": variables, "ring_timeout": spec.ring_timeout, "amd": amd,
             })  # fmt: skip
             await originate(self.node, args, call_id=attempt.call_id)
         except CommandError as exc:

@@ -17,6 +17,7 @@ from gateway.calls.events import WorkerEvent
 from gateway.events.schema import (
     AgentConnected,
     AgentDisconnected,
+    CallAmd,
     CallAnswered,
     CallCompleted,
     CallDtmf,
@@ -52,6 +53,10 @@ def media_event_data(event: WorkerEvent) -> EventData | None:
         case ev.DtmfReceived(digit=digit, method=method, duration_ms=duration_ms):
             return CallDtmf.model_validate(
                 {"digit": digit, "method": method, "duration_ms": duration_ms}
+            )
+        case ev.AmdDetected(result=result, reason=reason, analysis_ms=ms, beep_ms=beep_ms):
+            return CallAmd.model_validate(
+                {"result": result, "reason": reason, "analysis_ms": ms, "beep_ms": beep_ms}
             )
         case ev.TransferProgress(target=target, status=status, sip_code=code):
             return CallTransfer.model_validate(
@@ -105,6 +110,7 @@ class Ledger:
             ev.Failed: self._failed,
             ev.DtmfReceived: self._append,
             ev.TransferProgress: self._append,
+            ev.AmdDetected: self._append,
             ev.SpeechBegan: self._append,
             ev.SpeechEnded: self._append,
             ev.AgentLinkUp: self._append,

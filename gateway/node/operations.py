@@ -98,6 +98,7 @@ async def originate(
             "ring_timeout": args.ring_timeout,
             "call_id": call_id,
             "record": args.record,
+            "amd": None if args.amd is None else args.amd.model_dump(),
         },
     )
     return {

@@ -45,8 +45,8 @@ from gateway.events.schema import Event, EventData, NodeConfigRejected, NodeConf
 from gateway.front.health import FrontHealth
 from gateway.front.process import FrontError, FrontProcess
 from gateway.front.render import worker_uri
-from gateway.front.security import front_environment
 from gateway.front.rpc import FrontRpcError
+from gateway.front.security import front_environment
 from gateway.metrics import NodeMetrics
 from gateway.node.broker import EmbeddedBroker
 from gateway.node.campaigns import CampaignOperations, CampaignRunner

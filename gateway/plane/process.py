@@ -39,7 +39,7 @@ import numpy as np
 from gateway.calls.events import CallEvent, DtmfReceived
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.session.contract import CallControls, MediaSession
+from gateway.session.contract import AnswerAware, CallControls, MediaSession
 from gateway.session.factory import make_session_factory
 from gateway.worker.ipc import event_message
 from gateway.worker.planelink import PlaneError, receive, record_from, send
@@ -231,6 +231,9 @@ class Plane:
             self._media(call, message, fds)
         elif op == "dtmf":
             call.session.on_dtmf(str(message.get("digit")))
+        elif op == "answered":
+            if isinstance(call.session, AnswerAware):
+                call.session.answered()
         elif op == "send_dtmf":
             if call.dtmf_out is None:
                 log.warning("event=dtmf_not_sent call_id=%s reason=no_telephone_event", call_id)
@@ -247,8 +250,8 @@ class Plane:
         def emit(event: CallEvent) -> None:
             conn.send({"op": "event", "call": call_id, "event": event_message(event, time.time())})
 
-        def hangup(by: str) -> None:
-            conn.send({"op": "hangup", "call": call_id, "by": by})
+        def hangup(by: str, reason: str | None = None) -> None:
+            conn.send({"op": "hangup", "call": call_id, "by": by, "reason": reason})
 
         controls = CallControls(call_id, emit, hangup)
         conn.calls[call_id] = PlaneCall(

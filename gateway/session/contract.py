@@ -26,7 +26,8 @@ class CallControls:
 
     call_id: str
     emit: Callable[[CallEvent], None]  # one of gateway/calls/events.py, for this call
-    hangup: Callable[[str], None]  # end the call; the argument says who: "agent" | "gateway"
+    # end the call: who ("agent" | "gateway"), and why (an EndReason's value; default normal)
+    hangup: Callable[..., None]
     # the call's media is gone (the media plane died): it ends as failed, by the gateway
     media_failed: Callable[[], None] | None = None
 
@@ -88,6 +89,14 @@ class Negotiated:
     tx_event_pt: int | None  # telephone-event (RFC 4733), None: not negotiated
     rx_event_pt: int | None
     srtp: SrtpKeys | None = None  # None: plain RTP
+
+
+@runtime_checkable
+class AnswerAware(Protocol):
+    """A session that wants to know when the call is answered (AMD: early media is not the
+    callee)."""
+
+    def answered(self) -> None: ...
 
 
 @runtime_checkable

@@ -43,6 +43,21 @@ def make_session_factory(
         sessions["webrtc"] = WebRtcSession
 
     def make(record: CallRecord, controls: CallControls) -> MediaSession:
+        if record.amd is not None and record.direction == "outbound":
+            from gateway.session.amd import AmdSession
+
+            return AmdSession(record, controls, record.amd, make_agent, rate_of(record))
+        return make_agent(record, controls)
+
+    def rate_of(record: CallRecord) -> int:
+        agent = config.agent(record.agent)
+        if agent is None or agent.type == "echo":
+            return echo_rate
+        from gateway.session.link import link_rate
+
+        return link_rate(agent.type, agent.sample_rate)
+
+    def make_agent(record: CallRecord, controls: CallControls) -> MediaSession:
         agent = config.agent(record.agent)
         wanted = config.recording.enabled if record.record is None else record.record
         recordings = config.storage.recordings_dir if wanted else None

@@ -24,8 +24,14 @@ from gateway.calls.leg import (
     Provisional,
     TransferCompleted,
 )
-from gateway.calls.model import CallRecord
-from gateway.session.contract import MediaSession, Negotiated, PlaneMedia, SrtpKeys
+from gateway.calls.model import CallRecord, CallState
+from gateway.session.contract import (
+    AnswerAware,
+    MediaSession,
+    Negotiated,
+    PlaneMedia,
+    SrtpKeys,
+)
 from gateway.sip.executor import Timer
 from gateway.sip.rtpsock import NoRtpPort, RtpSockets
 from gateway.sip.sdp import Crypto, audio_crypto, point_audio_at
@@ -310,17 +316,22 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if slot == self.bridged_slot:
             return
         if self.port is None:
-            if self.session is None:  # an inbound call may have connected its agent ringing
-                self.session = self.engine.make_session(
-                    self.record, self.engine.controls(self.record)
-                )
+            # an inbound call may have connected its agent ringing
+            session = self.session or self._make_session()
             fmt = pj.MediaFormatAudio()
-            fmt.init(pj.PJMEDIA_FORMAT_PCM, self.session.rate, 1, 20000, 16)
-            self.port = AudioPort(self.session)
+            fmt.init(pj.PJMEDIA_FORMAT_PCM, session.rate, 1, 20000, 16)
+            self.port = AudioPort(session)
             self.port.createPort(f"call-{self.record.id}", fmt)
         audio.startTransmit(self.port)
         self.port.startTransmit(audio)
         self.bridged_slot = slot
+
+    def _make_session(self) -> MediaSession:
+        session = self.engine.make_session(self.record, self.engine.controls(self.record))
+        self.session = session
+        if self.record.state is CallState.ANSWERED and isinstance(session, AnswerAware):
+            session.answered()  # media came up after the answer
+        return session
 
     def _attach_plane(self, index: int) -> None:
         """The media plane gets the call's sockets and where RTP goes (again after a
@@ -328,7 +339,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         if self.rtp is None or self.rtcp is None:
             raise NoRtpPort(f"call {self.record.id} has no RTP socket of its own")
         if self.session is None:  # an inbound call may have connected its agent ringing
-            self.session = self.engine.make_session(self.record, self.engine.controls(self.record))
+            self._make_session()
         if not isinstance(self.session, PlaneMedia):
             raise TypeError(f"session {type(self.session).__name__} cannot take plane media")
         if self.local_crypto and self.remote_crypto is None:

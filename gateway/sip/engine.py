@@ -70,6 +70,7 @@ from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
 from gateway.session.contract import (
     NARROWBAND_HZ,
+    AnswerAware,
     CallControls,
     MediaSession,
     PlaneMedia,
@@ -105,6 +106,7 @@ class OriginateRequest:
     ring_timeout: int | None = None
     call_id: str | None = None
     record: bool | None = None
+    amd: dict[str, Any] | None = None  # AmdRequest's fields: detect a machine on answer
 
 
 def reason_header(reason: EndReason) -> pj.SipHeader:
@@ -550,6 +552,7 @@ class SipEngine:
             variables=dict(req.variables),
             state=CallState.DIALING,
             record=req.record,
+            amd=req.amd,
         )
         account.use_caller_id(req.caller_id)
         settings = leg_settings(self.config, ring_timeout=req.ring_timeout)
@@ -611,8 +614,9 @@ class SipEngine:
                 news = AgentConnected() if isinstance(event, AgentLinkUp) else AgentFailed()
                 self.submit(lambda: self._feed_live(record.id, news))
 
-        def hangup(by: str) -> None:
-            self.submit(lambda: self._feed_live(record.id, HangupRequested(by)))
+        def hangup(by: str, reason: str | None = None) -> None:
+            why = EndReason(reason) if reason else EndReason.NORMAL
+            self.submit(lambda: self._feed_live(record.id, HangupRequested(by, why)))
 
         def media_failed() -> None:
             self.submit(lambda: self._feed_live(record.id, MediaFailed()))
@@ -699,6 +703,8 @@ class SipEngine:
     def on_answered(self, call: SipCall, at: float) -> None:
         rec = call.record
         log.info("event=call_answered call_id=%s codec=%s", rec.id, call.codec)
+        if isinstance(call.session, AnswerAware):
+            call.session.answered()
         self.emit(Answered(call_id=rec.id, codec=call.codec, answered_at=at))
 
     def _reconcile(self) -> None:

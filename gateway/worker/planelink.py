@@ -11,11 +11,12 @@ carry file descriptors (SCM_RIGHTS). Per call, worker -> plane:
   {"op": "media", "call", "remote", "codec", "tx_pt", "rx_pt", "tx_event_pt", "rx_event_pt"}
                                       + [rtp, rtcp] fds the first time (contract.Negotiated)
   {"op": "dtmf", "call", "digit"}     a digit pjsua heard (SIP INFO), for the agent
+  {"op": "answered", "call"}          the call is answered (AMD starts listening)
   {"op": "send_dtmf", "call", "digits"}  RFC 4733 to the far end
   {"op": "close", "call"}
 plane -> worker:
   {"op": "event", "call", "event"}   a CallEvent of the session (worker/ipc.py's event_message)
-  {"op": "hangup", "call", "by"}
+  {"op": "hangup", "call", "by", "reason"}
   {"op": "closed", "call"}            the session's last event is out
   {"op": "rx", "counts": {call: packets}}  RTP received, for the media timeout (every second)
 Lifecycle messages only: no frame crosses this socket.
@@ -44,7 +45,7 @@ MAX_DATAGRAM = 256 * 1024
 MAX_FDS = 4
 SEND_TIMEOUT_S = 2.0
 RECORD_FIELDS = ("id", "direction", "trunk", "from_number", "to_number", "agent", "variables",
-                 "record", "sip_call_id")  # fmt: skip
+                 "record", "sip_call_id", "amd")  # fmt: skip
 
 
 class PlaneError(SipedgeError):
@@ -140,6 +141,9 @@ class PlaneSession:
 
     def on_dtmf(self, digit: str) -> None:
         self._link.send({"op": "dtmf", "call": self.call_id, "digit": digit})
+
+    def answered(self) -> None:
+        self._link.send({"op": "answered", "call": self.call_id})
 
     def send_dtmf(self, digits: str) -> None:
         self._link.send({"op": "send_dtmf", "call": self.call_id, "digits": digits})
@@ -264,7 +268,9 @@ class PlaneLink:
             if isinstance(event, CallEvent):
                 session.controls.emit(event)
         elif op == "hangup":
-            session.controls.hangup(str(message.get("by") or "gateway"))
+            reason = message.get("reason")
+            session.controls.hangup(str(message.get("by") or "gateway"),
+                                    str(reason) if reason else None)  # fmt: skip
         elif op == "closed":
             session.events_finished()
         else:

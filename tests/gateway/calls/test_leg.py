@@ -298,6 +298,10 @@ ENDINGS: list[tuple[str, str, dict[str, Any], list[Happening], Final]] = [
      Final(True, R.NORMAL, 200, "OK", "callee", 1.25)),
     ("control plane hangs up", "inbound", {}, [*ANSWERS, HangupRequested(CP), bye()],
      Final(True, R.NORMAL, 200, "OK", CP, 60.0)),
+    ("AMD heard a machine", "outbound", {},
+     [Dialled(), Confirmed(at=100.0), HangupRequested("gateway", R.MACHINE_DETECTED),
+      bye(at=104.5)],
+     Final(True, R.MACHINE_DETECTED, 200, "OK", "gateway", 4.5)),
     # pjsua's session timer (RFC 4028) ran out, or an in-dialog request went unanswered:
     # pjsua sent the BYE, and the far end is gone, not hung up
     ("session expires", "inbound", {}, [*ANSWERS, Disconnected(408, "Request Timeout", 160.0)],
