@@ -246,6 +246,11 @@ class Trunk(Model):
     session_timers: SessionTimers | None = Field(
         None, description="for calls placed over this trunk (default: sip.session_timers)"
     )
+    headers_to_variables: list[str] = Field(
+        default_factory=list,
+        description="INVITE headers of inbound calls passed to the agent as call variables "
+        "(names, `*` wildcards: X-*, Diversion, P-Asserted-Identity)",
+    )
     srtp: Literal["off", "optional", "required"] = Field(
         "off",
         description="SRTP with SDES keys (RFC 4568): off; optional (offered, and taken when the "
@@ -302,6 +307,11 @@ class NumberRoute(Model):
     agent: str
     trunk: str | None = None
     variables: dict[str, str] = Field(default_factory=dict)
+    headers_to_variables: list[str] | None = Field(
+        None,
+        description="INVITE headers passed to the agent as variables (names, `*` wildcards: "
+        "X-*, Diversion); default: the trunk's",
+    )
     answer_delay_ms: int = Field(
         0, ge=0, le=60000, description="ring this long (180) before answering with 200"
     )

@@ -16,6 +16,7 @@ from gateway.events.commands import (
     DtmfDigits,
     E164Number,
     RingTimeout,
+    SipHeaders,
     TransferTarget,
     Variables,
 )  # fmt: skip
@@ -87,6 +88,10 @@ class CallCreate(_Request):
     record: StrictBool | None = Field(None, description="record this call (default: config)")
     amd: AmdRequest | None = Field(None, description="answering-machine detection on answer "
                                    "(call.amd event; the result reaches the agent)")  # fmt: skip
+    sip_headers: SipHeaders = Field(default_factory=dict)
+    variables_as_headers: StrictBool = Field(
+        False, description="also send each variable as an X-<name> header (names that fit)"
+    )
 
 
 class CallTransferRequest(_Request):

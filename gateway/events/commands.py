@@ -123,6 +123,19 @@ class AmdRequest(_Args):
     )
 
 
+MAX_SIP_HEADERS = 16
+SIP_HEADER_NAME = r"^[Xx]-[A-Za-z0-9-]{1,62}$"
+SipHeaders = Annotated[
+    dict[
+        Annotated[StrictStr, Field(pattern=SIP_HEADER_NAME)],
+        Annotated[StrictStr, Field(max_length=MAX_VARIABLE_VALUE, pattern=r"^[^\r\n\x00]*$")],
+    ],
+    Field(max_length=MAX_SIP_HEADERS,
+          description=f"X- headers for the INVITE (at most {MAX_SIP_HEADERS}; names X-..., "
+          "values of one line)"),
+]  # fmt: skip
+
+
 class Originate(_Args):
     to: E164Number
     from_: E164Number | None = Field(None, alias="from")
@@ -132,6 +145,10 @@ class Originate(_Args):
     ring_timeout: RingTimeout | None = None
     record: StrictBool | None = None
     amd: AmdRequest | None = None
+    sip_headers: SipHeaders = Field(default_factory=dict)
+    variables_as_headers: StrictBool = Field(
+        False, description="also send each variable as an X-<name> header (names that fit)"
+    )
     idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=255)
 
 

@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.calls.routing import destination_allowed
 from gateway.errors import detail
-from gateway.events.commands import Hangup, Originate, Reload, SendDtmf, Transfer, parse_args
+from gateway.events.commands import (
+    SIP_HEADER_NAME,
+    Hangup,
+    Originate,
+    Reload,
+    SendDtmf,
+    Transfer,
+    parse_args,
+)
 from gateway.events.schema import CommandError, new_call_id
 
 if TYPE_CHECKING:
@@ -57,6 +66,19 @@ def call_view(node: OperationsNode, call_id: str) -> dict[str, Any]:
     return view
 
 
+def invite_headers(args: Originate) -> dict[str, str]:
+    """The X- headers an outbound INVITE carries: the variables' (variables_as_headers, for
+    names that make a header name), then those given, which win."""
+    headers: dict[str, str] = {}
+    if args.variables_as_headers:
+        for name, value in args.variables.items():
+            header = "X-" + name.replace("_", "-")
+            if re.fullmatch(SIP_HEADER_NAME, header) and not re.search(r"[\r\n\x00]", value):
+                headers[header] = value
+    given = {name.lower() for name in args.sip_headers}  # header names ignore case
+    return {**{k: v for k, v in headers.items() if k.lower() not in given}, **args.sip_headers}
+
+
 async def originate(
     node: OperationsNode, args: Originate, call_id: str | None = None
 ) -> dict[str, Any]:
@@ -99,6 +121,7 @@ async def originate(
             "call_id": call_id,
             "record": args.record,
             "amd": None if args.amd is None else args.amd.model_dump(),
+            "sip_headers": invite_headers(args),
         },
     )
     return {

@@ -65,7 +65,14 @@ from gateway.calls.leg import (
 )
 from gateway.calls.model import CallRecord, CallState, EndReason
 from gateway.calls.routing import InboundDecision, number_from_uri, route_inbound
-from gateway.config import Config, front_worker_side, is_wildcard, rtp_advertised_host
+from gateway.config import (
+    Config,
+    NumberRoute,
+    Trunk,
+    front_worker_side,
+    is_wildcard,
+    rtp_advertised_host,
+)
 from gateway.errors import CallRefused, SipedgeError, SipEngineError
 from gateway.events.schema import new_call_id
 from gateway.session.contract import (
@@ -81,7 +88,13 @@ from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import DatagramWaker, SipExecutor
 from gateway.sip.ioqueue import IoQueueGauge, media_ioqueue
-from gateway.sip.message import caller_source, header, request_uri, source_address
+from gateway.sip.message import (
+    caller_source,
+    header,
+    headers_matching,
+    request_uri,
+    source_address,
+)
 from gateway.sip.probe import probe_call_limit
 from gateway.sip.rtpsock import RtpSockets
 from gateway.sip.sanity import GateAnswer, RequestGate
@@ -107,6 +120,18 @@ class OriginateRequest:
     call_id: str | None = None
     record: bool | None = None
     amd: dict[str, Any] | None = None  # AmdRequest's fields: detect a machine on answer
+    sip_headers: dict[str, str] = field(default_factory=dict)  # X- headers for the INVITE
+
+
+def call_variables(message: str, trunk: Trunk | None, route: NumberRoute | None) -> dict[str, str]:
+    """An inbound call's variables: the INVITE headers its number (or else its trunk) passes
+    on, then the number's own variables, which win over a header of the same name."""
+    if route is None:
+        return {}
+    patterns = route.headers_to_variables
+    if patterns is None:
+        patterns = trunk.headers_to_variables if trunk is not None else []
+    return {**headers_matching(message, patterns), **route.variables}
 
 
 def reason_header(reason: EndReason) -> pj.SipHeader:
@@ -477,7 +502,7 @@ class SipEngine:
             # puts the trunk's user in the Request-URI and the dialled number in To.
             to_number=route.number if route else (dialled[0] or dialled[1]),
             agent=route.agent if route else "",
-            variables=dict(route.variables) if route else {},
+            variables=call_variables(message, decision.trunk, route),
             sip_call_id=header(message, "call-id"),
         )
         leg = CallLeg(record, leg_settings(self.config, route))
@@ -565,6 +590,10 @@ class SipEngine:
                 f"<sip:{caller_id}@{account.domain}>",
             )
             op.txOption.headers.append(pai)
+        for name, value in req.sip_headers.items():
+            extra = pj.SipHeader()
+            extra.hName, extra.hValue = name, value
+            op.txOption.headers.append(extra)
         try:
             call.makeCall(account.target_uri(req.to), op)
         except pj.Error as exc:

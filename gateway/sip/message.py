@@ -1,7 +1,9 @@
-"""Reading the few header values the engine needs from a received SIP message's text."""
+"""Reading the few header values the engine needs from a received SIP message's text, and the
+headers a trunk or number passes to the agent as call variables."""
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import re
 
@@ -101,3 +103,30 @@ def _same_address(a: tuple[str, int], b: tuple[str, int]) -> bool:
         return a[1] == b[1] and ipaddress.ip_address(a[0]) == ipaddress.ip_address(b[0])
     except ValueError:
         return False
+
+
+MAX_HEADER_VARIABLE = 1024  # characters of one header value passed as a variable
+INTERNAL_HEADERS = frozenset({SOURCE_HEADER.lower()})  # ours (the front's), never passed on
+
+
+def headers_matching(message: str, patterns: list[str]) -> dict[str, str]:
+    """The headers whose names match `patterns` (case-insensitive, `*` a wildcard: `X-*`,
+    `Diversion`), as {name as first written: value}; several of one name joined by ", ";
+    values cut to MAX_HEADER_VARIABLE characters."""
+    if not patterns:
+        return {}
+    wanted = [p.lower() for p in patterns]
+    found: dict[str, str] = {}
+    names: dict[str, str] = {}  # lower -> as written first
+    for line in _header_lines(message):
+        key, sep, value = line.partition(":")
+        if not sep:
+            continue
+        name = key.strip()
+        lower = _COMPACT.get(name.lower(), name.lower())
+        if lower in INTERNAL_HEADERS or not any(fnmatch.fnmatchcase(lower, p) for p in wanted):
+            continue
+        shown = names.setdefault(lower, name)
+        value = value.strip()
+        found[shown] = f"{found[shown]}, {value}" if shown in found else value
+    return {k: v[:MAX_HEADER_VARIABLE] for k, v in found.items()}

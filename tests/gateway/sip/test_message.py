@@ -10,6 +10,7 @@ from gateway.sip.message import (
     SOURCE_HEADER,
     caller_source,
     header,
+    headers_matching,
     request_uri,
     source_address,
     source_ip,
@@ -287,3 +288,31 @@ def test_a_front_that_names_no_valid_address_leaves_the_sender() -> None:
 )  # fmt: skip
 def test_source_address_splits_the_port(address: str, parts: tuple[str, int]) -> None:
     assert source_address(address) == parts
+
+
+# -- headers passed to the agent as variables -------------------------------------------------
+
+WITH_HEADERS = (
+    "INVITE sip:+15550100@127.0.0.1 SIP/2.0\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\n"
+    "X-Lead-Id: 42\r\n"
+    "x-lead-id: 43\r\n"
+    "X-Campaign:  spring \r\n"
+    "Diversion: <sip:+15550999@carrier.example>;reason=unconditional\r\n"
+    "X-Sipedge-Source: 198.51.100.7:5060;transport=udp\r\n"
+    "X-Long: " + "a" * 2000 + "\r\n"
+    "Subject: hello\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+def test_headers_matching_names_and_wildcards_join_repeats_and_skip_ours() -> None:
+    found = headers_matching(WITH_HEADERS, ["X-*", "diversion"])
+    assert found["X-Lead-Id"] == "42, 43"  # one name, as first written
+    assert found["X-Campaign"] == "spring"
+    assert found["Diversion"].startswith("<sip:+15550999@")
+    assert "X-Sipedge-Source" not in found  # the front's own, never the agent's
+    assert len(found["X-Long"]) == 1024
+    assert "Subject" not in found
+    assert headers_matching(WITH_HEADERS, []) == {}
+    assert headers_matching(WITH_HEADERS, ["s"]) == {}  # no pattern, no compact-form surprise
