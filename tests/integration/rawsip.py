@@ -243,6 +243,16 @@ class RawUac:
         )
 
 
+def response_to(request: SipMessage, status: str = "486 Busy Here") -> bytes:
+    """A final response without a body to `request` (a carrier refusing our INVITE)."""
+    lines = [f"SIP/2.0 {status}"] + [
+        line
+        for line in request.text.split("\r\n\r\n")[0].split("\r\n")[1:]
+        if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
+    ]
+    return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
 def _routes(dialog: Dialog) -> str:
     """The Route header lines of an in-dialog request (none without a Record-Route)."""
     return "".join(f"Route: {entry}\r\n" for entry in dialog.route_set)

@@ -34,7 +34,7 @@ from tests.integration.mosquitto import mosquitto_fixture
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import free_port, free_sip_port, free_udp_port_run, sip_options
-from tests.integration.rawsip import Dialog, RawUac, SipMessage
+from tests.integration.rawsip import Dialog, RawUac, SipMessage, response_to
 from tests.integration.test_front import wait_answered
 
 pytestmark = pytest.mark.integration
@@ -304,12 +304,7 @@ def test_a_node_added_to_the_running_front_takes_calls_dials_out_and_drains_thro
             invite = SipMessage(data.decode())
             assert invite.method == "INVITE" and source == (HOST, ports.public)
             assert invite.header("via").startswith(f"SIP/2.0/UDP {HOST}:{ports.public};")
-            busy = ["SIP/2.0 486 Busy Here"] + [
-                line
-                for line in invite.text.split("\r\n\r\n")[0].split("\r\n")[1:]
-                if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
-            ]
-            carrier.sendto(("\r\n".join(busy) + "\r\nContent-Length: 0\r\n\r\n").encode(), source)
+            carrier.sendto(response_to(invite), source)
             failed = mq.wait_event("call.failed", reply["data"]["id"])
             assert (failed["node"], failed["data"]["sip_code"]) == ("node-b", 486)
 

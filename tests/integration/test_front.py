@@ -25,7 +25,7 @@ from gateway.front.render import FrontPaths, render
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, trunk_to, workers_config
 from tests.integration.peers import Kamailio, free_port
-from tests.integration.rawsip import RawUac, SipMessage
+from tests.integration.rawsip import RawUac, SipMessage, response_to
 from tests.integration.test_robustness import call_row
 
 pytestmark = pytest.mark.integration
@@ -258,12 +258,7 @@ def test_outbound_calls_leave_from_the_fronts_address(tmp_path: Path) -> None:
             assert source == (HOST, node.sip_port)  # the carrier sees the front, not a worker
             assert invite.header("via").startswith(f"SIP/2.0/UDP {HOST}:{node.sip_port};")
             assert invite.header("record-route")  # in-dialog requests come back the same way
-            busy = ["SIP/2.0 486 Busy Here"] + [
-                line
-                for line in invite.text.split("\r\n\r\n")[0].split("\r\n")[1:]
-                if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
-            ]
-            carrier.sendto(("\r\n".join(busy) + "\r\nContent-Length: 0\r\n\r\n").encode(), source)
+            carrier.sendto(response_to(invite), source)
             call_id = reply["data"]["id"]
             failed = mq.wait_event("call.failed", call_id)
             assert failed["data"]["sip_code"] == 486

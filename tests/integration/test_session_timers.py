@@ -19,7 +19,7 @@ import pytest
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import HOST, Sipp
-from tests.integration.rawsip import SipMessage
+from tests.integration.rawsip import SipMessage, response_to
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +64,7 @@ def test_a_trunks_session_timers_are_asked_for_in_its_outbound_invites(tmp_path:
             assert invite.header("session-expires").replace(" ", "").startswith("600")
             assert invite.header("min-se").strip() == "120"
             assert "timer" in invite.header("supported")
-            busy = ["SIP/2.0 486 Busy Here"] + [
-                line
-                for line in invite.text.split("\r\n\r\n")[0].split("\r\n")[1:]
-                if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
-            ]
-            carrier.sendto(("\r\n".join(busy) + "\r\nContent-Length: 0\r\n\r\n").encode(), source)
+            carrier.sendto(response_to(invite), source)
             failed = mq.wait_event("call.failed", reply["data"]["id"])
             assert failed["data"]["reason"] == "busy"
             assert node.stop() == 0

@@ -14,7 +14,7 @@ import pytest
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import HOST
-from tests.integration.rawsip import RawUac, SipMessage
+from tests.integration.rawsip import RawUac, SipMessage, response_to
 from tests.integration.test_media_agents import TwilioBot
 
 pytestmark = pytest.mark.integration
@@ -74,12 +74,7 @@ def test_outbound_calls_carry_the_x_headers_given_and_the_variables(tmp_path: Pa
             bad = mq.command("call.originate", {"to": "+15551230001", "agent": "echo",
                                                 "sip_headers": {"Via": "x"}})  # fmt: skip
             assert bad["error"]["code"] == "invalid_parameter"
-            busy = ["SIP/2.0 486 Busy Here"] + [
-                line
-                for line in invite.text.split("\r\n\r\n")[0].split("\r\n")[1:]
-                if line.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
-            ]
-            carrier.sendto(("\r\n".join(busy) + "\r\nContent-Length: 0\r\n\r\n").encode(), source)
+            carrier.sendto(response_to(invite), source)
             mq.wait_event("call.failed", reply["data"]["id"])
             assert node.stop() == 0
 
