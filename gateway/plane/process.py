@@ -43,7 +43,7 @@ from gateway.session.contract import CallControls, MediaSession
 from gateway.session.factory import make_session_factory
 from gateway.worker.ipc import event_message
 from gateway.worker.planelink import PlaneError, receive, record_from, send
-from media.codecs import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from media.codecs import ALAW_DECODE, ALAW_ENCODE, ALAW_TO_ULAW, ULAW_DECODE, ULAW_ENCODE
 from media.resample import Resampler
 from media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse, seq_newer
 
@@ -63,10 +63,11 @@ class G711:
     name: str
     decode: np.ndarray[Any, Any]
     encode: np.ndarray[Any, Any]
+    to_ulaw: np.ndarray[Any, Any] | None  # code -> mu-law code; None: the codes are mu-law
 
 
-CODECS = {"PCMU": G711("PCMU", ULAW_DECODE, ULAW_ENCODE),
-          "PCMA": G711("PCMA", ALAW_DECODE, ALAW_ENCODE)}  # fmt: skip
+CODECS = {"PCMU": G711("PCMU", ULAW_DECODE, ULAW_ENCODE, None),
+          "PCMA": G711("PCMA", ALAW_DECODE, ALAW_ENCODE, ALAW_TO_ULAW)}  # fmt: skip
 
 
 @dataclass
@@ -392,16 +393,23 @@ class Plane:
                 call.last_seq = packet.seq
                 batches.setdefault(call.codec.name, []).append((call, packet.payload))
         for name, batch in batches.items():
+            codec = CODECS[name]
             codes = np.frombuffer(b"".join(payload for _, payload in batch), np.uint8)
-            pcm = CODECS[name].decode[codes].tobytes()
+            pcm = codec.decode[codes].tobytes()
+            # The frame as mu-law too, for a twilio-ws agent: PCMU's payload as it came,
+            # PCMA's through one 256-entry lookup for the batch (never decode + encode).
+            ulaw = None if codec.to_ulaw is None else codec.to_ulaw[codes].tobytes()
             offset = 0
             for call, payload in batch:
-                size = 2 * len(payload)
-                frame = pcm[offset : offset + size]
-                offset += size
+                size = len(payload)
+                frame = pcm[2 * offset : 2 * (offset + size)]
                 if call.up is not None:
-                    frame = call.up.process(frame)
-                call.session.on_caller_frame(frame)
+                    call.session.on_caller_frame(call.up.process(frame))
+                elif ulaw is None:
+                    call.session.on_caller_frame(frame, payload)
+                else:
+                    call.session.on_caller_frame(frame, ulaw[offset : offset + size])
+                offset += size
 
     def _transmit(self) -> None:
         calls = [call for call in self.media.values() if call.remote is not None]

@@ -134,7 +134,7 @@ class AgentSession:
         self._playout = Playout(self.rate)
         self._written = 0  # bytes ever queued to playout
         self._queued = 0  # bytes queued and not yet played
-        self._inbox: deque[tuple[bytes, int]] = deque()  # caller frames, arrival ns
+        self._inbox: deque[tuple[bytes, bytes | None, int]] = deque()  # pcm, mu-law, arrival ns
         self._played: deque[tuple[bytes, bool, int, int]] = deque()  # audio, had_audio, pos, ns
         self._marks: deque[str] = deque()  # agent marks reached by playout
         self._wake_pending = False
@@ -166,10 +166,10 @@ class AgentSession:
 
     # -- clock thread -------------------------------------------------------------------------
 
-    def on_caller_frame(self, pcm: bytes) -> None:
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
         if self._closed:
             return
-        self._inbox.append((pcm, time.perf_counter_ns()))
+        self._inbox.append((pcm, mulaw, time.perf_counter_ns()))
         self._schedule_wake()
 
     def next_frame(self) -> bytes:
@@ -530,7 +530,7 @@ class AgentSession:
         recorder, aligner = self._recorder, self._aligner
         pairs: list[tuple[bytes | None, bytes | None]] = []
         while inbox:
-            pcm, frame_ns = inbox.popleft()
+            pcm, mulaw, frame_ns = inbox.popleft()
             update = self.conversation.caller_audio(pcm, agent_playing=self._queued > 0)
             for speech in update.speech:
                 self._emit_speech(speech)
@@ -538,7 +538,8 @@ class AgentSession:
             if update.barge_in:
                 self._barge_in()
             if self._streaming:
-                self._outgoing.append((self.link.caller_frame(pcm, int(self._stream_ms)), frame_ns))
+                message = self.link.caller_frame(pcm, int(self._stream_ms), mulaw)
+                self._outgoing.append((message, frame_ns))
                 self._stream_ms += len(pcm) * 500 / self.rate
             if recorder is not None:
                 pairs += aligner.caller(pcm)
