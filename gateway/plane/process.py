@@ -157,7 +157,7 @@ class Plane:
         self.loop = asyncio.get_running_loop()
         self.listener = listener
         listener.setblocking(False)
-        self.make_session = make_session_factory(config, self.loop, on_loop_thread=True)
+        self.make_session = make_session_factory(config, self.loop, after_tick=self.after_tick)
         self.media: dict[int, PlaneCall] = {}  # RTP fd -> call, for calls with media
         self.epoll = select.epoll()
         self.stopped = asyncio.Event()
@@ -166,6 +166,7 @@ class Plane:
         self._clock: asyncio.TimerHandle | None = None  # None: stopped, no call has media
         self._next_rx_report = 0.0
         self.clock = ClockStats()
+        self._after: list[Callable[[], None]] = []  # the sessions' work of this tick
 
     # -- workers and their messages ---------------------------------------------------------
 
@@ -319,6 +320,19 @@ class Plane:
 
     # -- the clock ------------------------------------------------------------------------------
 
+    def after_tick(self, work: Callable[[], None]) -> None:
+        """Run `work` at the end of this tick (a session's frames to process). Only the tick
+        hands frames to sessions, so only the tick calls this."""
+        self._after.append(work)
+
+    def _run_after_tick(self) -> None:
+        work, self._after = self._after, []
+        for fn in work:
+            try:
+                fn()
+            except Exception:  # one session's bug must not cost the others their frames
+                log.exception("event=session_work_failed")
+
     def _start_clock(self) -> None:
         if self._clock is not None:
             return
@@ -348,6 +362,7 @@ class Plane:
             self._receive()
             for _ in range(frames):
                 self._transmit()
+            self._run_after_tick()
             clock.tick_s = max(clock.tick_s, self.loop.time() - now)
             clock.tick_cpu_s = max(clock.tick_cpu_s, time.thread_time() - cpu)
             if now >= self._next_rx_report:

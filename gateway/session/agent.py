@@ -109,7 +109,7 @@ class AgentSession:
         vad: VadSettings,
         recordings_dir: str | Path | None = None,
         node_id: str = "sipedge",
-        on_loop_thread: bool = False,
+        after_tick: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.agent = agent
         self.call_id = record.id
@@ -126,8 +126,11 @@ class AgentSession:
         self.rate = self.link.rate
         self._loop = loop
         # How a frame wakes the loop: from pjmedia's clock thread, through the loop's self-pipe;
-        # from the media plane's clock, which is the loop, a plain call_soon (no syscall).
-        self._wake_soon = loop.call_soon if on_loop_thread else loop.call_soon_threadsafe
+        # from the media plane's clock, which is the loop, the plane runs it once the tick's
+        # frames are all in and out (no handle, no loop iteration per call).
+        self._wake_soon: Callable[[Callable[[], None]], object] = (
+            loop.call_soon_threadsafe if after_tick is None else after_tick
+        )
         self._frame_bytes = bytes_per_frame(self.rate)
         # shared with the clock thread
         self._lock = threading.Lock()  # guards _playout, _written, _queued
