@@ -53,6 +53,7 @@ TICK_S = 0.020
 SAMPLES = 160  # 20 ms at 8 kHz: G.711's only rate
 MAX_LATE_TICKS = 10  # after a stall, send up to 200 ms of frames at once; beyond, drop them
 RX_REPORT_S = 1.0
+MAX_READ_ROUNDS = 64  # packets read per call per tick at most (the rest wait for the next)
 RECV_BYTES = 2048
 SEND_TIMEOUT_S = 1.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -377,18 +378,19 @@ class Plane:
         if not ready:
             return
         batches: dict[str, list[tuple[PlaneCall, bytes]]] = {}
-        for fd, _mask in ready:
-            call = self.media.get(fd)
-            if call is None or call.rtp is None:
-                continue
-            sock = call.rtp
-            while True:
+        # One packet per ready socket per round, then epoll again for those with more: one
+        # epoll_wait per round for every call instead of an EAGAIN recvfrom per call.
+        for _round in range(MAX_READ_ROUNDS):
+            if not ready:
+                break
+            for fd, _mask in ready:
+                call = self.media.get(fd)
+                if call is None or call.rtp is None:
+                    continue
                 try:
-                    data, source = sock.recvfrom(RECV_BYTES)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:  # ICMP port unreachable from the far end: nothing to read
-                    break
+                    data, source = call.rtp.recvfrom(RECV_BYTES)
+                except OSError:  # EAGAIN; ICMP port unreachable from the far end
+                    continue
                 packet = parse(data)
                 if packet is None:
                     continue
@@ -407,6 +409,7 @@ class Plane:
                     continue  # late or repeated
                 call.last_seq = packet.seq
                 batches.setdefault(call.codec.name, []).append((call, packet.payload))
+            ready = self.epoll.poll(0)
         for name, batch in batches.items():
             codec = CODECS[name]
             codes = np.frombuffer(b"".join(payload for _, payload in batch), np.uint8)
