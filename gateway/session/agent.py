@@ -58,6 +58,7 @@ from media.vad import SpeechStarted
 log = logging.getLogger("sipedge.agent")
 
 TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP gap)
+# (not on the media plane's clock: there every played frame hands the session its work)
 CLOSE_TIMEOUT_S = 2.0
 RECORDING_CLOSE_TIMEOUT_S = 5.0  # the WAV's last frames and header, before the final event
 PROTOCOL_ERRORS_LOGGED = 3
@@ -131,6 +132,10 @@ class AgentSession:
         self._wake_soon: Callable[[Callable[[], None]], object] = (
             loop.call_soon_threadsafe if after_tick is None else after_tick
         )
+        # On the plane's clock a wake costs an append, so each played frame asks for one
+        # (deduplicated with the caller frame's of the same tick) and no fallback timer runs;
+        # from pjmedia's thread a wake is a syscall, so only marks ask for one.
+        self._wake_every_frame = after_tick is not None
         self._frame_bytes = bytes_per_frame(self.rate)
         # shared with the clock thread
         self._lock = threading.Lock()  # guards _playout, _written, _queued
@@ -186,6 +191,8 @@ class AgentSession:
             if played.marks:
                 self._marks.extend(played.marks)
                 self._schedule_wake()
+            elif self._wake_every_frame and not self._wake_pending:
+                self._schedule_wake()
         return played.audio
 
     def _schedule_wake(self) -> None:
@@ -238,7 +245,8 @@ class AgentSession:
         if self._closed:
             return
         self._tasks.append(asyncio.ensure_future(self._connect()))
-        self._tick = self._loop.call_later(TICK_S, self._on_tick)
+        if not self._wake_every_frame:
+            self._tick = self._loop.call_later(TICK_S, self._on_tick)
 
     async def _open(self) -> AgentChannel:
         """Connect to the agent; raises AgentUnavailable. Transports override this."""

@@ -471,10 +471,15 @@ async def test_on_the_planes_clock_frames_wait_for_the_tick_end_and_go_out_as_gi
     rtp_payloads = [bytes(range(160)), bytes(range(1, 161))]  # not pcm's encoding: as given
     for payload in rtp_payloads:
         session.on_caller_frame(pcm, payload)
-    assert len(handed) == 1  # one hand-over for both frames
+    session.next_frame()
+    assert len(handed) == 1  # one hand-over for the tick's frames, in and out
     handed.pop()()
     await asyncio.wait_for(two_frames.wait(), 5)
     assert media == rtp_payloads
+    session.next_frame()  # a tick with no caller frame (an RTP gap) still hands work over
+    assert len(handed) == 1 and len(session._played) == 1
+    handed.pop()()
+    assert not session._played and session._tick is None  # no fallback timer on this clock
     session.close()
     await session.wait_closed()
     server.close()
