@@ -5,8 +5,10 @@ next frame out per tick, the sessions' work after the tick), against capacity.py
 in its own process over real WebSockets.
 
 What it leaves out is what the plane adds per call around the sessions (RTP recvfrom/sendto,
-parse, the batched G.711): on a shared 2-core machine capacity.py's figure moves by +-20%
-between runs, this one by a few %, so a change to the per-frame Python shows here first.
+parse, the batched G.711), and it needs no SIPp, so it loads the machine far less than
+capacity.py. It is as noisy per run on a shared machine (about +-15%): compare two trees by
+running each tree's own copy of this file (it imports the tree it sits in, whatever
+PYTHONPATH says), interleaved, several times.
 
     python bench/session_cost.py --calls 25 --seconds 10 --repeats 3
 """
