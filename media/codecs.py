@@ -73,7 +73,10 @@ ULAW_ENCODE = _build_ulaw_encode()
 ALAW_ENCODE = _build_alaw_encode()
 ULAW_DECODE = _build_ulaw_decode()
 ALAW_DECODE = _build_alaw_decode()
-for _table in (ULAW_ENCODE, ALAW_ENCODE, ULAW_DECODE, ALAW_DECODE):
+# A-law code -> the mu-law code of the same decoded sample (what decode + ulaw_encode gives):
+# one 256-entry lookup instead of a decode and an encode.
+ALAW_TO_ULAW = ULAW_ENCODE[ALAW_DECODE.view("<u2")]
+for _table in (ULAW_ENCODE, ALAW_ENCODE, ULAW_DECODE, ALAW_DECODE, ALAW_TO_ULAW):
     _table.flags.writeable = False
 
 

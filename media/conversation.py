@@ -66,6 +66,11 @@ class PartySpeech:
         return self.detector.in_speech
 
     def feed(self, pcm: bytes) -> list[Speech]:
+        if not self._pending and len(pcm) == self._vad_bytes:  # 20 ms frames, 20 ms VAD
+            offset_ms = self._position * 1000 // self.rate
+            self._position += len(pcm) // SAMPLE_WIDTH
+            events = self.detector.feed(pcm, offset_ms)
+            return [Speech(self.party, e) for e in events] if events else []
         data = self._pending + pcm if self._pending else pcm
         usable = len(data) - len(data) % self._vad_bytes
         self._pending = data[usable:]

@@ -109,6 +109,9 @@ class SpeechDetector:
     def feed(self, frame: bytes, timestamp_ms: int) -> list[SpeechEvent]:
         """Classify audio starting at `timestamp_ms`, a whole number of `frame_ms` frames long."""
         size = self._frame_bytes
+        if len(frame) == size:  # the media path's case: one frame
+            voiced = self._vad.is_speech(frame, self.rate)
+            return self.smoother.update(bool(voiced), timestamp_ms)
         if not frame or len(frame) % size:
             raise ValueError(
                 f"expected a multiple of {size} bytes ({self.frame_ms} ms), got {len(frame)}"

@@ -43,7 +43,7 @@ from gateway.session.contract import AnswerAware, CallControls, MediaSession
 from gateway.session.factory import make_session_factory
 from gateway.worker.ipc import event_message
 from gateway.worker.planelink import PlaneError, receive, record_from, send
-from media.codecs import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from media.codecs import ALAW_DECODE, ALAW_ENCODE, ALAW_TO_ULAW, ULAW_DECODE, ULAW_ENCODE
 from media.resample import Resampler
 from media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse, seq_newer
 from media.srtp import SrtpError, SrtpStream
@@ -54,6 +54,7 @@ TICK_S = 0.020
 SAMPLES = 160  # 20 ms at 8 kHz: G.711's only rate
 MAX_LATE_TICKS = 10  # after a stall, send up to 200 ms of frames at once; beyond, drop them
 RX_REPORT_S = 1.0
+MAX_READ_ROUNDS = 64  # packets read per call per tick at most (the rest wait for the next)
 RECV_BYTES = 2048
 SEND_TIMEOUT_S = 1.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -64,10 +65,11 @@ class G711:
     name: str
     decode: np.ndarray[Any, Any]
     encode: np.ndarray[Any, Any]
+    to_ulaw: np.ndarray[Any, Any] | None  # code -> mu-law code; None: the codes are mu-law
 
 
-CODECS = {"PCMU": G711("PCMU", ULAW_DECODE, ULAW_ENCODE),
-          "PCMA": G711("PCMA", ALAW_DECODE, ALAW_ENCODE)}  # fmt: skip
+CODECS = {"PCMU": G711("PCMU", ULAW_DECODE, ULAW_ENCODE, None),
+          "PCMA": G711("PCMA", ALAW_DECODE, ALAW_ENCODE, ALAW_TO_ULAW)}  # fmt: skip
 
 
 @dataclass
@@ -160,7 +162,7 @@ class Plane:
         self.loop = asyncio.get_running_loop()
         self.listener = listener
         listener.setblocking(False)
-        self.make_session = make_session_factory(config, self.loop, on_loop_thread=True)
+        self.make_session = make_session_factory(config, self.loop, after_tick=self.after_tick)
         self.media: dict[int, PlaneCall] = {}  # RTP fd -> call, for calls with media
         self.epoll = select.epoll()
         self.stopped = asyncio.Event()
@@ -169,6 +171,7 @@ class Plane:
         self._clock: asyncio.TimerHandle | None = None  # None: stopped, no call has media
         self._next_rx_report = 0.0
         self.clock = ClockStats()
+        self._after: list[Callable[[], None]] = []  # the sessions' work of this tick
 
     # -- workers and their messages ---------------------------------------------------------
 
@@ -336,7 +339,7 @@ class Plane:
         except ConfigError as exc:
             return {"op": "reloaded", "ok": False, "error": "; ".join(exc.problems)}
         self.config = config
-        self.make_session = make_session_factory(config, self.loop, on_loop_thread=True)
+        self.make_session = make_session_factory(config, self.loop, after_tick=self.after_tick)
         log.info("event=media_plane_reconfigured agents=%d", len(config.agents))
         return {"op": "reloaded", "ok": True}
 
@@ -350,6 +353,19 @@ class Plane:
             self._close(call)
 
     # -- the clock ------------------------------------------------------------------------------
+
+    def after_tick(self, work: Callable[[], None]) -> None:
+        """Run `work` at the end of this tick (a session's frames to process). Only the tick
+        hands frames to sessions, so only the tick calls this."""
+        self._after.append(work)
+
+    def _run_after_tick(self) -> None:
+        work, self._after = self._after, []
+        for fn in work:
+            try:
+                fn()
+            except Exception:  # one session's bug must not cost the others their frames
+                log.exception("event=session_work_failed")
 
     def _start_clock(self) -> None:
         if self._clock is not None:
@@ -380,6 +396,7 @@ class Plane:
             self._receive()
             for _ in range(frames):
                 self._transmit()
+            self._run_after_tick()
             clock.tick_s = max(clock.tick_s, self.loop.time() - now)
             clock.tick_cpu_s = max(clock.tick_cpu_s, time.thread_time() - cpu)
             if now >= self._next_rx_report:
@@ -394,18 +411,19 @@ class Plane:
         if not ready:
             return
         batches: dict[str, list[tuple[PlaneCall, bytes]]] = {}
-        for fd, _mask in ready:
-            call = self.media.get(fd)
-            if call is None or call.rtp is None:
-                continue
-            sock = call.rtp
-            while True:
+        # One packet per ready socket per round, then epoll again for those with more: one
+        # epoll_wait per round for every call instead of an EAGAIN recvfrom per call.
+        for _round in range(MAX_READ_ROUNDS):
+            if not ready:
+                break
+            for fd, _mask in ready:
+                call = self.media.get(fd)
+                if call is None or call.rtp is None:
+                    continue
                 try:
-                    data, source = sock.recvfrom(RECV_BYTES)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:  # ICMP port unreachable from the far end: nothing to read
-                    break
+                    data, source = call.rtp.recvfrom(RECV_BYTES)
+                except OSError:  # EAGAIN; ICMP port unreachable from the far end
+                    continue
                 if call.srtp is not None:
                     clear = call.srtp.unprotect(data)
                     if clear is None:
@@ -429,17 +447,25 @@ class Plane:
                     continue  # late or repeated
                 call.last_seq = packet.seq
                 batches.setdefault(call.codec.name, []).append((call, packet.payload))
+            ready = self.epoll.poll(0)
         for name, batch in batches.items():
+            codec = CODECS[name]
             codes = np.frombuffer(b"".join(payload for _, payload in batch), np.uint8)
-            pcm = CODECS[name].decode[codes].tobytes()
+            pcm = codec.decode[codes].tobytes()
+            # The frame as mu-law too, for a twilio-ws agent: PCMU's payload as it came,
+            # PCMA's through one 256-entry lookup for the batch (never decode + encode).
+            ulaw = None if codec.to_ulaw is None else codec.to_ulaw[codes].tobytes()
             offset = 0
             for call, payload in batch:
-                size = 2 * len(payload)
-                frame = pcm[offset : offset + size]
-                offset += size
+                size = len(payload)
+                frame = pcm[2 * offset : 2 * (offset + size)]
                 if call.up is not None:
-                    frame = call.up.process(frame)
-                call.session.on_caller_frame(frame)
+                    call.session.on_caller_frame(call.up.process(frame))
+                elif ulaw is None:
+                    call.session.on_caller_frame(frame, payload)
+                else:
+                    call.session.on_caller_frame(frame, ulaw[offset : offset + size])
+                offset += size
 
     def _transmit(self) -> None:
         calls = [call for call in self.media.values() if call.remote is not None]

@@ -58,6 +58,7 @@ from media.vad import SpeechStarted
 log = logging.getLogger("sipedge.agent")
 
 TICK_S = 0.1  # fallback wake-up when the caller side sends no frames (hold, RTP gap)
+# (not on the media plane's clock: there every played frame hands the session its work)
 CLOSE_TIMEOUT_S = 2.0
 RECORDING_CLOSE_TIMEOUT_S = 5.0  # the WAV's last frames and header, before the final event
 PROTOCOL_ERRORS_LOGGED = 3
@@ -109,7 +110,7 @@ class AgentSession:
         vad: VadSettings,
         recordings_dir: str | Path | None = None,
         node_id: str = "sipedge",
-        on_loop_thread: bool = False,
+        after_tick: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         self.agent = agent
         self.call_id = record.id
@@ -126,15 +127,22 @@ class AgentSession:
         self.rate = self.link.rate
         self._loop = loop
         # How a frame wakes the loop: from pjmedia's clock thread, through the loop's self-pipe;
-        # from the media plane's clock, which is the loop, a plain call_soon (no syscall).
-        self._wake_soon = loop.call_soon if on_loop_thread else loop.call_soon_threadsafe
+        # from the media plane's clock, which is the loop, the plane runs it once the tick's
+        # frames are all in and out (no handle, no loop iteration per call).
+        self._wake_soon: Callable[[Callable[[], None]], object] = (
+            loop.call_soon_threadsafe if after_tick is None else after_tick
+        )
+        # On the plane's clock a wake costs an append, so each played frame asks for one
+        # (deduplicated with the caller frame's of the same tick) and no fallback timer runs;
+        # from pjmedia's thread a wake is a syscall, so only marks ask for one.
+        self._wake_every_frame = after_tick is not None
         self._frame_bytes = bytes_per_frame(self.rate)
         # shared with the clock thread
         self._lock = threading.Lock()  # guards _playout, _written, _queued
         self._playout = Playout(self.rate)
         self._written = 0  # bytes ever queued to playout
         self._queued = 0  # bytes queued and not yet played
-        self._inbox: deque[tuple[bytes, int]] = deque()  # caller frames, arrival ns
+        self._inbox: deque[tuple[bytes, bytes | None, int]] = deque()  # pcm, mu-law, arrival ns
         self._played: deque[tuple[bytes, bool, int, int]] = deque()  # audio, had_audio, pos, ns
         self._marks: deque[str] = deque()  # agent marks reached by playout
         self._wake_pending = False
@@ -166,10 +174,10 @@ class AgentSession:
 
     # -- clock thread -------------------------------------------------------------------------
 
-    def on_caller_frame(self, pcm: bytes) -> None:
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
         if self._closed:
             return
-        self._inbox.append((pcm, time.perf_counter_ns()))
+        self._inbox.append((pcm, mulaw, time.perf_counter_ns()))
         self._schedule_wake()
 
     def next_frame(self) -> bytes:
@@ -182,6 +190,8 @@ class AgentSession:
             self._played.append((played.audio, consumed > 0, position, time.perf_counter_ns()))
             if played.marks:
                 self._marks.extend(played.marks)
+                self._schedule_wake()
+            elif self._wake_every_frame and not self._wake_pending:
                 self._schedule_wake()
         return played.audio
 
@@ -235,7 +245,8 @@ class AgentSession:
         if self._closed:
             return
         self._tasks.append(asyncio.ensure_future(self._connect()))
-        self._tick = self._loop.call_later(TICK_S, self._on_tick)
+        if not self._wake_every_frame:
+            self._tick = self._loop.call_later(TICK_S, self._on_tick)
 
     async def _open(self) -> AgentChannel:
         """Connect to the agent; raises AgentUnavailable. Transports override this."""
@@ -530,7 +541,7 @@ class AgentSession:
         recorder, aligner = self._recorder, self._aligner
         pairs: list[tuple[bytes | None, bytes | None]] = []
         while inbox:
-            pcm, frame_ns = inbox.popleft()
+            pcm, mulaw, frame_ns = inbox.popleft()
             update = self.conversation.caller_audio(pcm, agent_playing=self._queued > 0)
             for speech in update.speech:
                 self._emit_speech(speech)
@@ -538,7 +549,8 @@ class AgentSession:
             if update.barge_in:
                 self._barge_in()
             if self._streaming:
-                self._outgoing.append((self.link.caller_frame(pcm, int(self._stream_ms)), frame_ns))
+                message = self.link.caller_frame(pcm, int(self._stream_ms), mulaw)
+                self._outgoing.append((message, frame_ns))
                 self._stream_ms += len(pcm) * 500 / self.rate
             if recorder is not None:
                 pairs += aligner.caller(pcm)

@@ -65,10 +65,10 @@ class AmdSession:
         """The callee picked up: what comes from now on is theirs."""
         self._answered = True
 
-    def on_caller_frame(self, pcm: bytes) -> None:
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
         agent = self.agent
         if agent is not None:
-            agent.on_caller_frame(pcm)
+            agent.on_caller_frame(pcm, mulaw)
             return
         if not self._answered or self._closed:
             return

@@ -53,7 +53,10 @@ def bridge_rate(config: Config) -> int:
 class MediaSession(Protocol):
     rate: int  # PCM16 mono sample rate of the frames exchanged with the port
 
-    def on_caller_frame(self, pcm: bytes) -> None: ...
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
+        """A caller frame; `mulaw` is the same 8 kHz audio as G.711 mu-law when the port
+        has it already (the media plane's G.711 calls), so a link that sends mu-law
+        (twilio-ws) need not encode the frame again."""
 
     def next_frame(self) -> bytes: ...
 
@@ -121,7 +124,7 @@ class EchoSession:
         self.frames_in = 0
         self.frames_out = 0
 
-    def on_caller_frame(self, pcm: bytes) -> None:
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
         self.frames_in += 1
         self._pending = self._echo.push(pcm)
 

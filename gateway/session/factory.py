@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.calls.model import CallRecord
@@ -24,12 +25,12 @@ def make_session_factory(
     config: Config,
     loop: asyncio.AbstractEventLoop,
     streaming: weakref.WeakSet[AgentSession] | None = None,
-    on_loop_thread: bool = False,
+    after_tick: Callable[[Callable[[], None]], None] | None = None,
 ) -> Any:
     """Sessions are made on the SIP thread; streaming agents (WebSocket, WebRTC) run their I/O
     on `loop` and are remembered in `streaming` so a stopping worker can let them finish.
-    `on_loop_thread`: frames come from `loop`'s own thread (the media plane's clock), so a
-    frame schedules the session's work with call_soon, not a cross-thread wake."""
+    `after_tick`: frames come from `loop`'s own thread (the media plane's clock), and a
+    frame's work is handed to this to run when the tick is over, not woken across threads."""
     echo_rate = bridge_rate(config)  # echo needs no resampling at all
     types = {agent.type for agent in config.agents} - {"echo"}
     sessions: dict[str, type[AgentSession]] = {}
@@ -71,7 +72,7 @@ def make_session_factory(
             config.vad,
             recordings,
             node_id=config.node.id,
-            on_loop_thread=on_loop_thread,
+            after_tick=after_tick,
         )
         if streaming is not None:
             streaming.add(session)

@@ -37,7 +37,8 @@ class AgentLink(Protocol):
 
     def opening(self) -> list[Message]: ...
 
-    def caller_frame(self, pcm: bytes, offset_ms: int) -> Message: ...
+    def caller_frame(self, pcm: bytes, offset_ms: int, mulaw: bytes | None = None) -> Message:
+        """`mulaw`: the same frame as mu-law at 8 kHz, when the port had it."""
 
     def receive(self, frame: Message) -> AgentEvent: ...
 
@@ -107,8 +108,9 @@ class TwilioLink:
     def opening(self) -> list[Message]:
         return [self.stream.connected(), self.stream.start()]
 
-    def caller_frame(self, pcm: bytes, offset_ms: int) -> Message:
-        return self.stream.media(ulaw_encode(pcm), offset_ms)
+    def caller_frame(self, pcm: bytes, offset_ms: int, mulaw: bytes | None = None) -> Message:
+        # The plane's PCMU calls hand over the RTP payload itself: no decode + re-encode.
+        return self.stream.media(ulaw_encode(pcm) if mulaw is None else mulaw, offset_ms)
 
     def receive(self, frame: Message) -> AgentEvent:
         event = self.stream.receive(frame)
@@ -167,7 +169,7 @@ class PcmLink:
     def opening(self) -> list[Message]:
         return [self.stream.start()]
 
-    def caller_frame(self, pcm: bytes, offset_ms: int) -> Message:
+    def caller_frame(self, pcm: bytes, offset_ms: int, mulaw: bytes | None = None) -> Message:
         if self._to_agent is not None:
             pcm = self._to_agent.process(pcm)
         return self.stream.audio(pcm)

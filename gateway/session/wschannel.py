@@ -7,6 +7,11 @@ a message from the agent reaches the session from data_received (no reader task,
 websockets' own asyncio connection does the same work through a send lock, a writer task
 and an assembler queue per message, which measured (bench/capacity.py, py-spy) as about a
 quarter of the media plane's time per call.
+
+On an open connection the data frames themselves skip websockets too (gateway/session/
+wsframes.py): ours are framed and masked in one step, and what the agent sends is scanned for
+whole text/binary frames; every other frame (ping, close, a fragment, anything odd) is handed
+to websockets' protocol whole, at a frame boundary, so it keeps the handshakes and the errors.
 """
 
 from __future__ import annotations
@@ -19,13 +24,14 @@ from collections.abc import AsyncIterator, Callable
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from gateway.config import Agent
 from gateway.errors import SipedgeError
+from gateway.session.wsframes import BINARY, TEXT, MaskKeys, client_frame, scan
 from media.timing import LatencyStats
 
 log = logging.getLogger("sipedge.agent")
@@ -59,6 +65,16 @@ class _Connection(asyncio.Protocol):
         self.receiver: Receiver | None = None
         self.on_close: Callable[[], None] | None = None
         self.backlog: list[tuple[Message, int]] = []  # before a receiver is set
+        self.mask_keys = MaskKeys()
+        # True while websockets' protocol is open and between frames: we scan the agent's
+        # bytes ourselves (_scan) and hand it only the frames that are not plain data.
+        self.fast = False
+        self._pending = b""  # the start of a frame not yet whole (fast path)
+        # What websockets read while we did not: the handshake's bytes, then those since the
+        # last frame boundary (its parser does not say where it is; we follow along).
+        self._head: bytearray | None = bytearray()
+        self._behind = bytearray()
+        self._lost_track = False  # a frame too big to follow: websockets reads to the end
         self._fragments: list[bytes] = []
         self._fragment_text = False
 
@@ -78,13 +94,73 @@ class _Connection(asyncio.Protocol):
                 transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
+        if self.fast:
+            self._scan(data)
+        else:
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """websockets reads `data`; we note where its frames end, to take over at one."""
+        if self._head is not None:
+            self._head += data
+        elif not self._lost_track:
+            self._behind += data
         self.ws.receive_data(data)
         self._events()
 
     def eof_received(self) -> bool | None:
+        self.fast = False
+        if self._pending:  # a frame cut short: websockets reports it
+            self.ws.receive_data(self._pending)
+            self._pending = b""
         self.ws.receive_eof()  # may complete a response whose body ran to the end
         self._events()
         return None
+
+    def _scan(self, data: bytes) -> None:
+        if self._pending:
+            data, self._pending = self._pending + data, b""
+        now = time.perf_counter_ns()
+        pos, size = 0, len(data)
+        while pos < size:
+            frame = scan(data, pos, MAX_MESSAGE_BYTES)
+            if frame.end == 0:  # not whole yet
+                self._pending = data[pos:]
+                return
+            if frame.data:
+                payload = data[frame.start : frame.end]
+                if frame.opcode == BINARY:
+                    self._deliver(payload, now)
+                    pos = frame.end
+                    continue
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError as exc:
+                    self._invalid_text(exc)
+                    return  # websockets discards what follows its close
+                self._deliver(text, now)
+                pos = frame.end
+                continue
+            if frame.end < 0:  # too big: websockets refuses it
+                self._lost_track = True
+                self.fast = False
+                self._feed(data[pos:])
+                return
+            self.ws.receive_data(data[pos : frame.end])  # a whole frame, for websockets
+            pos = frame.end
+            self._events()
+            if not self.fast:  # a close, a fragment: websockets reads on
+                if pos < size:
+                    self._feed(data[pos:])
+                return
+
+    def _invalid_text(self, exc: UnicodeDecodeError) -> None:
+        """A text message that is not UTF-8 fails the connection (RFC 6455 8.1): websockets'
+        protocol leaves that check to the reader, which we are."""
+        self.fast = False
+        self.ws.fail(CloseCode.INVALID_DATA, f"{exc.reason} at position {exc.start}")
+        self._lost_track = True
+        self.flush()
 
     def _events(self) -> None:
         ws = self.ws
@@ -100,8 +176,27 @@ class _Connection(asyncio.Protocol):
                         self.handshake.set_result(None)
             elif isinstance(event, Frame):
                 self._frame(event, now)
+        self.fast = self._between_frames()
         if ws.state is State.CLOSED and self.transport is not None:
             self.transport.close()
+
+    def _between_frames(self) -> bool:
+        """websockets is open and has read whole frames only, none of a fragmented message:
+        the next bytes may be ours to scan."""
+        ws = self.ws
+        if ws.state is not State.OPEN or self._lost_track or self.closed.done():
+            return False
+        if self._head is not None:  # the handshake is done: the frames start after it
+            end = self._head.find(b"\r\n\r\n") + 4
+            self._behind, self._head = self._head[end:], None
+        behind, pos = self._behind, 0
+        while pos < len(behind):
+            end = scan(behind, pos, MAX_MESSAGE_BYTES).end
+            if end <= 0:
+                break
+            pos = end
+        del behind[:pos]
+        return not behind and ws.current_size is None
 
     def _frame(self, frame: Frame, now: int) -> None:
         opcode = frame.opcode
@@ -111,12 +206,23 @@ class _Connection(asyncio.Protocol):
                 self._fragments = [data]
                 self._fragment_text = opcode is Opcode.TEXT
                 return
-            self._deliver(data.decode() if opcode is Opcode.TEXT else data, now)
+            self._deliver_whole(data, opcode is Opcode.TEXT, now)
         elif opcode is Opcode.CONT and self._fragments:
             self._fragments.append(bytes(frame.data))
             if frame.fin:
                 data, self._fragments = b"".join(self._fragments), []
-                self._deliver(data.decode() if self._fragment_text else data, now)
+                self._deliver_whole(data, self._fragment_text, now)
+
+    def _deliver_whole(self, data: bytes, text: bool, now: int) -> None:
+        if not text:
+            self._deliver(data, now)
+            return
+        try:
+            message = data.decode()
+        except UnicodeDecodeError as exc:
+            self._invalid_text(exc)
+            return
+        self._deliver(message, now)
 
     def _deliver(self, message: Message, now: int) -> None:
         if self.receiver is not None:
@@ -125,6 +231,7 @@ class _Connection(asyncio.Protocol):
             self.backlog.append((message, now))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fast = False
         if not self.handshake.done():
             self.handshake.set_exception(
                 ConnectionError(f"closed during the opening handshake: {exc or 'EOF'}")
@@ -192,11 +299,12 @@ class FastWebSocketChannel:
             self._failure = "agent_not_reading"
             transport.abort()  # close() would wait for the unsent bytes it will never send
             raise ChannelClosed(self._failure)
+        # websockets' send_text/send_binary would build this same frame through a Frame and
+        # a BytesIO, and draw its mask key with a system call.
         if isinstance(message, str):
-            conn.ws.send_text(message.encode())
+            transport.write(client_frame(TEXT, message.encode(), conn.mask_keys.take()))
         else:
-            conn.ws.send_binary(message)
-        conn.flush()
+            transport.write(client_frame(BINARY, message, conn.mask_keys.take()))
         if frame_ns:
             self._caller_to_agent.record((time.perf_counter_ns() - frame_ns) / 1e6)
 

@@ -133,7 +133,8 @@ class PlaneSession:
         self._link.send(message, (rtp.fileno(), rtcp.fileno()))
         self._attached = True
 
-    def on_caller_frame(self, pcm: bytes) -> None:  # the plane hears the caller, not us
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
+        # the plane hears the caller, not us
         raise NotImplementedError("a plane session's frames never reach the worker")
 
     def next_frame(self) -> bytes:

@@ -9,7 +9,6 @@ media.chunk (+1 per media message) and media.timestamp (ms since stream start), 
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Mapping, Sequence
@@ -108,7 +107,8 @@ class TwilioStream:
         if event == "media":
             payload = _field(message, "media", "payload")
             try:
-                return AgentMedia(base64.b64decode(payload, validate=True))
+                # what base64.b64decode(payload, validate=True) does, one call less
+                return AgentMedia(binascii.a2b_base64(payload, strict_mode=True))
             except (binascii.Error, ValueError) as exc:
                 raise ProtocolError(f"media.payload is not valid base64: {exc}") from exc
         if event == "mark":
@@ -130,7 +130,7 @@ class TwilioStream:
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")  # base64.b64encode's core
 
 
 def _field(message: Mapping[str, Any], obj: str, key: str) -> str:

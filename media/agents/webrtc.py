@@ -154,7 +154,7 @@ class WebRtcLink:
     def opening(self) -> list[str | bytes]:
         return [self.events.start(self.codec)]
 
-    def caller_frame(self, pcm: bytes, offset_ms: int) -> bytes:
+    def caller_frame(self, pcm: bytes, offset_ms: int, mulaw: bytes | None = None) -> bytes:
         return self._to_track.process(pcm)
 
     def agent_frame(self, pcm: bytes, rate: int, channels: int) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.codecs import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from media.codecs import ALAW_TO_ULAW, alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 ALL_SAMPLES = np.arange(-32768, 32768, dtype="<i2")
 
@@ -132,3 +132,8 @@ def test_frame_sized_round_trip_keeps_length() -> None:
         - np.frombuffer(frame, "<i2")
     )
     assert error.max() <= 1024  # largest mu-law step is 1024
+
+
+def test_alaw_to_ulaw_is_decode_then_encode_for_every_code() -> None:
+    codes = bytes(range(256))
+    assert ALAW_TO_ULAW[np.frombuffer(codes, np.uint8)].tobytes() == ulaw_encode(alaw_decode(codes))

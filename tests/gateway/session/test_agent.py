@@ -444,3 +444,42 @@ async def test_when_closed_runs_after_the_speech_cut_off_by_the_hangup_and_the_r
     await session.wait_closed()
     assert fake.types()[-1] == "final"
     server.close()
+
+
+async def test_on_the_planes_clock_frames_wait_for_the_tick_end_and_go_out_as_given_mulaw() -> None:
+    started, two_frames = asyncio.Event(), asyncio.Event()
+    media: list[bytes] = []
+
+    async def bot(ws: ServerConnection) -> None:
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg["event"] == "start":
+                started.set()
+            elif msg["event"] == "media":
+                media.append(base64.b64decode(msg["media"]["payload"]))
+                if len(media) == 2:
+                    two_frames.set()
+
+    server, url = await _agent_server(bot)
+    agent = Agent.model_validate({"id": "bot", "type": "twilio-ws", "url": url})
+    handed: list[Any] = []  # what the plane would run once its tick is over
+    session = AgentSession(agent, record(), FakeControls().controls(),
+                           asyncio.get_running_loop(), VadSettings(),
+                           after_tick=handed.append)  # fmt: skip
+    await asyncio.wait_for(started.wait(), 5)
+    pcm = tone(440, 20)
+    rtp_payloads = [bytes(range(160)), bytes(range(1, 161))]  # not pcm's encoding: as given
+    for payload in rtp_payloads:
+        session.on_caller_frame(pcm, payload)
+    session.next_frame()
+    assert len(handed) == 1  # one hand-over for the tick's frames, in and out
+    handed.pop()()
+    await asyncio.wait_for(two_frames.wait(), 5)
+    assert media == rtp_payloads
+    session.next_frame()  # a tick with no caller frame (an RTP gap) still hands work over
+    assert len(handed) == 1 and len(session._played) == 1
+    handed.pop()()
+    assert not session._played and session._tick is None  # no fallback timer on this clock
+    session.close()
+    await session.wait_closed()
+    server.close()

@@ -29,7 +29,7 @@ class Agent:
         self.heard: list[bytes] = []
         self.closed = False
 
-    def on_caller_frame(self, pcm: bytes) -> None:
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
         self.heard.append(pcm)
 
     def next_frame(self) -> bytes:

@@ -59,6 +59,20 @@ def test_twilio_link_sends_20ms_mulaw_media_and_decodes_agent_media_to_pcm() -> 
     assert link.receive('{"event":"clear"}') == AgentClear()
 
 
+def test_twilio_link_sends_the_ports_own_mulaw_without_encoding_the_pcm_again() -> None:
+    link = TwilioLink(CALL_ID, "a", "b", {})
+    link.opening()
+    pcm = tone(440, 20)
+    rtp_payload = ulaw_encode(pcm)  # what a PCMU caller sent; pcm is its decode
+    as_given = json.loads(link.caller_frame(pcm, 0, rtp_payload))
+    encoded = json.loads(link.caller_frame(pcm, 20))
+    assert base64.b64decode(as_given["media"]["payload"]) == rtp_payload
+    assert as_given["media"]["payload"] == encoded["media"]["payload"]
+    marker = bytes(range(160))  # not pcm's encoding: proves the given bytes are what is sent
+    sent = json.loads(link.caller_frame(pcm, 40, marker))["media"]["payload"]
+    assert base64.b64decode(sent) == marker
+
+
 def test_twilio_barge_in_returns_dropped_marks_and_nothing_else() -> None:
     link = TwilioLink(CALL_ID, "a", "b", {})
     sent = [json.loads(m) for m in link.barge_in(["a", "b"])]

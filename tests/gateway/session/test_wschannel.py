@@ -1,5 +1,6 @@
 """gateway/session/wschannel.py against real websockets servers on 127.0.0.1: messages both
-ways, fragments, the opening handshake refused, an agent that stops reading."""
+ways, fragments, the opening handshake refused, an agent that stops reading; and its fast
+path for data frames fed bytes cut every way a TCP stream may cut them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,21 @@ import asyncio
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.streams import StreamReader
+from websockets.uri import parse_uri
+from websockets.utils import accept_key
 
 from gateway.config import Agent
-from gateway.session.wschannel import AgentUnavailable, ChannelClosed, FastWebSocketChannel
+from gateway.session.wschannel import (
+    MAX_MESSAGE_BYTES,
+    AgentUnavailable,
+    ChannelClosed,
+    FastWebSocketChannel,
+    _Connection,
+)
 from media.timing import LatencyStats
 
 
@@ -95,3 +108,114 @@ async def test_an_agent_that_stops_reading_fails_the_channel_by_name() -> None:
         assert channel.close_reason() == "agent_not_reading"
         await asyncio.wait_for(ended.wait(), 5)
         stop.set()
+
+
+# --- the fast path, sans-IO: _Connection fed bytes as TCP might cut them ------------------
+
+
+class RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def opened() -> tuple[_Connection, RecordingTransport, bytes]:
+    """A connection whose request is written; returns it and the 101 that accepts it."""
+    ws = ClientProtocol(parse_uri("ws://agent.test/"), max_size=MAX_MESSAGE_BYTES)
+    request = ws.connect()
+    ws.send_request(request)
+    conn, transport = _Connection(ws), RecordingTransport()
+    conn.connection_made(transport)
+    transport.written = b""  # the request
+    accept = accept_key(request.headers["Sec-WebSocket-Key"])
+    response = (
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode()
+    return conn, transport, response
+
+
+def frames_written(data: bytes) -> list[Frame]:
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    out: list[Frame] = []
+    while reader.buffer:
+        parser = Frame.parse(reader.read_exact, mask=True)
+        with pytest.raises(StopIteration) as done:
+            next(parser)
+        out.append(done.value.value)
+    return out
+
+
+def server(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin).serialize(mask=False)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 150, 100_000])
+async def test_data_frames_pings_fragments_and_close_however_the_bytes_are_cut(chunk: int) -> None:
+    conn, transport, response = opened()
+    got: list[str | bytes] = []
+    conn.receiver = lambda message, _ns: got.append(message)
+    wire = response + b"".join([
+        server(Opcode.TEXT, b'{"event":"media"}'),
+        server(Opcode.PING, b"are you there"),
+        server(Opcode.BINARY, b"\x00\x01" * 200),
+        server(Opcode.TEXT, b"frag", fin=False),
+        server(Opcode.CONT, b"mented"),
+        server(Opcode.TEXT, "après".encode()),
+        server(Opcode.CLOSE, b"\x03\xe8bye"),
+        server(Opcode.TEXT, b"after the close: never delivered"),
+    ])  # fmt: skip
+    for start in range(0, len(wire), chunk):
+        conn.data_received(wire[start : start + chunk])
+    assert got == ['{"event":"media"}', b"\x00\x01" * 200, "fragmented", "après"]
+    replies = frames_written(transport.written)
+    assert [(f.opcode, bytes(f.data)) for f in replies] == [
+        (Opcode.PONG, b"are you there"),
+        (Opcode.CLOSE, b"\x03\xe8bye"),
+    ]
+    assert conn.ws.state is State.CLOSING and not conn.fast
+
+
+async def test_the_fast_path_is_taken_once_open_and_left_for_a_fragmented_message() -> None:
+    conn, transport, response = opened()
+    got: list[str | bytes] = []
+    conn.receiver = lambda message, _ns: got.append(message)
+    conn.data_received(response)
+    assert conn.fast  # open, nothing half read
+    conn.data_received(server(Opcode.TEXT, b"one")[:3])
+    assert conn.fast and got == []
+    conn.data_received(server(Opcode.TEXT, b"one")[3:] + server(Opcode.TEXT, b"fr", fin=False))
+    assert got == ["one"] and not conn.fast  # websockets assembles the rest
+    conn.data_received(server(Opcode.CONT, b"ag"))
+    assert got == ["one", "frag"] and conn.fast
+
+
+async def test_invalid_utf8_in_a_text_frame_closes_with_1007_as_websockets_does() -> None:
+    conn, transport, response = opened()
+    got: list[str | bytes] = []
+    conn.receiver = lambda message, _ns: got.append(message)
+    conn.data_received(response + server(Opcode.TEXT, b"\xff\xfe"))
+    assert got == []
+    (close,) = frames_written(transport.written)
+    assert close.opcode is Opcode.CLOSE and bytes(close.data[:2]) == b"\x03\xef"  # 1007

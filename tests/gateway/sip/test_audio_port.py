@@ -25,7 +25,7 @@ class FixedSession:
         self.caller: list[bytes] = []
         self.closed = False
 
-    def on_caller_frame(self, pcm: bytes) -> None:
+    def on_caller_frame(self, pcm: bytes, mulaw: bytes | None = None) -> None:
         self.caller.append(pcm)
 
     def next_frame(self) -> bytes:
