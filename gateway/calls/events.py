@@ -117,6 +117,19 @@ class AmdDetected(CallEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class QualityMeasured(CallEvent):
+    """What the call's received RTP looked like so far (media/quality.py); `final` at its end."""
+
+    packets_received: int
+    packets_lost: int
+    packet_loss_pct: float
+    jitter_ms: float
+    mos: float | None
+    rtt_ms: float | None = None
+    final: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TransferProgress(CallEvent):
     target: str
     status: str  # requested | accepted | completed | failed
@@ -195,6 +208,6 @@ EVENT_TYPES: dict[str, type[WorkerEvent]] = {
     for cls in (
         CallOffered, CallDialed, Ringing, EarlyMedia, Answered, Completed, Failed,
         DtmfReceived, TransferProgress, SpeechBegan, SpeechEnded, AgentLinkUp, AgentLinkDown,
-        RecordingFinished, TrunkStateChanged, InvitesRefused, AmdDetected,
+        RecordingFinished, TrunkStateChanged, InvitesRefused, AmdDetected, QualityMeasured,
     )
 }  # fmt: skip

@@ -208,6 +208,7 @@ class CallQuality(EventData):
     rtt_ms: float | None = Field(default=None, ge=0)
     packets_received: int | None = Field(default=None, ge=0)
     packets_lost: int | None = Field(default=None, ge=0)
+    final: bool = False  # the call's last report, at its end
 
 
 class CallAmd(EventData):

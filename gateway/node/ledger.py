@@ -24,6 +24,7 @@ from gateway.events.schema import (
     CallFailed,
     CallIncoming,
     CallPlaced,
+    CallQuality,
     CallRinging,
     CallSpeechStarted,
     CallSpeechStopped,
@@ -58,6 +59,12 @@ def media_event_data(event: WorkerEvent) -> EventData | None:
             return CallAmd.model_validate(
                 {"result": result, "reason": reason, "analysis_ms": ms, "beep_ms": beep_ms}
             )
+        case ev.QualityMeasured():
+            return CallQuality(
+                mos=event.mos, jitter_ms=event.jitter_ms, packet_loss_pct=event.packet_loss_pct,
+                rtt_ms=event.rtt_ms, packets_received=event.packets_received,
+                packets_lost=event.packets_lost, final=event.final,
+            )  # fmt: skip
         case ev.TransferProgress(target=target, status=status, sip_code=code):
             return CallTransfer.model_validate(
                 {"target": target, "status": status, "sip_code": code}
@@ -111,6 +118,7 @@ class Ledger:
             ev.DtmfReceived: self._append,
             ev.TransferProgress: self._append,
             ev.AmdDetected: self._append,
+            ev.QualityMeasured: self._append,
             ev.SpeechBegan: self._append,
             ev.SpeechEnded: self._append,
             ev.AgentLinkUp: self._append,

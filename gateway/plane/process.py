@@ -28,6 +28,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.calls.events import CallEvent, DtmfReceived
+from gateway.calls.events import CallEvent, DtmfReceived, QualityMeasured
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.session.contract import AnswerAware, CallControls, MediaSession
@@ -44,6 +45,7 @@ from gateway.session.factory import make_session_factory
 from gateway.worker.ipc import event_message
 from gateway.worker.planelink import PlaneError, receive, record_from, send
 from media.codecs import ALAW_DECODE, ALAW_ENCODE, ALAW_TO_ULAW, ULAW_DECODE, ULAW_ENCODE
+from media.quality import RtpStats
 from media.resample import Resampler
 from media.rtp import DtmfReceiver, DtmfSender, RtpSender, parse, seq_newer
 from media.srtp import SrtpError, SrtpStream
@@ -54,6 +56,9 @@ TICK_S = 0.020
 SAMPLES = 160  # 20 ms at 8 kHz: G.711's only rate
 MAX_LATE_TICKS = 10  # after a stall, send up to 200 ms of frames at once; beyond, drop them
 RX_REPORT_S = 1.0
+QUALITY_REPORT_S = 10.0  # call.quality while a call lasts (and once more at its end)
+SO_TIMESTAMPNS = 35  # linux asm-generic/socket.h: arrival times for jitter, from the kernel
+ANC_BYTES = socket.CMSG_SPACE(16)
 MAX_READ_ROUNDS = 64  # packets read per call per tick at most (the rest wait for the next)
 RECV_BYTES = 2048
 SEND_TIMEOUT_S = 1.0
@@ -145,6 +150,8 @@ class PlaneCall:
         self.dtmf_in = DtmfReceiver()
         self.last_seq: int | None = None
         self.rx = 0
+        self.quality = RtpStats()  # what the far end's RTP looks like (call.quality)
+        self.next_quality_at = 0.0  # loop time of its next call.quality; 0: not started
         self.srtp: SrtpStream | None = None  # SRTP both ways, when SDP negotiated it
         self.srtp_keys: dict[str, str] | None = None
         self.up: Resampler | None = None  # 8 kHz -> the session's rate
@@ -271,6 +278,8 @@ class Plane:
             call.rtcp = socket.socket(fileno=fds[1])
             call.rtp.setblocking(False)
             call.rtcp.setblocking(False)
+            with contextlib.suppress(OSError):  # without it, jitter is timed on our clock
+                call.rtp.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         codec = CODECS.get(str(message.get("codec")))
         if codec is None:
             raise PlaneError(f"call {call.call_id}: codec {message.get('codec')!r} is not G.711")
@@ -305,6 +314,7 @@ class Plane:
             return
         call.closing = True
         self._stop_media(call)
+        self._report_quality(call, final=True)  # before the session's last events
         conn = call.conn
 
         def closed() -> None:
@@ -421,7 +431,7 @@ class Plane:
                 if call is None or call.rtp is None:
                     continue
                 try:
-                    data, source = call.rtp.recvfrom(RECV_BYTES)
+                    data, ancillary, _flags, source = call.rtp.recvmsg(RECV_BYTES, ANC_BYTES)
                 except OSError:  # EAGAIN; ICMP port unreachable from the far end
                     continue
                 if call.srtp is not None:
@@ -433,6 +443,8 @@ class Plane:
                 if packet is None:
                     continue
                 call.rx += 1
+                call.quality.packet(packet.ssrc, packet.seq, packet.timestamp,
+                                    _arrival(ancillary))  # fmt: skip
                 if not call.latched or call.remote != source:
                     call.remote = source  # symmetric RTP: answer where the far end sends from
                     call.latched = True
@@ -505,7 +517,23 @@ class Plane:
             DtmfReceived(call_id=call.call_id, digit=digit, method="rfc4733", duration_ms=None)
         )
 
+    def _report_quality(self, call: PlaneCall, final: bool = False) -> None:
+        q = call.quality.snapshot()
+        if not q.packets_received:
+            return  # nothing heard: no figures to give
+        call.controls.emit(QualityMeasured(
+            call_id=call.call_id, packets_received=q.packets_received,
+            packets_lost=q.packets_lost, packet_loss_pct=q.packet_loss_pct,
+            jitter_ms=q.jitter_ms, mos=q.mos, final=final,
+        ))  # fmt: skip
+
     def _report_rx(self) -> None:
+        now = self.loop.time()
+        for call in self.media.values():
+            if now >= call.next_quality_at:
+                if call.next_quality_at:
+                    self._report_quality(call)
+                call.next_quality_at = now + QUALITY_REPORT_S
         conns: dict[WorkerConn, dict[str, int]] = {}
         for call in self.media.values():
             conns.setdefault(call.conn, {})[call.call_id] = call.rx
@@ -541,6 +569,15 @@ def _end_with_parent() -> None:
 
 def _payload_type(value: Any) -> int | None:
     return value if isinstance(value, int) and 0 < value < 128 else None
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When the kernel received the packet (SO_TIMESTAMPNS), or now if it did not say."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack_from("qq", data)
+            return float(seconds + nanoseconds * 1e-9)
+    return time.time()
 
 
 def _close_fd(fd: int) -> None:

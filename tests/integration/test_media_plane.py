@@ -82,3 +82,20 @@ def test_calls_on_a_dead_plane_fail_by_the_gateway_and_the_plane_comes_back(
                      workdir=tmp_path / "again").run(30)  # fmt: skip
         assert again.successful == 1, again.errors
         assert "event=media_plane_died" in node.log()
+
+
+def test_a_call_ends_with_its_quality_from_the_rtp_the_plane_received(tmp_path: Path) -> None:
+    with NodeProcess(tmp_path, base_config(tmp_path)) as node, MqttWatch(node.mqtt_port) as mq:
+        result = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                      workdir=tmp_path / "caller").run(30)  # fmt: skip
+        assert result.ok, result.errors
+        done = mq.wait_event("call.completed")
+        quality = mq.wait_event("call.quality", done["call_id"], final=True)["data"]
+        # the pcap is 3.0 s: 150 packets, sent on loopback without loss
+        assert 140 <= quality["packets_received"] <= 151, quality
+        assert (quality["packets_lost"], quality["packet_loss_pct"]) == (0, 0.0)
+        assert quality["jitter_ms"] < 20 and quality["mos"] > 4.0
+        assert quality["rtt_ms"] is None  # the plane sends no RTCP to measure it with
+        types = [e["type"] for e in mq.events(done["call_id"])]
+        assert types.index("call.quality") < types.index("call.completed")
+        assert node.stop() == 0
