@@ -352,6 +352,18 @@ class IceServer(Model):
         return self
 
 
+def _check_wav(path: str) -> None:
+    """An agent's filler: a WAV file we can play (mono, 16-bit PCM)."""
+    import wave
+
+    try:
+        with wave.open(path, "rb") as wav:
+            if wav.getnchannels() != 1 or wav.getsampwidth() != 2:
+                raise ValueError(f"filler: {path} must be mono 16-bit PCM WAV")
+    except (OSError, EOFError, wave.Error) as exc:
+        raise ValueError(f"filler: expected comfort_noise or a WAV file; {path}: {exc}") from None
+
+
 class Agent(Model):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     type: Literal["echo", "twilio-ws", "pcm-ws", "webrtc"]
@@ -359,6 +371,20 @@ class Agent(Model):
     headers: dict[str, SecretStr] = Field(default_factory=dict)
     connect_timeout: float = Field(5.0, gt=0)
     on_agent_failure: Literal["hangup", "keep"] = "hangup"
+    reconnect_timeout: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="an agent link that drops mid-call is connected again (url, then "
+        "backup_url, in turn, with backoff) for this many seconds before on_agent_failure "
+        "applies; 0: never",
+    )
+    backup_url: str | None = Field(None, description="tried in turn with url on a reconnect")
+    filler: str | None = Field(
+        None,
+        description="what the caller hears while the agent is reconnecting: comfort_noise, or "
+        "a mono 16-bit WAV file (looped); default: silence",
+    )
     sample_rate: Literal[8000, 16000, 24000] = 8000
     delay_ms: int = Field(200, ge=0, le=5000, description="echo agent: delay before playback")
     barge_in: bool | None = Field(
@@ -390,6 +416,12 @@ class Agent(Model):
             raise ValueError("ice_servers and ice_addresses apply to webrtc agents only")
         if self.type == "webrtc" and not re.match(r"^https?://", self.url or ""):
             raise ValueError("a webrtc agent's url is its WHIP endpoint: http:// or https://")
+        if self.backup_url is not None and self.type in ("echo", "webrtc"):
+            raise ValueError("backup_url applies to twilio-ws and pcm-ws agents")
+        if self.backup_url is not None and not re.match(r"^wss?://", self.backup_url):
+            raise ValueError("backup_url: expected a ws:// or wss:// URL")
+        if self.filler not in (None, "comfort_noise"):
+            _check_wav(self.filler)
         return self
 
 

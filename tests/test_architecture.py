@@ -48,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.events": COMMON,
     "gateway.store": COMMON | {"gateway.events"},
     "gateway.campaigns": COMMON | {"gateway.events"},
-    "gateway.session": COMMON | {"gateway.calls", "media"},
+    "gateway.session": COMMON | {"gateway.backoff", "gateway.calls", "media"},
     "gateway.metrics": {"gateway.calls"},  # counts the calls/events.py worker events
     "gateway.sip": COMMON
     | {"gateway.backoff", "gateway.calls", "gateway.events", "gateway.session"},

@@ -157,6 +157,7 @@ class AgentLinkUp(CallEvent):
     agent: str
     transport: str
     codec: str | None = None  # the codec a WebRTC link negotiated; None on WebSockets
+    reconnect: bool = False  # the link connected again after it dropped mid-call
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

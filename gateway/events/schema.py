@@ -180,12 +180,15 @@ class AgentConnected(_AgentLink):
     # The audio codec the agent link negotiated (webrtc: "opus" or "PCMU"); WebSocket
     # transports have none, and their events carry no `codec` key at all.
     codec: str | None = None
+    reconnect: bool = False  # connected again after the link dropped mid-call
 
     @model_serializer(mode="wrap")
     def _omit_missing_codec(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
         if data.get("codec") is None:
             data.pop("codec", None)
+        if not data.get("reconnect"):
+            data.pop("reconnect", None)  # only a reconnect says so
         return data
 
 

@@ -73,9 +73,9 @@ def media_event_data(event: WorkerEvent) -> EventData | None:
             return CallSpeechStarted(party=party, offset_ms=offset)
         case ev.SpeechEnded(party=party, offset_ms=offset, duration_ms=duration_ms):
             return CallSpeechStopped(party=party, offset_ms=offset, duration_ms=duration_ms)
-        case ev.AgentLinkUp(agent=agent, transport=transport, codec=codec):
+        case ev.AgentLinkUp(agent=agent, transport=transport, codec=codec, reconnect=again):
             return AgentConnected.model_validate(
-                {"agent": agent, "transport": transport, "codec": codec}
+                {"agent": agent, "transport": transport, "codec": codec, "reconnect": again}
             )
         case ev.AgentLinkDown(agent=agent, transport=transport, reason=reason):
             return AgentDisconnected.model_validate(

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from gateway.backoff import Backoff
 from gateway.calls.events import (
     AgentLinkDown,
     AgentLinkUp,
@@ -36,7 +37,7 @@ from gateway.calls.events import (
     SpeechEnded,
 )
 from gateway.calls.model import CallRecord
-from gateway.config import Agent, VadSettings
+from gateway.config import Agent, VadSettings, public_url
 from gateway.session.contract import CallControls
 from gateway.session.link import (
     MediaTiming,
@@ -50,6 +51,7 @@ from gateway.session.wschannel import AgentUnavailable, ChannelClosed, FastWebSo
 from media.agents.events import AgentAudio, AgentClear, AgentHangup, AgentMark
 from media.conversation import Conversation, FrameAligner, Speech
 from media.errors import PlayoutOverflow, ProtocolError
+from media.filler import Filler
 from media.frames import bytes_per_frame
 from media.playout import Playout
 from media.recorder import Recording
@@ -114,7 +116,16 @@ class AgentSession:
     ) -> None:
         self.agent = agent
         self.call_id = record.id
+        self.record = record
         self.controls = controls
+        # where a dropped link connects again, in turn (reconnect_timeout > 0)
+        self._targets = [agent] + (
+            [agent.model_copy(update={"url": agent.backup_url})] if agent.backup_url else []
+        )
+        self._filler: Filler | None = None  # plays while the agent reconnects
+        self._filling = False
+        self._reconnects = 0
+        self._node_id = node_id
         self.link = make_link(
             agent.type,
             record.id,
@@ -193,6 +204,9 @@ class AgentSession:
                 self._schedule_wake()
             elif self._wake_every_frame and not self._wake_pending:
                 self._schedule_wake()
+        filler = self._filler
+        if self._filling and filler is not None and not consumed:
+            return filler.next_frame()  # the agent is away: not dead air
         return played.audio
 
     def _schedule_wake(self) -> None:
@@ -255,22 +269,28 @@ class AgentSession:
         )
 
     async def _connect(self) -> None:
-        agent = self.agent
         try:
             channel = await self._open()
         except AgentUnavailable as exc:
             self._agent_failed(exc.reason)
             return
+        await self._attach(channel)
+
+    async def _attach(self, channel: AgentChannel) -> None:
+        """A connected channel (the first, or a reconnect's) starts carrying the call."""
+        agent = self.agent
         if self._closed or not self._set_link_state("connected"):
             await channel.close()
             return
         self._channel = channel
+        reconnect = self._reconnects > 0
         log.info(
-            "event=agent_connected call_id=%s agent=%s transport=%s%s",
+            "event=agent_connected call_id=%s agent=%s transport=%s%s%s",
             self.call_id,
             agent.id,
             self.link.transport,
             f" codec={channel.codec}" if channel.codec else "",
+            f" reconnect={self._reconnects} url={public_url(agent.url)}" if reconnect else "",
         )
         self._emit(
             AgentLinkUp(
@@ -278,6 +298,7 @@ class AgentSession:
                 agent=agent.id,
                 transport=self.link.transport,
                 codec=channel.codec or None,
+                reconnect=reconnect,
             )
         )
         for message in self.link.opening():
@@ -458,7 +479,70 @@ class AgentSession:
         if self._agent_hung_up:
             self._agent_failed("agent_hangup")
             return
+        if self.agent.reconnect_timeout > 0 and self._link_state == "connected":
+            self._tasks.append(asyncio.ensure_future(self._reconnect(channel.close_reason())))
+            return
         self._agent_failed(channel.close_reason())
+
+    async def _reconnect(self, reason: str) -> None:
+        """The link dropped mid-call: the caller hears the filler while the agent is connected
+        again (url and backup_url in turn, with backoff) for up to reconnect_timeout; the new
+        link's start message says it is a reconnect of the same call. Then, or if that fails,
+        as before (on_agent_failure)."""
+        with self._link_lock:
+            if self._link_state != "connected":
+                return
+            self._link_state = "reconnecting"
+        self._streaming = False
+        self._direct = None
+        self._channel = None
+        self._outgoing.clear()
+        self._emit(AgentLinkDown(call_id=self.call_id, agent=self.agent.id,
+                                 transport=self.link.transport, reason=reason))  # fmt: skip
+        log.warning("event=agent_reconnecting call_id=%s agent=%s reason=%r timeout=%g",
+                    self.call_id, self.agent.id, reason, self.agent.reconnect_timeout)  # fmt: skip
+        self._start_filler()
+        deadline = self._loop.time() + self.agent.reconnect_timeout
+        backoff = Backoff(0.2, 2.0)
+        attempt = 0
+        last = reason
+        while not self._closed and self._loop.time() < deadline:
+            self.agent = self._targets[attempt % len(self._targets)]
+            attempt += 1
+            try:
+                channel = await self._open()
+            except AgentUnavailable as exc:
+                last = exc.reason
+                pause = min(backoff.next_delay(), max(0.0, deadline - self._loop.time()))
+                await asyncio.sleep(pause)
+                continue
+            self._reconnects += 1
+            variables = {**self.record.variables, "reconnect": "true",
+                         "reconnect_count": str(self._reconnects)}  # fmt: skip
+            self.link = make_link(self.agent.type, self.record.id, self.record.from_number,
+                                  self.record.to_number, variables, self.agent.sample_rate,
+                                  self._node_id)  # fmt: skip
+            self._filling = False
+            await self._attach(channel)
+            return
+        self._filling = False
+        with self._link_lock:
+            if self._link_state == "reconnecting":
+                self._link_state = "connected"  # so the failure below is reported once more
+        self._agent_failed(f"reconnect_failed: {last}")
+
+    def _start_filler(self) -> None:
+        source = self.agent.filler
+        if source is None:
+            return
+        if self._filler is None:
+            try:
+                self._filler = Filler(source, self.rate)
+            except (OSError, ValueError, EOFError) as exc:
+                log.warning("event=filler_unusable call_id=%s error=%s fallback=comfort_noise",
+                            self.call_id, exc)  # fmt: skip
+                self._filler = Filler("comfort_noise", self.rate)
+        self._filling = True
 
     def _on_agent_message(self, frame: Message, recv_ns: int) -> None:
         try:
