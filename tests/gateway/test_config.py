@@ -945,3 +945,14 @@ def test_inbound_auth_needs_the_front_and_allowed_ips() -> None:
     no_front = f"trunks: [{{id: pbx, allowed_ips: [192.0.2.20/32], {auth}}}]\n"
     line = only_problem(no_front, env)
     assert "trunks[0].inbound_auth: digest is checked by the SIP front" in line, line
+
+
+def test_an_agents_backup_url_and_filler_are_checked(tmp_path: Path) -> None:
+    agent = "agents: [{id: bot, type: twilio-ws, url: 'ws://a.example/x', %s}]"
+    ok = parse_config(agent % "reconnect_timeout: 10, backup_url: 'wss://b.example/x', "
+                      "filler: comfort_noise", SOURCE, {})  # fmt: skip
+    assert (ok.agents[0].reconnect_timeout, ok.agents[0].filler) == (10, "comfort_noise")
+    assert Config.model_validate({}).agents == [] and ok.agents[0].on_agent_failure == "hangup"
+    assert_problem(agent % "backup_url: 'http://b.example'", "agents[0]", "ws:// or wss://")
+    missing = tmp_path / "none.wav"
+    assert_problem(agent % f"filler: '{missing}'", "agents[0]", "comfort_noise or a WAV file")
