@@ -7,18 +7,16 @@ reconnect_timeout, on_agent_failure applies (the call is hung up by the gateway)
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from media.codecs import ulaw_decode
 from media.rtp import parse
@@ -26,33 +24,18 @@ from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import HOST
 from tests.integration.rawsip import RawUac
-from tests.integration.test_media_agents import free_port
+from tests.integration.wsserver import ThreadedWsServer
 
 pytestmark = pytest.mark.integration
 
 
-class Agent:
+class Agent(ThreadedWsServer):
     """A Twilio-format agent: `drop_after` media messages in, it closes the connection."""
 
     def __init__(self, drop_after: int | None = None) -> None:
         self.drop_after = drop_after
         self.starts: list[dict[str, Any]] = []
-        self.port = free_port(socket.SOCK_STREAM, both=False)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def main() -> None:
-            self.server = await serve(self._handle, HOST, self.port)
-            ready.set()
-            await self.server.serve_forever()
-
-        def run() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                self.loop.run_until_complete(main())
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(5)
+        super().__init__()
 
     async def _handle(self, ws: ServerConnection) -> None:
         media = 0
@@ -66,9 +49,6 @@ class Agent:
                     await ws.close()
                     return
 
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.thread.join(5)
 
 
 def node_config(tmp_path: Path, url: str, **agent: Any) -> dict[str, Any]:
@@ -160,5 +140,4 @@ def test_an_agent_that_does_not_come_back_in_time_ends_the_call(tmp_path: Path) 
             assert reasons[-1].startswith("reconnect_failed"), reasons
             assert node.stop() == 0
     finally:
-        with contextlib.suppress(Exception):
-            agent.close()
+        agent.close()

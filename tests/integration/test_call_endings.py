@@ -10,15 +10,11 @@ pjsua does not know, carry `duration_ms: null`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
@@ -34,40 +30,25 @@ from tests.integration.peers import Sipp
 from tests.integration.test_media_agents import (
     HOST,
     Node,
-    free_port,
     free_rtp_port,
     media_config,
     sipp_call,
     stored_events_by_call,
 )
+from tests.integration.wsserver import ThreadedWsServer
 
 pytestmark = pytest.mark.integration
 
 FINAL = ("call.completed", "call.failed")
 
 
-class HangUpOnSpeech:
+class HangUpOnSpeech(ThreadedWsServer):
     """A pcm-ws agent that hangs up as soon as the gateway says the caller started talking."""
 
     def __init__(self) -> None:
         self.texts: list[dict[str, Any]] = []
         self.audio: list[bytes] = []
-        self.port = free_port(socket.SOCK_STREAM, both=False)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def main() -> None:
-            self.server = await serve(self._handle, HOST, self.port)
-            ready.set()
-            await self.server.serve_forever()
-
-        def run() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                self.loop.run_until_complete(main())
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(5)
+        super().__init__()
 
     async def _handle(self, ws: ServerConnection) -> None:
         async for raw in ws:
@@ -78,10 +59,6 @@ class HangUpOnSpeech:
             self.texts.append(message)
             if message["event"] == "speech_started":
                 await ws.send(json.dumps({"event": "hangup", "reason": "test"}))
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.thread.join(5)
 
 
 class QuietNode(Node):
