@@ -1098,6 +1098,10 @@ def summary(config: Config) -> str:
     lines.append(
         f"storage: {config.storage.path}; recording {'on' if config.recording.enabled else 'off'}"
     )
+    if config.webhooks:
+        lines.append(f"webhooks ({len(config.webhooks)}):")
+        lines += [f"  {w.id}: {public_url(w.url)} <- {', '.join(w.events)}"
+                  f"{'' if w.enabled else ' (disabled)'}" for w in config.webhooks]  # fmt: skip
     lim = config.limits
     calls = min(lim.max_concurrent_calls, engine_capacity(config))
     lines.append(

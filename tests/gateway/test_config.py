@@ -30,6 +30,7 @@ CARRIER_ENV = {
     "SIPEDGE_ADMIN_KEY": "admin-key-value",
     "TURN_PASSWORD": "turn-password-value",
     "PBX_PASSWORD": "pbx-password-value",
+    "WEBHOOK_SECRET": "webhook-secret-value",
 }
 
 VALID = """
@@ -134,6 +135,7 @@ def test_example_carrier_yaml_loads_cleanly_with_its_variables_set() -> None:
     assert config.mqtt.password.get_secret_value() == "mqtt-password-value"
     assert len(config.api.api_keys) == 2
     assert config.recording.enabled
+    assert config.webhooks[0].secret.get_secret_value() == "webhook-secret-value"
 
 
 def test_example_carrier_yaml_header_exports_every_variable_it_needs() -> None:

@@ -6,6 +6,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+import re
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -40,6 +44,20 @@ def test_verify_takes_a_good_signature_and_refuses_a_changed_body_key_or_stale_t
     assert not verify(SECRET, header, BODY, now=1_700_000_000 + 301)  # a replay, too late
     assert not verify(SECRET, "t=x,v1=00", BODY, now=1_700_000_000)
     assert not verify(SECRET, "", BODY, now=1_700_000_000)
+
+
+def test_the_readme_verification_example_takes_our_signature() -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    snippet = re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    assert snippet is not None, "README: the Webhooks section's Python example"
+    namespace: dict[str, Any] = {}
+    exec(snippet.group(1), namespace)
+    readme_verify = namespace["verify"]
+    header = signature_header(SECRET, int(time.time()), BODY)
+    assert readme_verify(SECRET, header, BODY)
+    assert not readme_verify(SECRET, header, BODY + b"x")
+    assert not readme_verify(SECRET, signature_header(SECRET, 1_000, BODY), BODY)
+    assert not readme_verify(SECRET, "junk", BODY)
 
 
 def test_patterns_match_one_type_a_prefix_or_everything() -> None:
