@@ -130,16 +130,21 @@ class WebhookSender:
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            scheduled_at = time.time()
+            due: float | None = None
             try:
                 more = self._fan_out()
                 self._schedule()
                 self._prune()
+                # What was due is in flight now, or waits for a free slot or for the delivery
+                # ahead of it: each attempt that ends wakes this loop. Else sleep until the
+                # next retry falls due.
+                due = self.store.next_due_at(after=scheduled_at)
             except Exception:  # a bug or a full disk must not end webhooks for good
                 log.exception("event=webhook_sender_failed")
                 more = False
             if more:
                 continue
-            due = self.store.next_due_at()
             wait = self._poll_interval if due is None else due - time.time()
             wait = min(max(wait, 0.01), self._poll_interval)
             with suppress(TimeoutError):

@@ -306,12 +306,17 @@ class WebhookStore:
         found = [self._delivery(r) for r in rows]
         return [d for d in found if d.order_key not in busy][:limit]
 
-    def next_due_at(self) -> float | None:
-        """When the soonest pending delivery of an enabled subscription is due."""
+    def next_due_at(self, after: float) -> float | None:
+        """When the next delivery of an enabled subscription falls due after `after`: the
+        first pending one of an order key (those behind it wait for it, not for a time)."""
         with self._lock:
             row = self._db.execute(
                 "SELECT MIN(d.next_attempt_at) FROM webhook_deliveries d JOIN webhooks w ON "
-                "w.id=d.webhook_id WHERE d.status='pending' AND w.enabled=1"
+                "w.id=d.webhook_id WHERE d.status='pending' AND w.enabled=1 AND "
+                "d.next_attempt_at>? AND NOT EXISTS (SELECT 1 FROM webhook_deliveries e WHERE "
+                "e.webhook_id=d.webhook_id AND e.order_key=d.order_key AND e.status='pending' "
+                "AND e.id<d.id)",
+                (after,),
             ).fetchone()
         return None if row[0] is None else float(row[0])
 

@@ -91,6 +91,9 @@ def test_one_delivery_per_call_at_a_time_in_the_order_stored(
     # A failure holds the call's later events back until its retry is due.
     hooks.record_attempt(heads[0], DOWN, POLICY, max_failures=20)
     assert [d.id for d in hooks.due("whk_a", 10)] == [heads[1].id]
+    # The sender sleeps until that retry: the events queued behind it are not due by time.
+    retry_at = hooks.next_due_at(after=clock.now)
+    assert retry_at is not None and clock.now + 1 <= retry_at <= clock.now + 2
     clock.now += 10
     assert hooks.due("whk_a", 10)[0].id == heads[0].id
     for _ in range(3):  # delivered in turn, each after the one before it
@@ -136,13 +139,13 @@ def test_a_run_of_failures_disables_once_and_enabling_starts_again(
     sub = hooks.get("whk_a")
     assert sub is not None and not sub.enabled and sub.consecutive_failures == 3
     assert sub.disabled_reason == "3 consecutive failed deliveries"
-    assert hooks.next_due_at() is None  # nothing is attempted while disabled
+    assert hooks.next_due_at(after=0) is None  # nothing is attempted while disabled
     assert hooks.pending("whk_a") == 3  # but nothing queued is dropped
     assert hooks.set_enabled("whk_a", True) and not hooks.set_enabled("whk_a", True)
     sub = hooks.get("whk_a")
     assert sub is not None and sub.enabled and sub.consecutive_failures == 0
     assert len(hooks.due("whk_a", 10)) == 3  # due now, not at their backoff
-    assert hooks.next_due_at() == clock.now
+    assert hooks.next_due_at(after=clock.now - 1) == clock.now
 
 
 def test_config_subscriptions_keep_their_state_and_their_secret_stays_out_of_the_file(
