@@ -206,6 +206,9 @@ class Node:
                 return self._rejected(plan.problems)
             self._accept_text(text)
             self.config = new
+            sync_config(self.webhook_store, new)
+            self.webhook_sender.max_failures = new.webhooks_max_failures
+            self.webhook_sender.wake()
             if self.plane is not None:
                 try:  # first: a call the workers take from now on gets the new agents
                     await self.plane.reload()
