@@ -495,11 +495,14 @@ class Webhook(Model):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
+        expected = "expected an http:// or https:// URL like https://cp.example.com/hooks"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError:
+            raise ValueError(expected) from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                "expected an http:// or https:// URL like https://cp.example.com/hooks"
-            )
+            raise ValueError(expected)
         return value
 
     @field_validator("events")

@@ -155,9 +155,11 @@ def after_attempt(
 
 
 # What the API's schema says of a URL, so a request it allows is one the node takes: a host
-# (no IPv6 literal), an optional port and user info.
+# (no IPv6 literal), an optional port (0-65535) and user info.
+_PORT = r"([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
 URL_PATTERN = (
-    r"^https?://([A-Za-z0-9._~%!$&'()*+,;=:-]+@)?[A-Za-z0-9._~-]+(:[0-9]{1,4})?([/?#]\S*)?$"
+    r"^https?://([A-Za-z0-9._~%!$&'()*+,;=:-]+@)?[A-Za-z0-9._~-]+"
+    rf"(:{_PORT})?([/?#]\S*)?$"
 )
 URL_HINT = "must be an http:// or https:// URL like https://cp.example.com/hooks"
 

@@ -971,6 +971,7 @@ def test_webhook_problems_name_the_key_and_never_show_the_secret() -> None:
         webhooks:
           - {id: cp, url: 'ftp://cp/h', events: [call.*, Call], secret: plain-text-secret}
           - {id: cp, url: 'http://cp/h', events: [], secret: '${SHORT}'}
+          - {id: big, url: 'http://cp:70000/h', secret: '${SHORT}'}
         webhooks_max_failures: 0
         """,
         {"SHORT": "tiny"},
@@ -982,6 +983,7 @@ def test_webhook_problems_name_the_key_and_never_show_the_secret() -> None:
     assert any("webhooks[0].url: expected an http:// or https:// URL" in p for p in found)
     assert any("webhooks[0].events: 'Call' is not an event type or pattern" in p for p in found)
     assert any("webhooks[1].events: must list at least one" in p for p in found)
+    assert any("webhooks[2].url: expected an http:// or https:// URL" in p for p in found)
     short = "must be at least 16 characters long (got the value of '${SHORT}', not shown)"
     assert f"{SOURCE}: webhooks[1].secret: {short}" in found
     assert any(p.startswith(f"{SOURCE}: webhooks_max_failures:") for p in found)

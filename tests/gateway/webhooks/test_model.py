@@ -77,8 +77,12 @@ def test_patterns_match_one_type_a_prefix_or_everything() -> None:
 def test_a_subscription_request_names_a_bad_url_or_pattern() -> None:
     ok = WebhookCreate.model_validate({"url": "https://cp.example.com/h", "events": ["call.*"]})
     assert ok.secret is None and ok.enabled
+    for url in ("http://127.0.0.1:65535/h", "https://u:p@cp:8443", "http://cp/h?token=x#f"):
+        assert WebhookCreate.model_validate({"url": url}).url == url
     for body, field in (
         ({"url": "ftp://x/h"}, "url"),
+        ({"url": "http://cp:65536/h"}, "url"),
+        ({"url": "http://[::1]/h"}, "url"),
         ({"url": "https://x/h", "events": ["call.complete"]}, "events"),
         ({"url": "https://x/h", "events": ["CALL"]}, "events"),
         ({"url": "https://x/h", "events": []}, "events"),
