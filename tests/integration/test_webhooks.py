@@ -9,18 +9,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway.webhooks.model import verify
 from tests.integration.hook_receiver import HookReceiver, Received
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
-from tests.integration.peers import HOST, Sipp
+from tests.integration.peers import HOST, Sipp, free_port
 
 pytestmark = pytest.mark.integration
 
 SECRET = "whsec_integration_0123456789"
-ENV = {"HOOK_SECRET": SECRET}
+API_KEY = "sk-webhooks-e2e-0123"
+ENV = {"HOOK_SECRET": SECRET, "HOOKS_API_KEY": API_KEY}
 CALL_TYPES = ["call.incoming", "call.answered", "call.completed"]
 
 
@@ -52,9 +54,11 @@ def _all_delivered(receiver: HookReceiver, stored: dict[str, list[str]]) -> bool
     return all(i in got for ids in stored.values() for i in ids)
 
 
-def _check_order_and_signatures(received: list[Received], stored: dict[str, list[str]]) -> None:
+def _check_order_and_signatures(
+    received: list[Received], stored: dict[str, list[str]], secret: str = SECRET
+) -> None:
     for r in received:
-        assert verify(SECRET, r.headers["X-Sipedge-Signature"], r.body, now=time.time())
+        assert verify(secret, r.headers["X-Sipedge-Signature"], r.body, now=time.time())
         assert r.headers["X-Sipedge-Event-Id"] == r.event["id"]
         assert r.headers["X-Sipedge-Event-Type"] == r.event["type"]
     for call_id, ids in stored.items():
@@ -69,17 +73,36 @@ def _check_order_and_signatures(received: list[Received], stored: dict[str, list
 
 
 def test_call_events_are_delivered_signed_and_in_order_per_call(tmp_path: Path) -> None:
-    with HookReceiver() as receiver:
-        config = _config(tmp_path, receiver)
-        with NodeProcess(tmp_path, config, env=ENV) as node:
+    """To a subscription of the config file and to one made through the API (its generated
+    secret shown once), each receiving every call event."""
+    api = {"enabled": True, "listen": HOST, "port": free_port("tcp"),
+           "api_keys": ["${HOOKS_API_KEY}"]}  # fmt: skip
+    with HookReceiver() as receiver, HookReceiver() as other:
+        config = _config(tmp_path, receiver, api=api)
+        with NodeProcess(tmp_path, config, env=ENV) as node, httpx.Client(
+            base_url=f"http://{HOST}:{api['port']}", timeout=10,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as client:  # fmt: skip
+            made = client.post("/v1/webhooks", json={"url": other.url, "events": ["call.*"]})
+            assert made.status_code == 201, made.text
+            generated = made.json()["data"]["secret"]
             _calls(node, tmp_path, "a", calls=3)
             stored = _stored(Path(config["storage"]["path"]))
             assert len(stored) == 3
             receiver.wait(lambda: _all_delivered(receiver, stored), what="every call event")
-            log = node.log()
+            other.wait(lambda: _all_delivered(other, stored), what="the API subscription's")
+            hook_id = made.json()["data"]["id"]
+            log = client.get(f"/v1/webhooks/{hook_id}/deliveries", params={"per_page": 100})
+            entries = log.json()["data"]
+            assert len(entries) == 9 and {e["status"] for e in entries} == {"delivered"}
+            assert all(e["status_code"] == 204 and e["attempts"] == 1 for e in entries)
+            listed = client.get("/v1/webhooks").text
+            node_log = node.log()
         _check_order_and_signatures(receiver.received, stored)
-        assert SECRET not in log
-        assert "event=webhook_delivered webhook=cp" in log
+        _check_order_and_signatures(other.received, stored, secret=generated)
+        for text in (node_log, listed):
+            assert SECRET not in text and generated not in text
+        assert "event=webhook_delivered webhook=cp" in node_log
 
 
 def test_a_receiver_down_then_up_and_a_kill_9_mid_delivery_lose_nothing(tmp_path: Path) -> None:
