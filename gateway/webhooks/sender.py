@@ -215,12 +215,16 @@ class WebhookSender:
                                  delivery.payload, attempt)  # fmt: skip
         status, disabled = self.store.record_attempt(delivery, result, self.policy,
                                                      self.max_failures)  # fmt: skip
+        call_id = json.loads(delivery.payload).get("call_id") or "-"
         where = (f"webhook={sub.id} url={public_url(sub.url)} event_id={delivery.event_id} "
-                 f"type={delivery.event_type} attempt={attempt}")  # fmt: skip
+                 f"type={delivery.event_type} call_id={call_id} attempt={attempt}")  # fmt: skip
         if status is DeliveryStatus.DELIVERED:
             self.delivered_total += 1
-            log.info("event=webhook_delivered %s status_code=%s latency_ms=%d", where,
-                     result.status_code, result.latency_ms)  # fmt: skip
+            # One line per event is the delivery log's job (GET .../deliveries); a delivery
+            # that needed retries says so at info.
+            level = logging.DEBUG if attempt == 1 else logging.INFO
+            log.log(level, "event=webhook_delivered %s status_code=%s latency_ms=%d", where,
+                    result.status_code, result.latency_ms)  # fmt: skip
         elif status is DeliveryStatus.FAILED:
             log.warning("event=webhook_delivery_given_up %s error=%r", where, result.error)
         else:
