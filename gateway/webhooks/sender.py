@@ -176,8 +176,14 @@ class WebhookSender:
                 busy[delivery.order_key] = task
                 task.add_done_callback(partial(self._done, sub.id, delivery.order_key))
 
-    def _done(self, webhook_id: str, key: str, _task: asyncio.Task[None]) -> None:
+    def _done(self, webhook_id: str, key: str, task: asyncio.Task[None]) -> None:
         self._inflight.get(webhook_id, {}).pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            # The attempt's outcome was not recorded (the store refused it): the delivery stays
+            # pending and due, tried again at the next poll rather than at once.
+            log.error("event=webhook_attempt_failed webhook=%s", webhook_id,
+                      exc_info=task.exception())  # fmt: skip
+            return
         self._wake.set()
 
     def _prune(self) -> None:
