@@ -27,8 +27,14 @@ LAYERS: list[set[str]] = [
     {"gateway.calls", "gateway.events"},  # pure call domain; event, command and outbox contracts
     # SQLite; per-call I/O; Prometheus; the SIP front (Kamailio's config, process and RPC)
     # campaigns (their model and SQLite tables); webhooks (subscriptions, queues, the sender)
-    {"gateway.store", "gateway.session", "gateway.metrics", "gateway.front", "gateway.campaigns",
-     "gateway.webhooks"},  # fmt: skip
+    {
+        "gateway.store",
+        "gateway.session",
+        "gateway.metrics",
+        "gateway.front",
+        "gateway.campaigns",
+        "gateway.webhooks",
+    },
     {"gateway.sip", "gateway.api"},  # the pjsua2 adapter; the HTTP API (over the store)
     {"gateway.worker"},  # the SIP worker process: sip/ and session/
     {"gateway.plane"},  # the media plane process: every call's RTP and agent session
@@ -56,8 +62,14 @@ ALLOWED: dict[str, set[str]] = {
     | {"gateway.backoff", "gateway.calls", "gateway.events", "gateway.session"},
     "gateway.front": COMMON,
     "gateway.api": COMMON
-    | {"gateway.campaigns", "gateway.events", "gateway.front", "gateway.metrics", "gateway.store",
-       "gateway.webhooks"},  # fmt: skip
+    | {
+        "gateway.campaigns",
+        "gateway.events",
+        "gateway.front",
+        "gateway.metrics",
+        "gateway.store",
+        "gateway.webhooks",
+    },
     "gateway.worker": COMMON | {"gateway.calls", "gateway.session", "gateway.sip"},
     "gateway.plane": COMMON | {"gateway.calls", "gateway.session", "gateway.worker", "media"},
     "gateway.node": COMMON
