@@ -518,6 +518,55 @@ class NodeSettings(Model):
     )
 
 
+WEBHOOK_EVENT_PATTERN = r"^(\*|[a-z_]+(\.[a-z_]+)*(\.\*)?)$"
+
+
+class Webhook(Model):
+    """A webhook subscription of the config file: every event whose type matches one of
+    `events` is POSTed to `url`, signed with `secret` (gateway/webhooks/)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    url: str = Field(description="http:// or https:// URL the events are POSTed to")
+    events: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description="event types, or patterns like call.* (a prefix) or * (every event)",
+    )
+    secret: SecretStr = Field(description="HMAC-SHA256 key of the signature (an ${ENV} reference)")
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        expected = "expected an http:// or https:// URL like https://cp.example.com/hooks"
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError:
+            raise ValueError(expected) from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(expected)
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must list at least one event type or pattern (* for every event)")
+        for entry in value:
+            if not re.match(WEBHOOK_EVENT_PATTERN, entry):
+                raise ValueError(
+                    f"{entry!r} is not an event type or pattern like call.completed, call.* or *"
+                )
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters long")
+        return value
+
+
 class Config(Model):
     node: NodeSettings = Field(default_factory=NodeSettings)
     sip: SipSettings = Field(default_factory=SipSettings)
@@ -530,10 +579,15 @@ class Config(Model):
     recording: RecordingSettings = Field(default_factory=RecordingSettings)
     vad: VadSettings = Field(default_factory=VadSettings)
     limits: Limits = Field(default_factory=Limits)
+    webhooks: list[Webhook] = Field(default_factory=list)
+    webhooks_max_failures: int = Field(
+        20, ge=1, description="consecutive failed deliveries that disable a webhook"
+    )
 
     @model_validator(mode="after")
     def _references(self) -> Config:
         _unique("trunks", [t.id for t in self.trunks])
+        _unique("webhooks", [w.id for w in self.webhooks])
         _unique("agents", [a.id for a in self.agents])
         _unique("numbers", [n.number for n in self.numbers])
         trunk_ids = {t.id for t in self.trunks}
@@ -863,7 +917,7 @@ def _unique(section: str, keys: list[str]) -> None:
 
 
 # Keys whose values are secrets: they must be ${ENV} references, never literal text.
-SECRET_KEYS = {"password", "api_keys", "headers", "credential", "private_key_password"}
+SECRET_KEYS = {"password", "api_keys", "headers", "credential", "private_key_password", "secret"}
 
 
 def expand_env(
@@ -1089,6 +1143,10 @@ def summary(config: Config) -> str:
     lines.append(
         f"storage: {config.storage.path}; recording {'on' if config.recording.enabled else 'off'}"
     )
+    if config.webhooks:
+        lines.append(f"webhooks ({len(config.webhooks)}):")
+        lines += [f"  {w.id}: {public_url(w.url)} <- {', '.join(w.events)}"
+                  f"{'' if w.enabled else ' (disabled)'}" for w in config.webhooks]  # fmt: skip
     lim = config.limits
     calls = min(lim.max_concurrent_calls, engine_capacity(config))
     lines.append(

@@ -26,8 +26,15 @@ LAYERS: list[set[str]] = [
     {"gateway.config"},  # the YAML file's models
     {"gateway.calls", "gateway.events"},  # pure call domain; event, command and outbox contracts
     # SQLite; per-call I/O; Prometheus; the SIP front (Kamailio's config, process and RPC)
-    # and campaigns (their model and SQLite tables)
-    {"gateway.store", "gateway.session", "gateway.metrics", "gateway.front", "gateway.campaigns"},
+    # campaigns (their model and SQLite tables); webhooks (subscriptions, queues, the sender)
+    {
+        "gateway.store",
+        "gateway.session",
+        "gateway.metrics",
+        "gateway.front",
+        "gateway.campaigns",
+        "gateway.webhooks",
+    },
     {"gateway.sip", "gateway.api"},  # the pjsua2 adapter; the HTTP API (over the store)
     {"gateway.worker"},  # the SIP worker process: sip/ and session/
     {"gateway.plane"},  # the media plane process: every call's RTP and agent session
@@ -48,13 +55,21 @@ ALLOWED: dict[str, set[str]] = {
     "gateway.events": COMMON,
     "gateway.store": COMMON | {"gateway.events"},
     "gateway.campaigns": COMMON | {"gateway.events"},
+    "gateway.webhooks": COMMON | {"gateway.backoff", "gateway.events"},
     "gateway.session": COMMON | {"gateway.backoff", "gateway.calls", "media"},
     "gateway.metrics": {"gateway.calls"},  # counts the calls/events.py worker events
     "gateway.sip": COMMON
     | {"gateway.backoff", "gateway.calls", "gateway.events", "gateway.session"},
     "gateway.front": COMMON,
     "gateway.api": COMMON
-    | {"gateway.campaigns", "gateway.events", "gateway.front", "gateway.metrics", "gateway.store"},
+    | {
+        "gateway.campaigns",
+        "gateway.events",
+        "gateway.front",
+        "gateway.metrics",
+        "gateway.store",
+        "gateway.webhooks",
+    },
     "gateway.worker": COMMON | {"gateway.calls", "gateway.session", "gateway.sip"},
     "gateway.plane": COMMON | {"gateway.calls", "gateway.session", "gateway.worker", "media"},
     "gateway.node": COMMON
@@ -67,6 +82,7 @@ ALLOWED: dict[str, set[str]] = {
         "gateway.front",
         "gateway.metrics",
         "gateway.store",
+        "gateway.webhooks",
         "gateway.worker",
     },
     "gateway.cli": COMMON | {"gateway.front", "gateway.node"},

@@ -68,6 +68,7 @@ def create_app(
     from gateway.api.calls import router as calls_router
     from gateway.api.campaigns import router as campaigns_router
     from gateway.api.resources import router as resources_router
+    from gateway.api.webhooks import router as webhooks_router
 
     app = FastAPIOffline(
         title="sipedge", version=__version__, description=DESCRIPTION,
@@ -79,6 +80,7 @@ def create_app(
     app.include_router(calls_router)
     app.include_router(resources_router)
     app.include_router(campaigns_router)
+    app.include_router(webhooks_router)
     _install_errors(app)
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)  # inside the guard: auth comes first
     _install_guard(app)

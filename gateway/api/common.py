@@ -23,6 +23,7 @@ from gateway.events.schema import iso_z
 from gateway.front.health import FrontHealth
 from gateway.metrics import NodeMetrics
 from gateway.store.sqlite import Store
+from gateway.webhooks.model import URL_HINT, URL_PATTERN
 
 T = TypeVar("T")
 
@@ -140,6 +141,7 @@ def path_error(code: str, message: str, field: str, kind: str = "not_found") -> 
 SORT_PATTERN = r"^-?(created_at|answered_at|ended_at|duration|status)$"
 _HINTS = {
     **PATTERN_HINTS,
+    URL_PATTERN: URL_HINT,
     SORT_PATTERN: "must be one of created_at, answered_at, ended_at, duration, status, "
     "with a leading '-' for descending",
 }

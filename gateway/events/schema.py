@@ -294,6 +294,24 @@ class CampaignStopped(_CampaignState):
     event_type: ClassVar[str] = "campaign.stopped"
 
 
+class WebhookTest(EventData):
+    """Sent by POST /v1/webhooks/{id}/test to that subscription only (never to MQTT)."""
+
+    event_type: ClassVar[str] = "webhook.test"
+    webhook_id: str
+    message: str = "a test event from sipedge"
+
+
+class WebhookDisabled(EventData):
+    """A subscription disabled after a run of failed deliveries; re-enable it through the API."""
+
+    event_type: ClassVar[str] = "webhook.disabled"
+    webhook_id: str
+    url: str  # without credentials or query
+    reason: str
+    consecutive_failures: int = Field(ge=0)
+
+
 DATA_MODELS: dict[str, type[EventData]] = {
     m.event_type: m
     for m in (
@@ -303,6 +321,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
         NodeConfigReloaded, NodeConfigRejected,
         CampaignStarted, CampaignPaused, CampaignResumed, CampaignCompleted, CampaignStopped,
+        WebhookTest, WebhookDisabled,
     )
 }  # fmt: skip
 EVENT_TYPES: frozenset[str] = frozenset(DATA_MODELS)

@@ -1,11 +1,11 @@
 """What a reload of the config changes, decided before anything is touched: pure code, no I/O.
 
 A running node takes a new config for what it can change without dropping a call: the trunks,
-the numbers, the agents, the limits, VAD and recording settings. Anything else (the node's
-id, its SIP sockets, ports, MQTT, the API, the store, the number of workers) is where calls,
-sockets and connections live: a reload that changes it is refused whole, naming each key, and
-the node keeps running on the config it has. Messages name keys only, never values (a changed
-password must not appear in a log line).
+the numbers, the agents, the limits, VAD and recording settings, the webhooks. Anything else
+(the node's id, its SIP sockets, ports, MQTT, the API, the store, the number of workers) is
+where calls, sockets and connections live: a reload that changes it is refused whole, naming
+each key, and the node keeps running on the config it has. Messages name keys only, never
+values (a changed password must not appear in a log line).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 from gateway.config import Config, worker_count
 
 # Top-level sections a running node applies (everything else takes a restart).
-LIVE_SECTIONS = ("trunks", "numbers", "agents", "limits", "vad", "recording")
+LIVE_SECTIONS = ("trunks", "numbers", "agents", "limits", "vad", "recording", "webhooks",
+                 "webhooks_max_failures")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,13 @@ from gateway.config import (
 )
 from gateway.errors import CommandError, ConfigError, detail
 from gateway.events.publisher import BrokerConnection, Publisher
-from gateway.events.schema import Event, EventData, NodeConfigRejected, NodeConfigReloaded
+from gateway.events.schema import (
+    Event,
+    EventData,
+    NodeConfigRejected,
+    NodeConfigReloaded,
+    WebhookDisabled,
+)
 from gateway.front.health import FrontHealth
 from gateway.front.process import FrontError, FrontProcess
 from gateway.front.render import worker_uri
@@ -55,7 +61,10 @@ from gateway.node.plane import PlaneProcess, PlaneReloadError
 from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
 from gateway.node.reload import plan_reload
+from gateway.node.webhooks import WebhookOperations, sync_config
 from gateway.store.sqlite import Store
+from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.store import Subscription, WebhookStore
 
 if TYPE_CHECKING:
     from gateway.api import ApiServer
@@ -79,6 +88,14 @@ class Node:
         self.campaign_store = CampaignStore(config.storage.path)
         self.campaign_runner = CampaignRunner(self, self.campaign_store, self._record)
         self.campaigns = CampaignOperations(self, self.campaign_runner)
+        self.webhook_store = WebhookStore(config.storage.path)
+        self.webhook_sender = WebhookSender(
+            self.webhook_store,
+            self.store,  # the outbox, read as the event log
+            max_failures=config.webhooks_max_failures,
+            on_disabled=self._webhook_disabled,
+        )
+        self.webhooks = WebhookOperations(self.webhook_store, self.webhook_sender, config.node.id)
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
         self.plane: PlaneProcess | None = None
@@ -106,8 +123,15 @@ class Node:
     # -- wiring -------------------------------------------------------------------------------
 
     def _wake_publisher(self) -> None:
+        """New events are in the outbox: for MQTT and for webhooks."""
         if self.publisher is not None:
             self.publisher.wake()
+        self.webhook_sender.wake()
+
+    def _webhook_disabled(self, sub: Subscription, reason: str) -> None:
+        failures = self.config.webhooks_max_failures
+        self._record(WebhookDisabled(webhook_id=sub.id, url=public_url(sub.url) or "",
+                                     reason=reason, consecutive_failures=failures))  # fmt: skip
 
     def _trunk_state(self, trunk: str, state: dict[str, Any]) -> None:
         if self.publisher is not None:
@@ -182,6 +206,9 @@ class Node:
                 return self._rejected(plan.problems)
             self._accept_text(text)
             self.config = new
+            sync_config(self.webhook_store, new)
+            self.webhook_sender.max_failures = new.webhooks_max_failures
+            self.webhook_sender.wake()
             if self.plane is not None:
                 try:  # first: a call the workers take from now on gets the new agents
                     await self.plane.reload()
@@ -226,6 +253,8 @@ class Node:
         """One implementation of each operation, shared by MQTT commands and the HTTP API."""
         if name.startswith("campaign."):
             return await self.campaigns(name, args)
+        if name.startswith("webhook."):
+            return await self.webhooks(name, args)
         from gateway.node.operations import run_operation
 
         return await run_operation(self, name, args)
@@ -254,6 +283,8 @@ class Node:
             backoff_max=5.0,
         )
         await self.publisher.start()
+        sync_config(self.webhook_store, self.config)
+        await self.webhook_sender.start()
         if self.config.api.enabled:
             # Before the worker: /readiness answers 503 until the trunks are loaded.
             from gateway.api import ApiServer
@@ -350,11 +381,13 @@ class Node:
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)
             await self.publisher.stop(timeout=3)
+        await self.webhook_sender.stop()  # attempts in flight are made again at the next start
         if self.api is not None:  # served /readiness as 503 while draining
             await self.api.stop()
         if self.broker is not None:
             await asyncio.to_thread(self.broker.stop)
         self.campaign_store.close()
+        self.webhook_store.close()
         self.store.close()
         shutil.rmtree(self._run_dir, ignore_errors=True)
         log.info("event=node_stopped")

@@ -342,6 +342,21 @@ class Store:
             ).fetchall()
         return [OutboxRow(*tuple(r)) for r in rows]
 
+    def events_after(self, rowid: int, limit: int = 100) -> list[OutboxRow]:
+        """Stored events after `rowid`, delivered to MQTT or not (webhooks read these)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rowid, id, call_id, seq, type, topic, payload FROM events "
+                "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (rowid, limit),
+            ).fetchall()
+        return [OutboxRow(*tuple(r)) for r in rows]
+
+    def last_rowid(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()
+        return int(row[0])
+
     def mark_delivered(self, rowids: Iterable[int]) -> None:
         ids = list(rowids)
         now = iso_z(self._clock())

@@ -30,6 +30,7 @@ CARRIER_ENV = {
     "SIPEDGE_ADMIN_KEY": "admin-key-value",
     "TURN_PASSWORD": "turn-password-value",
     "PBX_PASSWORD": "pbx-password-value",
+    "WEBHOOK_SECRET": "webhook-secret-value",
 }
 
 VALID = """
@@ -134,6 +135,7 @@ def test_example_carrier_yaml_loads_cleanly_with_its_variables_set() -> None:
     assert config.mqtt.password.get_secret_value() == "mqtt-password-value"
     assert len(config.api.api_keys) == 2
     assert config.recording.enabled
+    assert config.webhooks[0].secret.get_secret_value() == "webhook-secret-value"
 
 
 def test_example_carrier_yaml_header_exports_every_variable_it_needs() -> None:
@@ -956,3 +958,56 @@ def test_an_agents_backup_url_and_filler_are_checked(tmp_path: Path) -> None:
     assert_problem(agent % "backup_url: 'http://b.example'", "agents[0]", "ws:// or wss://")
     missing = tmp_path / "none.wav"
     assert_problem(agent % f"filler: '{missing}'", "agents[0]", "comfort_noise or a WAV file")
+
+
+def test_webhooks_parse_with_the_secret_from_the_environment() -> None:
+    config = parse_config(
+        "webhooks:\n"
+        "  - {id: cp, url: 'https://cp.example.com/hooks', events: [call.*, trunk.registered],"
+        " secret: '${HOOK_SECRET}'}\n"
+        "webhooks_max_failures: 5\n",
+        SOURCE,
+        {"HOOK_SECRET": "0123456789abcdef-secret"},
+    )
+    (hook,) = config.webhooks
+    assert (hook.id, hook.events, hook.enabled) == ("cp", ["call.*", "trunk.registered"], True)
+    assert hook.secret.get_secret_value() == "0123456789abcdef-secret"
+    assert config.webhooks_max_failures == 5
+    assert parse_config("{}\n", SOURCE, {}).webhooks_max_failures == 20
+
+
+def test_webhook_problems_name_the_key_and_never_show_the_secret() -> None:
+    found = problems_of(
+        """
+        webhooks:
+          - {id: cp, url: 'ftp://cp/h', events: [call.*, Call], secret: plain-text-secret}
+          - {id: cp, url: 'http://cp/h', events: [], secret: '${SHORT}'}
+          - {id: big, url: 'http://cp:70000/h', secret: '${SHORT}'}
+        webhooks_max_failures: 0
+        """,
+        {"SHORT": "tiny"},
+    )
+    assert (
+        f"{SOURCE}: webhooks[0].secret: secrets must be an ${{ENV}} reference, not literal text"
+        in found
+    )
+    assert any("webhooks[0].url: expected an http:// or https:// URL" in p for p in found)
+    assert any("webhooks[0].events: 'Call' is not an event type or pattern" in p for p in found)
+    assert any("webhooks[1].events: must list at least one" in p for p in found)
+    assert any("webhooks[2].url: expected an http:// or https:// URL" in p for p in found)
+    short = "must be at least 16 characters long (got the value of '${SHORT}', not shown)"
+    assert f"{SOURCE}: webhooks[1].secret: {short}" in found
+    assert any(p.startswith(f"{SOURCE}: webhooks_max_failures:") for p in found)
+    assert not any("plain-text-secret" in p or "tiny" in p for p in found)
+
+
+def test_webhook_ids_are_unique() -> None:
+    found = problems_of(
+        """
+        webhooks:
+          - {id: cp, url: 'http://a/h', secret: '${S}'}
+          - {id: cp, url: 'http://b/h', secret: '${S}'}
+        """,
+        {"S": "0123456789abcdef"},
+    )
+    assert found == [f"{SOURCE}: webhooks[1]: 'cp' is defined twice"]

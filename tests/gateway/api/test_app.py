@@ -45,7 +45,10 @@ from gateway.node.campaigns import CampaignOperations, CampaignRunner
 from gateway.node.ledger import Ledger
 from gateway.node.operations import run_operation
 from gateway.node.placement import WorkerPhase, WorkerState
+from gateway.node.webhooks import WebhookOperations
 from gateway.store.sqlite import Store, StoredCall
+from gateway.webhooks.sender import WebhookSender
+from gateway.webhooks.store import ConfiguredWebhook, WebhookStore
 
 with warnings.catch_warnings():  # starlette suggests httpx2; httpx is what the project uses
     warnings.simplefilter("ignore")
@@ -157,6 +160,20 @@ class FakeNode:
         self.campaign_store = CampaignStore(str(tmp / "api.db"))
         runner = CampaignRunner(self, self.campaign_store, lambda data: None)  # type: ignore[arg-type]
         self.campaigns = CampaignOperations(self, runner)  # type: ignore[arg-type]
+        # webhooks: the real operations and store; the receiver is in memory, the sender's
+        # loop never runs (test events are sent at once)
+        self.webhook_store = WebhookStore(str(tmp / "api.db"))
+        self.received: list[httpx.Request] = []
+        self.webhook_sender = WebhookSender(
+            self.webhook_store, self.store, max_failures=20, on_disabled=lambda sub, why: None,
+            transport=httpx.MockTransport(self._receive),
+        )  # fmt: skip
+        self.webhooks = WebhookOperations(self.webhook_store, self.webhook_sender, "api-node")
+
+    def _receive(self, request: httpx.Request) -> httpx.Response:
+        """The webhook receiver: 500 for a URL with `fail` in it, else 204."""
+        self.received.append(request)
+        return httpx.Response(500 if "fail" in request.url.path else 204)
 
     async def reload(self) -> dict[str, Any]:
         """As supervisor.Node.reload answers (its logic: tests/gateway/node/test_reload.py)."""
@@ -171,6 +188,8 @@ class FakeNode:
     async def command(self, name: str, args: dict[str, Any]) -> Any:
         if name.startswith("campaign."):
             return await self.campaigns(name, args)
+        if name.startswith("webhook."):
+            return await self.webhooks(name, args)
         return await run_operation(self, name, args)  # type: ignore[arg-type]
 
     async def front_health(self) -> FrontHealth | None:
@@ -937,7 +956,7 @@ def test_docs_are_served_from_the_package_without_a_cdn(client: TestClient) -> N
 
 
 def test_openapi_document_validates_and_matches_responses(
-    client: TestClient, node: FakeNode, tmp_path: Path
+    client: TestClient, node: FakeNode, tmp_path: Path, clock: Clock
 ) -> None:
     doc = client.get("/openapi.json").json()
     validate(doc)
@@ -1036,6 +1055,8 @@ def test_openapi_document_validates_and_matches_responses(
     node.worker.exited.set()
     check("GET", "/health", "/health")
     exercise_campaigns(check)
+    clock.now += 60  # a new minute for the rate limit: the requests above took 100
+    exercise_webhooks(check, node)
     check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
     node.reload_problems = ["node.yaml: numbers[0].agent: 'x' is not one of the agents (bot)"]
     check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
@@ -1057,6 +1078,8 @@ def test_openapi_document_validates_and_matches_responses(
         "/v1/calls/{call_id}/hangup",
         "/v1/calls/{call_id}/recording",
         "/v1/trunks/{trunk_id}",
+        "/v1/webhooks/{webhook_id}",  # GET and DELETE (PATCH has a body)
+        "/v1/webhooks/{webhook_id}/test",
     }
     assert {("/v1/calls", "post", "401"), ("/v1/calls", "post", "429")} <= seen
     missing = {
@@ -1179,6 +1202,38 @@ def exercise_campaigns(check: Callable[..., httpx.Response]) -> None:
     draft = check("POST", root, root, json=body, headers=AUTH).json()["data"]["id"]
     check("DELETE", f"{root}/{draft}", one, headers=AUTH)
     check("DELETE", f"{root}/{draft}", one, headers=AUTH)  # 404
+
+
+def exercise_webhooks(check: Callable[..., httpx.Response], node: FakeNode) -> None:
+    """Every documented answer of /v1/webhooks, once (the OpenAPI test's part)."""
+    root, one = "/v1/webhooks", "/v1/webhooks/{webhook_id}"
+    created = check("POST", root, root, json={"url": "http://127.0.0.1:9/h"}, headers=AUTH)
+    url = f"{root}/{created.json()['data']['id']}"
+    check("POST", root, root, json={"url": "ftp://x"}, headers=AUTH)  # 422
+    malformed = {**AUTH, "Content-Type": "application/json"}
+    check("POST", root, root, content=b"{", headers=malformed)
+    check("POST", root, root, json={"url": "http://x/" + "x" * 70_000}, headers=AUTH)
+    check("GET", root, root, headers=AUTH)
+    check("GET", f"{root}?per_page=0", root, headers=AUTH)
+    check("GET", url, one, headers=AUTH)
+    check("GET", f"{root}/whk_nope", one, headers=AUTH)
+    check("PATCH", url, one, json={"enabled": False}, headers=AUTH)
+    check("PATCH", url, one, json={"enabled": "maybe"}, headers=AUTH)  # 422
+    check("PATCH", url, one, content=b"{", headers=malformed)
+    check("PATCH", url, one, json={"enabled": True, "x": "y" * 70_000}, headers=AUTH)
+    check("PATCH", f"{root}/whk_nope", one, json={"enabled": True}, headers=AUTH)
+    check("POST", f"{url}/test", one + "/test", headers=AUTH)
+    check("POST", f"{root}/whk_nope/test", one + "/test", headers=AUTH)
+    log = one + "/deliveries"
+    check("GET", f"{url}/deliveries", log, headers=AUTH)
+    check("GET", f"{url}/deliveries?status=bogus", log, headers=AUTH)
+    check("GET", f"{root}/whk_nope/deliveries", log, headers=AUTH)
+    node.webhook_store.sync_config(
+        [ConfiguredWebhook("cp", "http://127.0.0.1:9/h", ["*"], True, "s" * 16)]
+    )
+    check("DELETE", f"{root}/cp", one, headers=AUTH)  # 409: in the config file
+    check("DELETE", url, one, headers=AUTH)
+    check("DELETE", url, one, headers=AUTH)  # 404
 
 
 def test_campaigns_through_the_api_with_csv_contacts_and_named_problems(

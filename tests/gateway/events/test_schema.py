@@ -18,6 +18,8 @@ from gateway.events.schema import (
     CommandError,
     Event,
     TrunkRegistrationFailed,
+    WebhookDisabled,
+    WebhookTest,
     call_events_topic,
     command_name,
     command_topic,
@@ -114,6 +116,7 @@ def test_every_contract_event_type_has_a_data_model() -> None:
         "node.config_reloaded", "node.config_rejected",
         "campaign.started", "campaign.paused", "campaign.resumed", "campaign.completed",
         "campaign.stopped",
+        "webhook.test", "webhook.disabled",
     }  # fmt: skip
     assert contract == EVENT_TYPES
 
@@ -162,3 +165,15 @@ def test_command_error_serialises_to_the_api_error_shape() -> None:
                                "type": "invalid", "limit": None}]}
     }  # fmt: skip
     assert CommandError("internal_error", "boom").to_dict()["error"]["details"] == []
+
+
+def test_webhook_events_are_the_nodes_own() -> None:
+    disabled = Event.of(
+        WebhookDisabled(webhook_id="cp", url="https://cp/h", reason="20 consecutive failed "
+                        "deliveries", consecutive_failures=20),
+        node=NODE,
+    )  # fmt: skip
+    assert disabled.topic("sipedge") == f"sipedge/{NODE}/events"
+    assert Event.from_json(disabled.to_json()) == disabled
+    test = Event.of(WebhookTest(webhook_id="cp"), node=NODE)
+    assert test.data == {"webhook_id": "cp", "message": "a test event from sipedge"}

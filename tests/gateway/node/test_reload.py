@@ -78,3 +78,15 @@ def test_limits_that_change_the_number_of_auto_workers_need_a_restart() -> None:
     new = config(sip=front, node={"workers": "auto"}, limits={"max_concurrent_calls": 40})
     (problem,) = plan_reload("node.yaml", old, new).problems
     assert problem.startswith("node.yaml: node.workers: auto now gives"), problem
+
+
+def test_webhooks_change_live_a_new_secret_included() -> None:
+    hook = {"id": "cp", "url": "https://cp/h", "secret": "0123456789abcdef"}
+    old = config(webhooks=[hook])
+    for new in (config(webhooks=[{**hook, "secret": "fedcba9876543210"}]),
+                config(webhooks=[hook, {**hook, "id": "other"}]),
+                config(webhooks=[])):  # fmt: skip
+        plan = plan_reload("node.yaml", old, new)
+        assert (plan.problems, plan.changed) == ([], ["webhooks"])
+    plan = plan_reload("node.yaml", old, config(webhooks=[hook], webhooks_max_failures=5))
+    assert (plan.problems, plan.changed) == ([], ["webhooks_max_failures"])

@@ -1,0 +1,1 @@
+"""Webhooks: events of the node's outbox POSTed, signed, to subscribers' URLs."""
