@@ -185,7 +185,8 @@ def test_nothing_is_lost_across_a_broker_outage_and_a_kill_9(tmp_path: Path) -> 
             assert res.successful == 1
             db = Path(config["storage"]["path"])
             mq.wait(
-                lambda: sum(len(v) for v in _store_event_ids(db).values()) == 15,
+                # 5 calls: incoming, answered, quality (at the end), completed
+                lambda: sum(len(v) for v in _store_event_ids(db).values()) == 20,
                 what="third call's events in the store",
             )
             node.kill()
@@ -213,6 +214,7 @@ def test_nothing_is_lost_across_a_broker_outage_and_a_kill_9(tmp_path: Path) -> 
                     assert [by_id[i]["type"] for _, i in events] == [
                         "call.incoming",
                         "call.answered",
+                        "call.quality",
                         "call.completed",
                     ]
             finally:

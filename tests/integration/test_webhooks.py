@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 SECRET = "whsec_integration_0123456789"
 API_KEY = "sk-webhooks-e2e-0123"
 ENV = {"HOOK_SECRET": SECRET, "HOOKS_API_KEY": API_KEY}
-CALL_TYPES = ["call.incoming", "call.answered", "call.completed"]
+CALL_TYPES = ["call.incoming", "call.answered", "call.quality", "call.completed"]
 
 
 def _config(tmp: Path, receiver: HookReceiver, **overrides: Any) -> dict[str, Any]:
@@ -94,7 +94,7 @@ def test_call_events_are_delivered_signed_and_in_order_per_call(tmp_path: Path) 
             hook_id = made.json()["data"]["id"]
             log = client.get(f"/v1/webhooks/{hook_id}/deliveries", params={"per_page": 100})
             entries = log.json()["data"]
-            assert len(entries) == 9 and {e["status"] for e in entries} == {"delivered"}
+            assert len(entries) == 12 and {e["status"] for e in entries} == {"delivered"}
             assert all(e["status_code"] == 204 and e["attempts"] == 1 for e in entries)
             listed = client.get("/v1/webhooks").text
             node_log = node.log()
@@ -154,7 +154,7 @@ def test_a_run_of_failures_disables_the_webhook_and_enabling_it_delivers_the_que
             assert disabled["data"]["consecutive_failures"] == 3
             assert "event=webhook_disabled webhook=cp" in node.log()
             got = mq.command("webhook.get", {"webhook_id": "cp"})["data"]
-            assert (got["enabled"], got["pending_deliveries"]) == (False, 3)
+            assert (got["enabled"], got["pending_deliveries"]) == (False, 4)
             assert got["disabled_reason"] == "3 consecutive failed deliveries"
             log = mq.command("webhook.deliveries", {"webhook_id": "cp"})["data"]
             tried = [d for d in log["items"] if d["attempts"]]
@@ -170,6 +170,6 @@ def test_a_run_of_failures_disables_the_webhook_and_enabling_it_delivers_the_que
             stored = _stored(Path(config["storage"]["path"]))
             receiver.wait(lambda: _all_delivered(receiver, stored), what="the queue, enabled")
             done = mq.command("webhook.deliveries", {"webhook_id": "cp", "status": "delivered"})
-            assert done["data"]["meta"]["total"] == 4  # the call's three and the test
+            assert done["data"]["meta"]["total"] == 5  # the call's four and the test
         types = {e["type"] for e in receiver.events()}
         assert "webhook.disabled" not in types  # not a call.* event, and not its own news
