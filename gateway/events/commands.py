@@ -81,6 +81,8 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
+# An integer as JSON Schema says one (30 or 30.0); bounds go in the field's Field(...).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 # The bounds come before the validator, so the JSON schema keeps them (minimum/maximum).
 RingTimeout = Annotated[
     int, Field(ge=1, le=600, description="seconds"), BeforeValidator(_json_integer)
