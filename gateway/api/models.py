@@ -59,9 +59,13 @@ class Data(_Response, Generic[T]):
 
 
 class Meta(_Response):
+    """The slice served, said both ways: page/per_page and skip/limit."""
+
     total: int = Field(ge=0)
     page: int = Field(ge=1)
     per_page: int = Field(ge=1, le=100)
+    skip: int = Field(ge=0)
+    limit: int = Field(ge=1, le=100)
 
 
 class Page(_Response, Generic[T]):

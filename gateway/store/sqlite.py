@@ -260,8 +260,12 @@ class Store:
         page: int = 1,
         per_page: int = 50,
         sort: str = "-created_at",
+        *,
+        offset: int | None = None,
+        limit: int | None = None,
     ) -> tuple[list[StoredCall], int]:
-        """One page of calls and the total matching `filters`; sort `col` or `-col`."""
+        """One page of calls and the total matching `filters`; sort `col` or `-col`. The slice
+        is `page`/`per_page`, or `offset`/`limit` when given."""
         if isinstance(filters, Mapping):
             filters = CallFilter(**filters)
         filters = filters or CallFilter()
@@ -286,13 +290,14 @@ class Store:
             where.append("created_at<?")
             args.append(iso_z(filters.created_before))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        page, per_page = max(page, 1), max(per_page, 1)
+        limit = max(limit if limit is not None else per_page, 1)
+        offset = max(offset if offset is not None else (max(page, 1) - 1) * limit, 0)
         with self._lock:
             total = self._db.execute(f"SELECT count(*) FROM calls {clause}", args).fetchone()[0]
             rows = self._db.execute(
                 f"SELECT * FROM calls {clause} ORDER BY {column} {order}, id {order} "
                 "LIMIT ? OFFSET ?",
-                [*args, per_page, (page - 1) * per_page],
+                [*args, limit, offset],
             ).fetchall()
         return [_record(r) for r in rows], int(total)
 

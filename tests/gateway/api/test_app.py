@@ -455,12 +455,48 @@ def seed_calls(node: FakeNode) -> list[str]:
 def test_list_calls_paginates(client: TestClient, node: FakeNode) -> None:
     ids = seed_calls(node)
     first = client.get("/v1/calls", headers=AUTH).json()
-    assert first["meta"] == {"total": 25, "page": 1, "per_page": 20}
+    assert first["meta"] == {"total": 25, "page": 1, "per_page": 20, "skip": 0, "limit": 20}
     assert [c["id"] for c in first["data"]] == ids[::-1][:20]  # newest first
     last = client.get("/v1/calls?page=2", headers=AUTH).json()
     assert [c["id"] for c in last["data"]] == ids[::-1][20:]
     beyond = client.get("/v1/calls?page=9&per_page=100", headers=AUTH).json()
-    assert beyond == {"data": [], "meta": {"total": 25, "page": 9, "per_page": 100}}
+    assert beyond == {"data": [], "meta": {"total": 25, "page": 9, "per_page": 100,
+                                           "skip": 800, "limit": 100}}  # fmt: skip
+
+
+def test_every_list_takes_skip_and_limit_and_says_both(client: TestClient, node: FakeNode) -> None:
+    ids = seed_calls(node)[::-1]
+    res = client.get("/v1/calls?skip=5&limit=3", headers=AUTH).json()
+    assert [c["id"] for c in res["data"]] == ids[5:8]
+    assert res["meta"] == {"total": 25, "page": 2, "per_page": 3, "skip": 5, "limit": 3}
+    aligned = client.get("/v1/calls?skip=20&limit=10", headers=AUTH).json()["meta"]
+    assert (aligned["page"], aligned["per_page"]) == (3, 10)
+    paged = client.get("/v1/calls?page=3&per_page=10", headers=AUTH).json()["meta"]
+    assert (paged["skip"], paged["limit"]) == (20, 10)
+    assert client.get("/v1/calls?limit=7", headers=AUTH).json()["meta"]["skip"] == 0
+    cid = originate(client).json()["data"]["id"]
+    campaign = client.post("/v1/campaigns", headers=AUTH, json={
+        "name": "n", "agent": "echo", "contacts": [{"to": f"+155512300{i:02d}"} for i in range(5)]
+    }).json()["data"]["id"]  # fmt: skip
+    for path, total in (("/v1/trunks", 2), ("/v1/numbers", 1), ("/v1/agents", 2),
+                        (f"/v1/calls/{cid}/events", 1), ("/v1/campaigns", 1),
+                        (f"/v1/campaigns/{campaign}/contacts", 5)):  # fmt: skip
+        res = client.get(f"{path}?skip=1&limit=1", headers=AUTH)
+        assert res.status_code == 200, (path, res.text)
+        body = res.json()
+        assert body["meta"] == {"total": total, "page": 2, "per_page": 1, "skip": 1, "limit": 1}
+        assert len(body["data"]) == (1 if total > 1 else 0), path
+
+
+def test_mixing_page_and_skip_is_a_422_naming_both(client: TestClient) -> None:
+    for path in ("/v1/calls", "/v1/trunks", "/v1/campaigns"):
+        body = error(client.get(f"{path}?page=2&limit=5", headers=AUTH), 422, "invalid_parameter")
+        assert [d["field"] for d in body["details"]] == ["page", "limit"]
+        assert "page/per_page or skip/limit" in body["message"]
+    for query, limit in (("limit=101", 100), ("skip=-1", 0)):
+        name = query.split("=")[0]
+        bounded = error(client.get(f"/v1/calls?{query}", headers=AUTH), 422, "invalid_parameter")
+        assert (bounded["details"][0]["field"], bounded["details"][0]["limit"]) == (name, limit)
 
 
 def test_pagination_errors_name_the_parameter(client: TestClient) -> None:
@@ -520,7 +556,7 @@ def test_call_events_in_order_with_pagination(client: TestClient, node: FakeNode
         "call.completed",
     ]
     assert [e["seq"] for e in res["data"]] == [1, 2, 3, 4]
-    assert res["meta"] == {"total": 4, "page": 1, "per_page": 20}
+    assert res["meta"] == {"total": 4, "page": 1, "per_page": 20, "skip": 0, "limit": 20}
     page2 = client.get(f"/v1/calls/{call_id}/events?per_page=3&page=2", headers=AUTH).json()
     assert [e["seq"] for e in page2["data"]] == [4]
     error(client.get("/v1/calls/call_nope/events", headers=AUTH), 404, "resource_not_found")
