@@ -22,7 +22,7 @@ from gateway.events.outbox import OutboxRow
 from gateway.events.schema import Event, iso_z, utc_now
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -34,10 +34,14 @@ CREATE TABLE IF NOT EXISTS calls (
     created_at TEXT NOT NULL, ringing_at TEXT, answered_at TEXT, ended_at TEXT,
     duration REAL, billable_seconds INTEGER, end_reason TEXT, sip_code INTEGER,
     hangup_by TEXT, codec TEXT, recording_path TEXT,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    latency TEXT,
+    recording_duration REAL, recording_bytes INTEGER, recording_at TEXT,
+    recording_deleted_at TEXT,
+    -- derived on write, for analytics (store/analytics.py): no JSON or date parsing per row
+    campaign_id TEXT, created_q INTEGER, answer_delay REAL,
+    response_p50_ms REAL, response_p95_ms REAL
 );
-CREATE INDEX IF NOT EXISTS calls_created ON calls(created_at);
-CREATE INDEX IF NOT EXISTS calls_status ON calls(status, created_at);
 CREATE TABLE IF NOT EXISTS events (
     rowid INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -61,6 +65,32 @@ CREATE TABLE IF NOT EXISTS idempotency (
     call_id TEXT,
     created_at TEXT NOT NULL
 );
+"""
+# Columns each schema version added, for a file an older version created (ALTER TABLE cannot
+# say IF NOT EXISTS; a fresh file has them from _SCHEMA already).
+_MIGRATIONS: dict[int, tuple[tuple[str, str], ...]] = {
+    2: (("latency", "TEXT"), ("recording_duration", "REAL"), ("recording_bytes", "INTEGER"),
+        ("recording_at", "TEXT"), ("recording_deleted_at", "TEXT"), ("campaign_id", "TEXT"),
+        ("created_q", "INTEGER"), ("answer_delay", "REAL"), ("response_p50_ms", "REAL"),
+        ("response_p95_ms", "REAL")),
+}  # fmt: skip
+# The derived columns as SQL over the others: the v2 migration fills them in with these.
+_QUARTER_SQL = "CAST(strftime('%s', created_at) AS INTEGER) / 900"
+_ANSWER_DELAY_SQL = "(julianday(answered_at) - julianday(created_at)) * 86400.0"
+QUARTER_SECONDS = 900
+# After the migrations, since they index columns an older file only has once migrated.
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS calls_created ON calls(created_at);
+CREATE INDEX IF NOT EXISTS calls_status ON calls(status, created_at);
+-- analytics (store/analytics.py), each covering what its query reads: totals grouped in
+-- index order (no sort), durations in order for percentiles, counts per UTC quarter hour
+CREATE INDEX IF NOT EXISTS calls_analytics ON calls(status, direction, trunk, agent,
+    campaign_id, created_at, duration, answer_delay, response_p50_ms, response_p95_ms);
+CREATE INDEX IF NOT EXISTS calls_durations ON calls(duration, created_at, direction, trunk,
+    agent, campaign_id) WHERE status = 'completed';
+CREATE INDEX IF NOT EXISTS calls_quarters ON calls(created_q, status, created_at, direction,
+    trunk, agent, campaign_id, answer_delay, duration);
+CREATE INDEX IF NOT EXISTS calls_recordings ON calls(recording_at) WHERE recording_path IS NOT NULL;
 """
 
 
@@ -97,10 +127,23 @@ class StoredCall:
     hangup_by: str | None = None
     codec: str | None = None
     recording_path: str | None = None
+    latency: dict[str, float] | None = None  # the agent latency figures of call.completed
+    recording_duration: float | None = None
+    recording_bytes: int | None = None
+    recording_at: datetime | None = None  # when call.recording.ready came
+    recording_deleted_at: datetime | None = None
+
+    @property
+    def campaign_id(self) -> str | None:
+        value = self.variables.get("campaign_id")
+        return value if isinstance(value, str) else None
 
 
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredCall))
-_TIME_COLUMNS = frozenset({"created_at", "ringing_at", "answered_at", "ended_at"})
+_TIME_COLUMNS = frozenset(
+    {"created_at", "ringing_at", "answered_at", "ended_at", "recording_at", "recording_deleted_at"}
+)
+_JSON_COLUMNS = frozenset({"variables", "latency"})
 _SORTABLE = frozenset({"created_at", "answered_at", "ended_at", "duration", "status"})
 
 
@@ -123,6 +166,28 @@ class CallFilter:
     number: str | None = None  # matches from_number or to_number
     created_after: datetime | None = None
     created_before: datetime | None = None
+    campaign_id: str | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL `WHERE ...` (or "") and its arguments."""
+        where: list[str] = []
+        args: list[Any] = []
+        for name in ("status", "direction", "trunk", "agent", "from_number", "to_number",
+                     "campaign_id"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                where.append(f"{name}=?")
+                args.append(value)
+        if self.number is not None:
+            where.append("(from_number=? OR to_number=?)")
+            args += [self.number, self.number]
+        if self.created_after is not None:
+            where.append("created_at>=?")
+            args.append(iso_z(self.created_after))
+        if self.created_before is not None:
+            where.append("created_at<?")
+            args.append(iso_z(self.created_before))
+        return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
 def _to_db(name: str, value: Any) -> Any:
@@ -130,7 +195,7 @@ def _to_db(name: str, value: Any) -> Any:
         return None
     if name in _TIME_COLUMNS:
         return iso_z(value)
-    if name == "variables":
+    if name in _JSON_COLUMNS:
         return json.dumps(value, separators=(",", ":"))
     return value
 
@@ -140,9 +205,23 @@ def _from_db(name: str, value: Any) -> Any:
         return None
     if name in _TIME_COLUMNS:
         return datetime.fromisoformat(value)
-    if name == "variables":
+    if name in _JSON_COLUMNS:
         return json.loads(value)
     return value
+
+
+def _derived(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived columns that `values` (a record's fields, or an update's) decide."""
+    out: dict[str, Any] = {}
+    if "variables" in values:
+        campaign = (values["variables"] or {}).get("campaign_id")
+        out["campaign_id"] = campaign if isinstance(campaign, str) else None
+    if "latency" in values:
+        latency = values["latency"] or {}
+        for name in ("response_p50_ms", "response_p95_ms"):
+            figure = latency.get(name)
+            out[name] = float(figure) if isinstance(figure, int | float) else None
+    return out
 
 
 def _record(row: sqlite3.Row) -> StoredCall:
@@ -171,7 +250,29 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._migrate()
+        self._db.executescript(_INDEXES)
+
+    def _migrate(self) -> None:
+        """Bring a file an older version wrote up to SCHEMA_VERSION, in one transaction."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            have = {row["name"] for row in db.execute("PRAGMA table_info(calls)")}
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for column, kind in _MIGRATIONS.get(step, ()):
+                    if column not in have:
+                        db.execute(f"ALTER TABLE calls ADD COLUMN {column} {kind}")
+            if version < 2:  # what the columns v2 derives on write are for the calls before it
+                db.execute(f"UPDATE calls SET created_q = {_QUARTER_SQL}")
+                db.execute(f"UPDATE calls SET answer_delay = {_ANSWER_DELAY_SQL} "
+                           "WHERE answered_at IS NOT NULL")  # fmt: skip
+                db.execute(
+                    "UPDATE calls SET campaign_id = json_extract(variables, '$.campaign_id') "
+                    "WHERE json_type(variables, '$.campaign_id') = 'text'"
+                )
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -187,6 +288,12 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection, held for a few read queries that belong together (analytics)."""
+        with self._lock:
+            yield self._db
 
     # --- node liveness --------------------------------------------------------------------
 
@@ -210,11 +317,17 @@ class Store:
         self, record: StoredCall, events: Event | Sequence[Event] | None = None
     ) -> list[Event]:
         """Insert the call and its first event(s) atomically; returns the events with seq."""
-        values = [_to_db(name, getattr(record, name)) for name in CALL_COLUMNS]
-        marks = ",".join("?" * len(CALL_COLUMNS))
+        row = {name: _to_db(name, getattr(record, name)) for name in CALL_COLUMNS}
+        row |= _derived(vars(record))
+        row["created_q"] = int(record.created_at.timestamp()) // QUARTER_SECONDS
+        marks = ",".join("?" * len(row))
         with self._tx() as db:
             try:
-                db.execute(f"INSERT INTO calls ({','.join(CALL_COLUMNS)}) VALUES ({marks})", values)
+                db.execute(f"INSERT INTO calls ({','.join(row)}) VALUES ({marks})",
+                           list(row.values()))  # fmt: skip
+                if record.answered_at is not None:
+                    db.execute(f"UPDATE calls SET answer_delay = {_ANSWER_DELAY_SQL} WHERE id=?",
+                               (record.id,))  # fmt: skip
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"call {record.id} already exists") from exc
             return self._append(db, _as_list(events), record.id)
@@ -231,8 +344,13 @@ class Store:
             raise StoreError(f"cannot update call columns {sorted(unknown)}")
         with self._tx() as db:
             if changes:
-                sets = ",".join(f"{name}=?" for name in changes)
-                args = [_to_db(name, value) for name, value in changes.items()]
+                row = {name: _to_db(name, value) for name, value in changes.items()}
+                row |= _derived(changes)
+                sets = ",".join(f"{name}=?" for name in row)
+                args = list(row.values())
+                if "answered_at" in changes:  # SET sees the old answered_at: pass the new one
+                    sets += ",answer_delay=(julianday(?) - julianday(created_at)) * 86400.0"
+                    args.append(row["answered_at"])
                 cur = db.execute(f"UPDATE calls SET {sets} WHERE id=?", [*args, call_id])
                 found = cur.rowcount > 0
             else:
@@ -273,23 +391,7 @@ class Store:
         if column not in _SORTABLE:
             raise StoreError(f"cannot sort calls by {sort!r}; use one of {sorted(_SORTABLE)}")
         order = "DESC" if sort.startswith("-") else "ASC"
-        where: list[str] = []
-        args: list[Any] = []
-        for name in ("status", "direction", "trunk", "agent", "from_number", "to_number"):
-            value = getattr(filters, name)
-            if value is not None:
-                where.append(f"{name}=?")
-                args.append(value)
-        if filters.number is not None:
-            where.append("(from_number=? OR to_number=?)")
-            args += [filters.number, filters.number]
-        if filters.created_after is not None:
-            where.append("created_at>=?")
-            args.append(iso_z(filters.created_after))
-        if filters.created_before is not None:
-            where.append("created_at<?")
-            args.append(iso_z(filters.created_before))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, args = filters.where()
         limit = max(limit if limit is not None else per_page, 1)
         offset = max(offset if offset is not None else (max(page, 1) - 1) * limit, 0)
         with self._lock:
