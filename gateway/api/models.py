@@ -218,3 +218,59 @@ class Version(_Response):
     version: str
     node: str
     api: str = "v1"
+
+
+# --- analytics ----------------------------------------------------------------------------
+
+
+class GroupFigures(_Response):
+    id: str | None = Field(description="the trunk, agent or campaign id (null: none recorded)")
+    total: int = Field(ge=0)
+    answered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    answer_rate: float | None = Field(ge=0, le=1, description="answered / total")
+    average_duration: float | None = Field(description="seconds, of the completed calls")
+
+
+class DurationFigures(_Response):
+    average: float | None = Field(description="seconds, of the completed calls")
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class AgentLatency(_Response):
+    calls: int = Field(ge=0, description="completed calls that reported latency figures")
+    average_response_p50_ms: float | None = Field(
+        description="mean of each call's median turn latency (caller stops -> agent audio)"
+    )
+    average_response_p95_ms: float | None
+
+
+class CallAnalytics(_Response):
+    total: int = Field(ge=0)
+    answered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    answer_rate: float | None = Field(ge=0, le=1, description="answered / total")
+    by_status: dict[str, int]
+    by_direction: dict[str, int]
+    by_trunk: list[GroupFigures]
+    by_agent: list[GroupFigures]
+    by_campaign: list[GroupFigures] = Field(description="campaign calls only")
+    duration: DurationFigures
+    average_time_to_answer: float | None = Field(description="seconds, created -> answered")
+    agent_latency: AgentLatency
+
+
+class CallBucket(_Response):
+    start: str = Field(description="ISO 8601 in the requested time zone, with its offset")
+    total: int = Field(ge=0)
+    answered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    average_duration: float | None = Field(description="seconds, of the completed calls")
+
+
+class CallBuckets(_Response):
+    unit: Literal["hour", "day"]
+    timezone: str
+    buckets: list[CallBucket] = Field(description="in order; hours or days with no calls left out")
