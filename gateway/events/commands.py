@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -129,6 +130,25 @@ class Reload(_Args):
     """Read the config file again (as SIGHUP does); no arguments."""
 
 
+class RecordingOf(_Args):
+    """recording.get and recording.delete: the call whose recording it is."""
+
+    call_id: CallId
+
+
+class RecordingList(_Args):
+    """recording.list: the filters and slice of GET /v1/recordings."""
+
+    trunk: ConfigId | None = None
+    agent: ConfigId | None = None
+    call_id: CallId | None = None
+    campaign_id: StrictStr | None = Field(None, min_length=1, max_length=64)
+    date_from: AwareDatetime | None = None
+    date_to: AwareDatetime | None = None
+    skip: int = Field(0, ge=0)
+    limit: int = Field(20, ge=1, le=100)
+
+
 def invalid(name: str, exc: ValidationError) -> CommandError:
     """A command's arguments that failed validation, as the API's invalid_parameter."""
     details = validation_details(exc.errors(include_url=False), hints=PATTERN_HINTS)
@@ -139,6 +159,8 @@ def invalid(name: str, exc: ValidationError) -> CommandError:
 _ARGS: dict[str, type[_Args]] = {
     "call.originate": Originate, "call.hangup": Hangup, "call.transfer": Transfer,
     "call.send_dtmf": SendDtmf, "node.reload": Reload,
+    "recording.get": RecordingOf, "recording.list": RecordingList,
+    "recording.delete": RecordingOf,
 }  # fmt: skip
 
 

@@ -200,6 +200,15 @@ class RecordingReady(EventData):
     bytes: int = Field(ge=0)
 
 
+class RecordingDeleted(EventData):
+    """The call's WAV was deleted: by a request (API, MQTT) or by `recording.retention_days`."""
+
+    event_type: ClassVar[str] = "call.recording.deleted"
+    path: str
+    bytes: int | None = Field(default=None, ge=0)
+    reason: Literal["request", "retention"]
+
+
 class CallQuality(EventData):
     event_type: ClassVar[str] = "call.quality"
     mos: float | None = Field(default=None, ge=1, le=5)
@@ -287,7 +296,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
     for m in (
         CallIncoming, CallPlaced, CallRinging, CallAnswered, CallCompleted, CallFailed,
         CallDtmf, CallSpeechStarted, CallSpeechStopped, AgentConnected, AgentDisconnected,
-        RecordingReady, CallQuality, CallTransfer,
+        RecordingReady, RecordingDeleted, CallQuality, CallTransfer,
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
         NodeConfigReloaded, NodeConfigRejected,
         CampaignStarted, CampaignPaused, CampaignResumed, CampaignCompleted, CampaignStopped,

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -167,6 +167,8 @@ class CallFilter:
     created_after: datetime | None = None
     created_before: datetime | None = None
     campaign_id: str | None = None
+    call_id: str | None = None
+    with_recording: bool = False  # only calls whose recording is there (not deleted)
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL `WHERE ...` (or "") and its arguments."""
@@ -178,6 +180,11 @@ class CallFilter:
             if value is not None:
                 where.append(f"{name}=?")
                 args.append(value)
+        if self.call_id is not None:
+            where.append("id=?")
+            args.append(self.call_id)
+        if self.with_recording:
+            where.append("recording_path IS NOT NULL")
         if self.number is not None:
             where.append("(from_number=? OR to_number=?)")
             args += [self.number, self.number]
@@ -272,6 +279,8 @@ class Store:
                     "UPDATE calls SET campaign_id = json_extract(variables, '$.campaign_id') "
                     "WHERE json_type(variables, '$.campaign_id') = 'text'"
                 )
+                db.execute("UPDATE calls SET recording_at = coalesce(ended_at, created_at) "
+                           "WHERE recording_path IS NOT NULL")  # fmt: skip
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -402,6 +411,30 @@ class Store:
                 [*args, limit, offset],
             ).fetchall()
         return [_record(r) for r in rows], int(total)
+
+    def list_recordings(
+        self, filters: CallFilter, offset: int = 0, limit: int = 50
+    ) -> tuple[list[StoredCall], int]:
+        """The calls with a recording that `filters` matches, newest recording first."""
+        clause, args = replace(filters, with_recording=True).where()
+        with self._lock:
+            total = self._db.execute(f"SELECT count(*) FROM calls {clause}", args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM calls {clause} ORDER BY recording_at DESC, rowid DESC "
+                "LIMIT ? OFFSET ?",
+                [*args, max(limit, 1), max(offset, 0)],
+            ).fetchall()
+        return [_record(r) for r in rows], int(total)
+
+    def recordings_before(self, before: datetime, limit: int = 100) -> list[StoredCall]:
+        """Calls whose recording was made before `before`, oldest first (for retention)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM calls INDEXED BY calls_recordings WHERE recording_path IS NOT NULL"
+                " AND recording_at < ? ORDER BY recording_at LIMIT ?",
+                (iso_z(before), limit),
+            ).fetchall()
+        return [_record(r) for r in rows]
 
     # --- events and the outbox -------------------------------------------------------------
 
