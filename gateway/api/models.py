@@ -274,3 +274,24 @@ class CallBuckets(_Response):
     unit: Literal["hour", "day"]
     timezone: str
     buckets: list[CallBucket] = Field(description="in order; hours or days with no calls left out")
+
+
+# --- recordings ---------------------------------------------------------------------------
+
+
+class Recording(_Response):
+    call_id: str
+    created_at: str | None = Field(description="ISO 8601 UTC: when the recording was finished")
+    duration: float | None = Field(description="seconds")
+    bytes: int | None = Field(description="size of the file")
+    channels: int | None = Field(description="2: the caller left, the agent right")
+    sample_rate: int | None = Field(description="Hz")
+    bits_per_sample: int | None
+    format: str | None = Field(examples=["wav/pcm_s16le"])
+    available: bool = Field(description="false once the file is deleted or missing")
+    url: str | None = Field(description="where to download it (Range supported)")
+    direction: Direction
+    trunk: str | None
+    agent: str | None
+    campaign_id: str | None
+    deleted_at: str | None = Field(description="ISO 8601 UTC, once deleted")

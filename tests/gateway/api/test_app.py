@@ -655,6 +655,66 @@ def test_recording_missing_is_404(client: TestClient, node: FakeNode, tmp_path: 
         )
 
 
+def finished_recording(node: FakeNode, call_id: str, path: Path) -> int:
+    write_wav(path)
+    size = path.stat().st_size
+    node.event(ev.RecordingFinished(call_id=call_id, path=str(path), duration=1.0, bytes=size))
+    return size
+
+
+def test_recordings_list_metadata_audio_and_delete(
+    client: TestClient, node: FakeNode, tmp_path: Path
+) -> None:
+    ids = [originate(client, variables={"campaign_id": "cmp_r"} if i else {}).json()["data"]["id"]
+           for i in range(3)]  # fmt: skip
+    sizes = [finished_recording(node, call_id, tmp_path / f"{call_id}.wav") for call_id in ids]
+    listed = client.get("/v1/recordings?limit=2", headers=AUTH).json()
+    assert listed["meta"] == {"total": 3, "page": 1, "per_page": 2, "skip": 0, "limit": 2}
+    assert [r["call_id"] for r in listed["data"]] == [ids[2], ids[1]]
+    by_campaign = client.get("/v1/recordings?campaign_id=cmp_r", headers=AUTH).json()
+    assert {r["call_id"] for r in by_campaign["data"]} == set(ids[1:])
+    assert client.get(f"/v1/recordings?call_id={ids[0]}", headers=AUTH).json()["meta"]["total"] == 1
+    one = client.get(f"/v1/recordings/{ids[0]}", headers=AUTH).json()["data"]
+    assert (one["bytes"], one["channels"], one["sample_rate"], one["format"]) == (
+        sizes[0], 2, 8000, "wav/pcm_s16le")  # fmt: skip
+    assert one["duration"] == 1.0 and one["trunk"] == "carrier" and one["available"] is True
+    audio = client.get(one["url"], headers={**AUTH, "Range": "bytes=0-3"})
+    assert audio.status_code == 206 and audio.content == b"RIFF"
+    gone = client.delete(f"/v1/recordings/{ids[0]}", headers=AUTH)
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["data"]["available"] is False and gone.json()["data"]["deleted_at"]
+    assert not (tmp_path / f"{ids[0]}.wav").exists()
+    events = client.get(f"/v1/calls/{ids[0]}/events", headers=AUTH).json()["data"]
+    assert events[-1]["type"] == "call.recording.deleted"
+    assert events[-1]["data"] == {"path": str(tmp_path / f"{ids[0]}.wav"), "bytes": sizes[0],
+                                  "reason": "request"}  # fmt: skip
+    for url in (f"/v1/recordings/{ids[0]}", f"/v1/recordings/{ids[0]}/audio",
+                f"/v1/calls/{ids[0]}/recording"):  # fmt: skip
+        error(client.get(url, headers=AUTH), 404, "resource_not_found")
+    error(client.delete(f"/v1/recordings/{ids[0]}", headers=AUTH), 404, "resource_not_found")
+    assert client.get("/v1/recordings", headers=AUTH).json()["meta"]["total"] == 2
+    assert client.get(f"/v1/calls/{ids[0]}", headers=AUTH).json()["data"]["recording_url"] is None
+
+
+async def test_recording_commands_over_mqtt_answer_as_the_api(
+    node: FakeNode, tmp_path: Path
+) -> None:
+    add_call(node, "call_" + "e" * 24)
+    finished_recording(node, "call_" + "e" * 24, tmp_path / "e.wav")
+    got = await node.command("recording.get", {"call_id": "call_" + "e" * 24})
+    assert got["channels"] == 2
+    listed = await node.command("recording.list", {"limit": 5})
+    assert listed["meta"] == {"total": 1, "skip": 0, "limit": 5}
+    deleted = await node.command("recording.delete", {"call_id": "call_" + "e" * 24})
+    assert deleted["available"] is False and not (tmp_path / "e.wav").exists()
+    with pytest.raises(CommandError) as missing:
+        await node.command("recording.get", {"call_id": "call_" + "e" * 24})
+    assert missing.value.code == "resource_not_found"
+    with pytest.raises(CommandError) as bad:
+        await node.command("recording.list", {"limit": 500})
+    assert bad.value.code == "invalid_parameter"
+
+
 def test_byte_range_parsing() -> None:
     assert byte_range(None, 100) is None
     assert byte_range("bytes=0-0", 100) == (0, 0)
@@ -1118,6 +1178,7 @@ def test_openapi_document_validates_and_matches_responses(
     node.worker.exited.set()
     check("GET", "/health", "/health")
     exercise_campaigns(check)
+    exercise_recordings(check, node, tmp_path)
     for path in ("/v1/analytics/calls", "/v1/analytics/calls/hourly", "/v1/analytics/calls/daily"):
         check("GET", f"{path}?trunk=carrier", path, headers=AUTH)
         check("GET", f"{path}?date_from=yesterday", path, headers=AUTH)
@@ -1141,6 +1202,8 @@ def test_openapi_document_validates_and_matches_responses(
         "/v1/calls/{call_id}",
         "/v1/calls/{call_id}/hangup",
         "/v1/calls/{call_id}/recording",
+        "/v1/recordings/{call_id}",
+        "/v1/recordings/{call_id}/audio",
         "/v1/trunks/{trunk_id}",
     }
     assert {("/v1/calls", "post", "401"), ("/v1/calls", "post", "429")} <= seen
@@ -1215,6 +1278,25 @@ def test_a_reload_answers_what_changed_or_each_problem_of_a_refused_file(
     details = refused.json()["error"]["details"]
     assert [d["message"] for d in details] == node.reload_problems
     assert client.post("/v1/node/reload").status_code == 401
+
+
+def exercise_recordings(check: Callable[..., httpx.Response], node: FakeNode, tmp: Path) -> None:
+    """Every documented answer of /v1/recordings, once (the OpenAPI test's part)."""
+    call_id = "call_" + "f" * 24
+    add_call(node, call_id)
+    finished_recording(node, call_id, tmp / "f.wav")
+    root, one = "/v1/recordings", "/v1/recordings/{call_id}"
+    check("GET", root, root, headers=AUTH)
+    check("GET", f"{root}?page=1&skip=1", root, headers=AUTH)
+    check("GET", f"{root}/{call_id}", one, headers=AUTH)
+    check("GET", f"{root}/call_nope", one, headers=AUTH)
+    audio = one + "/audio"
+    check("GET", f"{root}/{call_id}/audio", audio, headers=AUTH)
+    check("GET", f"{root}/{call_id}/audio", audio, headers={**AUTH, "Range": "bytes=0-1"})
+    check("GET", f"{root}/{call_id}/audio", audio, headers={**AUTH, "Range": "bytes=99999999-"})
+    check("GET", f"{root}/call_nope/audio", audio, headers=AUTH)
+    check("DELETE", f"{root}/{call_id}", one, headers=AUTH)
+    check("DELETE", f"{root}/{call_id}", one, headers=AUTH)  # 404: deleted already
 
 
 def exercise_campaigns(check: Callable[..., httpx.Response]) -> None:
