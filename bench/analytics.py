@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -81,7 +82,8 @@ def generate(store: Store, rows: int, days: int, seed: int = 7) -> None:
                 z(answered), z(ended), duration, status, campaign, latency,
                 int(created.timestamp()) // QUARTER_SECONDS, delay, p50, p95)  # fmt: skip
 
-    with store.reading() as db:
+    db = sqlite3.connect(store.path, isolation_level=None)
+    try:
         db.execute("BEGIN")
         db.executemany(
             "INSERT INTO calls (id, direction, trunk, from_number, to_number, agent, variables, "
@@ -92,6 +94,8 @@ def generate(store: Store, rows: int, days: int, seed: int = 7) -> None:
         )
         db.execute("COMMIT")
         db.execute("ANALYZE")
+    finally:
+        db.close()
 
 
 def queries(store: Store, days: int) -> dict[str, Callable[[], Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,17 @@ def test_a_version_1_file_is_migrated_in_place(tmp_path: Path) -> None:
     assert record is not None and record.latency is None and record.recording_bytes is None
     store.close()
     Store(str(path)).close()  # opening it again changes nothing
+
+
+def test_a_long_analytics_read_holds_up_no_write(store: Store) -> None:
+    call(store, 1, T0)
+    with store.reading() as db:
+        db.execute("BEGIN")
+        assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 1  # a read snapshot
+        writer = threading.Thread(target=call, args=(store, 2, T0))
+        writer.start()
+        writer.join(2)
+        assert not writer.is_alive()  # the ledger's writes go on meanwhile
+        assert db.execute("SELECT count(*) FROM calls").fetchone()[0] == 1  # the same snapshot
+        db.execute("COMMIT")
+    assert analytics.summary(store, CallFilter())["total"] == 2
