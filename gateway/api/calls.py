@@ -93,7 +93,7 @@ def call_out(node: ApiNode, record: StoredCall, **extra: Any) -> Call:
         "answered_at": iso(record.answered_at), "ended_at": iso(record.ended_at),
         "duration": record.duration, "billable_seconds": record.billable_seconds,
         "end_reason": record.end_reason, "sip_code": record.sip_code,
-        "hangup_by": record.hangup_by, "codec": record.codec,
+        "hangup_by": record.hangup_by, "codec": record.codec, "latency": record.latency,
         "recording_url": f"/v1/calls/{record.id}/recording"
         if recording_file(node, record) else None,
         **extra,

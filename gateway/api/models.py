@@ -117,6 +117,9 @@ class Call(_Response):
     sip_code: int | None = None
     hangup_by: str | None = None
     codec: str | None = None
+    latency: dict[str, float] | None = Field(
+        None, description="agent latency figures of call.completed (ms), e.g. response_p50_ms"
+    )
     recording_url: str | None = Field(None, description="path of the WAV, when there is one")
     replayed: bool | None = Field(None, description="true when an Idempotency-Key replayed")
 

@@ -560,6 +560,8 @@ def test_analytics_over_calls_the_ledger_recorded(client: TestClient, node: Fake
     assert [(c["id"], c["total"]) for c in got["by_campaign"]] == [("cmp_a", 2)]
     assert got["duration"]["average"] == 5.0 and got["duration"]["p50"] == 4.0
     assert got["agent_latency"]["average_response_p50_ms"] == 500.0
+    one = client.get(f"/v1/calls/{ids[0]}", headers=AUTH).json()["data"]
+    assert one["latency"] == {"response_p50_ms": 500.0, "response_p95_ms": 800.0}
     campaign = client.get(f"/v1/analytics/calls?{query}&campaign_id=cmp_a", headers=AUTH)
     assert campaign.json()["data"]["total"] == 2
     everything = client.get("/v1/analytics/calls?trunk=static", headers=AUTH).json()["data"]
