@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from gateway.store import analytics  # noqa: E402
-from gateway.store.sqlite import QUARTER_SECONDS, CallFilter, Store  # noqa: E402
+from gateway.store.schema import QUARTER_SECONDS  # noqa: E402
+from gateway.store.sqlite import CallFilter, Store  # noqa: E402
 
 TRUNKS = ("carrier-a", "carrier-b", "static")
 AGENTS = ("support", "sales", "echo", "survey", "billing")

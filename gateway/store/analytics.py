@@ -22,7 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from gateway.store.sqlite import QUARTER_SECONDS, CallFilter, Store
+from gateway.store.schema import QUARTER_SECONDS
+from gateway.store.sqlite import CallFilter, Store
 
 PERCENTILES = (50, 90, 99)
 Unit = Literal["hour", "day"]

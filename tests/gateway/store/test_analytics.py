@@ -14,7 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from gateway.store import analytics
-from gateway.store.sqlite import SCHEMA_VERSION, CallFilter, Store, StoredCall
+from gateway.store.schema import SCHEMA_VERSION
+from gateway.store.sqlite import CallFilter, Store, StoredCall
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
