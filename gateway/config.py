@@ -460,6 +460,9 @@ class StorageSettings(Model):
 
 class RecordingSettings(Model):
     enabled: bool = False
+    retention_days: int | None = Field(
+        None, ge=1, description="recordings older than this are deleted (evented); null: kept"
+    )
 
 
 class VadSettings(Model):

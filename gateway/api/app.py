@@ -65,8 +65,10 @@ and recordings, see trunks, numbers and agents, and watch the node's health and 
 def create_app(
     node: ApiNode, settings: ApiSettings, clock: Callable[[], float] = time.time
 ) -> FastAPI:
+    from gateway.api.analytics import router as analytics_router
     from gateway.api.calls import router as calls_router
     from gateway.api.campaigns import router as campaigns_router
+    from gateway.api.recordings import router as recordings_router
     from gateway.api.resources import router as resources_router
     from gateway.api.webhooks import router as webhooks_router
 
@@ -81,6 +83,8 @@ def create_app(
     app.include_router(resources_router)
     app.include_router(campaigns_router)
     app.include_router(webhooks_router)
+    app.include_router(analytics_router)
+    app.include_router(recordings_router)
     _install_errors(app)
     app.add_middleware(BodyLimit, limit=MAX_REQUEST_BYTES)  # inside the guard: auth comes first
     _install_guard(app)

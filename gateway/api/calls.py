@@ -17,15 +17,12 @@ from fastapi.security import HTTPBearer
 from gateway.api.common import (
     SORT_PATTERN,
     ApiNode,
-    PageNumber,
-    PerPage,
+    Pagination,
     QueryDateTime,
     as_utc,
     error_response,
     iso,
-    meta,
     node_of,
-    page_of,
     path_error,
     refuse_unknown_query,
 )  # fmt: skip
@@ -96,7 +93,7 @@ def call_out(node: ApiNode, record: StoredCall, **extra: Any) -> Call:
         "answered_at": iso(record.answered_at), "ended_at": iso(record.ended_at),
         "duration": record.duration, "billable_seconds": record.billable_seconds,
         "end_reason": record.end_reason, "sip_code": record.sip_code,
-        "hangup_by": record.hangup_by, "codec": record.codec,
+        "hangup_by": record.hangup_by, "codec": record.codec, "latency": record.latency,
         "recording_url": f"/v1/calls/{record.id}/recording"
         if recording_file(node, record) else None,
         **extra,
@@ -156,6 +153,7 @@ async def create_call(
 @router.get("", response_model=Page[Call], summary="The call log, newest first by default")
 async def list_calls(
     node: NodeDep,
+    window: Pagination,
     status: CallStatus | None = None,
     direction: Direction | None = None,
     trunk: Annotated[ConfigId | None, Query()] = None,
@@ -166,14 +164,13 @@ async def list_calls(
     date_to: Annotated[QueryDateTime | None, Query(description="created before")] = None,
     sort: Annotated[str, Query(pattern=SORT_PATTERN,
                                description="field, `-` for descending")] = "-created_at",
-    page: PageNumber = 1,
-    per_page: PerPage = 20,
 ) -> Page[Call]:  # fmt: skip
     filters = CallFilter(status=status, direction=direction, trunk=trunk, agent=agent,
                          number=number, created_after=as_utc(date_from),
                          created_before=as_utc(date_to))  # fmt: skip
-    rows, total = node.store.list_calls(filters, page=page, per_page=per_page, sort=sort)
-    return Page[Call](data=[call_out(node, r) for r in rows], meta=meta(total, page, per_page))
+    rows, total = node.store.list_calls(filters, offset=window.skip, limit=window.limit,
+                                        sort=sort)  # fmt: skip
+    return Page[Call](data=[call_out(node, r) for r in rows], meta=window.meta(total))
 
 
 @router.get("/{call_id}", response_model=Data[Call], responses=_NOT_FOUND, summary="One call")
@@ -208,14 +205,14 @@ async def send_dtmf(call_id: str, body: CallDtmfRequest, node: NodeDep) -> Data[
 @router.get("/{call_id}/events", response_model=Page[CallEvent], responses=_NOT_FOUND,
             summary="The call's events, in order (seq)")  # fmt: skip
 async def call_events(
-    call_id: str, node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+    call_id: str, node: NodeDep, window: Pagination
 ) -> Page[CallEvent]:
     _record(node, call_id)
     events = node.store.call_events(call_id)
     items = [
-        CallEvent.model_validate(e.model_dump(mode="json")) for e in page_of(events, page, per_page)
+        CallEvent.model_validate(e.model_dump(mode="json")) for e in window.of(events)
     ]
-    return Page[CallEvent](data=items, meta=meta(len(events), page, per_page))
+    return Page[CallEvent](data=items, meta=window.meta(len(events)))
 
 
 # --- recordings ---------------------------------------------------------------------------

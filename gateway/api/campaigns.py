@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
 from gateway.api.calls import _BODY_ERRORS, _ERRORS
-from gateway.api.common import ApiNode, PageNumber, PerPage, node_of, refuse_unknown_query
+from gateway.api.common import ApiNode, Pagination, node_of, refuse_unknown_query
 from gateway.api.models import Data, ErrorEnvelope, Page
 from gateway.campaigns.model import CampaignSpec, ContactIn
 from gateway.errors import CommandError, detail
@@ -62,16 +62,15 @@ async def create_campaign(
 @router.get("", response_model=Page[View], summary="Campaigns")
 async def list_campaigns(
     node: NodeDep,
+    window: Pagination,
     status: Annotated[str | None, Query(pattern="^(draft|running|paused|completed|stopped)$")]
     = None,
-    page: PageNumber = 1,
-    per_page: PerPage = 20,
 ) -> Page[View]:  # fmt: skip
-    args: dict[str, Any] = {"page": page, "per_page": per_page}
+    args: dict[str, Any] = {"skip": window.skip, "limit": window.limit}
     if status:
         args["status"] = status
     result = await node.command("campaign.list", args)
-    return Page[View].model_validate({"data": result["items"], "meta": result["meta"]})
+    return Page[View](data=result["items"], meta=window.meta(result["meta"]["total"]))
 
 
 @router.get("/{campaign_id}", response_model=Data[View], responses=_NOT_FOUND,
@@ -112,15 +111,15 @@ async def campaign_stats(campaign_id: str, node: NodeDep) -> Data[View]:
 async def campaign_contacts(
     campaign_id: str,
     node: NodeDep,
+    window: Pagination,
     status: Annotated[str | None, Query(pattern="^(pending|in_progress|done)$")] = None,
-    page: PageNumber = 1,
-    per_page: PerPage = 20,
 ) -> Page[View]:
-    args: dict[str, Any] = {"campaign_id": campaign_id, "page": page, "per_page": per_page}
+    args: dict[str, Any] = {"campaign_id": campaign_id, "skip": window.skip,
+                            "limit": window.limit}  # fmt: skip
     if status:
         args["status"] = status
     result = await node.command("campaign.contacts", args)
-    return Page[View].model_validate({"data": result["items"], "meta": result["meta"]})
+    return Page[View](data=result["items"], meta=window.meta(result["meta"]["total"]))
 
 
 @router.post("/{campaign_id}/contacts", response_model=Data[View],

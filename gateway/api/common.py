@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
-from fastapi import Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
@@ -177,17 +178,57 @@ def refuse_unknown_query(request: Request) -> None:
 
 # --- pagination and times -----------------------------------------------------------------
 
-PageNumber = Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
-PerPage = Annotated[int, Query(ge=1, le=MAX_PER_PAGE, description="items per page (max 100)")]
+MAX_SKIP = MAX_PAGE * MAX_PER_PAGE
 
 
-def meta(total: int, page: int, per_page: int) -> Meta:
-    return Meta(total=total, page=page, per_page=per_page)
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Which slice of a list a request asked for, said either way: `page`/`per_page` or
+    `skip`/`limit`. Routes take it as one dependency (`Pagination`) and answer `meta` both ways."""
+
+    skip: int = 0
+    limit: int = DEFAULT_PER_PAGE
+
+    @property
+    def page(self) -> int:
+        """The 1-based page the first item is on (with skip a multiple of limit, exact)."""
+        return self.skip // self.limit + 1
+
+    def meta(self, total: int) -> Meta:
+        return Meta(total=total, page=self.page, per_page=self.limit, skip=self.skip,
+                    limit=self.limit)  # fmt: skip
+
+    def of(self, items: Sequence[T]) -> list[T]:
+        return list(items[self.skip : self.skip + self.limit])
 
 
-def page_of(items: Sequence[T], page: int, per_page: int) -> list[T]:
-    start = (page - 1) * per_page
-    return list(items[start : start + per_page])
+def pagination(
+    page: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="1-based page number")]
+    = None,
+    per_page: Annotated[int | None, Query(ge=1, le=MAX_PER_PAGE,
+                                          description="items per page (max 100)")] = None,
+    skip: Annotated[int | None, Query(ge=0, le=MAX_SKIP,
+                                      description="items to skip (instead of page)")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PER_PAGE,
+                                       description="items to return, max 100 "
+                                       "(instead of per_page)")] = None,
+) -> Window:  # fmt: skip
+    """page/per_page or skip/limit, never both (a 422 naming the parameters of each way)."""
+    paged = {name: v for name, v in (("page", page), ("per_page", per_page)) if v is not None}
+    offset = {name: v for name, v in (("skip", skip), ("limit", limit)) if v is not None}
+    if paged and offset:
+        message = "use page/per_page or skip/limit, not both"
+        raise RequestValidationError([
+            {"type": "pagination_mixed", "loc": ("query", name), "msg": message, "input": value}
+            for name, value in {**paged, **offset}.items()
+        ])  # fmt: skip
+    if offset:
+        return Window(skip=skip or 0, limit=limit or DEFAULT_PER_PAGE)
+    size = per_page or DEFAULT_PER_PAGE
+    return Window(skip=((page or 1) - 1) * size, limit=size)
+
+
+Pagination = Annotated[Window, Depends(pagination)]
 
 
 def iso(value: datetime | float | None) -> str | None:

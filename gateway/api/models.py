@@ -61,9 +61,13 @@ class Data(_Response, Generic[T]):
 
 
 class Meta(_Response):
+    """The slice served, said both ways: page/per_page and skip/limit."""
+
     total: int = Field(ge=0)
     page: int = Field(ge=1)
     per_page: int = Field(ge=1, le=100)
+    skip: int = Field(ge=0)
+    limit: int = Field(ge=1, le=100)
 
 
 class Page(_Response, Generic[T]):
@@ -121,6 +125,9 @@ class Call(_Response):
     sip_code: int | None = None
     hangup_by: str | None = None
     codec: str | None = None
+    latency: dict[str, float] | None = Field(
+        None, description="agent latency figures of call.completed (ms), e.g. response_p50_ms"
+    )
     recording_url: str | None = Field(None, description="path of the WAV, when there is one")
     replayed: bool | None = Field(None, description="true when an Idempotency-Key replayed")
 
@@ -222,3 +229,80 @@ class Version(_Response):
     version: str
     node: str
     api: str = "v1"
+
+
+# --- analytics ----------------------------------------------------------------------------
+
+
+class GroupFigures(_Response):
+    id: str | None = Field(description="the trunk, agent or campaign id (null: none recorded)")
+    total: int = Field(ge=0)
+    answered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    answer_rate: float | None = Field(ge=0, le=1, description="answered / total")
+    average_duration: float | None = Field(description="seconds, of the completed calls")
+
+
+class DurationFigures(_Response):
+    average: float | None = Field(description="seconds, of the completed calls")
+    p50: float | None
+    p90: float | None
+    p99: float | None
+
+
+class AgentLatency(_Response):
+    calls: int = Field(ge=0, description="completed calls that reported latency figures")
+    average_response_p50_ms: float | None = Field(
+        description="mean of each call's median turn latency (caller stops -> agent audio)"
+    )
+    average_response_p95_ms: float | None
+
+
+class CallAnalytics(_Response):
+    total: int = Field(ge=0)
+    answered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    answer_rate: float | None = Field(ge=0, le=1, description="answered / total")
+    by_status: dict[str, int]
+    by_direction: dict[str, int]
+    by_trunk: list[GroupFigures]
+    by_agent: list[GroupFigures]
+    by_campaign: list[GroupFigures] = Field(description="campaign calls only")
+    duration: DurationFigures
+    average_time_to_answer: float | None = Field(description="seconds, created -> answered")
+    agent_latency: AgentLatency
+
+
+class CallBucket(_Response):
+    start: str = Field(description="ISO 8601 in the requested time zone, with its offset")
+    total: int = Field(ge=0)
+    answered: int = Field(ge=0)
+    failed: int = Field(ge=0)
+    average_duration: float | None = Field(description="seconds, of the completed calls")
+
+
+class CallBuckets(_Response):
+    unit: Literal["hour", "day"]
+    timezone: str
+    buckets: list[CallBucket] = Field(description="in order; hours or days with no calls left out")
+
+
+# --- recordings ---------------------------------------------------------------------------
+
+
+class Recording(_Response):
+    call_id: str
+    created_at: str | None = Field(description="ISO 8601 UTC: when the recording was finished")
+    duration: float | None = Field(description="seconds")
+    bytes: int | None = Field(description="size of the file")
+    channels: int | None = Field(description="2: the caller left, the agent right")
+    sample_rate: int | None = Field(description="Hz")
+    bits_per_sample: int | None
+    format: str | None = Field(examples=["wav/pcm_s16le"])
+    available: bool = Field(description="false once the file is deleted or missing")
+    url: str | None = Field(description="where to download it (Range supported)")
+    direction: Direction
+    trunk: str | None
+    agent: str | None
+    campaign_id: str | None
+    deleted_at: str | None = Field(description="ISO 8601 UTC, once deleted")

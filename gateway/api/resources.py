@@ -15,12 +15,9 @@ from fastapi.security import HTTPBearer
 from gateway.api.calls import _ERRORS
 from gateway.api.common import (
     ApiNode,
-    PageNumber,
-    PerPage,
+    Pagination,
     iso,
-    meta,
     node_of,
-    page_of,
     path_error,
     refuse_unknown_query,
     trunk_states,
@@ -72,12 +69,11 @@ def agent_view(agent: Agent) -> AgentView:
     summary="Trunks with registration state, last code, next retry, calls and limits",
 )
 async def list_trunks(
-    node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+    node: NodeDep, window: Pagination
 ) -> Page[TrunkView]:
     states = trunk_states(node)
     trunks = [trunk_view(t, states.get(t.id, {})) for t in node.config.trunks]
-    return Page[TrunkView](data=page_of(trunks, page, per_page),
-                           meta=meta(len(trunks), page, per_page))  # fmt: skip
+    return Page[TrunkView](data=window.of(trunks), meta=window.meta(len(trunks)))
 
 
 @router.get(
@@ -101,7 +97,7 @@ async def get_trunk(trunk_id: str, node: NodeDep) -> Data[TrunkView]:
     summary="Phone numbers and the agents they route to",
 )
 async def list_numbers(
-    node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+    node: NodeDep, window: Pagination
 ) -> Page[NumberView]:
     numbers = [
         NumberView(
@@ -113,8 +109,7 @@ async def list_numbers(
         )
         for n in node.config.numbers
     ]
-    return Page[NumberView](data=page_of(numbers, page, per_page),
-                            meta=meta(len(numbers), page, per_page))  # fmt: skip
+    return Page[NumberView](data=window.of(numbers), meta=window.meta(len(numbers)))
 
 
 @router.get(
@@ -124,11 +119,10 @@ async def list_numbers(
     summary="Agents (header values and URL credentials are never shown)",
 )
 async def list_agents(
-    node: NodeDep, page: PageNumber = 1, per_page: PerPage = 20
+    node: NodeDep, window: Pagination
 ) -> Page[AgentView]:
     agents = [agent_view(a) for a in node.config.agents]
-    return Page[AgentView](data=page_of(agents, page, per_page),
-                           meta=meta(len(agents), page, per_page))  # fmt: skip
+    return Page[AgentView](data=window.of(agents), meta=window.meta(len(agents)))
 
 
 @router.post(

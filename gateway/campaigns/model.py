@@ -23,13 +23,19 @@ from pydantic import (
     Field,
     StrictBool,
     StrictFloat,
-    StrictInt,
     StrictStr,
     field_validator,
     model_validator,
 )
 
-from gateway.events.commands import AmdRequest, ConfigId, E164Number, Variables
+from gateway.events.commands import (
+    AmdRequest,
+    ConfigId,
+    E164Number,
+    JsonInt,
+    RingTimeout,
+    Variables,
+)
 
 MAX_CONTACTS_INLINE = 1000  # in the create request (a 64 KiB body); more by CSV upload
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -83,14 +89,14 @@ TimeZone = Annotated[StrictStr, Field(max_length=64, examples=["America/New_York
 
 
 class Pacing(_Model):
-    max_concurrent: StrictInt = Field(1, ge=1, le=10_000, description="calls up at once, at most")
+    max_concurrent: JsonInt = Field(1, ge=1, le=10_000, description="calls up at once, at most")
     calls_per_second: StrictFloat = Field(
         1.0, gt=0, le=1000, description="new calls per second, at most (never in bursts)"
     )
 
 
 class Retries(_Model):
-    max_attempts: StrictInt = Field(1, ge=1, le=20, description="calls per contact, at most")
+    max_attempts: JsonInt = Field(1, ge=1, le=20, description="calls per contact, at most")
     retry_delay: StrictFloat = Field(
         300.0, ge=0, le=7 * 86400, description="seconds between attempts"
     )
@@ -167,7 +173,7 @@ class CampaignSpec(_Model):
     retries: Retries = Field(default_factory=Retries)
     window: Window = Field(default_factory=Window)
     amd: Amd = Field(default_factory=Amd)
-    ring_timeout: StrictInt | None = Field(None, ge=1, le=600)
+    ring_timeout: RingTimeout | None = None
     variables: Variables = Field(default_factory=dict, description="for every contact's call")
 
 

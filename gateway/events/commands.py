@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -82,6 +83,8 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
+# An integer as JSON Schema says one (30 or 30.0); bounds go in the field's Field(...).
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 # The bounds come before the validator, so the JSON schema keeps them (minimum/maximum).
 RingTimeout = Annotated[
     int, Field(ge=1, le=600, description="seconds"), BeforeValidator(_json_integer)
@@ -132,7 +135,8 @@ SipHeaders = Annotated[
     ],
     Field(max_length=MAX_SIP_HEADERS,
           description=f"X- headers for the INVITE (at most {MAX_SIP_HEADERS}; names X-..., "
-          "values of one line)"),
+          "values of one line)",
+          json_schema_extra={"additionalProperties": False}),  # only the names of the pattern
 ]  # fmt: skip
 
 
@@ -170,6 +174,25 @@ class Reload(_Args):
     """Read the config file again (as SIGHUP does); no arguments."""
 
 
+class RecordingOf(_Args):
+    """recording.get and recording.delete: the call whose recording it is."""
+
+    call_id: CallId
+
+
+class RecordingList(_Args):
+    """recording.list: the filters and slice of GET /v1/recordings."""
+
+    trunk: ConfigId | None = None
+    agent: ConfigId | None = None
+    call_id: CallId | None = None
+    campaign_id: StrictStr | None = Field(None, min_length=1, max_length=64)
+    date_from: AwareDatetime | None = None
+    date_to: AwareDatetime | None = None
+    skip: int = Field(0, ge=0)
+    limit: int = Field(20, ge=1, le=100)
+
+
 def invalid(name: str, exc: ValidationError) -> CommandError:
     """A command's arguments that failed validation, as the API's invalid_parameter."""
     details = validation_details(exc.errors(include_url=False), hints=PATTERN_HINTS)
@@ -180,6 +203,8 @@ def invalid(name: str, exc: ValidationError) -> CommandError:
 _ARGS: dict[str, type[_Args]] = {
     "call.originate": Originate, "call.hangup": Hangup, "call.transfer": Transfer,
     "call.send_dtmf": SendDtmf, "node.reload": Reload,
+    "recording.get": RecordingOf, "recording.list": RecordingList,
+    "recording.delete": RecordingOf,
 }  # fmt: skip
 
 

@@ -203,6 +203,15 @@ class RecordingReady(EventData):
     bytes: int = Field(ge=0)
 
 
+class RecordingDeleted(EventData):
+    """The call's WAV was deleted: by a request (API, MQTT) or by `recording.retention_days`."""
+
+    event_type: ClassVar[str] = "call.recording.deleted"
+    path: str
+    bytes: int | None = Field(default=None, ge=0)
+    reason: Literal["request", "retention"]
+
+
 class CallQuality(EventData):
     event_type: ClassVar[str] = "call.quality"
     mos: float | None = Field(default=None, ge=1, le=5)
@@ -317,7 +326,7 @@ DATA_MODELS: dict[str, type[EventData]] = {
     for m in (
         CallIncoming, CallPlaced, CallRinging, CallAnswered, CallCompleted, CallFailed,
         CallDtmf, CallSpeechStarted, CallSpeechStopped, AgentConnected, AgentDisconnected,
-        RecordingReady, CallQuality, CallTransfer, CallAmd,
+        RecordingReady, RecordingDeleted, CallQuality, CallTransfer, CallAmd,
         TrunkRegistered, TrunkUnregistered, TrunkRegistrationFailed,
         NodeConfigReloaded, NodeConfigRejected,
         CampaignStarted, CampaignPaused, CampaignResumed, CampaignCompleted, CampaignStopped,

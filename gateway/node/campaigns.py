@@ -322,16 +322,33 @@ class _CampaignId(_Args):
     campaign_id: StrictStr = Field(min_length=1, max_length=64)
 
 
-class _ListArgs(_Args):
+class _Slice(_Args):
+    """page/per_page, or skip/limit (which win when given), as the HTTP API takes them."""
+
+    page: int = Field(1, ge=1)
+    per_page: int = Field(20, ge=1, le=MAX_PAGE)
+    skip: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1, le=MAX_PAGE)
+
+    def window(self) -> tuple[int, int]:
+        """(offset, limit) of the slice asked for."""
+        limit = self.limit if self.limit is not None else self.per_page
+        skip = self.skip if self.skip is not None else (self.page - 1) * limit
+        return skip, limit
+
+    def meta(self, total: int) -> dict[str, int]:
+        skip, limit = self.window()
+        return {"total": total, "page": skip // limit + 1, "per_page": limit, "skip": skip,
+                "limit": limit}  # fmt: skip
+
+
+class _ListArgs(_Slice):
     status: CampaignStatus | None = None
-    page: int = Field(1, ge=1)
-    per_page: int = Field(20, ge=1, le=MAX_PAGE)
 
 
-class _ContactsArgs(_CampaignId):
+class _ContactsArgs(_Slice):
+    campaign_id: StrictStr = Field(min_length=1, max_length=64)
     status: Literal["pending", "in_progress", "done"] | None = None
-    page: int = Field(1, ge=1)
-    per_page: int = Field(20, ge=1, le=MAX_PAGE)
 
 
 class _AddContacts(_CampaignId):
@@ -372,20 +389,18 @@ class CampaignOperations:
         if op == "list":
             args = _parse(_ListArgs, name, raw)
             campaigns = self.store.campaigns(None if args.status is None else args.status.value)
-            start = (args.page - 1) * args.per_page
-            page = campaigns[start : start + args.per_page]
+            start, limit = args.window()
+            page = campaigns[start : start + limit]
             return {"items": [campaign_view(self.store, c) for c in page],
-                    "meta": {"total": len(campaigns), "page": args.page,
-                             "per_page": args.per_page}}  # fmt: skip
+                    "meta": args.meta(len(campaigns))}  # fmt: skip
         if op == "contacts":
             cargs = _parse(_ContactsArgs, name, raw)
             self._campaign(cargs.campaign_id)
-            offset = (cargs.page - 1) * cargs.per_page
-            contacts, total = self.store.contacts(cargs.campaign_id, cargs.status, offset,
-                                                  cargs.per_page)  # fmt: skip
+            offset, limit = cargs.window()
+            contacts, total = self.store.contacts(cargs.campaign_id, cargs.status, offset, limit)
             return {
                 "items": [contact_view(self.store, c) for c in contacts],
-                "meta": {"total": total, "page": cargs.page, "per_page": cargs.per_page},
+                "meta": cargs.meta(total),
             }
         if op == "add_contacts":
             add = _parse(_AddContacts, name, raw)

@@ -198,7 +198,7 @@ class Ledger:
             latency=event.latency,
         )
         fields = {"status": "completed", "ended_at": _utc(ts), "duration": event.duration,
-                  "billable_seconds": billable}  # fmt: skip
+                  "billable_seconds": billable, "latency": event.latency or None}  # fmt: skip
         self._end(event, fields, data, ts)
 
     def _failed(self, event: ev.Failed, ts: float) -> None:
@@ -224,9 +224,10 @@ class Ledger:
 
     def _recording(self, event: ev.RecordingFinished, ts: float) -> None:
         data = RecordingReady(path=event.path, duration=event.duration, bytes=event.bytes)
-        self.store.update_call(
-            event.call_id, {"recording_path": data.path}, self._event(data, event.call_id, ts)
-        )
+        fields = {"recording_path": data.path, "recording_duration": data.duration,
+                  "recording_bytes": data.bytes, "recording_at": _utc(ts),
+                  "recording_deleted_at": None}  # fmt: skip
+        self.store.update_call(event.call_id, fields, self._event(data, event.call_id, ts))
 
     def close_orphans(
         self,

@@ -1,6 +1,6 @@
-"""The node's operations (originate, hang up, transfer, send DTMF, reload), one implementation
-shared by MQTT commands and the HTTP API. Arguments are validated by gateway/events/commands.py;
-errors are CommandError."""
+"""The node's operations (originate, hang up, transfer, send DTMF, reload, recordings), one
+implementation shared by MQTT commands and the HTTP API. Arguments are validated by
+gateway/events/commands.py; errors are CommandError."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from gateway.events.commands import (
     SIP_HEADER_NAME,
     Hangup,
     Originate,
+    RecordingList,
+    RecordingOf,
     Reload,
     SendDtmf,
     Transfer,
     parse_args,
-)
+)  # fmt: skip
 from gateway.events.schema import CommandError, new_call_id
+from gateway.store.recordings import delete_recording, recorded_call, recording_view
+from gateway.store.sqlite import CallFilter
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -135,6 +139,15 @@ async def originate(
     }
 
 
+def list_recordings(node: OperationsNode, args: RecordingList) -> dict[str, Any]:
+    filters = CallFilter(trunk=args.trunk, agent=args.agent, call_id=args.call_id,
+                         campaign_id=args.campaign_id, created_after=args.date_from,
+                         created_before=args.date_to)  # fmt: skip
+    rows, total = node.store.list_recordings(filters, args.skip, args.limit)
+    return {"items": [recording_view(r) for r in rows],
+            "meta": {"total": total, "skip": args.skip, "limit": args.limit}}  # fmt: skip
+
+
 def _invalid_field(field: str, message: str, kind: str) -> CommandError:
     return CommandError("invalid_parameter", message,
                         [detail(message, field=field, location="body", type=kind)])  # fmt: skip
@@ -162,4 +175,10 @@ async def run_operation(node: OperationsNode, name: str, raw: dict[str, Any]) ->
         return {"id": parsed.call_id, "digits": digits}
     if isinstance(parsed, Reload):
         return await node.reload()
+    if isinstance(parsed, RecordingOf) and name == "recording.delete":
+        return delete_recording(node.store, node.config.node.id, parsed.call_id)
+    if isinstance(parsed, RecordingOf):
+        return recording_view(recorded_call(node.store, parsed.call_id))
+    if isinstance(parsed, RecordingList):
+        return list_recordings(node, parsed)
     raise AssertionError(f"no implementation of {name}")

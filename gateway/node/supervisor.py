@@ -62,6 +62,7 @@ from gateway.node.pool import WorkerPool
 from gateway.node.ports import check_ports_free
 from gateway.node.reload import plan_reload
 from gateway.node.webhooks import WebhookOperations, sync_config
+from gateway.store.recordings import sweep_recordings
 from gateway.store.sqlite import Store
 from gateway.webhooks.sender import WebhookSender
 from gateway.webhooks.store import Subscription, WebhookStore
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipedge.node")
 
 HEARTBEAT_S = 2.0
+RECORDING_SWEEP_S = 3600.0  # retention is in days: an hour late at most
 FRONT_RESTART_MAX = 30.0
 
 
@@ -257,7 +259,10 @@ class Node:
             return await self.webhooks(name, args)
         from gateway.node.operations import run_operation
 
-        return await run_operation(self, name, args)
+        try:
+            return await run_operation(self, name, args)
+        finally:
+            self._wake_publisher()  # a recording deleted has an event to send
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -332,9 +337,11 @@ class Node:
         heartbeat = asyncio.create_task(self._heartbeat())
         front = asyncio.create_task(self._watch_front())
         campaigns = asyncio.create_task(self.campaign_runner.run(self._stop))
+        sweeper = asyncio.create_task(self._sweep_recordings())
         await self._supervise()
         heartbeat.cancel()
         front.cancel()
+        sweeper.cancel()
         await campaigns  # it ends with _stop: no new campaign call once the node stops
         await self.shutdown()
         return 0
@@ -347,6 +354,22 @@ class Node:
                 self.store.beat(time.time())
             except Exception:  # a full disk must not stop the node; the next beat retries
                 log.exception("event=heartbeat_failed")
+
+    async def _sweep_recordings(self, every: float = RECORDING_SWEEP_S) -> None:
+        """Delete recordings older than `recording.retention_days` (read each time: a reload
+        changes it), at start and then every `every` seconds."""
+        while True:
+            days = self.config.recording.retention_days
+            if days is not None:
+                try:
+                    swept = await asyncio.to_thread(
+                        sweep_recordings, self.store, self.config.node.id, days
+                    )
+                    if swept:
+                        self._wake_publisher()
+                except Exception:  # a bad disk must not stop the node; the next sweep retries
+                    log.exception("event=recording_sweep_failed")
+            await asyncio.sleep(every)
 
     async def _supervise(self) -> None:
         """Until asked to stop: each SIP worker that dies is restarted (gateway/node/pool.py)."""

@@ -13,57 +13,17 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import SipedgeError
 from gateway.events.outbox import OutboxRow
 from gateway.events.schema import Event, iso_z, utc_now
+from gateway.store.schema import ANSWER_DELAY_SQL, QUARTER_SECONDS, migrate
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-SCHEMA_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS calls (
-    id TEXT PRIMARY KEY,
-    direction TEXT NOT NULL,
-    trunk TEXT, from_number TEXT, to_number TEXT, route TEXT, agent TEXT,
-    variables TEXT NOT NULL DEFAULT '{}',
-    sip_call_id TEXT,
-    created_at TEXT NOT NULL, ringing_at TEXT, answered_at TEXT, ended_at TEXT,
-    duration REAL, billable_seconds INTEGER, end_reason TEXT, sip_code INTEGER,
-    hangup_by TEXT, codec TEXT, recording_path TEXT,
-    status TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS calls_created ON calls(created_at);
-CREATE INDEX IF NOT EXISTS calls_status ON calls(status, created_at);
-CREATE TABLE IF NOT EXISTS events (
-    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    call_id TEXT,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    delivered_at TEXT
-);
-CREATE INDEX IF NOT EXISTS events_call_seq ON events(call_id, seq);
-CREATE INDEX IF NOT EXISTS events_undelivered ON events(rowid) WHERE delivered_at IS NULL;
-CREATE TABLE IF NOT EXISTS node_state (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency (
-    key TEXT PRIMARY KEY,
-    request_hash TEXT NOT NULL,
-    call_id TEXT,
-    created_at TEXT NOT NULL
-);
-"""
-
-
 class StoreError(SipedgeError):
     """The store refused a change (unknown call, unknown column, duplicate event id)."""
 
@@ -97,10 +57,23 @@ class StoredCall:
     hangup_by: str | None = None
     codec: str | None = None
     recording_path: str | None = None
+    latency: dict[str, float] | None = None  # the agent latency figures of call.completed
+    recording_duration: float | None = None
+    recording_bytes: int | None = None
+    recording_at: datetime | None = None  # when call.recording.ready came
+    recording_deleted_at: datetime | None = None
+
+    @property
+    def campaign_id(self) -> str | None:
+        value = self.variables.get("campaign_id")
+        return value if isinstance(value, str) else None
 
 
 CALL_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(StoredCall))
-_TIME_COLUMNS = frozenset({"created_at", "ringing_at", "answered_at", "ended_at"})
+_TIME_COLUMNS = frozenset(
+    {"created_at", "ringing_at", "answered_at", "ended_at", "recording_at", "recording_deleted_at"}
+)
+_JSON_COLUMNS = frozenset({"variables", "latency"})
 _SORTABLE = frozenset({"created_at", "answered_at", "ended_at", "duration", "status"})
 
 
@@ -123,6 +96,35 @@ class CallFilter:
     number: str | None = None  # matches from_number or to_number
     created_after: datetime | None = None
     created_before: datetime | None = None
+    campaign_id: str | None = None
+    call_id: str | None = None
+    with_recording: bool = False  # only calls whose recording is there (not deleted)
+
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL `WHERE ...` (or "") and its arguments."""
+        where: list[str] = []
+        args: list[Any] = []
+        for name in ("status", "direction", "trunk", "agent", "from_number", "to_number",
+                     "campaign_id"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None:
+                where.append(f"{name}=?")
+                args.append(value)
+        if self.call_id is not None:
+            where.append("id=?")
+            args.append(self.call_id)
+        if self.with_recording:
+            where.append("recording_path IS NOT NULL")
+        if self.number is not None:
+            where.append("(from_number=? OR to_number=?)")
+            args += [self.number, self.number]
+        if self.created_after is not None:
+            where.append("created_at>=?")
+            args.append(iso_z(self.created_after))
+        if self.created_before is not None:
+            where.append("created_at<?")
+            args.append(iso_z(self.created_before))
+        return (f"WHERE {' AND '.join(where)}" if where else ""), args
 
 
 def _to_db(name: str, value: Any) -> Any:
@@ -130,7 +132,7 @@ def _to_db(name: str, value: Any) -> Any:
         return None
     if name in _TIME_COLUMNS:
         return iso_z(value)
-    if name == "variables":
+    if name in _JSON_COLUMNS:
         return json.dumps(value, separators=(",", ":"))
     return value
 
@@ -140,9 +142,23 @@ def _from_db(name: str, value: Any) -> Any:
         return None
     if name in _TIME_COLUMNS:
         return datetime.fromisoformat(value)
-    if name == "variables":
+    if name in _JSON_COLUMNS:
         return json.loads(value)
     return value
+
+
+def _derived(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived columns that `values` (a record's fields, or an update's) decide."""
+    out: dict[str, Any] = {}
+    if "variables" in values:
+        campaign = (values["variables"] or {}).get("campaign_id")
+        out["campaign_id"] = campaign if isinstance(campaign, str) else None
+    if "latency" in values:
+        latency = values["latency"] or {}
+        for name in ("response_p50_ms", "response_p95_ms"):
+            figure = latency.get(name)
+            out[name] = float(figure) if isinstance(figure, int | float) else None
+    return out
 
 
 def _record(row: sqlite3.Row) -> StoredCall:
@@ -165,15 +181,20 @@ class Store:
         self.prefix = prefix
         self._clock = clock
         self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self._reader: sqlite3.Connection | None = None
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        with self._lock:
+            migrate(self._db)
 
     def close(self) -> None:
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
         with self._lock:
             self._db.close()
 
@@ -187,6 +208,21 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of its own for long reads (analytics: up to a few hundred
+        ms on a million calls), so they hold up no write: WAL readers never block the
+        writer. An in-memory store has only the one connection."""
+        if self.path == ":memory:":
+            with self._lock:
+                yield self._db
+            return
+        with self._read_lock:
+            if self._reader is None:
+                uri = f"{Path(self.path).resolve().as_uri()}?mode=ro"
+                self._reader = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            yield self._reader
 
     # --- node liveness --------------------------------------------------------------------
 
@@ -210,11 +246,17 @@ class Store:
         self, record: StoredCall, events: Event | Sequence[Event] | None = None
     ) -> list[Event]:
         """Insert the call and its first event(s) atomically; returns the events with seq."""
-        values = [_to_db(name, getattr(record, name)) for name in CALL_COLUMNS]
-        marks = ",".join("?" * len(CALL_COLUMNS))
+        row = {name: _to_db(name, getattr(record, name)) for name in CALL_COLUMNS}
+        row |= _derived(vars(record))
+        row["created_q"] = int(record.created_at.timestamp()) // QUARTER_SECONDS
+        marks = ",".join("?" * len(row))
         with self._tx() as db:
             try:
-                db.execute(f"INSERT INTO calls ({','.join(CALL_COLUMNS)}) VALUES ({marks})", values)
+                db.execute(f"INSERT INTO calls ({','.join(row)}) VALUES ({marks})",
+                           list(row.values()))  # fmt: skip
+                if record.answered_at is not None:
+                    db.execute(f"UPDATE calls SET answer_delay = {ANSWER_DELAY_SQL} WHERE id=?",
+                               (record.id,))  # fmt: skip
             except sqlite3.IntegrityError as exc:
                 raise StoreError(f"call {record.id} already exists") from exc
             return self._append(db, _as_list(events), record.id)
@@ -231,8 +273,13 @@ class Store:
             raise StoreError(f"cannot update call columns {sorted(unknown)}")
         with self._tx() as db:
             if changes:
-                sets = ",".join(f"{name}=?" for name in changes)
-                args = [_to_db(name, value) for name, value in changes.items()]
+                row = {name: _to_db(name, value) for name, value in changes.items()}
+                row |= _derived(changes)
+                sets = ",".join(f"{name}=?" for name in row)
+                args = list(row.values())
+                if "answered_at" in changes:  # SET sees the old answered_at: pass the new one
+                    sets += ",answer_delay=(julianday(?) - julianday(created_at)) * 86400.0"
+                    args.append(row["answered_at"])
                 cur = db.execute(f"UPDATE calls SET {sets} WHERE id=?", [*args, call_id])
                 found = cur.rowcount > 0
             else:
@@ -260,8 +307,12 @@ class Store:
         page: int = 1,
         per_page: int = 50,
         sort: str = "-created_at",
+        *,
+        offset: int | None = None,
+        limit: int | None = None,
     ) -> tuple[list[StoredCall], int]:
-        """One page of calls and the total matching `filters`; sort `col` or `-col`."""
+        """One page of calls and the total matching `filters`; sort `col` or `-col`. The slice
+        is `page`/`per_page`, or `offset`/`limit` when given."""
         if isinstance(filters, Mapping):
             filters = CallFilter(**filters)
         filters = filters or CallFilter()
@@ -269,32 +320,41 @@ class Store:
         if column not in _SORTABLE:
             raise StoreError(f"cannot sort calls by {sort!r}; use one of {sorted(_SORTABLE)}")
         order = "DESC" if sort.startswith("-") else "ASC"
-        where: list[str] = []
-        args: list[Any] = []
-        for name in ("status", "direction", "trunk", "agent", "from_number", "to_number"):
-            value = getattr(filters, name)
-            if value is not None:
-                where.append(f"{name}=?")
-                args.append(value)
-        if filters.number is not None:
-            where.append("(from_number=? OR to_number=?)")
-            args += [filters.number, filters.number]
-        if filters.created_after is not None:
-            where.append("created_at>=?")
-            args.append(iso_z(filters.created_after))
-        if filters.created_before is not None:
-            where.append("created_at<?")
-            args.append(iso_z(filters.created_before))
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        page, per_page = max(page, 1), max(per_page, 1)
+        clause, args = filters.where()
+        limit = max(limit if limit is not None else per_page, 1)
+        offset = max(offset if offset is not None else (max(page, 1) - 1) * limit, 0)
         with self._lock:
             total = self._db.execute(f"SELECT count(*) FROM calls {clause}", args).fetchone()[0]
             rows = self._db.execute(
                 f"SELECT * FROM calls {clause} ORDER BY {column} {order}, id {order} "
                 "LIMIT ? OFFSET ?",
-                [*args, per_page, (page - 1) * per_page],
+                [*args, limit, offset],
             ).fetchall()
         return [_record(r) for r in rows], int(total)
+
+    def list_recordings(
+        self, filters: CallFilter, offset: int = 0, limit: int = 50
+    ) -> tuple[list[StoredCall], int]:
+        """The calls with a recording that `filters` matches, newest recording first."""
+        clause, args = replace(filters, with_recording=True).where()
+        with self._lock:
+            total = self._db.execute(f"SELECT count(*) FROM calls {clause}", args).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM calls {clause} ORDER BY recording_at DESC, rowid DESC "
+                "LIMIT ? OFFSET ?",
+                [*args, max(limit, 1), max(offset, 0)],
+            ).fetchall()
+        return [_record(r) for r in rows], int(total)
+
+    def recordings_before(self, before: datetime, limit: int = 100) -> list[StoredCall]:
+        """Calls whose recording was made before `before`, oldest first (for retention)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM calls INDEXED BY calls_recordings WHERE recording_path IS NOT NULL"
+                " AND recording_at < ? ORDER BY recording_at LIMIT ?",
+                (iso_z(before), limit),
+            ).fetchall()
+        return [_record(r) for r in rows]
 
     # --- events and the outbox -------------------------------------------------------------
 

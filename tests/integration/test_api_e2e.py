@@ -122,7 +122,20 @@ def test_calls_through_the_http_api(tmp_path: Path, silent_agent: int) -> None:
             assert wav[:4] == b"RIFF" and wav[8:12] == b"WAVE" and len(wav) > 8000 * 4 * 0.5
             head = api.get(f"/v1/calls/{call_id}/recording", headers={"Range": "bytes=0-43"})
             assert head.status_code == 206 and head.content == wav[:44]
+            meta = api.get(f"/v1/recordings/{call_id}").json()["data"]
+            assert (meta["channels"], meta["bits_per_sample"], meta["bytes"]) == (2, 16, len(wav))
+            assert meta["duration"] >= 1.0 and meta["created_at"].endswith("Z")
+            assert api.get(meta["url"]).content == wav
+            assert api.get("/v1/recordings?skip=0&limit=5").json()["meta"]["total"] == 1
+            figures = api.get("/v1/analytics/calls").json()["data"]
+            assert (figures["total"], figures["answered"]) == (1, 1)
             assert api.post(f"/v1/calls/{call_id}/hangup").status_code == 409
+
+            deleted = api.delete(f"/v1/recordings/{call_id}")
+            assert deleted.status_code == 200 and deleted.json()["data"]["available"] is False
+            assert not Path(str(api.get(f"/v1/calls/{call_id}/events").json()["data"][-1]
+                                ["data"]["path"])).exists()  # fmt: skip
+            assert api.get(f"/v1/calls/{call_id}/recording").status_code == 404
 
             metrics = httpx.get(f"{base}/metrics").text
             assert 'sipedge_calls_total{direction="outbound",result="completed"} 1' in metrics
@@ -152,6 +165,48 @@ def test_calls_through_the_http_api(tmp_path: Path, silent_agent: int) -> None:
     finally:
         node.stop()
         uas.stop()
+
+
+def test_the_retention_sweep_deletes_old_recordings_when_the_node_starts(tmp_path: Path) -> None:
+    """A recording older than `recording.retention_days` in the node's file goes at start: the
+    WAV is removed, the call keeps `recording_deleted_at`, `call.recording.deleted` is sent."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.store.sqlite import Store, StoredCall
+
+    api_port = free_port("tcp")
+    config = base_config(
+        tmp_path,
+        api={"enabled": True, "listen": HOST, "port": api_port,
+             "api_keys": ["${SIPEDGE_E2E_KEY}"]},
+        recording={"enabled": False, "retention_days": 7},
+    )  # fmt: skip
+    old, young = tmp_path / "old.wav", tmp_path / "young.wav"
+    store = Store(config["storage"]["path"])
+    for call_id, path, age in (("call_" + "1" * 24, old, 10), ("call_" + "2" * 24, young, 1)):
+        path.write_bytes(b"RIFF....WAVE")
+        made = datetime.now(UTC) - timedelta(days=age)
+        store.create_call(StoredCall(id=call_id, direction="inbound", status="completed",
+                                     created_at=made, ended_at=made))  # fmt: skip
+        store.update_call(call_id, {"recording_path": str(path), "recording_at": made,
+                                    "recording_bytes": 12})  # fmt: skip
+    store.close()
+    node = NodeProcess(tmp_path, config, env={"SIPEDGE_E2E_KEY": KEY})
+    try:
+        node.start()
+        until(lambda: not old.exists(), "the old recording to be swept")
+        assert young.exists()
+        auth = {"Authorization": f"Bearer {KEY}"}
+        with httpx.Client(base_url=f"http://{HOST}:{api_port}", headers=auth, timeout=5) as api:
+            events = api.get("/v1/calls/call_" + "1" * 24 + "/events").json()["data"]
+            assert events[-1]["type"] == "call.recording.deleted"
+            assert events[-1]["data"] == {"path": str(old), "bytes": 12, "reason": "retention"}
+            listed = api.get("/v1/recordings").json()["data"]
+            assert [r["call_id"] for r in listed] == ["call_" + "2" * 24]
+        assert node.stop() == 0
+        assert "event=recording_deleted call_id=call_" + "1" * 24 in node.log()
+    finally:
+        node.stop()
 
 
 def test_oversized_requests_are_refused_at_the_edge_and_the_worker_keeps_its_calls(

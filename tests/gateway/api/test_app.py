@@ -474,12 +474,48 @@ def seed_calls(node: FakeNode) -> list[str]:
 def test_list_calls_paginates(client: TestClient, node: FakeNode) -> None:
     ids = seed_calls(node)
     first = client.get("/v1/calls", headers=AUTH).json()
-    assert first["meta"] == {"total": 25, "page": 1, "per_page": 20}
+    assert first["meta"] == {"total": 25, "page": 1, "per_page": 20, "skip": 0, "limit": 20}
     assert [c["id"] for c in first["data"]] == ids[::-1][:20]  # newest first
     last = client.get("/v1/calls?page=2", headers=AUTH).json()
     assert [c["id"] for c in last["data"]] == ids[::-1][20:]
     beyond = client.get("/v1/calls?page=9&per_page=100", headers=AUTH).json()
-    assert beyond == {"data": [], "meta": {"total": 25, "page": 9, "per_page": 100}}
+    assert beyond == {"data": [], "meta": {"total": 25, "page": 9, "per_page": 100,
+                                           "skip": 800, "limit": 100}}  # fmt: skip
+
+
+def test_every_list_takes_skip_and_limit_and_says_both(client: TestClient, node: FakeNode) -> None:
+    ids = seed_calls(node)[::-1]
+    res = client.get("/v1/calls?skip=5&limit=3", headers=AUTH).json()
+    assert [c["id"] for c in res["data"]] == ids[5:8]
+    assert res["meta"] == {"total": 25, "page": 2, "per_page": 3, "skip": 5, "limit": 3}
+    aligned = client.get("/v1/calls?skip=20&limit=10", headers=AUTH).json()["meta"]
+    assert (aligned["page"], aligned["per_page"]) == (3, 10)
+    paged = client.get("/v1/calls?page=3&per_page=10", headers=AUTH).json()["meta"]
+    assert (paged["skip"], paged["limit"]) == (20, 10)
+    assert client.get("/v1/calls?limit=7", headers=AUTH).json()["meta"]["skip"] == 0
+    cid = originate(client).json()["data"]["id"]
+    campaign = client.post("/v1/campaigns", headers=AUTH, json={
+        "name": "n", "agent": "echo", "contacts": [{"to": f"+155512300{i:02d}"} for i in range(5)]
+    }).json()["data"]["id"]  # fmt: skip
+    for path, total in (("/v1/trunks", 2), ("/v1/numbers", 1), ("/v1/agents", 2),
+                        (f"/v1/calls/{cid}/events", 1), ("/v1/campaigns", 1),
+                        (f"/v1/campaigns/{campaign}/contacts", 5)):  # fmt: skip
+        res = client.get(f"{path}?skip=1&limit=1", headers=AUTH)
+        assert res.status_code == 200, (path, res.text)
+        body = res.json()
+        assert body["meta"] == {"total": total, "page": 2, "per_page": 1, "skip": 1, "limit": 1}
+        assert len(body["data"]) == (1 if total > 1 else 0), path
+
+
+def test_mixing_page_and_skip_is_a_422_naming_both(client: TestClient) -> None:
+    for path in ("/v1/calls", "/v1/trunks", "/v1/campaigns"):
+        body = error(client.get(f"{path}?page=2&limit=5", headers=AUTH), 422, "invalid_parameter")
+        assert [d["field"] for d in body["details"]] == ["page", "limit"]
+        assert "page/per_page or skip/limit" in body["message"]
+    for query, limit in (("limit=101", 100), ("skip=-1", 0)):
+        name = query.split("=")[0]
+        bounded = error(client.get(f"/v1/calls?{query}", headers=AUTH), 422, "invalid_parameter")
+        assert (bounded["details"][0]["field"], bounded["details"][0]["limit"]) == (name, limit)
 
 
 def test_pagination_errors_name_the_parameter(client: TestClient) -> None:
@@ -522,6 +558,54 @@ def test_list_calls_filters_and_sorts(client: TestClient, node: FakeNode) -> Non
     assert listed("status=completed&direction=outbound&trunk=static") == [ids[22], ids[20]]
 
 
+# --- analytics ----------------------------------------------------------------------------
+
+
+def test_analytics_over_calls_the_ledger_recorded(client: TestClient, node: FakeNode) -> None:
+    seed_calls(node)  # 2024: outside the window below
+    since = datetime.now(UTC) - timedelta(minutes=1)
+    ids = [originate(client, variables={"campaign_id": "cmp_a"} if i else {}).json()["data"]["id"]
+           for i in range(3)]  # fmt: skip
+    for call_id, duration in zip(ids[:2], (4.0, 6.0), strict=True):
+        node.event(ev.Answered(call_id=call_id, codec="PCMU", answered_at=time.time()))
+        node.event(ev.Completed(call_id=call_id, duration=duration, reason="normal",
+                                hangup_by="callee",
+                                latency={"response_p50_ms": 500.0, "response_p95_ms": 800.0}))
+    node.event(ev.Failed(call_id=ids[2], reason="busy", sip_code=486, hangup_by="callee"))
+    query = f"date_from={since.isoformat().replace('+00:00', 'Z')}"
+    got = client.get(f"/v1/analytics/calls?{query}", headers=AUTH).json()["data"]
+    assert (got["total"], got["answered"], got["failed"], got["answer_rate"]) == (3, 2, 1, 0.6667)
+    assert got["by_direction"] == {"outbound": 3}
+    assert [(c["id"], c["total"]) for c in got["by_campaign"]] == [("cmp_a", 2)]
+    assert got["duration"]["average"] == 5.0 and got["duration"]["p50"] == 4.0
+    assert got["agent_latency"]["average_response_p50_ms"] == 500.0
+    one = client.get(f"/v1/calls/{ids[0]}", headers=AUTH).json()["data"]
+    assert one["latency"] == {"response_p50_ms": 500.0, "response_p95_ms": 800.0}
+    campaign = client.get(f"/v1/analytics/calls?{query}&campaign_id=cmp_a", headers=AUTH)
+    assert campaign.json()["data"]["total"] == 2
+    everything = client.get("/v1/analytics/calls?trunk=static", headers=AUTH).json()["data"]
+    assert everything["total"] == 5  # seeded calls 20..24
+    hourly = client.get(f"/v1/analytics/calls/hourly?{query}&timezone=Asia/Kolkata",
+                        headers=AUTH).json()["data"]  # fmt: skip
+    assert hourly["unit"] == "hour" and hourly["timezone"] == "Asia/Kolkata"
+    assert sum(b["total"] for b in hourly["buckets"]) == 3
+    assert all(b["start"].endswith("+05:30") for b in hourly["buckets"])
+    daily = client.get("/v1/analytics/calls/daily?date_to=2024-05-02T00:00:00Z", headers=AUTH)
+    assert daily.json()["data"]["buckets"] == [
+        {"start": "2024-05-01T00:00:00+00:00", "total": 25, "answered": 0, "failed": 9,
+         "average_duration": 12.0}
+    ]  # fmt: skip  seeded calls: completed ones 1, 2, 4, 5, ... 23 (no answered_at recorded)
+
+
+def test_analytics_refuse_an_unknown_time_zone_by_name(client: TestClient) -> None:
+    for path in ("hourly", "daily"):
+        res = client.get(f"/v1/analytics/calls/{path}?timezone=Mars/Olympus", headers=AUTH)
+        bad = error(res, 422, "invalid_parameter")
+        assert bad["details"][0]["field"] == "timezone" and "IANA" in bad["message"]
+    unknown = client.get("/v1/analytics/calls?zone=UTC", headers=AUTH)
+    assert error(unknown, 422, "invalid_parameter")["details"][0]["field"] == "zone"
+
+
 # --- events and recordings ----------------------------------------------------------------
 
 
@@ -539,7 +623,7 @@ def test_call_events_in_order_with_pagination(client: TestClient, node: FakeNode
         "call.completed",
     ]
     assert [e["seq"] for e in res["data"]] == [1, 2, 3, 4]
-    assert res["meta"] == {"total": 4, "page": 1, "per_page": 20}
+    assert res["meta"] == {"total": 4, "page": 1, "per_page": 20, "skip": 0, "limit": 20}
     page2 = client.get(f"/v1/calls/{call_id}/events?per_page=3&page=2", headers=AUTH).json()
     assert [e["seq"] for e in page2["data"]] == [4]
     error(client.get("/v1/calls/call_nope/events", headers=AUTH), 404, "resource_not_found")
@@ -590,6 +674,66 @@ def test_recording_missing_is_404(client: TestClient, node: FakeNode, tmp_path: 
             404,
             "resource_not_found",
         )
+
+
+def finished_recording(node: FakeNode, call_id: str, path: Path) -> int:
+    write_wav(path)
+    size = path.stat().st_size
+    node.event(ev.RecordingFinished(call_id=call_id, path=str(path), duration=1.0, bytes=size))
+    return size
+
+
+def test_recordings_list_metadata_audio_and_delete(
+    client: TestClient, node: FakeNode, tmp_path: Path
+) -> None:
+    ids = [originate(client, variables={"campaign_id": "cmp_r"} if i else {}).json()["data"]["id"]
+           for i in range(3)]  # fmt: skip
+    sizes = [finished_recording(node, call_id, tmp_path / f"{call_id}.wav") for call_id in ids]
+    listed = client.get("/v1/recordings?limit=2", headers=AUTH).json()
+    assert listed["meta"] == {"total": 3, "page": 1, "per_page": 2, "skip": 0, "limit": 2}
+    assert [r["call_id"] for r in listed["data"]] == [ids[2], ids[1]]
+    by_campaign = client.get("/v1/recordings?campaign_id=cmp_r", headers=AUTH).json()
+    assert {r["call_id"] for r in by_campaign["data"]} == set(ids[1:])
+    assert client.get(f"/v1/recordings?call_id={ids[0]}", headers=AUTH).json()["meta"]["total"] == 1
+    one = client.get(f"/v1/recordings/{ids[0]}", headers=AUTH).json()["data"]
+    assert (one["bytes"], one["channels"], one["sample_rate"], one["format"]) == (
+        sizes[0], 2, 8000, "wav/pcm_s16le")  # fmt: skip
+    assert one["duration"] == 1.0 and one["trunk"] == "carrier" and one["available"] is True
+    audio = client.get(one["url"], headers={**AUTH, "Range": "bytes=0-3"})
+    assert audio.status_code == 206 and audio.content == b"RIFF"
+    gone = client.delete(f"/v1/recordings/{ids[0]}", headers=AUTH)
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["data"]["available"] is False and gone.json()["data"]["deleted_at"]
+    assert not (tmp_path / f"{ids[0]}.wav").exists()
+    events = client.get(f"/v1/calls/{ids[0]}/events", headers=AUTH).json()["data"]
+    assert events[-1]["type"] == "call.recording.deleted"
+    assert events[-1]["data"] == {"path": str(tmp_path / f"{ids[0]}.wav"), "bytes": sizes[0],
+                                  "reason": "request"}  # fmt: skip
+    for url in (f"/v1/recordings/{ids[0]}", f"/v1/recordings/{ids[0]}/audio",
+                f"/v1/calls/{ids[0]}/recording"):  # fmt: skip
+        error(client.get(url, headers=AUTH), 404, "resource_not_found")
+    error(client.delete(f"/v1/recordings/{ids[0]}", headers=AUTH), 404, "resource_not_found")
+    assert client.get("/v1/recordings", headers=AUTH).json()["meta"]["total"] == 2
+    assert client.get(f"/v1/calls/{ids[0]}", headers=AUTH).json()["data"]["recording_url"] is None
+
+
+async def test_recording_commands_over_mqtt_answer_as_the_api(
+    node: FakeNode, tmp_path: Path
+) -> None:
+    add_call(node, "call_" + "e" * 24)
+    finished_recording(node, "call_" + "e" * 24, tmp_path / "e.wav")
+    got = await node.command("recording.get", {"call_id": "call_" + "e" * 24})
+    assert got["channels"] == 2
+    listed = await node.command("recording.list", {"limit": 5})
+    assert listed["meta"] == {"total": 1, "skip": 0, "limit": 5}
+    deleted = await node.command("recording.delete", {"call_id": "call_" + "e" * 24})
+    assert deleted["available"] is False and not (tmp_path / "e.wav").exists()
+    with pytest.raises(CommandError) as missing:
+        await node.command("recording.get", {"call_id": "call_" + "e" * 24})
+    assert missing.value.code == "resource_not_found"
+    with pytest.raises(CommandError) as bad:
+        await node.command("recording.list", {"limit": 500})
+    assert bad.value.code == "invalid_parameter"
 
 
 def test_byte_range_parsing() -> None:
@@ -1057,6 +1201,11 @@ def test_openapi_document_validates_and_matches_responses(
     exercise_campaigns(check)
     clock.now += 60  # a new minute for the rate limit: the requests above took 100
     exercise_webhooks(check, node)
+    clock.now += 60  # and another for the recordings' and analytics' requests
+    exercise_recordings(check, node, tmp_path)
+    for path in ("/v1/analytics/calls", "/v1/analytics/calls/hourly", "/v1/analytics/calls/daily"):
+        check("GET", f"{path}?trunk=carrier", path, headers=AUTH)
+        check("GET", f"{path}?date_from=yesterday", path, headers=AUTH)
     check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
     node.reload_problems = ["node.yaml: numbers[0].agent: 'x' is not one of the agents (bot)"]
     check("POST", "/v1/node/reload", "/v1/node/reload", headers=AUTH)
@@ -1077,6 +1226,8 @@ def test_openapi_document_validates_and_matches_responses(
         "/v1/calls/{call_id}",
         "/v1/calls/{call_id}/hangup",
         "/v1/calls/{call_id}/recording",
+        "/v1/recordings/{call_id}",
+        "/v1/recordings/{call_id}/audio",
         "/v1/trunks/{trunk_id}",
         "/v1/webhooks/{webhook_id}",  # GET and DELETE (PATCH has a body)
         "/v1/webhooks/{webhook_id}/test",
@@ -1153,6 +1304,25 @@ def test_a_reload_answers_what_changed_or_each_problem_of_a_refused_file(
     details = refused.json()["error"]["details"]
     assert [d["message"] for d in details] == node.reload_problems
     assert client.post("/v1/node/reload").status_code == 401
+
+
+def exercise_recordings(check: Callable[..., httpx.Response], node: FakeNode, tmp: Path) -> None:
+    """Every documented answer of /v1/recordings, once (the OpenAPI test's part)."""
+    call_id = "call_" + "f" * 24
+    add_call(node, call_id)
+    finished_recording(node, call_id, tmp / "f.wav")
+    root, one = "/v1/recordings", "/v1/recordings/{call_id}"
+    check("GET", root, root, headers=AUTH)
+    check("GET", f"{root}?page=1&skip=1", root, headers=AUTH)
+    check("GET", f"{root}/{call_id}", one, headers=AUTH)
+    check("GET", f"{root}/call_nope", one, headers=AUTH)
+    audio = one + "/audio"
+    check("GET", f"{root}/{call_id}/audio", audio, headers=AUTH)
+    check("GET", f"{root}/{call_id}/audio", audio, headers={**AUTH, "Range": "bytes=0-1"})
+    check("GET", f"{root}/{call_id}/audio", audio, headers={**AUTH, "Range": "bytes=99999999-"})
+    check("GET", f"{root}/call_nope/audio", audio, headers=AUTH)
+    check("DELETE", f"{root}/{call_id}", one, headers=AUTH)
+    check("DELETE", f"{root}/{call_id}", one, headers=AUTH)  # 404: deleted already
 
 
 def exercise_campaigns(check: Callable[..., httpx.Response]) -> None:

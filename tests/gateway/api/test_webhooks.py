@@ -84,7 +84,7 @@ def test_the_test_event_is_signed_sent_at_once_and_logged(
     bad = client.post(f"/v1/webhooks/{failing['id']}/test", headers=AUTH).json()["data"]
     assert (bad["delivered"], bad["status_code"], bad["error"]) == (False, 500, "HTTP 500")
     log = client.get(f"/v1/webhooks/{failing['id']}/deliveries", headers=AUTH).json()
-    assert log["meta"] == {"total": 1, "page": 1, "per_page": 20}
+    assert log["meta"] == {"total": 1, "page": 1, "per_page": 20, "skip": 0, "limit": 20}
     entry = log["data"][0]
     assert (entry["event_type"], entry["status"], entry["attempts"], entry["test"]) == (
         "webhook.test", "failed", 1, True)  # fmt: skip

@@ -111,7 +111,7 @@ def test_every_contract_event_type_has_a_data_model() -> None:
         "call.incoming", "call.placed", "call.ringing", "call.answered", "call.completed",
         "call.failed", "call.dtmf", "call.speech.started", "call.speech.stopped",
         "call.agent.connected", "call.agent.disconnected", "call.recording.ready",
-        "call.quality", "call.transfer", "call.amd",
+        "call.recording.deleted", "call.quality", "call.transfer", "call.amd",
         "trunk.registered", "trunk.unregistered", "trunk.registration_failed",
         "node.config_reloaded", "node.config_rejected",
         "campaign.started", "campaign.paused", "campaign.resumed", "campaign.completed",
