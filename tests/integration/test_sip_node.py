@@ -48,8 +48,10 @@ def test_inbound_calls_complete_and_calls_over_capacity_get_503(tmp_path: Path) 
         )
         for done in completed:
             seq = mq.events(done["call_id"])
-            assert types(seq) == ["call.incoming", "call.answered", "call.completed"]
-            assert [e["seq"] for e in seq] == [1, 2, 3]
+            assert types(seq) == [
+                "call.incoming", "call.answered", "call.quality", "call.completed"
+            ]  # fmt: skip
+            assert [e["seq"] for e in seq] == [1, 2, 3, 4]
             incoming = seq[0]["data"]
             assert incoming["to"] == "+15550100" and incoming["trunk"] == "loopback"
             assert incoming["agent"] == "echo" and incoming["variables"] == {"campaign": "test"}
