@@ -22,7 +22,7 @@ KNOWN_CIRCLE_EDGES: set[tuple[str, str]] = set()
 # The layering, lowest first: a package may import only packages of lower layers, and of those
 # only the ones ALLOWED names for it. "gateway" is gateway/__init__.py (__version__).
 LAYERS: list[set[str]] = [
-    {"media", "gateway", "gateway.errors", "gateway.backoff"},  # leaves
+    {"media", "gateway", "gateway.errors", "gateway.backoff", "gateway.db"},  # leaves
     {"gateway.config"},  # the YAML file's models
     {"gateway.calls", "gateway.events"},  # pure call domain; event, command and outbox contracts
     # SQLite; per-call I/O; Prometheus; the SIP front (Kamailio's config, process and RPC)
@@ -50,12 +50,13 @@ ALLOWED: dict[str, set[str]] = {
     "gateway": set(),
     "gateway.errors": set(),
     "gateway.backoff": set(),
+    "gateway.db": set(),  # how the node's SQLite file is opened, and its transactions
     "gateway.config": {"gateway.errors"},
     "gateway.calls": COMMON,
     "gateway.events": COMMON,
-    "gateway.store": COMMON | {"gateway.events"},
-    "gateway.campaigns": COMMON | {"gateway.events"},
-    "gateway.webhooks": COMMON | {"gateway.backoff", "gateway.events"},
+    "gateway.store": COMMON | {"gateway.db", "gateway.events"},
+    "gateway.campaigns": COMMON | {"gateway.db", "gateway.events"},
+    "gateway.webhooks": COMMON | {"gateway.db", "gateway.backoff", "gateway.events"},
     "gateway.session": COMMON | {"gateway.backoff", "gateway.calls", "media"},
     "gateway.metrics": {"gateway.calls"},  # counts the calls/events.py worker events
     "gateway.sip": COMMON
@@ -252,4 +253,4 @@ def test_packages_form_no_circle_but_the_known_back_edges() -> None:
 
 def test_gateway_top_level_holds_only_config_errors_and_small_leaf_helpers() -> None:
     top = {p.stem for p in (ROOT / "gateway").glob("*.py")}
-    assert top == {"__init__", "config", "errors", "backoff", "metrics"}, sorted(top)
+    assert top == {"__init__", "config", "errors", "backoff", "db", "metrics"}, sorted(top)

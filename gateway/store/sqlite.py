@@ -12,12 +12,13 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.db import connect, transaction
 from gateway.errors import SipedgeError
 from gateway.events.outbox import OutboxRow
 from gateway.events.schema import Event, iso_z, utc_now
@@ -183,11 +184,7 @@ class Store:
         self._lock = threading.RLock()
         self._read_lock = threading.Lock()
         self._reader: sqlite3.Connection | None = None
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = connect(path)
         with self._lock:
             migrate(self._db)
 
@@ -198,16 +195,8 @@ class Store:
         with self._lock:
             self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self._db, self._lock)
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:

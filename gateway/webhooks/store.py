@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from gateway.db import Tables
 from gateway.events.outbox import OutboxRow
 from gateway.events.schema import iso_z, utc_now
 from gateway.webhooks.model import DeliveryStatus, RetryPolicy, after_attempt, matches
@@ -128,33 +127,11 @@ def _time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-class WebhookStore:
+class WebhookStore(Tables):
     def __init__(self, path: str, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._lock = threading.RLock()
         self._secrets: dict[str, str] = {}  # config subscriptions' secrets, never stored
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        super().__init__(path, _SCHEMA)
 
     # -- subscriptions --------------------------------------------------------------------
 
