@@ -11,7 +11,7 @@ from fastapi.security import HTTPBearer
 from pydantic import Field, StrictBool
 
 from gateway.api.calls import _BODY_ERRORS, _ERRORS
-from gateway.api.common import ApiNode, Pagination, Window, node_of, refuse_unknown_query
+from gateway.api.common import ApiNode, Pagination, node_of, refuse_unknown_query
 from gateway.api.models import Data, ErrorEnvelope, Page, _Request, _Response
 from gateway.webhooks.model import WebhookCreate
 
@@ -84,8 +84,8 @@ async def create_webhook(body: WebhookCreate, node: NodeDep) -> JSONResponse:
 
 @router.get("", response_model=Page[WebhookOut], summary="Webhook subscriptions")
 async def list_webhooks(node: NodeDep, window: Pagination) -> Page[WebhookOut]:
-    result = await node.command("webhook.list", _paged(window))
-    return Page[WebhookOut].model_validate(_page(window, result))
+    result = await node.command("webhook.list", {"skip": window.skip, "limit": window.limit})
+    return Page[WebhookOut].model_validate({"data": result["items"], "meta": result["meta"]})
 
 
 @router.get("/{webhook_id}", response_model=Data[WebhookOut], responses=_NOT_FOUND,
@@ -128,19 +128,8 @@ async def webhook_deliveries(
     window: Pagination,
     status: Annotated[str | None, Query(pattern="^(pending|delivered|failed)$")] = None,
 ) -> Page[DeliveryOut]:
-    args: dict[str, Any] = {"webhook_id": webhook_id, **_paged(window)}
+    args: dict[str, Any] = {"webhook_id": webhook_id, "skip": window.skip, "limit": window.limit}
     if status:
         args["status"] = status
     result = await node.command("webhook.deliveries", args)
-    return Page[DeliveryOut].model_validate(_page(window, result))
-
-
-def _paged(window: Window) -> dict[str, int]:
-    """The webhook commands take pages: skip is rounded down to a page of `limit` items."""
-    return {"page": window.page, "per_page": window.limit}
-
-
-def _page(window: Window, result: dict[str, Any]) -> dict[str, Any]:
-    start = (window.page - 1) * window.limit
-    served = Window(skip=start, limit=window.limit)
-    return {"data": result["items"], "meta": served.meta(result["meta"]["total"])}
+    return Page[DeliveryOut].model_validate({"data": result["items"], "meta": result["meta"]})

@@ -5,7 +5,7 @@ operations carry the commands out)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -102,6 +102,9 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+_A = TypeVar("_A", bound=BaseModel)
+
+
 class AmdRequest(_Args):
     """Answering-machine detection on the answered call (media/amd.py; Asterisk's AMD rules
     and defaults, in ms), and what to do on a machine."""
@@ -193,6 +196,44 @@ class RecordingList(_Args):
     limit: int = Field(20, ge=1, le=100)
 
 
+MAX_PAGE = 100  # items per page of a list command, as the HTTP API's lists
+
+
+class Slice(_Args):
+    """Which part of a list a command asks for: page/per_page, or skip/limit (which win
+    when given), as the HTTP API takes them."""
+
+    page: int = Field(1, ge=1)
+    per_page: int = Field(20, ge=1, le=MAX_PAGE)
+    skip: int | None = Field(None, ge=0)
+    limit: int | None = Field(None, ge=1, le=MAX_PAGE)
+
+    def window(self) -> tuple[int, int]:
+        """(offset, limit) of the slice asked for."""
+        limit = self.limit if self.limit is not None else self.per_page
+        skip = self.skip if self.skip is not None else (self.page - 1) * limit
+        return skip, limit
+
+    def meta(self, total: int) -> dict[str, int]:
+        skip, limit = self.window()
+        return {"total": total, "page": skip // limit + 1, "per_page": limit, "skip": skip,
+                "limit": limit}  # fmt: skip
+
+
+def unknown_command(name: str) -> CommandError:
+    message = f"unknown command {name!r}"
+    return CommandError("resource_not_found", message,
+                        [detail(message, field="command", type="unknown_command")])  # fmt: skip
+
+
+def validated(model: type[_A], name: str, raw: dict[str, Any]) -> _A:
+    """`raw` as the arguments of command `name`; CommandError naming the field and limit."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise invalid(name, exc) from None
+
+
 def invalid(name: str, exc: ValidationError) -> CommandError:
     """A command's arguments that failed validation, as the API's invalid_parameter."""
     details = validation_details(exc.errors(include_url=False), hints=PATTERN_HINTS)
@@ -212,13 +253,8 @@ def parse_args(name: str, raw: dict[str, Any]) -> _Args:
     """The command's validated arguments; CommandError naming the field and limit if not."""
     model = _ARGS.get(name)
     if model is None:
-        message = f"unknown command {name!r}"
-        raise CommandError("resource_not_found", message,
-                           [detail(message, field="command", type="unknown_command")])  # fmt: skip
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise invalid(name, exc) from None
+        raise unknown_command(name)
+    return validated(model, name, raw)
 
 
 COMMANDS = tuple(_ARGS)

@@ -19,9 +19,9 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, StrictStr, ValidationError
+from pydantic import Field, StrictStr
 
 from gateway.calls.routing import destination_allowed
 from gateway.campaigns.model import (
@@ -37,7 +37,7 @@ from gateway.campaigns.model import (
 )
 from gateway.campaigns.store import Attempt, Campaign, CampaignStore, Contact
 from gateway.errors import CommandError, detail
-from gateway.events.commands import Originate, _Args, invalid
+from gateway.events.commands import Originate, Slice, _Args, unknown_command, validated
 from gateway.events.schema import (
     CampaignCompleted,
     CampaignPaused,
@@ -47,7 +47,7 @@ from gateway.events.schema import (
     new_call_id,
     utc_now,
 )
-from gateway.node.operations import OperationsNode, originate
+from gateway.node.operations import OperationsNode, invalid_field, originate
 
 if TYPE_CHECKING:
     from gateway.config import Config
@@ -55,9 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipedge.campaigns")
 
 TICK_S = 0.05
-MAX_PAGE = 100
 MAX_CONTACTS_PER_REQUEST = 1000  # per add_contacts (the CSV upload sends them in batches)
-_M = TypeVar("_M", bound=BaseModel)
+
 REFUSED_RETRY_S = 1.0  # a call the node had no room for is tried again this much later
 ENDED = ("completed", "failed")
 
@@ -265,10 +264,11 @@ def not_found(campaign_id: str) -> CommandError:
 def check_spec(config: Config, spec: CampaignSpec) -> None:
     """What the config must have for the campaign: its agent and trunks."""
     if config.agent(spec.agent) is None:
-        raise _invalid("agent", f"agent {spec.agent!r} is not configured", "not_configured")
+        raise invalid_field("agent", f"agent {spec.agent!r} is not configured", "not_configured")
     for i, trunk in enumerate(spec.trunks):
         if config.trunk(trunk) is None:
-            raise _invalid(f"trunks[{i}]", f"trunk {trunk!r} is not configured", "not_configured")
+            message = f"trunk {trunk!r} is not configured"
+            raise invalid_field(f"trunks[{i}]", message, "not_configured")
     check_contacts(spec.contacts, set())
 
 
@@ -280,11 +280,6 @@ def check_contacts(contacts: list[ContactIn], existing: set[str]) -> None:
             detail(f"contact {n} is a duplicate", field="contacts", location="body",
                    type="duplicate_contact") for n in repeated
         ])  # fmt: skip
-
-
-def _invalid(field_name: str, message: str, kind: str) -> CommandError:
-    found = detail(message, field=field_name, location="body", type=kind)
-    return CommandError("invalid_parameter", message, [found])
 
 
 def campaign_view(store: CampaignStore, campaign: Campaign) -> dict[str, Any]:
@@ -322,31 +317,11 @@ class _CampaignId(_Args):
     campaign_id: StrictStr = Field(min_length=1, max_length=64)
 
 
-class _Slice(_Args):
-    """page/per_page, or skip/limit (which win when given), as the HTTP API takes them."""
-
-    page: int = Field(1, ge=1)
-    per_page: int = Field(20, ge=1, le=MAX_PAGE)
-    skip: int | None = Field(None, ge=0)
-    limit: int | None = Field(None, ge=1, le=MAX_PAGE)
-
-    def window(self) -> tuple[int, int]:
-        """(offset, limit) of the slice asked for."""
-        limit = self.limit if self.limit is not None else self.per_page
-        skip = self.skip if self.skip is not None else (self.page - 1) * limit
-        return skip, limit
-
-    def meta(self, total: int) -> dict[str, int]:
-        skip, limit = self.window()
-        return {"total": total, "page": skip // limit + 1, "per_page": limit, "skip": skip,
-                "limit": limit}  # fmt: skip
-
-
-class _ListArgs(_Slice):
+class _ListArgs(Slice):
     status: CampaignStatus | None = None
 
 
-class _ContactsArgs(_Slice):
+class _ContactsArgs(Slice):
     campaign_id: StrictStr = Field(min_length=1, max_length=64)
     status: Literal["pending", "in_progress", "done"] | None = None
 
@@ -357,13 +332,6 @@ class _AddContacts(_CampaignId):
 
 class _Create(CampaignSpec):
     idempotency_key: StrictStr | None = Field(None, min_length=1, max_length=255)
-
-
-def _parse(model: type[_M], name: str, raw: dict[str, Any]) -> _M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise invalid(name, exc) from None
 
 
 class CampaignOperations:
@@ -381,20 +349,18 @@ class CampaignOperations:
     async def __call__(self, name: str, raw: dict[str, Any]) -> Any:
         op = name.removeprefix("campaign.")
         if op not in self.NAMES:
-            message = f"unknown command {name!r}"
-            unknown = detail(message, field="command", type="unknown_command")
-            raise CommandError("resource_not_found", message, [unknown])
+            raise unknown_command(name)
         if op == "create":
-            return self._create(_parse(_Create, name, raw))
+            return self._create(validated(_Create, name, raw))
         if op == "list":
-            args = _parse(_ListArgs, name, raw)
+            args = validated(_ListArgs, name, raw)
             campaigns = self.store.campaigns(None if args.status is None else args.status.value)
             start, limit = args.window()
             page = campaigns[start : start + limit]
             return {"items": [campaign_view(self.store, c) for c in page],
                     "meta": args.meta(len(campaigns))}  # fmt: skip
         if op == "contacts":
-            cargs = _parse(_ContactsArgs, name, raw)
+            cargs = validated(_ContactsArgs, name, raw)
             self._campaign(cargs.campaign_id)
             offset, limit = cargs.window()
             contacts, total = self.store.contacts(cargs.campaign_id, cargs.status, offset, limit)
@@ -403,7 +369,7 @@ class CampaignOperations:
                 "meta": cargs.meta(total),
             }
         if op == "add_contacts":
-            add = _parse(_AddContacts, name, raw)
+            add = validated(_AddContacts, name, raw)
             campaign = self._campaign(add.campaign_id)
             if campaign.status in (CampaignStatus.COMPLETED, CampaignStatus.STOPPED):
                 raise _conflict(f"campaign {campaign.id} is {campaign.status.value}")
@@ -416,7 +382,7 @@ class CampaignOperations:
                 "added": added,
                 "contacts_total": self.store.stats(campaign.id)["contacts"]["total"],
             }
-        campaign = self._campaign(_parse(_CampaignId, name, raw).campaign_id)
+        campaign = self._campaign(validated(_CampaignId, name, raw).campaign_id)
         if op == "get":
             return campaign_view(self.store, campaign)
         if op == "stats":

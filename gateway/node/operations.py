@@ -90,15 +90,15 @@ async def originate(
     before the call is placed); a new one otherwise."""
     config = node.config
     if config.agent(args.agent) is None:
-        raise _invalid_field("agent", f"agent {args.agent!r} is not configured", "not_configured")
+        raise invalid_field("agent", f"agent {args.agent!r} is not configured", "not_configured")
     if args.trunk is None:
         trunk = next((t for t in config.trunks if destination_allowed(t, args.to)), None)
         if trunk is None:
-            raise _invalid_field("to", f"no trunk may dial {args.to}", "not_routable")
+            raise invalid_field("to", f"no trunk may dial {args.to}", "not_routable")
     else:
         trunk = config.trunk(args.trunk)
         if trunk is None:
-            raise _invalid_field("trunk", f"trunk {args.trunk!r} is not configured",
+            raise invalid_field("trunk", f"trunk {args.trunk!r} is not configured",
                                  "not_configured")  # fmt: skip
     call_id = call_id or new_call_id()
     if args.idempotency_key:
@@ -148,7 +148,7 @@ def list_recordings(node: OperationsNode, args: RecordingList) -> dict[str, Any]
             "meta": {"total": total, "skip": args.skip, "limit": args.limit}}  # fmt: skip
 
 
-def _invalid_field(field: str, message: str, kind: str) -> CommandError:
+def invalid_field(field: str, message: str, kind: str) -> CommandError:
     return CommandError("invalid_parameter", message,
                         [detail(message, field=field, location="body", type=kind)])  # fmt: skip
 

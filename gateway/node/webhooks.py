@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, StrictStr, ValidationError
+from pydantic import Field, StrictStr
 
 from gateway.config import public_url
 from gateway.errors import CommandError, detail
-from gateway.events.commands import _Args, invalid
+from gateway.events.commands import Slice, _Args, unknown_command, validated
 from gateway.events.schema import EVENT_TYPES, Event, WebhookTest, iso_z
 from gateway.webhooks.model import WebhookCreate, new_secret, new_webhook_id, unknown_patterns
 from gateway.webhooks.sender import WebhookSender
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sipedge.webhooks")
 
-MAX_PAGE = 100
-_M = TypeVar("_M", bound=BaseModel)
 
 
 def configured(config: Config) -> list[ConfiguredWebhook]:
@@ -104,22 +102,9 @@ class _WebhookId(_Args):
     webhook_id: StrictStr = Field(min_length=1, max_length=64)
 
 
-class _ListArgs(_Args):
-    page: int = Field(1, ge=1)
-    per_page: int = Field(20, ge=1, le=MAX_PAGE)
-
-
-class _DeliveriesArgs(_WebhookId):
+class _DeliveriesArgs(Slice):
+    webhook_id: StrictStr = Field(min_length=1, max_length=64)
     status: Literal["pending", "delivered", "failed"] | None = None
-    page: int = Field(1, ge=1)
-    per_page: int = Field(20, ge=1, le=MAX_PAGE)
-
-
-def _parse(model: type[_M], name: str, raw: dict[str, Any]) -> _M:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise invalid(name, exc) from None
 
 
 def not_found(webhook_id: str) -> CommandError:
@@ -142,28 +127,22 @@ class WebhookOperations:
     async def __call__(self, name: str, raw: dict[str, Any]) -> Any:
         op = name.removeprefix("webhook.")
         if op not in self.NAMES:
-            message = f"unknown command {name!r}"
-            unknown = detail(message, field="command", type="unknown_command")
-            raise CommandError("resource_not_found", message, [unknown])
+            raise unknown_command(name)
         if op == "create":
-            return self._create(_parse(WebhookCreate, name, raw))
+            return self._create(validated(WebhookCreate, name, raw))
         if op == "list":
-            args = _parse(_ListArgs, name, raw)
+            args = validated(Slice, name, raw)
             subs = self.store.subscriptions()
-            start = (args.page - 1) * args.per_page
-            return {"items": [webhook_view(self.store, s)
-                              for s in subs[start : start + args.per_page]],
-                    "meta": {"total": len(subs), "page": args.page,
-                             "per_page": args.per_page}}  # fmt: skip
+            start, limit = args.window()
+            return {"items": [webhook_view(self.store, s) for s in subs[start : start + limit]],
+                    "meta": args.meta(len(subs))}  # fmt: skip
         if op == "deliveries":
-            dargs = _parse(_DeliveriesArgs, name, raw)
+            dargs = validated(_DeliveriesArgs, name, raw)
             self._get(dargs.webhook_id)
-            rows, total = self.store.deliveries(dargs.webhook_id, dargs.status,
-                                                (dargs.page - 1) * dargs.per_page,
-                                                dargs.per_page)  # fmt: skip
-            page = {"total": total, "page": dargs.page, "per_page": dargs.per_page}
-            return {"items": [delivery_view(d) for d in rows], "meta": page}
-        sub = self._get(_parse(_WebhookId, name, raw).webhook_id)
+            skip, limit = dargs.window()
+            rows, total = self.store.deliveries(dargs.webhook_id, dargs.status, skip, limit)
+            return {"items": [delivery_view(d) for d in rows], "meta": dargs.meta(total)}
+        sub = self._get(validated(_WebhookId, name, raw).webhook_id)
         if op == "get":
             return webhook_view(self.store, sub)
         if op == "delete":
