@@ -163,13 +163,14 @@ class PlaneCall:
 
 
 class Plane:
-    def __init__(self, config: Config, listener: socket.socket) -> None:
-        self.config = config
-        self.source: str | None = None  # the config file, read again on a reload
+    def __init__(
+        self, config: Config, listener: socket.socket, source: str | None = None
+    ) -> None:
+        self.source = source  # the config file, read again on a reload
         self.loop = asyncio.get_running_loop()
         self.listener = listener
         listener.setblocking(False)
-        self.make_session = make_session_factory(config, self.loop, after_tick=self.after_tick)
+        self._use(config)
         self.media: dict[int, PlaneCall] = {}  # RTP fd -> call, for calls with media
         self.epoll = select.epoll()
         self.stopped = asyncio.Event()
@@ -348,8 +349,7 @@ class Plane:
             config = load_config(self.source)
         except ConfigError as exc:
             return {"op": "reloaded", "ok": False, "error": "; ".join(exc.problems)}
-        self.config = config
-        self.make_session = make_session_factory(config, self.loop, after_tick=self.after_tick)
+        self._use(config)
         log.info("event=media_plane_reconfigured agents=%d", len(config.agents))
         return {"op": "reloaded", "ok": True}
 
@@ -363,6 +363,11 @@ class Plane:
             self._close(call)
 
     # -- the clock ------------------------------------------------------------------------------
+
+    def _use(self, config: Config) -> None:
+        """Sessions made from now on are made for `config`."""
+        self.config = config
+        self.make_session = make_session_factory(config, self.loop, after_tick=self.after_tick)
 
     def after_tick(self, work: Callable[[], None]) -> None:
         """Run `work` at the end of this tick (a session's frames to process). Only the tick
@@ -587,8 +592,7 @@ def _close_fd(fd: int) -> None:
 
 async def _main(config: Config, fd: int, source: str) -> None:
     listener = socket.socket(fileno=fd)
-    plane = Plane(config, listener)
-    plane.source = source
+    plane = Plane(config, listener, source)
     stop: Callable[[], None] = plane.stopped.set
     plane.loop.add_signal_handler(signal.SIGTERM, stop)
     profile = os.environ.get("SIPEDGE_PLANE_PROFILE")  # bench/: where to write a cProfile
