@@ -49,6 +49,16 @@ def _stored(db: Path) -> dict[str, list[str]]:
     return out
 
 
+def _stored_once_completed(receiver: HookReceiver, db: Path, calls: int) -> dict[str, list[str]]:
+    """The store's events once the receiver has seen `calls` calls completed: SIPp returns
+    when the BYE is answered, a moment before the node stores the call's last event."""
+    receiver.wait(
+        lambda: sum(e["type"] == "call.completed" for e in receiver.events()) >= calls,
+        what=f"{calls} call.completed",
+    )
+    return _stored(db)
+
+
 def _all_delivered(receiver: HookReceiver, stored: dict[str, list[str]]) -> bool:
     got = {e["id"] for e in receiver.events()}
     return all(i in got for ids in stored.values() for i in ids)
@@ -99,7 +109,7 @@ def test_call_events_are_delivered_signed_and_in_order_per_call(tmp_path: Path) 
             assert made.status_code == 201, made.text
             generated = made.json()["data"]["secret"]
             _calls(node, tmp_path, "a", calls=3)
-            stored = _stored(Path(config["storage"]["path"]))
+            stored = _stored_once_completed(receiver, Path(config["storage"]["path"]), 3)
             assert len(stored) == 3
             receiver.wait(lambda: _all_delivered(receiver, stored), what="every call event")
             other.wait(lambda: _all_delivered(other, stored), what="the API subscription's")
@@ -128,7 +138,7 @@ def test_a_receiver_down_then_up_and_a_kill_9_mid_delivery_lose_nothing(tmp_path
         _calls(node, tmp_path, "a", calls=2)
         node.wait_log("event=webhook_delivery_failed webhook=cp", count=2)
         receiver.start()
-        stored = _stored(db)
+        stored = _stored_once_completed(receiver, db, 2)
         receiver.wait(lambda: _all_delivered(receiver, stored), what="the outage's events")
 
         # The receiver takes the next request and holds its answer; the node dies with that
@@ -140,7 +150,7 @@ def test_a_receiver_down_then_up_and_a_kill_9_mid_delivery_lose_nothing(tmp_path
         node.kill()
         receiver.release.set()
         restarted = NodeProcess(tmp_path, config, env=ENV).start()
-        stored = _stored(db)
+        stored = _stored_once_completed(receiver, db, 3)
         assert len(stored) == 3
         receiver.wait(lambda: _all_delivered(receiver, stored), what="the rest after restart")
         held = receiver.received[before].event["id"]
