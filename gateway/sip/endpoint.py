@@ -75,8 +75,7 @@ def create_endpoint(
         _start_media_clock(ep)
         log.info("event=media_clock_started clock_rate=%d", clock_rate)
     else:
-        ep.audDevManager().setNoDev()
-        _stop_media_threads()
+        _stop_media_threads()  # the engine's UnclockedBridge detaches the sound device
     _set_codecs(ep, sip.codecs)
     return ep, writer
 

@@ -84,6 +84,7 @@ from gateway.session.contract import (
     bridge_rate,
 )
 from gateway.sip.accounts import LocalAccount, TrunkAccount, TrunkState
+from gateway.sip.bridge import UnclockedBridge
 from gateway.sip.call import SipCall
 from gateway.sip.endpoint import create_endpoint
 from gateway.sip.executor import DatagramWaker, SipExecutor
@@ -174,6 +175,7 @@ class SipEngine:
         self._refusal_log = RefusalLog()
         self._sockets = SocketBudget()
         self._gauge: IoQueueGauge | None = None
+        self._bridge: UnclockedBridge | None = None
         # A timer acting on a call that has just gone (CallRefused) must not end the SIP thread.
         self._executor = SipExecutor(on_timer_error=(pj.Error, SipedgeError))
         self.submit = self._executor.submit
@@ -232,6 +234,7 @@ class SipEngine:
         plane = self.rtp_sockets is not None
         rate = NARROWBAND_HZ if plane else bridge_rate(self.config)
         self.ep, self._log_writer = create_endpoint(sip, rate, media_clock=not plane)
+        self._bridge = UnclockedBridge(rate) if plane else None
         self._gate = RequestGate(self._admit_invite)
         self._gauge = IoQueueGauge(media_ioqueue(self._gate.lib))
         # Calibrated with a datagram to ourselves; then it guards UDP and TCP alike.
@@ -270,6 +273,8 @@ class SipEngine:
             self.ep.libHandleEvents(self._executor.begin_poll())
             self._executor.run_due()
             self._released.clear()  # husks: each C++ Call died in its DISCONNECTED callback
+            if self._bridge is not None:
+                self._bridge.settle(len(self.calls))  # ended calls' streams off the bridge
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ import os
 import re
 import select
 import signal
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import pytest
 from tests.integration.mqtt_watch import MqttWatch
 from tests.integration.node import NodeProcess, base_config
 from tests.integration.peers import HOST, Sipp
+from tests.integration.rawsip import RawUac
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +102,27 @@ def test_a_call_ends_with_its_quality_from_the_rtp_the_plane_received(tmp_path: 
         types = [e["type"] for e in mq.events(done["call_id"])]
         assert types.index("call.quality") < types.index("call.completed")
         assert node.stop() == 0
+
+
+def test_a_worker_answers_its_254th_call_and_beyond(tmp_path: Path) -> None:
+    """pjsua adds each call's (unused) stream to its conference bridge, which removes a port
+    only on a clock tick; with no clock in plane mode every ended call kept its port, and a
+    worker's 254th call (the bridge's size, PJSUA_MAX_CONF_PORTS) was answered 488 "Unable
+    to create media session", as was every call after it."""
+    config = base_config(tmp_path, limits={"invites_per_second_per_source": 1000,
+                                           "invite_burst_per_source": 1000})  # fmt: skip
+    with NodeProcess(tmp_path, config) as node, RawUac(node.sip_port) as uac:
+        finals: Counter[int] = Counter()
+        started = time.monotonic()
+        while finals[200] < 270 and sum(finals.values()) < 400:
+            # 25 calls/s: a closed call's sockets rejoin pjlib's free list 0.5 s later, and
+            # faster churn is answered 503 by the worker's socket gate (test_robustness).
+            time.sleep(max(0.0, started + sum(finals.values()) / 25 - time.monotonic()))
+            dialog = uac.invite()
+            final = uac.wait_final(dialog)
+            finals[final.status] += 1
+            uac.ack(dialog, final)
+            if final.status == 200:
+                uac.bye(dialog, final)
+                uac.wait_final(dialog)  # the BYE's 200: one call at a time
+        assert finals == Counter({200: 270}), finals
