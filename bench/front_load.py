@@ -360,6 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     span = 40 * args.workers
     first = 10000 + (os.getpid() % (20000 // span)) * span
     config["sip"]["rtp_ports"] = {"start": first, "end": first + span - 1}
+    for trunk in config["trunks"]:  # the test trunk's 10 would refuse held calls past 10
+        trunk["max_concurrent_calls"] = 4 * args.workers
     load_before = os.getloadavg()
     node = NodeProcess(tmp, config, log_level="INFO").start(timeout=120)
     api = httpx.Client(base_url=f"http://{HOST}:{api_port}", timeout=10)
