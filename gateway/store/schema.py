@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -76,21 +77,100 @@ CREATE INDEX IF NOT EXISTS calls_quarters ON calls(created_q, status, created_at
 CREATE INDEX IF NOT EXISTS calls_recordings ON calls(recording_at) WHERE recording_path IS NOT NULL;
 """
 
+# The analytics totals per UTC day and group (store/analytics.py), kept by triggers on every
+# write to calls: a row's old figures out, its new ones in. A summary reads whole days here
+# and only the partial days at a window's edges from calls. The key treats NULL as a value of
+# its own (x'' is a BLOB, unequal to every TEXT, '' included).
+DAY_QUARTERS = 96
+_DIMENSIONS = ("trunk", "agent", "campaign_id")  # the nullable ones of the key
+_FIGURES = (
+    # column, what a call adds to it
+    ("calls", "1"),
+    ("answered", "({row}.answer_delay IS NOT NULL)"),
+    ("duration_sum", "ifnull({row}.duration, 0)"),
+    ("answer_sum", "ifnull({row}.answer_delay, 0)"),
+    ("latency_calls", "({row}.response_p50_ms IS NOT NULL)"),
+    ("p50_sum", "ifnull({row}.response_p50_ms, 0)"),
+    ("p95_sum", "ifnull({row}.response_p95_ms, 0)"),
+)
+_ROLLUP = f"""
+CREATE TABLE IF NOT EXISTS calls_daily (
+    day INTEGER NOT NULL,  -- created_q / {DAY_QUARTERS}: days since 1970-01-01 UTC
+    status TEXT NOT NULL, direction TEXT NOT NULL, trunk TEXT, agent TEXT, campaign_id TEXT,
+    calls INTEGER NOT NULL DEFAULT 0, answered INTEGER NOT NULL DEFAULT 0,
+    duration_sum REAL NOT NULL DEFAULT 0, answer_sum REAL NOT NULL DEFAULT 0,
+    latency_calls INTEGER NOT NULL DEFAULT 0,
+    p50_sum REAL NOT NULL DEFAULT 0, p95_sum REAL NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS calls_daily_key ON calls_daily(day, status, direction,
+    {", ".join(f"ifnull({c}, x'')" for c in _DIMENSIONS)});
+"""
+
+
+def _rollup_update(row: str, sign: str) -> str:
+    """The statement adding (`+`) or taking out (`-`) the figures of `row` (new or old)."""
+    sets = ", ".join(f"{col} = {col} {sign} {add.format(row=row)}" for col, add in _FIGURES)
+    key = " AND ".join(
+        [f"day = {row}.created_q / {DAY_QUARTERS}", f"status = {row}.status",
+         f"direction = {row}.direction",
+         *(f"ifnull({c}, x'') = ifnull({row}.{c}, x'')" for c in _DIMENSIONS)]
+    )  # fmt: skip
+    return f"UPDATE calls_daily SET {sets} WHERE {key};"
+
+
+_NEW_IN = (
+    "INSERT OR IGNORE INTO calls_daily (day, status, direction, trunk, agent, campaign_id) "
+    f"VALUES (new.created_q / {DAY_QUARTERS}, new.status, new.direction, new.trunk, "
+    f"new.agent, new.campaign_id); {_rollup_update('new', '+')}"
+)
+_OLD_OUT = _rollup_update("old", "-")
+_WATCHED = ("status, direction, trunk, agent, campaign_id, created_q, duration, answer_delay, "
+            "response_p50_ms, response_p95_ms")  # fmt: skip
+_ROLLUP += "".join(
+    f"CREATE TRIGGER IF NOT EXISTS calls_daily_{name} AFTER {when} ON calls BEGIN {body} END;\n"
+    for name, when, body in (
+        ("insert", "INSERT", _NEW_IN),
+        ("delete", "DELETE", _OLD_OUT),
+        ("update", f"UPDATE OF {_WATCHED}", _OLD_OUT + " " + _NEW_IN),
+    )
+)
+_REBUILD_ROLLUP = (
+    f"INSERT INTO calls_daily SELECT created_q / {DAY_QUARTERS}, status, direction, trunk, agent, "
+    "campaign_id, count(*), count(answer_delay), total(duration), total(answer_delay), "
+    "count(response_p50_ms), total(response_p50_ms), total(response_p95_ms) "
+    "FROM calls GROUP BY 1, 2, 3, 4, 5, 6"
+)
+
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Create the tables, bring a file an older version wrote up to SCHEMA_VERSION (in one
-    transaction), then the indexes. `db` is in autocommit mode (isolation_level=None)."""
+    """Create the tables, bring a file an older version wrote up to SCHEMA_VERSION (its
+    columns in one transaction; the indexes; the rollup filled from the calls in another,
+    which sets the version: a crash between the two does both again). `db` is in autocommit
+    mode (isolation_level=None)."""
     db.executescript(_SCHEMA)
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
     if version < SCHEMA_VERSION:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            _upgrade(db, version)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        _in_transaction(db, lambda: _upgrade(db, version))
     db.executescript(_INDEXES)
+    db.executescript(_ROLLUP)
+    if version < SCHEMA_VERSION:  # the version is the rollup's too: set once it is filled
+
+        def rebuild() -> None:
+            db.execute("DELETE FROM calls_daily")
+            db.execute(_REBUILD_ROLLUP)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+        _in_transaction(db, rebuild)
+
+
+def _in_transaction(db: sqlite3.Connection, work: Callable[[], None]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        work()
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _upgrade(db: sqlite3.Connection, version: int) -> None:
@@ -109,4 +189,3 @@ def _upgrade(db: sqlite3.Connection, version: int) -> None:
         )
         db.execute("UPDATE calls SET recording_at = coalesce(ended_at, created_at) "
                    "WHERE recording_path IS NOT NULL")  # fmt: skip
-    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
