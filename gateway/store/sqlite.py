@@ -25,6 +25,8 @@ from gateway.events.schema import Event, iso_z, utc_now
 from gateway.store.schema import ANSWER_DELAY_SQL, QUARTER_SECONDS, migrate
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
 class StoreError(SipedgeError):
     """The store refused a change (unknown call, unknown column, duplicate event id)."""
 
