@@ -206,6 +206,18 @@ class RawUac:
         self.ack(dialog, final)
         return dialog, final
 
+    def short_call(self, wait_bye: bool = False) -> int:
+        """One call of no length: the INVITE's final answer ACKed and, if 200, a BYE at once
+        (its answer awaited with `wait_bye`). The INVITE's status."""
+        dialog = self.invite()
+        final = self.wait_final(dialog)
+        self.ack(dialog, final)
+        if final.status == 200:
+            self.bye(dialog, final)
+            if wait_bye:
+                self.wait_final(dialog)
+        return final.status
+
     def bye(self, dialog: Dialog, final: SipMessage) -> None:
         contact = final.header("contact").strip("<>").split(">", 1)[0]
         self.send(
