@@ -204,14 +204,10 @@ async def send_dtmf(call_id: str, body: CallDtmfRequest, node: NodeDep) -> Data[
 
 @router.get("/{call_id}/events", response_model=Page[CallEvent], responses=_NOT_FOUND,
             summary="The call's events, in order (seq)")  # fmt: skip
-async def call_events(
-    call_id: str, node: NodeDep, window: Pagination
-) -> Page[CallEvent]:
+async def call_events(call_id: str, node: NodeDep, window: Pagination) -> Page[CallEvent]:
     _record(node, call_id)
     events = node.store.call_events(call_id)
-    items = [
-        CallEvent.model_validate(e.model_dump(mode="json")) for e in window.of(events)
-    ]
+    items = [CallEvent.model_validate(e.model_dump(mode="json")) for e in window.of(events)]
     return Page[CallEvent](data=items, meta=window.meta(len(events)))
 
 

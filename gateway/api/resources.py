@@ -68,9 +68,7 @@ def agent_view(agent: Agent) -> AgentView:
     response_model=Page[TrunkView],
     summary="Trunks with registration state, last code, next retry, calls and limits",
 )
-async def list_trunks(
-    node: NodeDep, window: Pagination
-) -> Page[TrunkView]:
+async def list_trunks(node: NodeDep, window: Pagination) -> Page[TrunkView]:
     states = trunk_states(node)
     trunks = [trunk_view(t, states.get(t.id, {})) for t in node.config.trunks]
     return Page[TrunkView](data=window.of(trunks), meta=window.meta(len(trunks)))
@@ -96,9 +94,7 @@ async def get_trunk(trunk_id: str, node: NodeDep) -> Data[TrunkView]:
     response_model=Page[NumberView],
     summary="Phone numbers and the agents they route to",
 )
-async def list_numbers(
-    node: NodeDep, window: Pagination
-) -> Page[NumberView]:
+async def list_numbers(node: NodeDep, window: Pagination) -> Page[NumberView]:
     numbers = [
         NumberView(
             number=n.number,
@@ -118,9 +114,7 @@ async def list_numbers(
     response_model=Page[AgentView],
     summary="Agents (header values and URL credentials are never shown)",
 )
-async def list_agents(
-    node: NodeDep, window: Pagination
-) -> Page[AgentView]:
+async def list_agents(node: NodeDep, window: Pagination) -> Page[AgentView]:
     agents = [agent_view(a) for a in node.config.agents]
     return Page[AgentView](data=window.of(agents), meta=window.meta(len(agents)))
 

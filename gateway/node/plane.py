@@ -27,6 +27,7 @@ log = logging.getLogger("sipedge.node")
 class PlaneReloadError(Exception):
     pass
 
+
 STOP_TIMEOUT = 10.0
 RELOAD_TIMEOUT = 5.0
 STABLE_S = 60.0

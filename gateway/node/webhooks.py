@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipedge.webhooks")
 
 
-
 def configured(config: Config) -> list[ConfiguredWebhook]:
     return [
         ConfiguredWebhook(w.id, w.url, list(w.events), w.enabled, w.secret.get_secret_value())

@@ -163,9 +163,7 @@ class PlaneCall:
 
 
 class Plane:
-    def __init__(
-        self, config: Config, listener: socket.socket, source: str | None = None
-    ) -> None:
+    def __init__(self, config: Config, listener: socket.socket, source: str | None = None) -> None:
         self.source = source  # the config file, read again on a reload
         self.loop = asyncio.get_running_loop()
         self.listener = listener
@@ -297,8 +295,10 @@ class Plane:
         keys = message.get("srtp")
         if keys != call.srtp_keys:  # new keys (a re-INVITE) start new SRTP contexts
             try:
-                call.srtp = None if not keys else SrtpStream(
-                    str(keys["suite"]), str(keys["tx_key"]), str(keys["rx_key"])
+                call.srtp = (
+                    None
+                    if not keys
+                    else SrtpStream(str(keys["suite"]), str(keys["tx_key"]), str(keys["rx_key"]))
                 )
             except (SrtpError, KeyError) as exc:
                 raise PlaneError(f"call {call.call_id}: {exc}") from None

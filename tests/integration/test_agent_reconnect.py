@@ -50,7 +50,6 @@ class Agent(ThreadedWsServer):
                     return
 
 
-
 def node_config(tmp_path: Path, url: str, **agent: Any) -> dict[str, Any]:
     bot = {"id": "bot", "type": "twilio-ws", "url": url, "reconnect_timeout": 3,
            "filler": "comfort_noise", **agent}  # fmt: skip

@@ -147,8 +147,12 @@ def test_completed_is_the_last_event_even_after_speech_cut_off_and_a_recording(
 
 @pytest.mark.parametrize(
     "media,agent_rate,clock_rate",
-    [("worker", 8000, 8000), ("worker", 16000, 16000), ("plane", 8000, None),
-     ("plane", 16000, None)],  # fmt: skip
+    [
+        ("worker", 8000, 8000),
+        ("worker", 16000, 16000),
+        ("plane", 8000, None),
+        ("plane", 16000, None),
+    ],  # fmt: skip
 )
 def test_the_bridge_runs_at_8khz_unless_an_agent_needs_16khz_and_agents_get_their_rate(
     tmp_path: Path, media: str, agent_rate: int, clock_rate: int | None

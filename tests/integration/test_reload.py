@@ -115,8 +115,12 @@ def test_sipedge_reload_prints_what_changed_or_the_check_config_lines(tmp_path: 
     api_port = free_port("tcp")
     api = {"enabled": True, "listen": HOST, "port": api_port, "api_keys": ["${RELOAD_KEY}"]}
     config = base_config(tmp_path, api=api)
-    env = {**os.environ, "SIPEDGE_API_URL": f"http://{HOST}:{api_port}", "SIPEDGE_API_KEY": key,
-           "RELOAD_KEY": key}  # check-config resolves the file as the node does
+    env = {
+        **os.environ,
+        "SIPEDGE_API_URL": f"http://{HOST}:{api_port}",
+        "SIPEDGE_API_KEY": key,
+        "RELOAD_KEY": key,
+    }  # check-config resolves the file as the node does
 
     def sipedge(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,

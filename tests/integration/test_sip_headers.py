@@ -77,4 +77,3 @@ def test_outbound_calls_carry_the_x_headers_given_and_the_variables(tmp_path: Pa
             carrier.sendto(response_to(invite), source)
             mq.wait_event("call.failed", reply["data"]["id"])
             assert node.stop() == 0
-

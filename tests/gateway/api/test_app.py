@@ -568,9 +568,15 @@ def test_analytics_over_calls_the_ledger_recorded(client: TestClient, node: Fake
            for i in range(3)]  # fmt: skip
     for call_id, duration in zip(ids[:2], (4.0, 6.0), strict=True):
         node.event(ev.Answered(call_id=call_id, codec="PCMU", answered_at=time.time()))
-        node.event(ev.Completed(call_id=call_id, duration=duration, reason="normal",
-                                hangup_by="callee",
-                                latency={"response_p50_ms": 500.0, "response_p95_ms": 800.0}))
+        node.event(
+            ev.Completed(
+                call_id=call_id,
+                duration=duration,
+                reason="normal",
+                hangup_by="callee",
+                latency={"response_p50_ms": 500.0, "response_p95_ms": 800.0},
+            )
+        )
     node.event(ev.Failed(call_id=ids[2], reason="busy", sip_code=486, hangup_by="callee"))
     query = f"date_from={since.isoformat().replace('+00:00', 'Z')}"
     got = client.get(f"/v1/analytics/calls?{query}", headers=AUTH).json()["data"]
@@ -592,8 +598,13 @@ def test_analytics_over_calls_the_ledger_recorded(client: TestClient, node: Fake
     assert all(b["start"].endswith("+05:30") for b in hourly["buckets"])
     daily = client.get("/v1/analytics/calls/daily?date_to=2024-05-02T00:00:00Z", headers=AUTH)
     assert daily.json()["data"]["buckets"] == [
-        {"start": "2024-05-01T00:00:00+00:00", "total": 25, "answered": 0, "failed": 9,
-         "average_duration": 12.0}
+        {
+            "start": "2024-05-01T00:00:00+00:00",
+            "total": 25,
+            "answered": 0,
+            "failed": 9,
+            "average_duration": 12.0,
+        }
     ]  # fmt: skip  seeded calls: completed ones 1, 2, 4, 5, ... 23 (no answered_at recorded)
 
 
@@ -1367,8 +1378,13 @@ def exercise_campaigns(check: Callable[..., httpx.Response]) -> None:
     check("POST", f"{url}/resume", one + "/resume", headers=AUTH)  # 409: stopped
     check("POST", f"{url}/launch", one + "/launch", headers=AUTH)  # 409
     check("POST", f"{url}/stop", one + "/stop", headers=AUTH)  # 409
-    check("POST", f"{url}/contacts", contacts, json={"contacts": [{"to": "+15551230009"}]},
-          headers=AUTH)  # fmt: skip  409: stopped
+    check(
+        "POST",
+        f"{url}/contacts",
+        contacts,
+        json={"contacts": [{"to": "+15551230009"}]},
+        headers=AUTH,
+    )  # fmt: skip  409: stopped
     draft = check("POST", root, root, json=body, headers=AUTH).json()["data"]["id"]
     check("DELETE", f"{root}/{draft}", one, headers=AUTH)
     check("DELETE", f"{root}/{draft}", one, headers=AUTH)  # 404

@@ -59,8 +59,11 @@ def _cleanup() -> Iterator[None]:
 def test_every_operation_answers_as_its_schema_says(case: Any) -> None:
     _configured(case.body)
     _one_pagination_style(case.query)
-    if isinstance(case.query, dict) and _zone_like(case.query.get("timezone")) \
-            and case.query["timezone"]:
+    if (
+        isinstance(case.query, dict)
+        and _zone_like(case.query.get("timezone"))
+        and case.query["timezone"]
+    ):
         case.query["timezone"] = "UTC"  # any short string to the schema, an IANA zone here
     case.call_and_validate(headers=AUTH)
 

@@ -51,6 +51,7 @@ class Call:
         self.agents: list[Agent] = []
         record = CallRecord("call_" + "a" * 24, "outbound", "t", "+15550001", "+15550002", "bot",
                             variables={"lead": "L1"}, amd={"action": "connect", **amd})  # fmt: skip
+
         def hangup(by: str, reason: str | None = None) -> None:
             self.hangups.append((by, reason))
 
