@@ -15,7 +15,6 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
     StrictStr,
     ValidationError,
 )
@@ -113,18 +112,18 @@ class AmdRequest(_Args):
         "connect", description="on a machine: connect the agent anyway (the result in its "
         "start message), hang up, or wait for the voicemail beep and then connect",
     )  # fmt: skip
-    initial_silence_ms: StrictInt = Field(2500, ge=100, le=60_000)
-    greeting_ms: StrictInt = Field(1500, ge=100, le=60_000)
-    after_greeting_silence_ms: StrictInt = Field(800, ge=100, le=60_000)
-    total_analysis_time_ms: StrictInt = Field(5000, ge=500, le=60_000)
-    min_word_length_ms: StrictInt = Field(100, ge=20, le=10_000)
-    between_words_silence_ms: StrictInt = Field(50, ge=20, le=10_000)
-    maximum_number_of_words: StrictInt = Field(2, ge=1, le=100)
-    maximum_word_length_ms: StrictInt = Field(5000, ge=100, le=60_000)
-    silence_threshold: StrictInt = Field(256, ge=0, le=32767)
+    initial_silence_ms: JsonInt = Field(2500, ge=100, le=60_000)
+    greeting_ms: JsonInt = Field(1500, ge=100, le=60_000)
+    after_greeting_silence_ms: JsonInt = Field(800, ge=100, le=60_000)
+    total_analysis_time_ms: JsonInt = Field(5000, ge=500, le=60_000)
+    min_word_length_ms: JsonInt = Field(100, ge=20, le=10_000)
+    between_words_silence_ms: JsonInt = Field(50, ge=20, le=10_000)
+    maximum_number_of_words: JsonInt = Field(2, ge=1, le=100)
+    maximum_word_length_ms: JsonInt = Field(5000, ge=100, le=60_000)
+    silence_threshold: JsonInt = Field(256, ge=0, le=32767)
     initial_silence_result: Literal["machine", "unknown"] = "machine"
     detect_beep: StrictBool = True
-    beep_timeout_ms: StrictInt = Field(
+    beep_timeout_ms: JsonInt = Field(
         30_000, ge=1000, le=120_000, description="wait_for_beep: connect anyway after this"
     )
 

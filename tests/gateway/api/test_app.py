@@ -921,6 +921,12 @@ def test_types_are_strict_not_coerced(client: TestClient, node: FakeNode) -> Non
     assert not node.worker.requests
     assert originate(client, ring_timeout=30, record=True).status_code == 202
     assert originate(client, ring_timeout=30.0).status_code == 202  # a JSON Schema integer
+    # The AMD settings too (schemathesis sent initial_silence_ms 2953.0: refused with a 422)
+    assert originate(client, amd={"initial_silence_ms": 2953.0}).status_code == 202
+    for value in (True, "2953", 2953.5):
+        body = error(originate(client, amd={"initial_silence_ms": value}), 422,
+                     "invalid_parameter")  # fmt: skip
+        assert body["details"][0]["field"] == "amd.initial_silence_ms", value
 
 
 def test_the_schema_carries_the_constraints_the_code_enforces(client: TestClient) -> None:
