@@ -101,8 +101,7 @@ def _grouped(db: sqlite3.Connection, filters: CallFilter, rollup: bool) -> list[
     """The totals per group (status, direction, trunk, agent, campaign): whole UTC days from
     calls_daily, the rest (a window's partial first and last days) from the calls themselves.
     A filter the rollup does not keep (a number, a call, recordings) reads the calls alone."""
-    used = {f.name for f in fields(filters) if getattr(filters, f.name) not in (None, False)}
-    if not rollup or not used <= _ROLLED_UP:
+    if not rollup or not _used(filters) <= _ROLLED_UP:
         where, args = filters.where()
         return db.execute(f"{_GROUPED} INDEXED BY calls_analytics {where}{_GROUP_BY}",
                           args).fetchall()  # fmt: skip
@@ -123,9 +122,9 @@ def _grouped(db: sqlite3.Connection, filters: CallFilter, rollup: bool) -> list[
     rows = db.execute(f"{_ROLLED}{clause}{_GROUP_BY}", args).fetchall()
     edges: list[CallFilter] = []
     if first is not None and after is not None:
-        edges.append(replace(filters, created_before=_midnight(first)))
+        edges.append(replace(filters, created_before=_instant(first * DAY_SECONDS)))
     if last is not None and before is not None:
-        edges.append(replace(filters, created_after=_midnight(last)))
+        edges.append(replace(filters, created_after=_instant(last * DAY_SECONDS)))
     for edge in edges:
         where, args = edge.where()
         rows += db.execute(f"{_GROUPED} INDEXED BY calls_created {where}{_GROUP_BY}",
@@ -133,8 +132,13 @@ def _grouped(db: sqlite3.Connection, filters: CallFilter, rollup: bool) -> list[
     return [row for row in rows if row[5]]  # a rollup group whose calls have all gone
 
 
-def _midnight(day: int) -> datetime:
-    return datetime.fromtimestamp(day * DAY_SECONDS, tz=UTC)
+def _used(filters: CallFilter) -> set[str]:
+    """The filters set."""
+    return {f.name for f in fields(filters) if getattr(filters, f.name) not in (None, False)}
+
+
+def _instant(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
 
 
 def summary(store: Store, filters: CallFilter, *, rollup: bool = True) -> dict[str, Any]:
@@ -200,20 +204,8 @@ def _percentiles(
 def buckets(store: Store, filters: CallFilter, unit: Unit, zone: ZoneInfo) -> list[dict[str, Any]]:
     """Per local hour or day of `zone`, in order, only those with calls: total, answered,
     failed, and the average duration of the completed calls."""
-    where, args = filters.where()
-    # The quarter-hour bounds let SQLite seek in calls_quarters; created_at stays exact.
-    if filters.created_after is not None:
-        where = _and(where, "created_q >= ?")
-        args.append(int(filters.created_after.timestamp()) // QUARTER_SECONDS)
-    if filters.created_before is not None:
-        where = _and(where, "created_q <= ?")
-        args.append(int(filters.created_before.timestamp()) // QUARTER_SECONDS)
     with store.reading() as db:
-        rows = db.execute(
-            "SELECT created_q, status, count(*), count(answer_delay), total(duration) "
-            f"FROM calls INDEXED BY calls_quarters {where} GROUP BY created_q, status",
-            args,
-        ).fetchall()
+        rows = _quarters(db, filters)
     # Keyed by the bucket's start in UTC: the two 01:00 hours of a DST fall-back stay two.
     folded: dict[datetime, _Group] = {}
     starts: dict[int, datetime] = {}
@@ -223,6 +215,23 @@ def buckets(store: Store, filters: CallFilter, unit: Unit, zone: ZoneInfo) -> li
             start = starts[quarter] = _bucket_start(quarter, unit, zone).astimezone(UTC)
         folded.setdefault(start, _Group()).add(status, total, answered, duration_sum)
     return [_bucket(start.astimezone(zone), group) for start, group in sorted(folded.items())]
+
+
+def _quarters(db: sqlite3.Connection, filters: CallFilter) -> list[Any]:
+    """(quarter, status, calls, answered, duration sum) of the calls `filters` matches."""
+    where, args = filters.where()
+    # The quarter-hour bounds let SQLite seek in calls_quarters; created_at stays exact.
+    if filters.created_after is not None:
+        where = _and(where, "created_q >= ?")
+        args.append(int(filters.created_after.timestamp()) // QUARTER_SECONDS)
+    if filters.created_before is not None:
+        where = _and(where, "created_q <= ?")
+        args.append(int(filters.created_before.timestamp()) // QUARTER_SECONDS)
+    return db.execute(
+        "SELECT created_q, status, count(*), count(answer_delay), total(duration) "
+        f"FROM calls INDEXED BY calls_quarters {where} GROUP BY created_q, status",
+        args,
+    ).fetchall()
 
 
 def _bucket_start(quarter: int, unit: Unit, zone: ZoneInfo) -> datetime:

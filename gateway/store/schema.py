@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 
 SCHEMA_VERSION = 3
 
@@ -77,71 +78,88 @@ CREATE INDEX IF NOT EXISTS calls_quarters ON calls(created_q, status, created_at
 CREATE INDEX IF NOT EXISTS calls_recordings ON calls(recording_at) WHERE recording_path IS NOT NULL;
 """
 
-# The analytics totals per UTC day and group (store/analytics.py), kept by triggers on every
-# write to calls: a row's old figures out, its new ones in. A summary reads whole days here
-# and only the partial days at a window's edges from calls. The key treats NULL as a value of
+# Rollups of the analytics figures (store/analytics.py), kept by triggers on every write to
+# calls: a row's old figures out, its new ones in. A query reads whole periods from a rollup
+# and only the partial ones at a window's edges from calls. A key treats NULL as a value of
 # its own (x'' is a BLOB, unequal to every TEXT, '' included).
 DAY_QUARTERS = 96
-_DIMENSIONS = ("trunk", "agent", "campaign_id")  # the nullable ones of the key
-_FIGURES = (
-    # column, what a call adds to it
-    ("calls", "1"),
-    ("answered", "({row}.answer_delay IS NOT NULL)"),
-    ("duration_sum", "ifnull({row}.duration, 0)"),
-    ("answer_sum", "ifnull({row}.answer_delay, 0)"),
-    ("latency_calls", "({row}.response_p50_ms IS NOT NULL)"),
-    ("p50_sum", "ifnull({row}.response_p50_ms, 0)"),
-    ("p95_sum", "ifnull({row}.response_p95_ms, 0)"),
-)
-_ROLLUP = f"""
-CREATE TABLE IF NOT EXISTS calls_daily (
-    day INTEGER NOT NULL,  -- created_q / {DAY_QUARTERS}: days since 1970-01-01 UTC
-    status TEXT NOT NULL, direction TEXT NOT NULL, trunk TEXT, agent TEXT, campaign_id TEXT,
-    calls INTEGER NOT NULL DEFAULT 0, answered INTEGER NOT NULL DEFAULT 0,
-    duration_sum REAL NOT NULL DEFAULT 0, answer_sum REAL NOT NULL DEFAULT 0,
-    latency_calls INTEGER NOT NULL DEFAULT 0,
-    p50_sum REAL NOT NULL DEFAULT 0, p95_sum REAL NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS calls_daily_key ON calls_daily(day, status, direction,
-    {", ".join(f"ifnull({c}, x'')" for c in _DIMENSIONS)});
--- what a summary reads, in its GROUP BY order (no sort)
-CREATE INDEX IF NOT EXISTS calls_daily_groups ON calls_daily(status, direction, trunk, agent,
-    campaign_id, day, {", ".join(col for col, _ in _FIGURES)});
-"""
+_ANSWERED = ("answered", "({row}.answer_delay IS NOT NULL)")
+_DURATION = ("duration_sum", "ifnull({row}.duration, 0)")
 
 
-def _rollup_update(row: str, sign: str) -> str:
-    """The statement adding (`+`) or taking out (`-`) the figures of `row` (new or old)."""
-    sets = ", ".join(f"{col} = {col} {sign} {add.format(row=row)}" for col, add in _FIGURES)
-    key = " AND ".join(
-        [f"day = {row}.created_q / {DAY_QUARTERS}", f"status = {row}.status",
-         f"direction = {row}.direction",
-         *(f"ifnull({c}, x'') = ifnull({row}.{c}, x'')" for c in _DIMENSIONS)]
-    )  # fmt: skip
-    return f"UPDATE calls_daily SET {sets} WHERE {key};"
+@dataclass(frozen=True)
+class _Rollup:
+    table: str
+    key: tuple[tuple[str, str, str], ...]  # column, its declaration, its value for a calls row
+    figures: tuple[tuple[str, str], ...]  # column (a count, or a REAL *_sum), what a call adds
+    indexes: str = ""
+
+    def _nullable(self) -> list[bool]:
+        return ["NOT NULL" not in declaration for _, declaration, _ in self.key]
+
+    def ddl(self) -> str:
+        keys = ", ".join(f"{c} {declaration}" for c, declaration, _ in self.key)
+        figures = ", ".join(f"{c} {'REAL' if c.endswith('_sum') else 'INTEGER'} NOT NULL DEFAULT 0"
+                            for c, _ in (("calls", "1"), *self.figures))  # fmt: skip
+        nullable = zip(self.key, self._nullable(), strict=True)
+        unique = ", ".join(f"ifnull({c}, x'')" if n else c for (c, _, _), n in nullable)
+        return (f"CREATE TABLE IF NOT EXISTS {self.table} ({keys}, {figures});\n"
+                f"CREATE UNIQUE INDEX IF NOT EXISTS {self.table}_key ON {self.table}({unique});\n"
+                f"{self.indexes}\n")  # fmt: skip
+
+    def change(self, row: str, sign: str) -> str:
+        """Statements adding (`+`) or taking out (`-`) the figures of `row` (new or old)."""
+        figures = [("calls", "1"), *self.figures]
+        sets = ", ".join(f"{c} = {c} {sign} {add.format(row=row)}" for c, add in figures)
+        match = " AND ".join(
+            f"ifnull({c}, x'') = ifnull({v.format(row=row)}, x'')" if n
+            else f"{c} = {v.format(row=row)}"
+            for (c, _, v), n in zip(self.key, self._nullable(), strict=True)
+        )  # fmt: skip
+        update = f"UPDATE {self.table} SET {sets} WHERE {match};"
+        if sign == "-":
+            return update
+        columns = ", ".join(c for c, _, _ in self.key)
+        values = ", ".join(v.format(row=row) for _, _, v in self.key)
+        return f"INSERT OR IGNORE INTO {self.table} ({columns}) VALUES ({values}); {update}"
+
+    def rebuild(self) -> str:
+        keys = ", ".join(v.format(row="calls") for _, _, v in self.key)
+        sums = ", ".join(f"sum({add.format(row='calls')})" for _, add in self.figures)
+        groups = ", ".join(str(i + 1) for i in range(len(self.key)))
+        return (f"INSERT INTO {self.table} SELECT {keys}, count(*), {sums} FROM calls "
+                f"GROUP BY {groups}")  # fmt: skip
 
 
-_NEW_IN = (
-    "INSERT OR IGNORE INTO calls_daily (day, status, direction, trunk, agent, campaign_id) "
-    f"VALUES (new.created_q / {DAY_QUARTERS}, new.status, new.direction, new.trunk, "
-    f"new.agent, new.campaign_id); {_rollup_update('new', '+')}"
-)
-_OLD_OUT = _rollup_update("old", "-")
+DAILY = _Rollup(
+    # the summary's sums per UTC day and group
+    table="calls_daily",
+    key=(("day", "INTEGER NOT NULL", f"{{row}}.created_q / {DAY_QUARTERS}"),  # UTC days
+         ("status", "TEXT NOT NULL", "{row}.status"),
+         ("direction", "TEXT NOT NULL", "{row}.direction"),
+         ("trunk", "TEXT", "{row}.trunk"), ("agent", "TEXT", "{row}.agent"),
+         ("campaign_id", "TEXT", "{row}.campaign_id")),
+    figures=(_ANSWERED, _DURATION, ("answer_sum", "ifnull({row}.answer_delay, 0)"),
+             ("latency_calls", "({row}.response_p50_ms IS NOT NULL)"),
+             ("p50_sum", "ifnull({row}.response_p50_ms, 0)"),
+             ("p95_sum", "ifnull({row}.response_p95_ms, 0)")),
+    # what a summary reads, in its GROUP BY order (no sort)
+    indexes="CREATE INDEX IF NOT EXISTS calls_daily_groups ON calls_daily(status, direction, "
+    "trunk, agent, campaign_id, day, calls, answered, duration_sum, answer_sum, latency_calls, "
+    "p50_sum, p95_sum);",
+)  # fmt: skip
+_ROLLUPS = (DAILY,)
 _WATCHED = ("status, direction, trunk, agent, campaign_id, created_q, duration, answer_delay, "
             "response_p50_ms, response_p95_ms")  # fmt: skip
-_ROLLUP += "".join(
-    f"CREATE TRIGGER IF NOT EXISTS calls_daily_{name} AFTER {when} ON calls BEGIN {body} END;\n"
+_NEW_IN = " ".join(r.change("new", "+") for r in _ROLLUPS)
+_OLD_OUT = " ".join(r.change("old", "-") for r in _ROLLUPS)
+_ROLLUP = "".join(r.ddl() for r in _ROLLUPS) + "".join(
+    f"\nCREATE TRIGGER IF NOT EXISTS calls_rollup_{name} AFTER {when} ON calls BEGIN {body} END;"
     for name, when, body in (
         ("insert", "INSERT", _NEW_IN),
         ("delete", "DELETE", _OLD_OUT),
-        ("update", f"UPDATE OF {_WATCHED}", _OLD_OUT + " " + _NEW_IN),
+        ("update", f"UPDATE OF {_WATCHED}", f"{_OLD_OUT} {_NEW_IN}"),
     )
-)
-_REBUILD_ROLLUP = (
-    f"INSERT INTO calls_daily SELECT created_q / {DAY_QUARTERS}, status, direction, trunk, agent, "
-    "campaign_id, count(*), count(answer_delay), total(duration), total(answer_delay), "
-    "count(response_p50_ms), total(response_p50_ms), total(response_p95_ms) "
-    "FROM calls GROUP BY 1, 2, 3, 4, 5, 6"
 )
 
 
@@ -159,8 +177,9 @@ def migrate(db: sqlite3.Connection) -> None:
     if version < SCHEMA_VERSION:  # the version is the rollup's too: set once it is filled
 
         def rebuild() -> None:
-            db.execute("DELETE FROM calls_daily")
-            db.execute(_REBUILD_ROLLUP)
+            for rollup in _ROLLUPS:
+                db.execute(f"DELETE FROM {rollup.table}")
+                db.execute(rollup.rebuild())
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
         _in_transaction(db, rebuild)

@@ -260,7 +260,7 @@ def test_the_rollup_follows_every_change_and_deletion_of_a_call(store: Store) ->
         store, CallFilter(), rollup=False
     )
     with store.reading() as db:
-        rebuilt = db.execute(schema._REBUILD_ROLLUP.replace("INSERT INTO calls_daily ", ""))
+        rebuilt = db.execute(schema.DAILY.rebuild().replace("INSERT INTO calls_daily ", ""))
         expected = {tuple(r[:8]) for r in rebuilt if r[6]}
         kept = {tuple(r[:8]) for r in db.execute("SELECT * FROM calls_daily WHERE calls > 0")}
     assert {r[:6] for r in kept} == {r[:6] for r in expected}
