@@ -201,11 +201,17 @@ def _percentiles(
     return out
 
 
-def buckets(store: Store, filters: CallFilter, unit: Unit, zone: ZoneInfo) -> list[dict[str, Any]]:
+def buckets(
+    store: Store, filters: CallFilter, unit: Unit, zone: ZoneInfo, *, rollup: bool = True
+) -> list[dict[str, Any]]:
     """Per local hour or day of `zone`, in order, only those with calls: total, answered,
-    failed, and the average duration of the completed calls."""
+    failed, and the average duration of the completed calls (`rollup` False: every call
+    read, not calls_quarterly, the same figures, for tests)."""
     with store.reading() as db:
-        rows = _quarters(db, filters)
+        if rollup and _used(filters) <= {"created_after", "created_before"}:
+            rows = _rolled_quarters(db, filters)
+        else:
+            rows = _quarters(db, filters)
     # Keyed by the bucket's start in UTC: the two 01:00 hours of a DST fall-back stay two.
     folded: dict[datetime, _Group] = {}
     starts: dict[int, datetime] = {}
@@ -232,6 +238,28 @@ def _quarters(db: sqlite3.Connection, filters: CallFilter) -> list[Any]:
         f"FROM calls INDEXED BY calls_quarters {where} GROUP BY created_q, status",
         args,
     ).fetchall()
+
+
+def _rolled_quarters(db: sqlite3.Connection, filters: CallFilter) -> list[Any]:
+    """The same for a window of every call: whole quarter hours from calls_quarterly, the
+    partial ones at the window's edges from the calls."""
+    after, before = filters.created_after, filters.created_before
+    first = None if after is None else math.ceil(after.timestamp() / QUARTER_SECONDS)
+    last = None if before is None else math.floor(before.timestamp() / QUARTER_SECONDS)
+    if first is not None and last is not None and first >= last:  # within one quarter hour
+        return _quarters(db, filters)
+    conditions = ["calls > 0"]
+    conditions += [] if first is None else [f"q >= {first}"]
+    conditions += [] if last is None else [f"q < {last}"]
+    rows: list[Any] = db.execute(
+        "SELECT q, status, calls, answered, duration_sum FROM calls_quarterly "
+        f"WHERE {' AND '.join(conditions)}"
+    ).fetchall()
+    if first is not None and after is not None:
+        rows += _quarters(db, replace(filters, created_before=_instant(first * QUARTER_SECONDS)))
+    if last is not None and before is not None:
+        rows += _quarters(db, replace(filters, created_after=_instant(last * QUARTER_SECONDS)))
+    return rows
 
 
 def _bucket_start(quarter: int, unit: Unit, zone: ZoneInfo) -> datetime:

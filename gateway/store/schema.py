@@ -148,7 +148,13 @@ DAILY = _Rollup(
     "trunk, agent, campaign_id, day, calls, answered, duration_sum, answer_sum, latency_calls, "
     "p50_sum, p95_sum);",
 )  # fmt: skip
-_ROLLUPS = (DAILY,)
+QUARTERLY = _Rollup(
+    # the buckets' counts per UTC quarter hour, for buckets of every call (no filter)
+    table="calls_quarterly",
+    key=(("q", "INTEGER NOT NULL", "{row}.created_q"), ("status", "TEXT NOT NULL", "{row}.status")),
+    figures=(_ANSWERED, _DURATION),
+)
+_ROLLUPS = (DAILY, QUARTERLY)
 _WATCHED = ("status, direction, trunk, agent, campaign_id, created_q, duration, answer_delay, "
             "response_p50_ms, response_p95_ms")  # fmt: skip
 _NEW_IN = " ".join(r.change("new", "+") for r in _ROLLUPS)

@@ -259,8 +259,36 @@ def test_the_rollup_follows_every_change_and_deletion_of_a_call(store: Store) ->
     assert analytics.summary(store, CallFilter()) == analytics.summary(
         store, CallFilter(), rollup=False
     )
+    for unit in ("hour", "day"):
+        zone = ZoneInfo("UTC")
+        assert analytics.buckets(store, CallFilter(), unit, zone) == analytics.buckets(
+            store, CallFilter(), unit, zone, rollup=False
+        )
     with store.reading() as db:
         rebuilt = db.execute(schema.DAILY.rebuild().replace("INSERT INTO calls_daily ", ""))
         expected = {tuple(r[:8]) for r in rebuilt if r[6]}
         kept = {tuple(r[:8]) for r in db.execute("SELECT * FROM calls_daily WHERE calls > 0")}
     assert {r[:6] for r in kept} == {r[:6] for r in expected}
+
+
+BUCKET_WINDOWS = [
+    CallFilter(),
+    CallFilter(created_after=T0 + timedelta(minutes=7, seconds=30)),
+    CallFilter(created_before=T0 + timedelta(days=2, minutes=44, milliseconds=1)),
+    CallFilter(created_after=T0 + timedelta(hours=3, minutes=1),
+               created_before=T0 + timedelta(days=3, hours=2, minutes=59)),
+    CallFilter(created_after=T0 + timedelta(minutes=16), created_before=T0 + timedelta(minutes=29)),
+    CallFilter(trunk="a", created_after=T0 + timedelta(hours=1)),  # not in the rollup
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("window", BUCKET_WINDOWS, ids=range(len(BUCKET_WINDOWS)))
+@pytest.mark.parametrize("zone", ["UTC", "Asia/Kathmandu", "America/New_York"])
+def test_the_quarter_hour_rollup_gives_the_buckets_of_the_calls(
+    store: Store, window: CallFilter, zone: str
+) -> None:
+    _random_calls(store, 600, seed=5)
+    for unit in ("hour", "day"):
+        got = analytics.buckets(store, window, unit, ZoneInfo(zone))
+        assert got == analytics.buckets(store, window, unit, ZoneInfo(zone), rollup=False)
+        assert got  # every window holds calls
