@@ -7,8 +7,9 @@
 * `Kamailio` - a digest-auth registrar/proxy rendered from kamailio/registrar.cfg.tmpl.
 * `Baresip` - a headless baresip phone with a generated config dir, driven over stdin.
 
-Everything binds 127.0.0.1 (SIPp's UDP control socket `-cp` is the one exception SIPp gives
-no choice about: it binds 0.0.0.0 on a port we pick). Every process is started by us and
+Everything binds 127.0.0.1 (SIPp's UDP control socket is the one exception SIPp gives no
+choice about: it binds 0.0.0.0, the first free port from 8888 up, SIPp's own search, so two
+SIPps never race for one port we picked). Every process is started by us and
 stopped by its PID. Fixtures at the bottom: `sipp_uas`, `kamailio`, `baresip_factory`.
 """
 
@@ -263,7 +264,6 @@ class Sipp:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_udp_port_run(1)
         self.media_port = media_port or free_udp_port_run(2, step=2)
-        self.control_port = free_udp_port_run(1)
         self.args: list[str] = [
             "-i",
             HOST,
@@ -273,8 +273,6 @@ class Sipp:
             HOST,
             "-mp",
             str(self.media_port),
-            "-cp",
-            str(self.control_port),
             "-nostdin",
             "-trace_err",
             "-trace_screen",
