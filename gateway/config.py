@@ -38,6 +38,7 @@ ALL_TRANSPORTS: tuple[Transport, ...] = ("udp", "tcp")
 
 
 MAX_WORKERS = 64
+MAX_PLANES = 16
 # PJSUA_MAX_CALLS of the only pjsua2 wheel (pjsua2-python 2.15.1.post1): one SIP worker, one
 # pjsua2 endpoint, holds this many calls at once. The engine measures it again at start.
 CALLS_PER_WORKER = 4
@@ -512,6 +513,12 @@ class NodeSettings(Model):
         description="plane: one media process serves every call's RTP and agent (G.711); "
         "worker: each SIP worker runs its calls' media in pjmedia (needed for G722)",
     )
+    media_planes: int | Literal["auto"] = Field(
+        1,
+        description="media plane processes (node.media: plane): a number (1-16), or auto (one "
+        "per CPU, at most one per worker); worker i uses plane (i - 1) mod N, so each plane's "
+        "20 ms clock carries its share of the calls on a core of its own",
+    )
     media_nice: int = Field(
         -10,
         ge=-20,
@@ -622,6 +629,19 @@ class Config(Model):
                 f"and each takes at least one call; set node.workers to at most {calls}, "
                 "or to auto"
             )
+        planes = self.node.media_planes
+        if isinstance(planes, int) and not 1 <= planes <= MAX_PLANES:
+            raise ValueError(f"node.media_planes: {planes} is not between 1 and {MAX_PLANES}")
+        if planes not in (1, "auto") and self.node.media != "plane":
+            raise ValueError(
+                f"node.media_planes: {planes} planes need node.media: plane "
+                f"(node.media is {self.node.media})"
+            )
+        if isinstance(planes, int) and planes > worker_count(self):
+            raise ValueError(
+                f"node.media_planes: {planes} planes for {worker_count(self)} workers; each "
+                "plane serves whole workers, so set it to at most node.workers, or to auto"
+            )
         sip = self.sip
         if sip.front.mode != "none" and is_wildcard(sip.listen) and sip.public_address is None:
             raise ValueError(
@@ -727,6 +747,16 @@ def worker_count(config: Config) -> int:
     if workers == "auto":
         return min(MAX_WORKERS, -(-config.limits.max_concurrent_calls // CALLS_PER_WORKER))
     return workers
+
+
+def plane_count(config: Config) -> int:
+    """Media plane processes the node runs (0 with node.media: worker)."""
+    if config.node.media != "plane":
+        return 0
+    planes = config.node.media_planes
+    if planes == "auto":
+        return max(1, min(MAX_PLANES, os.cpu_count() or 1, worker_count(config)))
+    return planes
 
 
 def worker_slots(config: Config) -> list[WorkerSlot]:

@@ -1,4 +1,4 @@
-"""The supervisor's end of the media plane process (node.media: plane).
+"""The supervisor's end of the media plane processes (node.media: plane, node.media_planes).
 
 The supervisor owns the plane's listening socket (an abstract Unix SOCK_SEQPACKET name): it is
 bound and listening before any process starts, so a worker can connect at once, and it
@@ -34,10 +34,13 @@ STABLE_S = 60.0
 
 
 class PlaneProcess:
-    def __init__(self, node_id: str, config_path: Path) -> None:
+    """Media plane `index` (1-based) of the node."""
+
+    def __init__(self, node_id: str, config_path: Path, index: int = 1) -> None:
         self.config_path = config_path
+        self.index = index
         # "@name" on command lines (argv cannot hold the NUL of an abstract socket's name)
-        self.address = f"@sipedge-plane-{node_id}-{os.getpid()}"
+        self.address = f"@sipedge-plane-{node_id}-{os.getpid()}-{index}"
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind("\0" + self.address[1:])
         self.listener.listen(128)
@@ -52,10 +55,10 @@ class PlaneProcess:
     async def start(self) -> None:
         fd = self.listener.fileno()
         cmd = [sys.executable, "-m", "gateway.plane", "--config", str(self.config_path),
-               "--fd", str(fd), "--log-level",
+               "--fd", str(fd), "--index", str(self.index), "--log-level",
                logging.getLevelName(log.getEffectiveLevel())]  # fmt: skip
         self.proc = await asyncio.create_subprocess_exec(*cmd, pass_fds=(fd,))
-        log.info("event=media_plane_started pid=%d", self.proc.pid)
+        log.info("event=media_plane_started pid=%d plane=%d", self.proc.pid, self.index)
 
     async def reload(self, timeout: float = RELOAD_TIMEOUT) -> None:
         """The plane reads its config file again (a reload the supervisor accepted), and
@@ -97,8 +100,8 @@ class PlaneProcess:
                 backoff.reset()
             delay = backoff.next_delay()
             self.restarts += 1
-            log.error("event=media_plane_died returncode=%s restart_in=%.1f restarts=%d",
-                      proc.returncode, delay, self.restarts)  # fmt: skip
+            log.error("event=media_plane_died plane=%d returncode=%s restart_in=%.1f "
+                      "restarts=%d", self.index, proc.returncode, delay, self.restarts)  # fmt: skip
             try:
                 await asyncio.wait_for(stop.wait(), delay)
                 return
@@ -115,7 +118,7 @@ class PlaneProcess:
             try:
                 await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
             except TimeoutError:
-                log.error("event=media_plane_kill reason=stop_timeout")
+                log.error("event=media_plane_kill plane=%d reason=stop_timeout", self.index)
                 proc.kill()
                 await proc.wait()
         self.listener.close()

@@ -14,7 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +59,10 @@ class WorkerPool:
         on_event: Callable[[WorkerEvent, float], None],
         on_lost: Callable[[int, set[str]], int],
         on_change: Callable[[], None] = lambda: None,
-        plane: str | None = None,
+        planes: Sequence[str] = (),
     ) -> None:
         self.config = config
-        self.plane = plane  # the media plane's socket each worker connects to
+        self.planes = list(planes)  # the media planes' sockets: worker i connects to one
         self.config_path = config_path
         self._on_event = on_event
         self._on_lost = on_lost
@@ -261,9 +261,16 @@ class WorkerPool:
         trunks = claim(self.trunk_owner, index)
         self.trunk_owner.update(dict.fromkeys(trunks, index))
         registers = [t for t in trunks if self._registers(t)]
-        link = WorkerLink(index, self.config_path, self._event, registers, self.plane)
+        link = WorkerLink(index, self.config_path, self._event, registers, self.plane_of(index))
         self.links[index] = link
         return link
+
+    def plane_of(self, index: int) -> str | None:
+        """The media plane worker `index` (1-based) sends its calls to: (index - 1) mod N,
+        the same one every time the worker is started (None with node.media: worker)."""
+        if not self.planes:
+            return None
+        return self.planes[(index - 1) % len(self.planes)]
 
     def _registers(self, trunk_id: str) -> bool:
         trunk = self.config.trunk(trunk_id)

@@ -35,6 +35,7 @@ from gateway.config import (
     Config,
     capacity_warning,
     load_config,
+    plane_count,
     public_url,
     worker_count,
     worker_slots,
@@ -100,16 +101,15 @@ class Node:
         self.webhooks = WebhookOperations(self.webhook_store, self.webhook_sender, config.node.id)
         self.publisher: Publisher | None = None
         self.ledger = Ledger(self.store, config.node.id, self._wake_publisher, self._trunk_state)
-        self.plane: PlaneProcess | None = None
-        if config.node.media == "plane":
-            self.plane = PlaneProcess(config.node.id, self.config_path)
+        self.planes = [PlaneProcess(config.node.id, self.config_path, i)
+                       for i in range(1, plane_count(config) + 1)]  # fmt: skip
         self.workers = WorkerPool(
             config,
             self.config_path,
             self.on_worker_event,
             self._calls_lost,
             self._workers_changed,
-            plane=self.plane.address if self.plane is not None else None,
+            planes=[plane.address for plane in self.planes],
         )
         self.front: FrontProcess | None = None
         self.metrics = NodeMetrics()
@@ -211,11 +211,11 @@ class Node:
             sync_config(self.webhook_store, new)
             self.webhook_sender.max_failures = new.webhooks_max_failures
             self.webhook_sender.wake()
-            if self.plane is not None:
+            for plane in self.planes:
                 try:  # first: a call the workers take from now on gets the new agents
-                    await self.plane.reload()
+                    await plane.reload()
                 except PlaneReloadError as exc:
-                    log.error("event=media_plane_reload_failed error=%s", exc)
+                    log.error("event=media_plane_reload_failed plane=%d error=%s", plane.index, exc)
             await self.workers.reconfigure(new)
             await self._front_follows_config()
             log_routing(new)
@@ -300,8 +300,8 @@ class Node:
         self.ledger.close_orphans("node_restart", alive_until=self.store.last_beat())
         self.store.beat(time.time())
         await self._start_front()
-        if self.plane is not None:
-            await self.plane.start()  # workers connect to its socket as they start
+        for plane in self.planes:
+            await plane.start()  # workers connect to its socket as they start
         await self.workers.start()
         await self._front_follows_workers()
         self._workers_started()
@@ -373,10 +373,9 @@ class Node:
 
     async def _supervise(self) -> None:
         """Until asked to stop: each SIP worker that dies is restarted (gateway/node/pool.py)."""
-        if self.plane is None:
-            await self.workers.supervise(self._stop)
-            return
-        await asyncio.gather(self.workers.supervise(self._stop), self.plane.supervise(self._stop))
+        await asyncio.gather(
+            self.workers.supervise(self._stop), *(p.supervise(self._stop) for p in self.planes)
+        )
 
     async def shutdown(self) -> None:
         self.draining = True
@@ -398,8 +397,7 @@ class Node:
             except TimeoutError:
                 log.info("event=drain_timeout hanging_up=%d", len(self.ledger.active))
         await self.workers.stop(timeout=15)
-        if self.plane is not None:
-            await self.plane.stop()
+        await asyncio.gather(*(plane.stop() for plane in self.planes))
         await self._stop_front()
         if self.publisher is not None:
             await self._flush_outbox(timeout=3.0)

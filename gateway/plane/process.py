@@ -1,7 +1,8 @@
-"""The media plane: one process per node serving the RTP and the agent sessions of every call
-of every SIP worker, started by the supervisor as
-`python -m gateway.plane --config F --fd N` (N: a listening SOCK_SEQPACKET socket the
-workers connect to; gateway/worker/planelink.py has the protocol).
+"""The media plane: a process serving the RTP and the agent sessions of every call of its SIP
+workers, started by the supervisor as `python -m gateway.plane --config F --fd N --index I`
+(N: a listening SOCK_SEQPACKET socket the workers connect to; gateway/worker/planelink.py
+has the protocol). A node runs node.media_planes of them, each serving whole workers (worker
+i the plane (i - 1) mod planes), so each plane's clock carries its share on a core of its own.
 
 Everything runs on one asyncio loop, paced by one 20 ms clock for all calls:
 - each tick, one epoll_wait(0) says which calls' RTP sockets have packets; those are read
@@ -266,6 +267,7 @@ class Plane:
         conn.calls[call_id] = PlaneCall(
             conn, call_id, self.make_session(record, controls), controls
         )
+        log.debug("event=call_opened call_id=%s calls=%d", call_id, len(conn.calls))
 
     def _media(self, call: PlaneCall, message: dict[str, Any], fds: list[int]) -> None:
         if fds:
@@ -615,10 +617,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--index", type=int, default=1, help="which of the node's planes")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s plane %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s plane={args.index} %(message)s",
         stream=sys.stderr,
     )
     faulthandler.enable(file=sys.stderr, all_threads=True)

@@ -815,6 +815,44 @@ def test_many_workers_need_a_front_and_enough_rtp_ports() -> None:
         _front(65)
 
 
+def _planes(planes: object, workers: object = 4, media: str = "plane") -> Config:
+    config = _front(workers).model_dump()
+    config["node"] |= {"media_planes": planes, "media": media}
+    return Config.model_validate(config)
+
+
+def test_media_planes_default_to_one_and_auto_is_a_plane_per_cpu_up_to_the_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway import config as module
+    from gateway.config import plane_count
+
+    assert plane_count(_front(3)) == 1
+    assert plane_count(_planes(2)) == 2
+    monkeypatch.setattr(module.os, "cpu_count", lambda: 8)
+    assert plane_count(_planes("auto", workers=3)) == 3  # never a plane without a worker
+    assert plane_count(_planes("auto", workers="auto")) == 3  # 12 calls: 3 workers
+    monkeypatch.setattr(module.os, "cpu_count", lambda: None)
+    assert plane_count(_planes("auto")) == 1
+    assert plane_count(_planes(1, media="worker")) == 0
+
+
+@pytest.mark.parametrize(
+    ("planes", "workers", "media", "fragment"),
+    [
+        (0, 4, "plane", "node.media_planes: 0 is not between 1 and 16"),
+        (17, 4, "plane", "node.media_planes: 17 is not between 1 and 16"),
+        (5, 4, "plane", "node.media_planes: 5 planes for 4 workers"),
+        (2, 2, "worker", "node.media_planes: 2 planes need node.media: plane"),
+    ],
+)
+def test_a_media_plane_count_that_cannot_work_is_named(
+    planes: int, workers: int, media: str, fragment: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        _planes(planes, workers, media)
+
+
 def test_worker_ports_clash_with_other_listeners() -> None:
     with pytest.raises(ValueError, match="worker_ports_start"):
         _front(2, port=5070, front={"mode": "embedded", "worker_ports_start": 8080})

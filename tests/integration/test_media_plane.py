@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mqtt_watch import MqttWatch
-from tests.integration.node import NodeProcess, base_config
+from tests.integration.node import NodeProcess, base_config, workers_config
 from tests.integration.peers import HOST, Sipp
 from tests.integration.rawsip import RawUac
+from tests.integration.test_worker_pool import answered, call_workers, ended
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +86,41 @@ def test_calls_on_a_dead_plane_fail_by_the_gateway_and_the_plane_comes_back(
                      workdir=tmp_path / "again").run(30)  # fmt: skip
         assert again.successful == 1, again.errors
         assert "event=media_plane_died" in node.log()
+
+
+def test_two_planes_each_carry_their_workers_calls_and_one_dying_ends_only_its_own(
+    tmp_path: Path,
+) -> None:
+    """node.media_planes: 2 with 2 workers: worker 1's calls on plane 1, worker 2's on plane
+    2; kill -9 of plane 2 ends worker 2's calls (failed, by the gateway) while worker 1's
+    go on to their callers' BYE, and plane 2 is started again."""
+    config = workers_config(tmp_path, 2, node={"media_planes": 2},
+                            limits={"max_concurrent_calls": 8})  # fmt: skip
+    with NodeProcess(tmp_path, config) as node, MqttWatch(node.mqtt_port) as mq:
+        started = dict(re.findall(r"event=media_plane_started pid=(\d+) plane=(\d+)", node.log()))
+        planes = {int(index): int(pid) for pid, index in started.items()}
+        assert sorted(planes) == [1, 2]
+        # 3 s of RTP and 3 s more each, two calls on each worker (the front balances load)
+        calls = Sipp("uac_pcap.xml", remote=(HOST, node.sip_port), service="+15550100",
+                     calls=4, rate=10, limit=4, duration_ms=3000,
+                     workdir=tmp_path / "callers").start()  # fmt: skip
+        held = answered(mq, 4)
+        owners = call_workers(node)
+        assert Counter(owners[c] for c in held) == {1: 2, 2: 2}
+        for call_id in held:  # each call's media and agent session on its worker's plane
+            node.wait_log(f"plane={owners[call_id]} event=call_opened call_id={call_id}")
+        os.kill(planes[2], signal.SIGKILL)
+        for call_id in held:
+            done = ended(mq, call_id)["data"]
+            if owners[call_id] == 2:
+                assert (done["reason"], done["hangup_by"]) == ("failed", "gateway")
+            else:
+                assert (done["reason"], done["hangup_by"]) == ("normal", "caller"), done
+        result = calls.wait(30)
+        assert (result.successful, result.failed) == (2, 2), result.errors
+        node.wait_log("event=media_plane_started", count=3)
+        assert "event=media_plane_died plane=2" in node.log()
+        assert "event=media_plane_died plane=1" not in node.log()
 
 
 def test_a_call_ends_with_its_quality_from_the_rtp_the_plane_received(tmp_path: Path) -> None:

@@ -245,3 +245,18 @@ async def test_an_operation_with_no_worker_to_go_to_is_an_internal_error(
         link(pool, index).exited.set()
     with pytest.raises(CommandError, match="SIP worker is not running"):
         await pool.request("originate", originate("call_a"))
+
+
+async def test_each_worker_is_started_against_its_own_plane_every_time(
+    recorder: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Worker i connects to plane (i - 1) mod N: 3 workers on 2 planes give 1, 2, 1; a worker
+    started again (after a death) gets the same plane, whose calls it then carries."""
+    monkeypatch.setenv("PW", "secret")
+    pool = WorkerPool(Config.model_validate(CONFIG), Path("n.yaml"), recorder.on_event,
+                      recorder.on_lost, planes=["@plane-1", "@plane-2"])  # fmt: skip
+    assert [pool.links[i].plane for i in (1, 2, 3)] == ["@plane-1", "@plane-2", "@plane-1"]
+    assert pool._spawn(2).plane == "@plane-2"
+    alone = WorkerPool(Config.model_validate(CONFIG), Path("n.yaml"), recorder.on_event,
+                       recorder.on_lost)  # fmt: skip
+    assert all(link.plane is None for link in alone.links.values())  # node.media: worker
