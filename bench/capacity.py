@@ -5,14 +5,17 @@ For each step of concurrent calls (`--steps`, default 25,50,100,150,200,250,300)
 fresh node (`sipedge run`) with N workers behind the embedded front (N = ceil(calls / 4), or
 `--workers`), an agent server in its own process that echoes every caller frame straight back
 (`--agent twilio-ws`: Twilio Media Streams; `pcm-ws`; or `echo`, the node's built-in agent,
-no server), and one SIPp caller per call (a scenario made from sipp_scenarios/uac_pcap.xml
-playing a PCMU pcap of speech bursts, 400 ms voiced / 200 ms silent, for the whole call).
-Calls start at `--rate` per second; once all are up it measures for `--hold` seconds:
+no server), and SIPp callers (a scenario made from sipp_scenarios/uac_pcap.xml playing a PCMU
+pcap of speech bursts, 400 ms voiced / 200 ms silent, for the whole call): one SIPp process
+placing every call (`--callers one`, the default), or one per call (`--callers each`, ten
+times the CPU). `--planes N` sets node.media_planes. Calls start at `--rate` per second;
+once all are up it measures for `--hold` seconds:
 
-  * calls up (SIPp callers still in their call) and failed calls (SIPp exit status != 0);
+  * calls up (SIPp's calls still in progress) and failed calls (SIPp's failed calls);
   * speech bursts lost and wire-to-wire latency each way, by onset detection: RTP captured on
-    `lo` (AF_PACKET, needs root) caller -> node, the agent's first voiced frame of each burst
-    (agent process clock: CLOCK_MONOTONIC is one clock for all processes), node -> caller.
+    `lo` (AF_PACKET, needs root; the kernel's arrival times) caller -> node, the agent's first
+    voiced frame of each burst (agent process clock: CLOCK_MONOTONIC is one clock for all
+    processes), node -> caller.
     in = caller RTP -> agent, out = agent -> RTP back to the caller. With `--agent echo`
     there is no agent on the wire: `out` is the round trip RTP in -> RTP out (echo delay 0)
     and `in` is null; the step holds if that round trip's p99 is under twice the limit;
@@ -169,8 +172,15 @@ class Step:
         )
 
 
-def node_config(tmp: Path, calls: int, workers: int, agent: str, agent_port: int) -> dict[str, Any]:
-    numbers = [f"+1555{i:07d}" for i in range(calls)]
+def node_config(
+    tmp: Path,
+    calls: int,
+    workers: int,
+    agent: str,
+    agent_port: int,
+    planes: int | str | None,
+) -> dict[str, Any]:
+    numbers = [number(i) for i in range(calls)]
     agents: list[dict[str, Any]] = [{"id": "bot", "type": "echo", "delay_ms": 0}]
     if agent != "echo":
         agents = [{"id": "bot", "type": agent, "url": f"ws://{HOST}:{agent_port}/"}]
@@ -180,7 +190,13 @@ def node_config(tmp: Path, calls: int, workers: int, agent: str, agent_port: int
         workers,
         numbers=[{"number": n, "agent": "bot"} for n in numbers],
         agents=agents,
-        trunks=[{"id": "loopback", "allowed_ips": ["127.0.0.0/8"]}],
+        trunks=[
+            {
+                "id": "loopback",
+                "allowed_ips": ["127.0.0.0/8"],
+                "max_concurrent_calls": workers * CALLS_PER_WORKER,  # the node's, not 100
+            }
+        ],
         vad={"barge_in": False},  # the echo is the caller's own voice: no barge-in on it
         limits={
             "max_concurrent_calls": workers * CALLS_PER_WORKER,
@@ -196,11 +212,14 @@ def node_config(tmp: Path, calls: int, workers: int, agent: str, agent_port: int
         "rtp_ports": {"start": rtp_start, "end": rtp_start + 20 * workers - 1},
     }
     config["sip"]["front"]["worker_invites_per_second"] = 200
+    if planes is not None:
+        config["node"]["media_planes"] = planes
     return config
 
 
-def caller_scenario(tmp: Path, seconds: float) -> Path:
-    """uac_pcap.xml playing `seconds` of speech bursts, hanging up when it ends."""
+def caller_scenario(tmp: Path, seconds: float, one_sipp: bool) -> Path:
+    """uac_pcap.xml playing `seconds` of speech bursts, hanging up when it ends; with
+    `one_sipp`, the dialled number from the injection file's first field."""
     pcap = tmp / "speech.pcap"
     pcap.write_bytes(build_pcap(seconds))
     xml = (SCENARIOS / "uac_pcap.xml").read_text()
@@ -208,21 +227,103 @@ def caller_scenario(tmp: Path, seconds: float) -> Path:
     xml = xml.replace(
         '<pause milliseconds="3200"/>', f'<pause milliseconds="{seconds * 1000 + 200:.0f}"/>'
     )
+    if one_sipp:
+        xml = xml.replace("[service]", "[field0]")
     path = tmp / "uac_capacity.xml"
     path.write_text(xml)
     return path
 
 
-def caller(
-    scenario: Path, number: str, sip_port: int, media_port: int, tmp: Path
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        SIPP_BIN, "-sf", str(scenario), "-s", number, "-m", "1",
-        "-i", HOST, "-p", str(free_port()), "-mi", HOST, "-mp", str(media_port),
-        "-cp", str(free_port()), "-nostdin", "-timeout", "120", "-timeout_error",
-        f"{HOST}:{sip_port}",
-    ]  # fmt: skip
-    return subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+class Callers:
+    """The SIPp callers of one step: `calls` calls at `rate` a second, call i (0-based)
+    dialling NUMBERS[i] and sending its RTP from `ports[i]`.
+
+    `one` (the default): one SIPp process places every call (`-m calls -inf numbers.csv`);
+    SIPp gives call i the media port `-mp` + 4 i ([auto_media_port]) and plays its pcap from
+    there through a raw socket, so the bench binds those ports (RTP and RTCP) for the node's
+    packets to land on, unread. `each`: one SIPp process per call, as first built (SIPp's
+    own loop and pcap thread per call: about 1 % of a core a call, as much as sipedge)."""
+
+    def __init__(self, kind: str, calls: int, rate: float, seconds: float, tmp: Path) -> None:
+        self.kind, self.calls, self.rate, self.tmp = kind, calls, rate, tmp
+        self.scenario = caller_scenario(tmp, seconds, kind == "one")
+        self.timeout = seconds + 60
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.sinks: list[socket.socket] = []
+        if kind == "one":
+            self.base, self.sinks = media_block(calls)
+            self.ports = [self.base + 4 * i for i in range(calls)]
+        else:
+            taken: set[int] = set()
+            self.ports = [free_media_port(taken) for _ in range(calls)]
+        self.stats = tmp / "sipp_stats.csv"
+
+    def start(self, sip_port: int) -> None:
+        if self.kind == "each":
+            for i, port in enumerate(self.ports):
+                self.procs.append(self._sipp(["-s", number(i), "-m", "1", "-mp", str(port)],
+                                             sip_port))  # fmt: skip
+                time.sleep(1 / self.rate)
+            return
+        inf = self.tmp / "numbers.csv"
+        inf.write_text("SEQUENTIAL\n" + "".join(f"{number(i)};\n" for i in range(self.calls)))
+        self.procs.append(self._sipp(
+            ["-inf", str(inf), "-m", str(self.calls), "-l", str(self.calls),
+             "-r", f"{self.rate:g}", "-mp", str(self.base),
+             "-trace_stat", "-stf", str(self.stats), "-fd", "1"],
+            sip_port,
+        ))  # fmt: skip
+        time.sleep(self.calls / self.rate)
+
+    def _sipp(self, extra: list[str], sip_port: int) -> subprocess.Popen[bytes]:
+        cmd = [
+            SIPP_BIN, "-sf", str(self.scenario), *extra, "-i", HOST, "-p", str(free_port()),
+            "-mi", HOST, "-nostdin", "-timeout", f"{self.timeout:.0f}", "-timeout_error",
+            f"{HOST}:{sip_port}",
+        ]  # fmt: skip
+        return subprocess.Popen(
+            cmd, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def up(self) -> int:
+        """Calls in progress now."""
+        if self.kind == "each":
+            return sum(p.poll() is None for p in self.procs)
+        return int(self._counters().get("CurrentCall", 0))
+
+    def failed(self) -> int:
+        """Failed calls, once every call has ended."""
+        codes = [p.wait(self.timeout) for p in self.procs]
+        if self.kind == "each":
+            return sum(c != 0 for c in codes)
+        counters = self._counters()
+        ended = counters.get("SuccessfulCall(C)", 0) + counters.get("FailedCall(C)", 0)
+        return int(counters.get("FailedCall(C)", 0) + self.calls - ended)
+
+    def _counters(self) -> dict[str, float]:
+        """The last line of SIPp's statistics file (-trace_stat, one line a second)."""
+        with contextlib.suppress(OSError):
+            lines = [line for line in self.stats.read_text().splitlines() if line]
+            if len(lines) >= 2:
+                names, values = lines[0].split(";"), lines[-1].split(";")
+                out: dict[str, float] = {}
+                for name, value in zip(names, values, strict=False):
+                    with contextlib.suppress(ValueError):
+                        out[name] = float(value)
+                return out
+        return {}
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for s in self.sinks:
+            s.close()
 
 
 def free_media_port(taken: set[int]) -> int:
@@ -243,13 +344,44 @@ def free_media_port(taken: set[int]) -> int:
     raise RuntimeError("no free media port")
 
 
+def number(i: int) -> str:
+    """The number call i dials (the config routes every one of them to the agent)."""
+    return f"+1555{i:07d}"
+
+
+def media_block(calls: int) -> tuple[int, list[socket.socket]]:
+    """A base port B with B .. B + 4 calls free; sockets bound on B + 4 i and B + 4 i + 1 for
+    every call but the first (SIPp binds B and B + 2 itself)."""
+    for base in range(12000, 32000, 4 * calls + 64):
+        sinks: list[socket.socket] = []
+        try:
+            for port in (b for i in range(calls) for b in (4 * i, 4 * i + 1)):
+                if port in (0, 2):
+                    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    probe.bind(("0.0.0.0", base + port))
+                    probe.close()
+                    continue
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sinks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.bind((HOST, base + port))
+            return base, sinks
+        except OSError:
+            for s in sinks:
+                s.close()
+    raise RuntimeError(f"no block of {4 * calls} free UDP ports between 12000 and 32000")
+
+
 def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
     workers = args.workers or math.ceil(calls / CALLS_PER_WORKER)
     tmp = Path(tempfile.mkdtemp(prefix=f"sipedge-capacity-{calls}-"))
     agent = AgentServer(args.agent, tmp) if args.agent != "echo" else None
-    config = node_config(tmp, calls, workers, args.agent, agent.port if agent else 9)
+    port = agent.port if agent else 9
+    config = node_config(tmp, calls, workers, args.agent, port, args.planes)
     node = NodeProcess(tmp, config, log_level="INFO")
-    callers: list[subprocess.Popen[bytes]] = []
+    ramp = calls / args.rate
+    seconds = ramp + 2 + args.hold + 1
+    callers = Callers(args.callers, calls, args.rate, seconds, tmp)
     try:
         node.start(timeout=120)
         assert node.proc is not None
@@ -260,19 +392,12 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         time.sleep(2)  # settle after start
         idle = cpu_rates(worker_pids, args.idle)
         pss_idle = sum(pss_kb(p) for p in descendants(node.proc.pid))  # the node, no calls
-        ramp = calls / args.rate
-        seconds = ramp + 2 + args.hold + 1
-        scenario = caller_scenario(tmp, seconds)
-        taken: set[int] = set()
-        media = {f"+1555{i:07d}": free_media_port(taken) for i in range(calls)}
         capture.clear()
-        for number, port in media.items():
-            callers.append(caller(scenario, number, node.sip_port, port, tmp))
-            time.sleep(1 / args.rate)
+        callers.start(node.sip_port)
         time.sleep(2)  # the last calls set up
         pids = descendants(node.proc.pid)
         roles = {p: role(p) for p in pids}
-        sipp_pids = [c.pid for c in callers]
+        sipp_pids = callers.pids
         t_start = time.monotonic()
         busy0 = machine_busy()
         watched = [*pids, *sipp_pids, os.getpid(), *([agent.proc.pid] if agent else [])]
@@ -280,8 +405,8 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         t_end = time.monotonic()
         busy1 = machine_busy()
         pss = sum(pss_kb(p) for p in pids)
-        up = sum(c.poll() is None for c in callers)
-        failed = sum(c.wait(seconds + 60) != 0 for c in callers)
+        up = callers.up()
+        failed = callers.failed()
         agent_onsets = agent.onsets() if agent else {}
         if agent:
             deadline = time.monotonic() + 10
@@ -289,20 +414,18 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
                 time.sleep(0.2)
                 agent_onsets = agent.onsets()
     finally:
-        for c in callers:
-            if c.poll() is None:
-                c.kill()
-                c.wait()
+        callers.close()
         node.stop()
         if agent:
             agent.close()
+    media = {number(i): port for i, port in enumerate(callers.ports)}
     if agent:
         agent_onsets = agent.onsets()
     in_ms: list[float] = []
     out_ms: list[float] = []
     lost_in = lost_out = bursts = 0
     per_call: dict[str, dict[str, list[float]]] = {}  # for a look at one call's latencies
-    for number, port in media.items():
+    for dialled, port in media.items():
 
         def window(ts: list[float]) -> list[float]:
             return [t for t in ts if t_start <= t <= t_end]
@@ -314,17 +437,17 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
             delays, lost = pair(sent, back)
             out_ms += delays
             lost_out += lost
-            per_call[number] = {"out": delays}
+            per_call[dialled] = {"out": delays}
             continue
-        heard = agent_onsets.get(number, [])
+        heard = agent_onsets.get(dialled, [])
         delays, lost = pair(sent, heard)
         in_ms += delays
         lost_in += lost
-        per_call[number] = {"in": delays}
+        per_call[dialled] = {"in": delays}
         delays, lost = pair(window(heard), back)
         out_ms += delays
         lost_out += lost
-        per_call[number]["out"] = delays
+        per_call[dialled]["out"] = delays
     (tmp / "latency_per_call.json").write_text(json.dumps(per_call))
     node_cpu = sum(rates[p] for p in pids)
     split: dict[str, float] = {}
@@ -388,6 +511,14 @@ def main() -> int:
     parser.add_argument("--agent", default="twilio-ws", choices=("twilio-ws", "pcm-ws", "echo"))
     parser.add_argument("--workers", type=int, help="fixed worker count (default ceil(calls/4))")
     parser.add_argument("--rate", type=float, default=10.0, help="calls started per second")
+    parser.add_argument(
+        "--planes", type=lambda v: v if v == "auto" else int(v),
+        help="node.media_planes (default: the node's default, 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--callers", default="one", choices=("one", "each"),
+        help="one SIPp process for all calls (default), or one per call",
+    )  # fmt: skip
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle CPU measured")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
