@@ -181,6 +181,19 @@ def _udp_only_filter() -> bytes:
     return b"".join(struct.pack("HBBI", *op) for op in ops)
 
 
+SO_TIMESTAMPNS = 35  # linux asm-generic/socket.h
+ANC_BYTES = socket.CMSG_SPACE(16)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """A packet's kernel arrival time on CLOCK_MONOTONIC (now, if the kernel gave none)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9 - (time.time() - time.monotonic())
+    return time.monotonic()
+
+
 class Capture:
     """PCMU RTP on `lo`: voiced onsets per (source port, destination port)."""
 
@@ -200,12 +213,16 @@ class Capture:
         self.thread.start()
 
     def _run(self) -> None:
+        # The kernel's arrival time of each packet (SO_TIMESTAMPNS, CLOCK_REALTIME), moved to
+        # CLOCK_MONOTONIC: this thread shares the cores with the node, and its own clock read
+        # after a wait for a core would count that wait as the node's latency.
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         while not self._stop.is_set():
             try:
-                frame = self.sock.recv(65535)
+                frame, ancillary, _flags, _addr = self.sock.recvmsg(65535, ANC_BYTES)
             except (TimeoutError, OSError):
                 continue
-            now = time.monotonic()
+            now = _arrival(ancillary)
             udp = frame[14 + (frame[14] & 0x0F) * 4 :]
             rtp = udp[8:]
             if len(rtp) <= 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F != 0:
