@@ -4,6 +4,14 @@ Agents send audio faster than real time; the call's media clock takes exactly on
 tick with next_frame(). Marks are positions in the byte stream (Twilio semantics): a mark is
 reported once all audio written before it has been played, and clear() (barge-in) drops the
 queued audio and hands back every pending mark so the agent is never left waiting for one.
+
+An agent that streams in real time (an echo, a speech-to-speech model paced as it speaks)
+never gets ahead again once a late frame has queued behind another: the frame it waited for
+stays in the queue as latency for the rest of the call, one more each time the network or
+the host hiccups. So when a whole window (TRIM_WINDOW frames, 1 s) never saw the queue hold
+less than one frame beyond the one playing, and no more than TRIM_MAX_MS (it is jitter, not
+an agent's lead: a TTS burst queued ahead is content), the next frame of silence at the head
+is dropped (`trimmed` counts them): at most 20 ms a second, and never a voiced frame.
 """
 
 from __future__ import annotations
@@ -11,10 +19,15 @@ from __future__ import annotations
 from collections import deque
 from typing import NamedTuple
 
+import numpy as np
+
 from media.errors import PlayoutOverflow
 from media.frames import FRAME_MS, SAMPLE_WIDTH, bytes_per_frame, bytes_to_ms, ms_to_bytes, silence
 
 DEFAULT_MAX_BUFFER_MS = 120_000
+TRIM_WINDOW = 50  # frames (1 s at 20 ms) a standing backlog must last before a frame goes
+TRIM_MAX_MS = 200  # a backlog up to this is latency to take back; above it, the agent's lead
+SILENT_PEAK = 64  # |sample| at or below this (PCM16, about -54 dBFS) in every sample: silence
 
 
 class PlayedFrame(NamedTuple):
@@ -43,10 +56,19 @@ class Playout:
         self._played = 0  # absolute stream position of the next byte to play
         self._marks: deque[tuple[int, str]] = deque()
         self.underruns = 0  # frames that ran dry part-way and were padded with silence
+        self.trimmed = 0  # silent frames dropped to take back a standing backlog
+        self._trim_max = ms_to_bytes(TRIM_MAX_MS, rate)
+        self._window = 0  # frames played in this window
+        self._least = self._max_bytes  # the least backlog (beyond the frame playing) in it
+        self._trim = False  # a standing backlog was seen: drop the next silent head frame
 
     @property
     def buffered_ms(self) -> float:
         return bytes_to_ms(self._buffered, self.rate)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
 
     @property
     def is_playing(self) -> bool:
@@ -78,6 +100,11 @@ class Playout:
 
     def next_frame(self) -> PlayedFrame:
         """Take one frame for the caller, and the marks that its playing completes."""
+        self._watch_backlog()
+        if self._trim and self._buffered >= 2 * self.frame_bytes and self._head_is_silent():
+            self._take(self.frame_bytes)  # never heard: its marks are reported with this frame
+            self.trimmed += 1
+            self._trim = False
         audio = self._take(self.frame_bytes)
         if not audio:
             audio = self._silence
@@ -89,9 +116,35 @@ class Playout:
             marks.append(self._marks.popleft()[1])
         return PlayedFrame(audio, marks)
 
+    def _watch_backlog(self) -> None:
+        """Arm a trim once a whole window kept at least one frame queued behind the one to
+        play, and no more than TRIM_MAX_MS (see the module's docstring)."""
+        self._least = min(self._least, max(self._buffered - self.frame_bytes, 0))
+        self._window += 1
+        if self._window < TRIM_WINDOW:
+            return
+        if self.frame_bytes <= self._least <= self._trim_max:
+            self._trim = True
+        self._window, self._least = 0, self._max_bytes
+
+    def _head_is_silent(self) -> bool:
+        head = self._chunks[0]
+        frame = head[self._offset : self._offset + self.frame_bytes]
+        if len(frame) < self.frame_bytes:  # across chunks (rare): the next ones' first bytes
+            parts, size = [frame], len(frame)
+            for chunk in list(self._chunks)[1:]:
+                parts.append(chunk[: self.frame_bytes - size])
+                size += len(parts[-1])
+                if size >= self.frame_bytes:
+                    break
+            frame = b"".join(parts)
+        samples = np.frombuffer(frame, "<i2")
+        return int(samples.max()) <= SILENT_PEAK and int(samples.min()) >= -SILENT_PEAK
+
     def clear(self) -> list[str]:
         """Drop all queued audio (barge-in); return the pending marks, which are now void."""
         dropped = self.pending_marks
+        self._trim, self._window, self._least = False, 0, self._max_bytes
         self._chunks.clear()
         self._marks.clear()
         self._offset = 0

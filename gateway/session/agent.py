@@ -194,8 +194,9 @@ class AgentSession:
     def next_frame(self) -> bytes:
         with self._lock:
             played = self._playout.next_frame()
-            consumed = min(self._queued, self._frame_bytes)
-            self._queued -= consumed
+            # a frame, or two when the playout dropped a silent one to take back a backlog
+            consumed = self._queued - self._playout.buffered_bytes
+            self._queued = self._playout.buffered_bytes
             position = self._written - self._queued
         if not self._closed:
             self._played.append((played.audio, consumed > 0, position, time.perf_counter_ns()))
@@ -390,10 +391,13 @@ class AgentSession:
         if channel is not None:
             await channel.close()
         log.info(
-            "event=media_latency call_id=%s %s barge_ins=%d",
+            "event=media_latency call_id=%s %s barge_ins=%d playout_underruns=%d "
+            "playout_trimmed=%d",
             self.call_id,
             self.timing.log_fields(),
             self.conversation.barge_ins,
+            self._playout.underruns,
+            self._playout.trimmed,
         )
 
     async def _drain_outgoing(self, channel: AgentChannel) -> None:

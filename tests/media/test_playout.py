@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from media.errors import MediaError, PlayoutOverflow
-from media.playout import Playout
+from media.playout import TRIM_MAX_MS, TRIM_WINDOW, Playout
 
 FRAME = 320  # 20 ms at 8 kHz
 
@@ -118,3 +118,69 @@ def test_default_buffer_holds_two_minutes() -> None:
 def test_odd_length_audio_is_rejected() -> None:
     with pytest.raises(ValueError, match="even length"):
         Playout().write(b"\x01")
+
+
+# -- a standing backlog taken back --------------------------------------------------------------
+
+VOICE, QUIET = 0x40, 0  # bytes of a voiced frame (samples 0x4040) and of digital silence
+
+
+def real_time(playout: Playout, ticks: int, frame: bytes) -> list[bytes]:
+    """An agent in real time: one frame written per tick, one frame played per tick."""
+    played = []
+    for _ in range(ticks):
+        playout.write(frame)
+        played.append(playout.next_frame().audio)
+    return played
+
+
+def test_a_real_time_agents_standing_backlog_loses_one_silent_frame_after_a_second() -> None:
+    playout = Playout(rate=8000)
+    playout.write(audio(1, QUIET))  # a late tick: one frame more than the agent's pace
+    real_time(playout, TRIM_WINDOW - 1, audio(1, QUIET))
+    assert playout.buffered_bytes == FRAME and playout.trimmed == 0  # a frame behind, 1 s
+    real_time(playout, 2, audio(1, QUIET))
+    assert playout.trimmed == 1
+    assert playout.buffered_bytes == 0  # each frame now plays on the tick that brought it
+    real_time(playout, 3 * TRIM_WINDOW, audio(1, QUIET))
+    assert playout.trimmed == 1  # no backlog stands: nothing more goes
+
+
+def test_voiced_audio_is_never_dropped_and_the_backlog_goes_at_the_next_silence() -> None:
+    playout = Playout(rate=8000)
+    playout.write(audio(1, VOICE))
+    played = real_time(playout, 3 * TRIM_WINDOW, audio(1, VOICE))
+    assert playout.trimmed == 0 and played == [audio(1, VOICE)] * (3 * TRIM_WINDOW)
+    played = real_time(playout, 2, audio(1, QUIET))
+    assert playout.trimmed == 1 and playout.buffered_bytes == 0
+    assert played == [audio(1, VOICE), audio(1, QUIET)]  # the voiced head played, then one
+
+
+def test_an_agents_lead_beyond_trim_max_is_content_and_plays_whole() -> None:
+    playout = Playout(rate=8000)
+    lead = TRIM_MAX_MS // 20 + 1  # frames ahead of real time, all silence
+    playout.write(audio(lead, QUIET))
+    real_time(playout, 3 * TRIM_WINDOW, audio(1, QUIET))
+    assert playout.trimmed == 0 and playout.buffered_ms == lead * 20
+
+
+def test_a_mark_in_a_dropped_frame_is_reported_with_the_frame_played_instead() -> None:
+    playout = Playout(rate=8000)
+    playout.write(audio(1, QUIET))
+    real_time(playout, TRIM_WINDOW - 1, audio(1, QUIET))
+    assert playout.buffered_bytes == FRAME and playout.trimmed == 0
+    playout.mark("m1")  # the end of the frame queued behind: the frame dropped next
+    playout.write(audio(1, QUIET))
+    frame = playout.next_frame()
+    assert playout.trimmed == 1 and frame.marks == ["m1"]
+    assert playout.next_frame().marks == []
+
+
+def test_clear_forgets_a_backlog_being_watched() -> None:
+    playout = Playout(rate=8000)
+    playout.write(audio(1, QUIET))
+    real_time(playout, TRIM_WINDOW - 5, audio(1, QUIET))
+    playout.clear()
+    playout.write(audio(1, QUIET))
+    real_time(playout, 10, audio(1, QUIET))
+    assert playout.trimmed == 0  # the window started again at the clear
