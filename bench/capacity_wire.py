@@ -9,10 +9,11 @@ Times are CLOCK_MONOTONIC, one clock for every process on the machine.
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import contextlib
 import ctypes
 import json
+import os
 import signal
 import socket
 import struct
@@ -48,13 +49,30 @@ def pcm_voiced(pcm: bytes) -> bool:
 
 # --- the agent server (its own process) ---------------------------
 
+SO_TIMESTAMPNS = 35  # linux asm-generic/socket.h
+ANC_BYTES = socket.CMSG_SPACE(16)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """A packet's kernel arrival time on CLOCK_MONOTONIC (now, if the kernel gave none)."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9 - (time.time() - time.monotonic())
+    return time.monotonic()
+
 
 def serve_agent(protocol: str, port: int, out: Path) -> None:
     """Echo every caller frame back; on each stream's end append its burst onsets to `out`.
 
-    websockets' sans-I/O server protocol under a plain asyncio Protocol: one write per echo,
-    no task per connection. The harness shares the machine's two cores with the node, so
-    every per-message cost it saves is CPU the node under test can have."""
+    websockets' sans-I/O server protocol on plain sockets and one selector (no asyncio): the
+    harness shares the machine's two cores with the node, so every per-message cost it saves
+    is CPU the node under test can have. Each burst's onset is timed twice: `heard`, the
+    kernel's arrival time of the bytes that carried its first voiced frame (SO_TIMESTAMPNS,
+    so a wait of ours for a core is not counted as the node's), and `sent`, when the echo of
+    that frame was handed to the kernel (where the way back to the caller starts)."""
+    import selectors
+
     from websockets.frames import Frame, Opcode
     from websockets.http11 import Request
     from websockets.protocol import State
@@ -62,39 +80,44 @@ def serve_agent(protocol: str, port: int, out: Path) -> None:
 
     sink = out.open("a")
 
-    class Echo(asyncio.Protocol):
-        def __init__(self) -> None:
+    class Echo:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
             self.ws = ServerProtocol(max_size=4 * 1024 * 1024)
-            self.transport: asyncio.Transport | None = None
-            self.onsets: list[float] = []
+            self.heard: list[float] = []
+            self.sent: list[float] = []
             self.to, self.sid, self.was = "", "", False
+            self.onset = False  # this read carried a burst's first voiced frame
 
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
-
-        def flush(self) -> None:
-            assert self.transport is not None
-            for data in self.ws.data_to_send():
-                if data:
-                    self.transport.write(data)
-                elif self.transport.can_write_eof():
-                    self.transport.write_eof()
-
-        def data_received(self, data: bytes) -> None:
+        def readable(self) -> bool:
+            """False once the connection is over."""
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(1 << 16, ANC_BYTES)
+            except OSError:
+                data, ancillary = b"", []
+            if not data:
+                return False
+            now = _arrival(ancillary)
             ws = self.ws
             ws.receive_data(data)
             for event in ws.events_received():
                 if isinstance(event, Request):
                     ws.send_response(ws.accept(event))
                 elif isinstance(event, Frame) and event.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    self.message(event)
-            self.flush()
-            if ws.state is State.CLOSED and self.transport is not None:
-                self.transport.close()
+                    self.message(event, now)
+            if self.onset:
+                self.sent.append(time.monotonic())
+                self.onset = False
+            try:
+                for chunk in ws.data_to_send():
+                    if not chunk:  # the close handshake is done: end of our side of TCP
+                        return False
+                    self.sock.sendall(chunk)
+            except OSError:
+                return False
+            return ws.state is not State.CLOSED
 
-        def message(self, frame: Frame) -> None:
-            now = time.monotonic()
+        def message(self, frame: Frame, now: float) -> None:
             if frame.opcode is Opcode.BINARY:  # pcm-ws audio
                 self.ws.send_binary(frame.data)
                 voiced = pcm_voiced(bytes(frame.data))
@@ -112,45 +135,66 @@ def serve_agent(protocol: str, port: int, out: Path) -> None:
                 self.ws.send_text(json.dumps(reply).encode())
                 voiced = ulaw_voiced(base64.b64decode(payload))
             if voiced and not self.was:
-                self.onsets.append(now)
+                self.heard.append(now)
+                self.onset = True
             self.was = voiced
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            sink.write(json.dumps({"to": self.to, "onsets": self.onsets}) + "\n")
+        def close(self) -> None:
+            self.sock.close()
+            record = {"to": self.to, "onsets": self.heard, "sent": self.sent}
+            sink.write(json.dumps(record) + "\n")
             sink.flush()
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, HOST, port)
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        print("ready", flush=True)
-        await stop.wait()
-        server.close()
-
-    asyncio.run(main())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    listener = socket.create_server((HOST, port), backlog=1024)
+    listener.setblocking(False)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    print("ready", flush=True)
+    while not stop.is_set():
+        for key, _ in selector.select(0.2):
+            if key.fileobj is listener:
+                with contextlib.suppress(BlockingIOError):
+                    sock, _ = listener.accept()
+                    sock.setblocking(True)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                    selector.register(sock, selectors.EVENT_READ, Echo(sock))
+                continue
+            echo = key.data
+            if not echo.readable():
+                selector.unregister(echo.sock)
+                echo.close()
+    for key in list(selector.get_map().values()):
+        if key.data is not None:
+            key.data.close()
+    listener.close()
 
 
 class AgentServer:
     """`capacity.py agent` as a child process, stopped by its PID."""
 
-    def __init__(self, protocol: str, tmp: Path) -> None:
+    def __init__(self, protocol: str, tmp: Path, nice: int = 0) -> None:
         self.port = free_port("tcp")
         self.out = tmp / "agent_onsets.jsonl"
         self.proc = subprocess.Popen(
             [sys.executable, __file__, protocol, str(self.port), str(self.out)],
             stdout=subprocess.PIPE,
             stderr=(tmp / "agent.log").open("wb"),
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"agent server did not start; see {tmp / 'agent.log'}")
 
-    def onsets(self) -> dict[str, list[float]]:
+    def onsets(self, kind: str = "onsets") -> dict[str, list[float]]:
+        """Per dialled number, its bursts' onsets as the agent heard them (`onsets`), or as it
+        sent their echo (`sent`)."""
         if not self.out.exists():
             return {}
         rows = [json.loads(line) for line in self.out.read_text().splitlines() if line]
-        return {r["to"]: r["onsets"] for r in rows}
+        return {r["to"]: r[kind] for r in rows}
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -181,23 +225,11 @@ def _udp_only_filter() -> bytes:
     return b"".join(struct.pack("HBBI", *op) for op in ops)
 
 
-SO_TIMESTAMPNS = 35  # linux asm-generic/socket.h
-ANC_BYTES = socket.CMSG_SPACE(16)
-
-
-def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
-    """A packet's kernel arrival time on CLOCK_MONOTONIC (now, if the kernel gave none)."""
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-            sec, nsec = struct.unpack("qq", data[:16])
-            return sec + nsec / 1e9 - (time.time() - time.monotonic())
-    return time.monotonic()
-
-
 class Capture:
     """PCMU RTP on `lo`: voiced onsets per (source port, destination port)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
+        self.nice = nice
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
         code = _udp_only_filter()
         self._prog = ctypes.create_string_buffer(code)
@@ -217,6 +249,8 @@ class Capture:
         # CLOCK_MONOTONIC: this thread shares the cores with the node, and its own clock read
         # after a wait for a core would count that wait as the node's latency.
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        if self.nice:  # this thread only: the node, started by the main thread, keeps 0
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while not self._stop.is_set():
             try:
                 frame, ancillary, _flags, _addr = self.sock.recvmsg(65535, ANC_BYTES)
