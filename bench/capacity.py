@@ -244,8 +244,11 @@ class Callers:
     packets to land on, unread. `each`: one SIPp process per call, as first built (SIPp's
     own loop and pcap thread per call: about 1 % of a core a call, as much as sipedge)."""
 
-    def __init__(self, kind: str, calls: int, rate: float, seconds: float, tmp: Path) -> None:
+    def __init__(
+        self, kind: str, calls: int, rate: float, seconds: float, tmp: Path, nice: int = 0
+    ) -> None:
         self.kind, self.calls, self.rate, self.tmp = kind, calls, rate, tmp
+        self.nice = (lambda: os.nice(nice)) if nice else None
         self.scenario = caller_scenario(tmp, seconds, kind == "one")
         self.timeout = seconds + 60
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -281,9 +284,8 @@ class Callers:
             "-mi", HOST, "-nostdin", "-timeout", f"{self.timeout:.0f}", "-timeout_error",
             f"{HOST}:{sip_port}",
         ]  # fmt: skip
-        return subprocess.Popen(
-            cmd, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-        )
+        return subprocess.Popen(cmd, cwd=self.tmp, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.STDOUT, preexec_fn=self.nice)  # fmt: skip
 
     @property
     def pids(self) -> list[int]:
@@ -375,13 +377,13 @@ def media_block(calls: int) -> tuple[int, list[socket.socket]]:
 def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
     workers = args.workers or math.ceil(calls / CALLS_PER_WORKER)
     tmp = Path(tempfile.mkdtemp(prefix=f"sipedge-capacity-{calls}-"))
-    agent = AgentServer(args.agent, tmp) if args.agent != "echo" else None
+    agent = AgentServer(args.agent, tmp, args.harness_nice) if args.agent != "echo" else None
     port = agent.port if agent else 9
     config = node_config(tmp, calls, workers, args.agent, port, args.planes)
     node = NodeProcess(tmp, config, log_level="INFO")
     ramp = calls / args.rate
     seconds = ramp + 2 + args.hold + 1
-    callers = Callers(args.callers, calls, args.rate, seconds, tmp)
+    callers = Callers(args.callers, calls, args.rate, seconds, tmp, args.harness_nice)
     try:
         node.start(timeout=120)
         assert node.proc is not None
@@ -421,6 +423,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
     media = {number(i): port for i, port in enumerate(callers.ports)}
     if agent:
         agent_onsets = agent.onsets()
+        agent_sent = agent.onsets("sent")
     in_ms: list[float] = []
     out_ms: list[float] = []
     lost_in = lost_out = bursts = 0
@@ -444,7 +447,7 @@ def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
         in_ms += delays
         lost_in += lost
         per_call[dialled] = {"in": delays}
-        delays, lost = pair(window(heard), back)
+        delays, lost = pair(window(agent_sent.get(dialled, [])), back)
         out_ms += delays
         lost_out += lost
         per_call[dialled]["out"] = delays
@@ -516,6 +519,11 @@ def main() -> int:
         help="node.media_planes (default: the node's default, 1)",
     )  # fmt: skip
     parser.add_argument(
+        "--harness-nice", type=int, default=0,
+        help="niceness of SIPp, the agent server and the capture thread (19: the node's "
+        "processes run first, as if the load came from other machines)",
+    )  # fmt: skip
+    parser.add_argument(
         "--callers", default="one", choices=("one", "each"),
         help="one SIPp process for all calls (default), or one per call",
     )  # fmt: skip
@@ -526,7 +534,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     round_trip = args.agent == "echo"
-    capture = Capture()
+    capture = Capture(args.harness_nice)
     steps: list[Step] = []
     held = 0  # the last step of the unbroken run of steps that held
     if not args.json:
