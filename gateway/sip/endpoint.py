@@ -12,6 +12,7 @@ from typing import Any
 import pjsua2 as pj
 
 from gateway.config import SipSettings, sip_advertised_host
+from gateway.errors import SipEngineError
 from gateway.sip.native import library, pjmedia_endpoint
 
 log = logging.getLogger("sipedge.sip")
@@ -44,6 +45,18 @@ def create_endpoint(
     _silence_pjlib_until_configured()
     ep = pj.Endpoint()
     ep.libCreate()
+    try:
+        writer = _configure(ep, sip, clock_rate, media_clock)
+    except BaseException:
+        # Undone here, on the thread pjlib knows: left to a traceback, the endpoint would
+        # be destroyed by whichever thread collects it, and pjlib aborts on a foreign one.
+        ep.libDestroy()
+        del ep
+        raise
+    return ep, writer
+
+
+def _configure(ep: pj.Endpoint, sip: SipSettings, clock_rate: int, media_clock: bool) -> Any:
     cfg = pj.EpConfig()
     cfg.uaConfig.threadCnt = 0  # the SIP thread polls
     cfg.uaConfig.mainThreadOnly = False
@@ -69,7 +82,12 @@ def create_endpoint(
         if advertised:
             tc.publicAddress = advertised
         kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
-        ep.transportCreate(kind, tc)
+        try:
+            ep.transportCreate(kind, tc)
+        except pj.Error as exc:
+            where = f"[{sip.listen}]" if ":" in sip.listen else sip.listen
+            raise SipEngineError(f"cannot listen for SIP on {name.upper()} {where}:{sip.port}: "
+                                 f"{exc.reason} (pjsua status {exc.status})") from None  # fmt: skip
     ep.libStart()
     if media_clock:
         _start_media_clock(ep)
@@ -77,7 +95,7 @@ def create_endpoint(
     else:
         _stop_media_threads()  # the engine's UnclockedBridge detaches the sound device
     _set_codecs(ep, sip.codecs)
-    return ep, writer
+    return writer
 
 
 def _stop_media_threads() -> None:

@@ -7,6 +7,7 @@ owner provides (the worker hands them to its asyncio loop with call_soon_threads
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -183,7 +184,7 @@ class SipEngine:
         self._waker: DatagramWaker | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
-        self._start_error: BaseException | None = None
+        self._start_error: str | None = None
         self._done = threading.Event()
         self.calls_total = 0
         # node.media plane: each call's RTP socket is ours (its SDP names it) and the plane
@@ -216,8 +217,9 @@ class SipEngine:
     def _run(self) -> None:
         try:
             self._init_lib()
-        except BaseException as exc:  # reported to start()
-            self._start_error = exc
+        except BaseException as exc:  # reported to start(), as text: see _abandon_lib
+            self._start_error = exc.info() if isinstance(exc, pj.Error) else (str(exc) or repr(exc))
+            self._abandon_lib()
             self._ready.set()
             return
         self._ready.set()
@@ -300,6 +302,16 @@ class SipEngine:
             a.unregistering and a.state.state == "registered" for a in self.trunks.values()
         )
         return not unregistering
+
+    def _abandon_lib(self) -> None:
+        """SIP thread, after a failed start: destroy what _init_lib made here, on the thread
+        pjlib knows (the exception is dropped with its traceback on this thread too; a
+        pjsua2 object the main thread collected later would abort the process)."""
+        ep = self.__dict__.pop("ep", None)
+        if ep is not None:
+            with contextlib.suppress(pj.Error):
+                ep.libDestroy()
+            del ep
 
     def _shutdown_lib(self) -> None:
         try:
