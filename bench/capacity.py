@@ -212,6 +212,9 @@ def node_config(
         "rtp_ports": {"start": rtp_start, "end": rtp_start + 20 * workers - 1},
     }
     config["sip"]["front"]["worker_invites_per_second"] = 200
+    # Below Linux's ephemeral range (32768-60999): 50 workers starting at once bind ~150
+    # ephemeral sockets (calibration, probe, waker), and one took a worker's SIP port there.
+    config["sip"]["front"]["worker_ports_start"] = free_run(workers + 1, 30000, 32700) + 1
     if planes is not None:
         config["node"]["media_planes"] = planes
     return config
@@ -244,11 +247,8 @@ class Callers:
     packets to land on, unread. `each`: one SIPp process per call, as first built (SIPp's
     own loop and pcap thread per call: about 1 % of a core a call, as much as sipedge)."""
 
-    def __init__(
-        self, kind: str, calls: int, rate: float, seconds: float, tmp: Path, nice: int = 0
-    ) -> None:
+    def __init__(self, kind: str, calls: int, rate: float, seconds: float, tmp: Path) -> None:
         self.kind, self.calls, self.rate, self.tmp = kind, calls, rate, tmp
-        self.nice = (lambda: os.nice(nice)) if nice else None
         self.scenario = caller_scenario(tmp, seconds, kind == "one")
         self.timeout = seconds + 60
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -284,8 +284,9 @@ class Callers:
             "-mi", HOST, "-nostdin", "-timeout", f"{self.timeout:.0f}", "-timeout_error",
             f"{HOST}:{sip_port}",
         ]  # fmt: skip
-        return subprocess.Popen(cmd, cwd=self.tmp, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT, preexec_fn=self.nice)  # fmt: skip
+        return subprocess.Popen(
+            cmd, cwd=self.tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
 
     @property
     def pids(self) -> list[int]:
@@ -346,6 +347,20 @@ def free_media_port(taken: set[int]) -> int:
     raise RuntimeError("no free media port")
 
 
+def free_run(count: int, low: int, high: int) -> int:
+    """The first port P in [low, high) with P .. P + count - 1 free for UDP on HOST."""
+    for base in range(low, high - count, count):
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                    s.bind((HOST, port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} free UDP ports in a row between {low} and {high}")
+
+
 def number(i: int) -> str:
     """The number call i dials (the config routes every one of them to the agent)."""
     return f"+1555{i:07d}"
@@ -377,13 +392,13 @@ def media_block(calls: int) -> tuple[int, list[socket.socket]]:
 def run_step(calls: int, args: argparse.Namespace, capture: Capture) -> Step:
     workers = args.workers or math.ceil(calls / CALLS_PER_WORKER)
     tmp = Path(tempfile.mkdtemp(prefix=f"sipedge-capacity-{calls}-"))
-    agent = AgentServer(args.agent, tmp, args.harness_nice) if args.agent != "echo" else None
+    agent = AgentServer(args.agent, tmp) if args.agent != "echo" else None
     port = agent.port if agent else 9
     config = node_config(tmp, calls, workers, args.agent, port, args.planes)
     node = NodeProcess(tmp, config, log_level="INFO")
     ramp = calls / args.rate
     seconds = ramp + 2 + args.hold + 1
-    callers = Callers(args.callers, calls, args.rate, seconds, tmp, args.harness_nice)
+    callers = Callers(args.callers, calls, args.rate, seconds, tmp)
     try:
         node.start(timeout=120)
         assert node.proc is not None
@@ -519,11 +534,6 @@ def main() -> int:
         help="node.media_planes (default: the node's default, 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--harness-nice", type=int, default=0,
-        help="niceness of SIPp, the agent server and the capture thread (19: the node's "
-        "processes run first, as if the load came from other machines)",
-    )  # fmt: skip
-    parser.add_argument(
         "--callers", default="one", choices=("one", "each"),
         help="one SIPp process for all calls (default), or one per call",
     )  # fmt: skip
@@ -534,7 +544,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     round_trip = args.agent == "echo"
-    capture = Capture(args.harness_nice)
+    capture = Capture()
     steps: list[Step] = []
     held = 0  # the last step of the unbroken run of steps that held
     if not args.json:

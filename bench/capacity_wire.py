@@ -13,7 +13,6 @@ import base64
 import contextlib
 import ctypes
 import json
-import os
 import signal
 import socket
 import struct
@@ -175,14 +174,13 @@ def serve_agent(protocol: str, port: int, out: Path) -> None:
 class AgentServer:
     """`capacity.py agent` as a child process, stopped by its PID."""
 
-    def __init__(self, protocol: str, tmp: Path, nice: int = 0) -> None:
+    def __init__(self, protocol: str, tmp: Path) -> None:
         self.port = free_port("tcp")
         self.out = tmp / "agent_onsets.jsonl"
         self.proc = subprocess.Popen(
             [sys.executable, __file__, protocol, str(self.port), str(self.out)],
             stdout=subprocess.PIPE,
             stderr=(tmp / "agent.log").open("wb"),
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != b"ready":
@@ -228,8 +226,7 @@ def _udp_only_filter() -> bytes:
 class Capture:
     """PCMU RTP on `lo`: voiced onsets per (source port, destination port)."""
 
-    def __init__(self, nice: int = 0) -> None:
-        self.nice = nice
+    def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
         code = _udp_only_filter()
         self._prog = ctypes.create_string_buffer(code)
@@ -249,8 +246,6 @@ class Capture:
         # CLOCK_MONOTONIC: this thread shares the cores with the node, and its own clock read
         # after a wait for a core would count that wait as the node's latency.
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        if self.nice:  # this thread only: the node, started by the main thread, keeps 0
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
         while not self._stop.is_set():
             try:
                 frame, ancillary, _flags, _addr = self.sock.recvmsg(65535, ANC_BYTES)
