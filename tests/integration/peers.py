@@ -48,9 +48,58 @@ BARESIP_BIN = shutil.which("baresip") or "/usr/bin/baresip"
 # --------------------------------------------------------------------------------- ports
 
 
+class _PortPool:
+    """Ports for tests, handed out in order from a range below Linux's ephemeral ports.
+
+    A port the OS picked as free (bind to 0) lies in the ephemeral range, where any process's
+    next connect() or unbound send may take it before the test's node binds it: CI lost a
+    front's TCP port that way. Below the range only our own picks land, and each pytest-xdist
+    process has its own slice of it; within a process, ports go out in order (4 at a time: a
+    SIPp media port's neighbours, SIP's TCP beside UDP), so two picks of one test never meet.
+    """
+
+    LOW, HIGH, STEP = 2100, 5000, 4
+
+    def __init__(self) -> None:
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+        count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        index = int(worker) if worker.isdigit() else 0
+        size = (self.HIGH - self.LOW) // max(count, 1)
+        self.low = self.LOW + index % max(count, 1) * size
+        self.high = self.low + size - size % self.STEP
+        # a child process (a test's helper) starts elsewhere in the slice than its parent
+        self.next = self.low + (os.getpid() * 7 % (size // self.STEP)) * self.STEP
+        self.lock = threading.Lock()
+
+    def take(self, span: int) -> int | None:
+        """The first port of `span` in a row not handed out lately (None: none fit)."""
+        span += -span % self.STEP
+        if span > self.high - self.low:
+            return None
+        with self.lock:
+            if self.next + span > self.high:
+                self.next = self.low
+            base, self.next = self.next, self.next + span
+        return base
+
+
+_POOL = _PortPool()
+
+
 def free_port(kind: Literal["udp", "tcp"] = "udp", host: str = HOST) -> int:
-    """A port that is free right now on `host` (the OS picks it; small race window)."""
+    """A port free right now on `host`, from the tests' own range (see _PortPool); the OS's
+    pick if none there is."""
     stype = socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM
+    for _ in range(64):
+        port = _POOL.take(1)
+        if port is None:
+            break
+        with socket.socket(socket.AF_INET, stype) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, stype) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -86,7 +135,8 @@ def free_udp_port_run(count: int, step: int = 1, host: str = HOST, tcp: bool = F
     (and on 0.0.0.0, so SIPp's media/control sockets can bind them); with `tcp`, free for
     TCP on `host` too (SIP workers listen on both)."""
     for _ in range(200):
-        base = free_port("udp", host)
+        taken = _POOL.take((count - 1) * step + 1)
+        base = taken if taken is not None else free_port("udp", host)
         if base % 2:
             base -= 1
         ports = [base + i * step for i in range(count)]
