@@ -101,11 +101,11 @@ class Playout:
     def next_frame(self) -> PlayedFrame:
         """Take one frame for the caller, and the marks that its playing completes."""
         self._watch_backlog()
-        if self._trim and self._buffered >= 2 * self.frame_bytes and self._head_is_silent():
-            self._take(self.frame_bytes)  # never heard: its marks are reported with this frame
-            self.trimmed += 1
-            self._trim = False
         audio = self._take(self.frame_bytes)
+        if self._trim and self._buffered >= self.frame_bytes and _silent(audio):
+            audio = self._take(self.frame_bytes)  # the silent one is never heard: its marks
+            self.trimmed += 1  # are reported with this frame
+            self._trim = False
         if not audio:
             audio = self._silence
         elif len(audio) < self.frame_bytes:
@@ -126,20 +126,6 @@ class Playout:
         if self.frame_bytes <= self._least <= self._trim_max:
             self._trim = True
         self._window, self._least = 0, self._max_bytes
-
-    def _head_is_silent(self) -> bool:
-        head = self._chunks[0]
-        frame = head[self._offset : self._offset + self.frame_bytes]
-        if len(frame) < self.frame_bytes:  # across chunks (rare): the next ones' first bytes
-            parts, size = [frame], len(frame)
-            for chunk in list(self._chunks)[1:]:
-                parts.append(chunk[: self.frame_bytes - size])
-                size += len(parts[-1])
-                if size >= self.frame_bytes:
-                    break
-            frame = b"".join(parts)
-        samples = np.frombuffer(frame, "<i2")
-        return int(samples.max()) <= SILENT_PEAK and int(samples.min()) >= -SILENT_PEAK
 
     def clear(self) -> list[str]:
         """Drop all queued audio (barge-in); return the pending marks, which are now void."""
@@ -177,3 +163,9 @@ class Playout:
         if self._offset == len(self._chunks[0]):
             self._chunks.popleft()
             self._offset = 0
+
+
+def _silent(frame: bytes) -> bool:
+    """Every sample of the PCM16 frame within SILENT_PEAK of zero."""
+    samples = np.frombuffer(frame, "<i2")
+    return int(samples.max()) <= SILENT_PEAK and int(samples.min()) >= -SILENT_PEAK

@@ -149,10 +149,9 @@ class AgentSession:
         self._wake_every_frame = after_tick is not None
         self._frame_bytes = bytes_per_frame(self.rate)
         # shared with the clock thread
-        self._lock = threading.Lock()  # guards _playout, _written, _queued
+        self._lock = threading.Lock()  # guards _playout, _written
         self._playout = Playout(self.rate)
         self._written = 0  # bytes ever queued to playout
-        self._queued = 0  # bytes queued and not yet played
         self._inbox: deque[tuple[bytes, bytes | None, int]] = deque()  # pcm, mu-law, arrival ns
         self._played: deque[tuple[bytes, bool, int, int]] = deque()  # audio, had_audio, pos, ns
         self._marks: deque[str] = deque()  # agent marks reached by playout
@@ -193,11 +192,11 @@ class AgentSession:
 
     def next_frame(self) -> bytes:
         with self._lock:
+            queued = self._playout.buffered_bytes
             played = self._playout.next_frame()
             # a frame, or two when the playout dropped a silent one to take back a backlog
-            consumed = self._queued - self._playout.buffered_bytes
-            self._queued = self._playout.buffered_bytes
-            position = self._written - self._queued
+            consumed = queued - self._playout.buffered_bytes
+            position = self._written - self._playout.buffered_bytes
         if not self._closed:
             self._played.append((played.audio, consumed > 0, position, time.perf_counter_ns()))
             if played.marks:
@@ -572,7 +571,7 @@ class AgentSession:
         if not pcm:
             return
         with self._lock:
-            start, ahead = self._written, self._queued
+            start, ahead = self._written, self._playout.buffered_bytes
             try:
                 self._playout.write(pcm)
             except PlayoutOverflow as exc:
@@ -580,7 +579,6 @@ class AgentSession:
             else:
                 overflow = None
                 self._written += len(pcm)
-                self._queued += len(pcm)
         if overflow is not None:
             log.warning("event=playout_overflow call_id=%s error=%s", self.call_id, overflow)
             return
@@ -590,7 +588,6 @@ class AgentSession:
         # Played frames not yet processed lose their latency sample (a frame or two at most).
         with self._lock:
             dropped = self._playout.clear()
-            self._queued = 0
         self._playout_latency.cleared()
         return dropped
 
@@ -630,7 +627,7 @@ class AgentSession:
         pairs: list[tuple[bytes | None, bytes | None]] = []
         while inbox:
             pcm, mulaw, frame_ns = inbox.popleft()
-            update = self.conversation.caller_audio(pcm, agent_playing=self._queued > 0)
+            update = self.conversation.caller_audio(pcm, agent_playing=self._playout.is_playing)
             for speech in update.speech:
                 self._emit_speech(speech)
                 self._send(self.link.caller_speech(speech.event))
@@ -661,7 +658,7 @@ class AgentSession:
 
     def _barge_in(self) -> None:
         with self._lock:
-            playing = self._queued > 0
+            playing = self._playout.is_playing
         if not playing:
             return
         dropped = self._clear_playout()
