@@ -212,9 +212,6 @@ def node_config(
         "rtp_ports": {"start": rtp_start, "end": rtp_start + 20 * workers - 1},
     }
     config["sip"]["front"]["worker_invites_per_second"] = 200
-    # Below Linux's ephemeral range (32768-60999): 50 workers starting at once bind ~150
-    # ephemeral sockets (calibration, probe, waker), and one took a worker's SIP port there.
-    config["sip"]["front"]["worker_ports_start"] = free_run(workers + 1, 30000, 32700) + 1
     if planes is not None:
         config["node"]["media_planes"] = planes
     return config
@@ -345,20 +342,6 @@ def free_media_port(taken: set[int]) -> int:
         taken.update(range(base, base + 4))
         return base
     raise RuntimeError("no free media port")
-
-
-def free_run(count: int, low: int, high: int) -> int:
-    """The first port P in [low, high) with P .. P + count - 1 free for UDP on HOST."""
-    for base in range(low, high - count, count):
-        with contextlib.ExitStack() as stack:
-            try:
-                for port in range(base, base + count):
-                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-                    s.bind((HOST, port))
-            except OSError:
-                continue
-            return base
-    raise RuntimeError(f"no {count} free UDP ports in a row between {low} and {high}")
 
 
 def number(i: int) -> str:
